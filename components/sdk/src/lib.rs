@@ -1,0 +1,88 @@
+//! What every MicroPay service component shares: the generated bindings of the platform
+//! contract (`wit/platform.wit`), a route table, JSON errors in the platform's shape, and typed
+//! access to database rows.
+//!
+//! A component is a route table plus handlers:
+//!
+//! ```ignore
+//! struct Service;
+//! impl micropay_sdk::Service for Service {
+//!     fn router() -> Router { Router::new().get("/ping", "Answers pong", Access::Public, ping) }
+//! }
+//! micropay_sdk::export_service!(Service);
+//! ```
+
+pub mod db;
+pub mod http;
+pub mod router;
+pub mod time;
+
+pub use db::{Db, Row};
+pub use http::{ApiError, Context, Response};
+pub use router::{Access, Router};
+
+/// Bindings of the `service` world: the imports every component may use and the `handler` export.
+///
+/// A component of another world (the user service's `identity-service`) generates its own
+/// exports and maps its imports onto these modules with `with`, so the helpers here serve it too.
+pub mod service {
+    wit_bindgen::generate!({
+        world: "service",
+        path: "../../wit",
+        default_bindings_module: "micropay_sdk::service",
+        pub_export_macro: true,
+        export_macro_name: "export_service_bindings",
+    });
+}
+
+pub use service::micropay::platform::principal::Caller;
+pub use service::micropay::platform::types::Value;
+use service::micropay::platform::{clock, logging, random};
+
+/// A service component: its route table.
+pub trait Service {
+    /// The component's endpoints. Built on every invocation (instances live for one request),
+    /// so keep it a plain table.
+    fn router() -> Router;
+}
+
+/// Exports a [`Service`] as a component of the `service` world.
+#[macro_export]
+macro_rules! export_service {
+    ($service:ty) => {
+        const _: () = {
+            struct Export;
+            impl $crate::service::exports::micropay::platform::handler::Guest for Export {
+                fn handle(
+                    request: $crate::service::micropay::platform::http::Request,
+                ) -> $crate::service::micropay::platform::http::Response {
+                    <$service as $crate::Service>::router().handle(request)
+                }
+                fn routes() -> ::std::vec::Vec<$crate::service::micropay::platform::http::Route> {
+                    <$service as $crate::Service>::router().routes()
+                }
+            }
+            $crate::service::export_service_bindings!(Export);
+        };
+    };
+}
+
+/// Writes an informational line to the host's log.
+pub fn log_info(message: &str) {
+    logging::log(logging::Level::Info, message);
+}
+
+/// Writes a warning to the host's log.
+pub fn log_warn(message: &str) {
+    logging::log(logging::Level::Warn, message);
+}
+
+/// The host's wall-clock time in microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    clock::now()
+}
+
+/// `len` bytes from the host's secure random generator.
+pub fn random_bytes(len: u32) -> Vec<u8> {
+    random::random_bytes(len)
+}

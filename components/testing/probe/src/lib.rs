@@ -1,0 +1,105 @@
+//! The probe: a component that misbehaves on request, to prove the host contains it.
+//!
+//! - `GET /ping` answers without touching the database (the invocation-cost benchmark).
+//! - `GET /loop` never returns: the epoch deadline must cut it.
+//! - `GET /trap` panics: the invocation fails with a 5xx, the host keeps serving.
+//! - `POST /write-then-fail` writes a row and then answers 500: the write must be rolled back.
+//! - `POST /write-then-trap` writes a row and then traps: the write must be rolled back.
+//! - `POST /write` writes a row and succeeds.
+//! - `GET /writes` counts the rows written.
+//! - `GET /foreign` tries to read another service's tables and database from its own handle.
+
+use micropay_sdk::db::param;
+use micropay_sdk::{Access, ApiError, Context, Response, Router, Service};
+use serde_json::json;
+
+struct Probe;
+
+impl Service for Probe {
+    fn router() -> Router {
+        Router::new()
+            .get("/ping", "Answers pong without touching the database", Access::Public, ping)
+            .get("/loop", "Loops forever", Access::Public, spin)
+            .get("/trap", "Panics", Access::Public, trap)
+            .post("/write", "Writes one row", Access::Public, write)
+            .post("/write-then-fail", "Writes one row, then answers 500", Access::Public, write_then_fail)
+            .post("/write-then-trap", "Writes one row, then panics", Access::Public, write_then_trap)
+            .get("/writes", "Counts the rows written", Access::Public, count_writes)
+            .get("/foreign", "Tries to reach another service's data", Access::Public, foreign)
+            .get("/whoami", "Shows the caller", Access::Authenticated, whoami)
+    }
+}
+
+micropay_sdk::export_service!(Probe);
+
+fn ping(_: &mut Context) -> Result<Response, ApiError> {
+    Ok(Response::ok(&json!({ "pong": true })))
+}
+
+#[allow(clippy::empty_loop)]
+fn spin(_: &mut Context) -> Result<Response, ApiError> {
+    let mut counter: u64 = 0;
+    loop {
+        counter = std::hint::black_box(counter.wrapping_add(1));
+    }
+}
+
+fn trap(_: &mut Context) -> Result<Response, ApiError> {
+    panic!("the probe was asked to trap")
+}
+
+fn insert_row(ctx: &mut Context) -> Result<(), ApiError> {
+    let db = ctx.db()?;
+    db.execute("CREATE TABLE IF NOT EXISTS probe_writes (id BIGSERIAL PRIMARY KEY, note TEXT)", &[])?;
+    db.execute("INSERT INTO probe_writes (note) VALUES ($1)", &[param::text("written")])?;
+    Ok(())
+}
+
+fn write(ctx: &mut Context) -> Result<Response, ApiError> {
+    insert_row(ctx)?;
+    Ok(Response::created(&json!({ "written": true })))
+}
+
+fn write_then_fail(ctx: &mut Context) -> Result<Response, ApiError> {
+    insert_row(ctx)?;
+    Err(ApiError::new(500, "probe_failure", "failed after writing"))
+}
+
+fn write_then_trap(ctx: &mut Context) -> Result<Response, ApiError> {
+    insert_row(ctx)?;
+    panic!("trapped after writing")
+}
+
+fn count_writes(ctx: &mut Context) -> Result<Response, ApiError> {
+    let db = ctx.db()?;
+    let exists = db.query_one("SELECT to_regclass('probe_writes') IS NOT NULL AS present", &[])?;
+    let count =
+        if exists.bool("present") { db.query_one("SELECT count(*) AS n FROM probe_writes", &[])?.int("n") } else { 0 };
+    Ok(Response::ok(&json!({ "count": count })))
+}
+
+/// Every way a component might try to reach the user service's data; each must fail.
+fn foreign(ctx: &mut Context) -> Result<Response, ApiError> {
+    let db = ctx.db()?;
+    let attempts = [
+        ("own_handle_users", "SELECT count(*) AS n FROM users"),
+        ("qualified_users", "SELECT count(*) AS n FROM user_schema.users"),
+        ("cross_database", "SELECT count(*) AS n FROM micropay_user_db.user_schema.users"),
+        ("dblink", "CREATE EXTENSION dblink"),
+        ("read_file", "SELECT pg_read_file('PG_VERSION') AS n"),
+    ];
+    let mut outcome = serde_json::Map::new();
+    for (name, sql) in attempts {
+        let result = match db.query(sql, &[]) {
+            Ok(_) => json!({ "reached": true }),
+            Err(err) => json!({ "reached": false, "code": err.code, "message": err.message }),
+        };
+        outcome.insert(name.to_string(), result);
+    }
+    Ok(Response::ok(&outcome))
+}
+
+fn whoami(ctx: &mut Context) -> Result<Response, ApiError> {
+    let caller = ctx.caller()?;
+    Ok(Response::ok(&json!({ "user_id": caller.user_id, "session_id": caller.session_id })))
+}

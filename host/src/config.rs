@@ -1,0 +1,94 @@
+//! The host's configuration: command-line flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::postgres::provision::PoolSettings;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything `micropay serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the HTTP gateway listens on (port 0 picks a free port).
+    #[arg(long, env = "MICROPAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where the embedded PostgreSQL cluster and the compiled-component cache live.
+    #[arg(long, env = "MICROPAY_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// An administrator URL of a PostgreSQL server; without it an embedded cluster is started
+    /// under the data directory.
+    #[arg(long, env = "MICROPAY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Prefix for every database and role name, so several installations share one server.
+    #[arg(long, env = "MICROPAY_DATABASE_PREFIX", default_value = "")]
+    pub database_prefix: String,
+
+    /// Secret the service roles' passwords are derived from (default: derived from the
+    /// database URL). Every host sharing a server must use the same.
+    #[arg(long, env = "MICROPAY_ROLE_SECRET", hide_env_values = true)]
+    pub role_secret: Option<String>,
+
+    /// Directories of component policies (`*.toml`), comma-separated or repeated.
+    #[arg(long = "policies", env = "MICROPAY_POLICIES", value_delimiter = ',', default_value = "policies")]
+    pub policies: Vec<PathBuf>,
+
+    /// Directory of the built components (`*.wasm`).
+    #[arg(long, env = "MICROPAY_COMPONENTS_DIR", default_value = "target/components")]
+    pub components_dir: PathBuf,
+
+    /// Directory of per-service migrations (`{service}/NNNN_name.sql`).
+    #[arg(long, env = "MICROPAY_MIGRATIONS_DIR", default_value = "migrations")]
+    pub migrations_dir: PathBuf,
+
+    /// Minimum connections kept per service pool.
+    #[arg(long, env = "MICROPAY_POOL_MIN", default_value_t = 10)]
+    pub pool_min: u32,
+
+    /// Maximum connections per service pool.
+    #[arg(long, env = "MICROPAY_POOL_MAX", default_value_t = 20)]
+    pub pool_max: u32,
+
+    /// A pooled connection's maximum lifetime, in seconds.
+    #[arg(long, env = "MICROPAY_POOL_MAX_LIFETIME_SECS", default_value_t = 1800)]
+    pub pool_max_lifetime_secs: u64,
+
+    /// How long a pooled connection may stay idle, in seconds.
+    #[arg(long, env = "MICROPAY_POOL_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    pub pool_idle_timeout_secs: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MICROPAY_BODY_LIMIT", default_value_t = 1 << 20)]
+    pub body_limit: usize,
+
+    /// Log format.
+    #[arg(long, env = "MICROPAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            min_connections: self.pool_min.min(self.pool_max),
+            max_connections: self.pool_max,
+            max_lifetime: Duration::from_secs(self.pool_max_lifetime_secs),
+            idle_timeout: Duration::from_secs(self.pool_idle_timeout_secs),
+        }
+    }
+
+    /// Where precompiled components are cached.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir.join("cache")
+    }
+}

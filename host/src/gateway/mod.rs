@@ -1,0 +1,122 @@
+//! The HTTP gateway: `/v1/{service}/...` invokes that service's component; `/healthz`,
+//! `/readyz`, `/metrics` and `/openapi.json` belong to the host. Every response carries an
+//! `x-request-id`, and every error is `{"error":{"code":"...","message":"..."}}`.
+
+mod error;
+mod openapi;
+mod services;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::platform::Platform;
+
+/// The request id header, set on every request that lacks one and echoed on every response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler shares.
+pub struct AppState {
+    pub platform: Platform,
+    pub body_limit: usize,
+    openapi: serde_json::Value,
+}
+
+/// The gateway's router over a started platform.
+pub fn router(platform: Platform, body_limit: usize) -> (Router, Arc<AppState>) {
+    let openapi = openapi::document(&platform.registry);
+    let state = Arc::new(AppState { platform, body_limit, openapi });
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/{service}", any(services::invoke))
+        .route("/v1/{service}/{*path}", any(services::invoke))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), count_responses))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id =
+                        request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok());
+                    tracing::info_span!("request", request_id, method = %request.method(), path = %request.uri().path())
+                })
+                .on_response(|response: &Response, latency: std::time::Duration, _: &tracing::Span| {
+                    tracing::info!(
+                        status = response.status().as_u16(),
+                        latency_us = latency.as_micros() as u64,
+                        "response"
+                    );
+                }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state.clone());
+    (router, state)
+}
+
+/// Serves until `shutdown` resolves; logs the bound address (useful with port 0).
+pub async fn serve(
+    router: Router,
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|err| anyhow::anyhow!("binding {listen}: {err}"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening on http://{address}");
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn count_responses(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.platform.metrics.record_response(response.status().as_u16());
+    response
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when every service database answers.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    for component in state.platform.registry.all() {
+        if let Some(pool) = &component.pool {
+            if let Err(err) = sqlx::query("SELECT 1").execute(pool).await {
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    format!("the {} database does not answer: {err}", component.name),
+                )
+                .into_response();
+            }
+        }
+    }
+    axum::Json(serde_json::json!({ "status": "ready" })).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.platform.metrics.render())
+}
+
+async fn openapi_json(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(state.openapi.clone())
+}
+
+async fn fallback(request: Request) -> ApiError {
+    ApiError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+}

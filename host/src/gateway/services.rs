@@ -1,0 +1,161 @@
+//! `/v1/{service}/...`: authenticate the caller, check the body, invoke the service's
+//! component as one unit of work, and translate its answer (or its failure) to HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tower_http::request_id::RequestId;
+
+use super::{ApiError, AppState};
+use crate::runtime::bindings::{Caller, Request as ComponentRequest};
+use crate::runtime::invoke::{Answer, Call, InvokeError};
+
+/// The header carrying the client's address to components (any incoming one is replaced).
+const CLIENT_IP: &str = "x-micropay-client-ip";
+
+pub async fn invoke(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(params): Path<Vec<(String, String)>>,
+    request: Request,
+) -> Response {
+    match handle(&state, peer, &params[0].1, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Request) -> Result<Response, ApiError> {
+    let platform = &state.platform;
+    let component =
+        platform.registry.get(service).ok_or_else(|| ApiError::not_found(format!("no service named {service:?}")))?;
+
+    let (parts, body) = request.into_parts();
+    let caller = authenticate(state, &parts.headers).await?;
+    let body = read_json_body(&parts.headers, body, state.body_limit).await?;
+
+    let prefix_len = "/v1/".len() + service.len();
+    let path = match &parts.uri.path()[prefix_len..] {
+        "" => "/".to_string(),
+        rest => rest.to_string(),
+    };
+    let request_id =
+        parts.extensions.get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or_default();
+    let mut headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !is_hidden(name))
+        .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    headers.push((CLIENT_IP.to_string(), peer.ip().to_string()));
+    headers.push((super::REQUEST_ID.as_str().to_string(), request_id.to_string()));
+
+    let call = Call::Handle(ComponentRequest {
+        method: parts.method.as_str().to_string(),
+        path,
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers,
+        body: body.to_vec(),
+    });
+    match platform.invoke(&component, call, caller).await {
+        Ok(Answer::Response(response)) => http_response(response),
+        Ok(_) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "bad_component_response", "unexpected answer")),
+        Err(err) => Err(invoke_error(service, err)),
+    }
+}
+
+/// Credentials and host-set headers never reach a component as the client sent them.
+fn is_hidden(name: &HeaderName) -> bool {
+    name == header::AUTHORIZATION
+        || name == header::COOKIE
+        || name.as_str().starts_with("x-micropay-")
+        || name == super::REQUEST_ID
+}
+
+/// Resolves `Authorization: Bearer <token>`. No header is an anonymous call; a header that is
+/// not a valid, live bearer token is refused outright.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the bearer token is invalid or expired");
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 512)
+        .ok_or_else(invalid)?;
+    match state.platform.authenticate(token).await {
+        Ok(Some(caller)) => Ok(Some(caller)),
+        Ok(None) => Err(invalid()),
+        Err(err) => Err(invoke_error("authentication", err)),
+    }
+}
+
+/// Reads the body within the size limit; a non-empty body must be JSON.
+async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body exceeds {limit} bytes"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    if !bytes.is_empty() {
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let media_type = content_type.split(';').next().unwrap_or_default().trim();
+        if !media_type.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "request bodies must be application/json",
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+fn http_response(response: crate::runtime::bindings::Response) -> Result<Response, ApiError> {
+    let status = StatusCode::from_u16(response.status).ok().filter(|s| !s.is_informational()).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "bad_component_response", "the component answered an invalid status")
+    })?;
+    let mut http = Response::builder().status(status);
+    for (name, value) in &response.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            if name != super::REQUEST_ID {
+                http = http.header(name, value);
+            }
+        }
+    }
+    http.body(Body::from(response.body)).map_err(|_| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "bad_component_response", "the component answered invalid headers")
+    })
+}
+
+fn invoke_error(service: &str, err: InvokeError) -> ApiError {
+    match err {
+        InvokeError::Trap(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "component_failed",
+            format!("the {service} service failed"),
+        ),
+        InvokeError::Deadline(deadline) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            format!("the {service} service did not answer within {} ms", deadline.as_millis()),
+        ),
+        InvokeError::Commit(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "commit_failed",
+            "the work could not be committed; nothing was written",
+        ),
+        InvokeError::Instantiate(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "component_unavailable",
+            format!("the {service} service is unavailable"),
+        ),
+    }
+}

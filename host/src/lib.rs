@@ -1,0 +1,20 @@
+//! MicroPay's host: serves sandboxed payment-service components, each on its own PostgreSQL
+//! database, behind one HTTP gateway.
+//!
+//! - [`runtime`]: the wasmtime engine, the component registry, invocations;
+//! - [`capabilities`]: what a component may import (database, logging, clock, random, principal);
+//! - [`postgres`]: the embedded cluster and the per-service databases, roles, pools, migrations;
+//! - [`gateway`]: the HTTP API;
+//! - [`policy`]: what each component is granted;
+//! - [`platform`]: all of the above started together.
+
+pub mod bench;
+pub mod capabilities;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod platform;
+pub mod policy;
+pub mod postgres;
+pub mod runtime;
+pub mod telemetry;

@@ -1,0 +1,134 @@
+//! Component policies: one TOML file per component in a policies directory, granting it
+//! capabilities and setting its limits. The format is documented in `policies/README.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::runtime::engine::MAX_MEMORY_BYTES;
+
+/// One component's policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub component: ComponentSection,
+    /// The database the component owns; absent for a component granted none.
+    pub database: Option<DatabaseSection>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where the policy was read from, for error messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentSection {
+    /// The service name: its mount point is `/v1/{name}`.
+    pub name: String,
+    /// The component file, relative to the components directory.
+    pub file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// The database's service name: `micropay_{name}_db`, migrations in `migrations/{name}/`.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory an instance may grow to, in MiB.
+    pub memory_mb: u32,
+    /// Wall-clock deadline of one invocation, in milliseconds.
+    pub deadline_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory_mb: 64, deadline_ms: 2_000 }
+    }
+}
+
+impl Limits {
+    pub fn memory_bytes(&self) -> usize {
+        (self.memory_mb as usize) << 20
+    }
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+}
+
+impl Policy {
+    /// Reads and validates one policy file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading policy {}", path.display()))?;
+        let mut policy: Policy = toml::from_str(&text).with_context(|| format!("invalid policy {}", path.display()))?;
+        policy.source = path.to_path_buf();
+        policy.validate().with_context(|| format!("invalid policy {}", path.display()))?;
+        Ok(policy)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        check_name("component.name", &self.component.name)?;
+        if self.component.file.contains("..") || self.component.file.starts_with('/') {
+            bail!("component.file: must be a file name inside the components directory");
+        }
+        if let Some(database) = &self.database {
+            check_name("database.name", &database.name)?;
+        }
+        let max_mb = MAX_MEMORY_BYTES >> 20;
+        if !(1..=max_mb as u32).contains(&self.limits.memory_mb) {
+            bail!("limits.memory_mb: {} is outside 1..={max_mb}", self.limits.memory_mb);
+        }
+        if !(10..=60_000).contains(&self.limits.deadline_ms) {
+            bail!("limits.deadline_ms: {} is outside 10..=60000", self.limits.deadline_ms);
+        }
+        Ok(())
+    }
+}
+
+/// Service and database names become URL segments, PostgreSQL role and database names.
+fn check_name(field: &str, name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        bail!("{field}: {name:?} must be 1-32 characters of a-z, 0-9 and _, starting with a letter");
+    }
+    Ok(())
+}
+
+/// Reads every `*.toml` policy in `dirs`; two policies for one component name are an error.
+pub fn load_all(dirs: &[PathBuf]) -> anyhow::Result<Vec<Policy>> {
+    let mut by_name: BTreeMap<String, Policy> = BTreeMap::new();
+    for dir in dirs {
+        let entries =
+            std::fs::read_dir(dir).with_context(|| format!("reading policies directory {}", dir.display()))?;
+        let mut paths: Vec<PathBuf> = entries
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("listing {}", dir.display()))?;
+        paths.retain(|path| path.extension().is_some_and(|ext| ext == "toml"));
+        paths.sort();
+        for path in paths {
+            let policy = Policy::load(&path)?;
+            if let Some(other) = by_name.get(&policy.component.name) {
+                bail!(
+                    "invalid policy {}: component.name {:?} is already used by {}",
+                    path.display(),
+                    policy.component.name,
+                    other.source.display()
+                );
+            }
+            by_name.insert(policy.component.name.clone(), policy);
+        }
+    }
+    Ok(by_name.into_values().collect())
+}

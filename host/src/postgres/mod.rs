@@ -1,0 +1,5 @@
+//! PostgreSQL: the embedded cluster for the default set-up, and the provisioning of one
+//! database, role and pool per service.
+
+pub mod embedded;
+pub mod provision;

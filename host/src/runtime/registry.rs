@@ -1,0 +1,125 @@
+//! The component registry: each component compiled once (precompiled artifacts cached by
+//! content hash, so a restart only deserializes), linked against its capabilities and kept as
+//! an `InstancePre` from which every invocation instantiates.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+use crate::policy::Policy;
+use crate::runtime::bindings::{Route, identity::IdentityServicePre, service::ServicePre};
+use crate::runtime::state::InvocationState;
+
+/// A component ready to be invoked.
+pub struct LoadedComponent {
+    /// The service name and mount point.
+    pub name: Arc<str>,
+    /// SHA-256 of the component file: its version.
+    pub digest: String,
+    pub policy: Policy,
+    /// The handler world, for HTTP invocations.
+    pub service: ServicePre<InvocationState>,
+    /// Present when the component also exports `authenticator`.
+    pub identity: Option<IdentityServicePre<InvocationState>>,
+    /// The pool of the component's own database, if its policy grants one.
+    pub pool: Option<sqlx::PgPool>,
+    /// The endpoints it serves (asked once, at load).
+    pub routes: Vec<Route>,
+}
+
+/// The loaded components by service name.
+#[derive(Default)]
+pub struct Registry {
+    components: HashMap<String, Arc<LoadedComponent>>,
+}
+
+impl Registry {
+    pub fn insert(&mut self, component: LoadedComponent) {
+        self.components.insert(component.name.to_string(), Arc::new(component));
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedComponent>> {
+        self.components.get(name).cloned()
+    }
+
+    /// Every component, sorted by name.
+    pub fn all(&self) -> Vec<Arc<LoadedComponent>> {
+        let mut all: Vec<_> = self.components.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The component that authenticates callers: the one exporting `authenticator`.
+    pub fn identity(&self) -> Option<Arc<LoadedComponent>> {
+        self.components.values().find(|c| c.identity.is_some()).cloned()
+    }
+}
+
+/// Compiles components, caching precompiled artifacts in a directory.
+pub struct Compiler {
+    engine: Engine,
+    cache_dir: PathBuf,
+}
+
+impl Compiler {
+    pub fn new(engine: Engine, cache_dir: PathBuf) -> Self {
+        Self { engine, cache_dir }
+    }
+
+    /// Loads `path`: from the cache when an artifact for these bytes and this engine exists,
+    /// otherwise compiled with Cranelift and then cached. Returns the component and the
+    /// SHA-256 of its bytes.
+    pub fn load(&self, path: &Path) -> anyhow::Result<(Component, String)> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let mut engine_hash = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        let artifact = self.cache_dir.join(format!("{digest}-{:016x}.cwasm", engine_hash.finish()));
+
+        if artifact.exists() {
+            // SAFETY: the artifact was written by `Engine::precompile_component` of an engine
+            // with the same compatibility hash (it is in the file name), into the host's own
+            // cache directory, which nothing else writes.
+            match unsafe { Component::deserialize_file(&self.engine, &artifact) } {
+                Ok(component) => return Ok((component, digest)),
+                Err(err) => {
+                    tracing::warn!(artifact = %artifact.display(), "cached artifact unusable, recompiling: {err:#}")
+                }
+            }
+        }
+        let precompiled = self
+            .engine
+            .precompile_component(&bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("compiling component {}", path.display()))?;
+        std::fs::create_dir_all(&self.cache_dir)
+            .with_context(|| format!("creating cache directory {}", self.cache_dir.display()))?;
+        let partial = artifact.with_extension(format!("partial-{}", std::process::id()));
+        std::fs::write(&partial, &precompiled).with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, &artifact).with_context(|| format!("writing {}", artifact.display()))?;
+        // SAFETY: produced just above by this engine.
+        let component = unsafe { Component::deserialize(&self.engine, &precompiled) }?;
+        Ok((component, digest))
+    }
+}
+
+/// Links a component and checks the world it implements: every component must export the
+/// `handler`; one that also exports `authenticator` can authenticate callers.
+pub fn prepare(
+    linker: &Linker<InvocationState>,
+    component: &Component,
+) -> anyhow::Result<(ServicePre<InvocationState>, Option<IdentityServicePre<InvocationState>>)> {
+    let instance_pre =
+        linker.instantiate_pre(component).map_err(anyhow::Error::from).context("linking the component's imports")?;
+    let service = ServicePre::new(instance_pre.clone())
+        .map_err(anyhow::Error::from)
+        .context("the component does not export the service world's handler")?;
+    let identity = IdentityServicePre::new(instance_pre).ok();
+    Ok((service, identity))
+}
