@@ -26,6 +26,10 @@ pub struct Config {
     #[arg(long, env = "MICROPAY_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
+    /// Where precompiled components are cached (default: `cache` in the data directory).
+    #[arg(long, env = "MICROPAY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
     /// An administrator URL of a PostgreSQL server; without it an embedded cluster is started
     /// under the data directory.
     #[arg(long, env = "MICROPAY_DATABASE_URL", hide_env_values = true)]
@@ -89,6 +93,6 @@ impl Config {
 
     /// Where precompiled components are cached.
     pub fn cache_dir(&self) -> PathBuf {
-        self.data_dir.join("cache")
+        self.cache_dir.clone().unwrap_or_else(|| self.data_dir.join("cache"))
     }
 }

@@ -1,1 +1,267 @@
+//! The test harness: starts the real `micropay` binary on its own databases (a fresh name
+//! prefix per test on the PostgreSQL at `MICROPAY_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), talks to it over HTTP, reads its log, and
+//! drops its databases afterwards. Tests run in parallel without sharing anything but the
+//! compiled-component cache.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
+}
+
+/// The administrator URL of the test PostgreSQL server.
+pub fn admin_url() -> String {
+    std::env::var("MICROPAY_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// How to start a host.
+pub struct HostOptions {
+    /// `None` starts the embedded PostgreSQL in `data_dir`.
+    pub database_url: Option<String>,
+    pub prefix: String,
+    pub data_dir: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+impl HostOptions {
+    /// A host on the test server with a fresh database prefix and the product's and the test
+    /// components' policies.
+    pub fn on_test_server() -> Self {
+        let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let data_dir = std::env::temp_dir().join(format!("micropay-{prefix}"));
+        Self { database_url: Some(admin_url()), prefix, data_dir, extra_args: Vec::new() }
+    }
+}
+
+/// A running `micropay serve`.
+pub struct TestHost {
+    child: Child,
+    pub base_url: String,
+    pub prefix: String,
+    database_url: Option<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    pub http: reqwest::Client,
+}
+
+impl TestHost {
+    /// Starts a host on the test server.
+    pub async fn start() -> Self {
+        Self::start_with(HostOptions::on_test_server()).await
+    }
+
+    /// Starts a host and waits until it listens.
+    pub async fn start_with(options: HostOptions) -> Self {
+        let root = root();
+        let binary = root.join("target/debug/micropay");
+        assert!(binary.exists(), "{} is missing: run `cargo xtask test`", binary.display());
+        let mut command = Command::new(binary);
+        command
+            .current_dir(&root)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&options.data_dir)
+            .arg("--cache-dir")
+            .arg(root.join("target/test-cache"))
+            .arg("--policies")
+            .arg(format!("{},{}", root.join("policies").display(), root.join("tests/policies").display()))
+            .arg("--components-dir")
+            .arg(root.join("target/components"))
+            .arg("--migrations-dir")
+            .arg(root.join("migrations"))
+            .args(["--pool-min", "1", "--pool-max", "4"])
+            .args(&options.extra_args)
+            .env_remove("MICROPAY_DATABASE_URL")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(url) = &options.database_url {
+            command.args(["--database-url", url, "--database-prefix", &options.prefix]);
+        }
+        let mut child = command.spawn().expect("starting micropay");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut host = Self {
+            child,
+            base_url: String::new(),
+            prefix: options.prefix,
+            database_url: options.database_url,
+            log,
+            http: reqwest::Client::new(),
+        };
+        let line = host.wait_for_log("listening on http://", Duration::from_secs(120)).await;
+        let address = line.split("listening on http://").nth(1).unwrap().split_whitespace().next().unwrap();
+        host.base_url = format!("http://{address}");
+        host
+    }
+
+    /// The first log line containing `needle`, waiting up to `timeout` for it.
+    pub async fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|line| line.contains(needle)) {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("micropay exited ({status}) before logging {needle:?}:\n{}", self.log_text());
+            }
+            assert!(started.elapsed() < timeout, "no log line with {needle:?} in {timeout:?}:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Sends a request and returns the status and the JSON body (`Null` when empty).
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body read");
+        let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("a JSON body") };
+        (status, json)
+    }
+
+    /// A superuser connection to the database of `service` (for assertions only: the host
+    /// itself never connects this way).
+    pub async fn admin_db(&self, service: &str) -> PgConnection {
+        let url = self.database_url.as_ref().expect("admin_db needs a test-server host");
+        let base = url.rsplit_once('/').unwrap().0;
+        let mut conn = PgConnection::connect(&format!("{base}/{}micropay_{service}_db", self.prefix)).await.unwrap();
+        sqlx::query(&format!("SET search_path = {service}_schema")).execute(&mut conn).await.unwrap();
+        conn
+    }
+
+    /// Stops the host with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    /// Kills the host with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- micropay log ---\n{}", self.log_text());
+        }
+        if let Some(url) = self.database_url.clone() {
+            let prefix = self.prefix.clone();
+            // Drop runs inside the test's runtime: clean up from a thread with its own.
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(drop_databases(&url, &prefix))
+            })
+            .join();
+        }
+    }
+}
+
+/// Drops every database and role named with `prefix`.
+pub async fn drop_databases(url: &str, prefix: &str) {
+    let Ok(mut admin) = PgConnection::connect(url).await else { return };
+    let pattern = format!("{}%", prefix.replace('_', "\\_"));
+    let databases: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE $1")
+        .bind(&pattern)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap_or_default();
+    for (database,) in databases {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)")).execute(&mut admin).await;
+    }
+    let roles: Vec<(String,)> = sqlx::query_as("SELECT rolname FROM pg_roles WHERE rolname LIKE $1")
+        .bind(&pattern)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap_or_default();
+    for (role,) in roles {
+        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS \"{role}\"")).execute(&mut admin).await;
+    }
+}
+
+/// A signed-up, verified user with a live session.
+pub struct User {
+    pub user_id: String,
+    pub email: String,
+    pub password: String,
+    pub token: String,
+}
+
+/// The verification code the user service logged for `user_id` on `channel`.
+pub async fn verification_code(host: &mut TestHost, channel: &str, user_id: &str) -> String {
+    let line = host
+        .wait_for_log(&format!("verification code for {channel} of user {user_id}: "), Duration::from_secs(10))
+        .await;
+    let after = line.split(&format!("of user {user_id}: ")).nth(1).unwrap();
+    after.chars().take(6).collect()
+}
+
+/// Signs up, verifies the email and logs in.
+pub async fn signed_in_user(host: &mut TestHost) -> User {
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "correct horse 42 battery".to_string();
+    let (status, body) = host
+        .call("POST", "/v1/user/users", None, Some(serde_json::json!({"email": email, "password": password})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let user_id = body["user_id"].as_str().unwrap().to_string();
+    let code = verification_code(host, "EMAIL", &user_id).await;
+    let (status, body) = host
+        .call("POST", "/v1/user/verifications/email", None, Some(serde_json::json!({"email": email, "code": code})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = host
+        .call("POST", "/v1/user/sessions", None, Some(serde_json::json!({"email": email, "password": password})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    User { user_id, email, password, token: body["token"].as_str().unwrap().to_string() }
+}
+
+/// Asserts the platform's error shape and returns the code.
+pub fn error_code(body: &Value) -> &str {
+    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"));
+    assert!(body["error"]["message"].is_string(), "error without message: {body}");
+    code
+}

@@ -74,10 +74,10 @@ impl Router {
                 continue;
             }
             let mut ctx = Context::new(request, params);
-            if route.access == Access::Authenticated {
-                if let Err(err) = ctx.caller() {
-                    return err.into_response().into_wit();
-                }
+            if route.access == Access::Authenticated
+                && let Err(err) = ctx.caller()
+            {
+                return err.into_response().into_wit();
             }
             let response = (route.handler)(&mut ctx).unwrap_or_else(ApiError::into_response);
             return response.into_wit();

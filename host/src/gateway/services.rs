@@ -25,6 +25,12 @@ pub async fn invoke(
 ) -> Response {
     match handle(&state, peer, &params[0].1, request).await {
         Ok(response) => response,
+        Err(err) if err.status == StatusCode::PAYLOAD_TOO_LARGE => {
+            // The rest of the body is left unread: the connection cannot carry another request.
+            let mut response = err.into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
         Err(err) => err.into_response(),
     }
 }

@@ -90,10 +90,13 @@ fn foreign(ctx: &mut Context) -> Result<Response, ApiError> {
     ];
     let mut outcome = serde_json::Map::new();
     for (name, sql) in attempts {
+        // Each attempt in its own savepoint: a failed statement aborts only that attempt.
+        db.execute("SAVEPOINT attempt", &[])?;
         let result = match db.query(sql, &[]) {
             Ok(_) => json!({ "reached": true }),
             Err(err) => json!({ "reached": false, "code": err.code, "message": err.message }),
         };
+        db.execute("ROLLBACK TO SAVEPOINT attempt", &[])?;
         outcome.insert(name.to_string(), result);
     }
     Ok(Response::ok(&outcome))
