@@ -1,9 +1,174 @@
-//! `micropay bench`.
+//! `micropay bench`: what an invocation costs, and what the gateway costs against a plain
+//! axum route serving the same answer, measured in one run on this machine.
+//!
+//! The endpoint is the probe's `GET /ping`, which touches no database: the figures are the
+//! platform's own overhead (instantiate + call + drop, routing, request ids, metrics).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
 use clap::Args;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+
+use crate::config::Config;
+use crate::gateway;
+use crate::platform::Platform;
+use crate::runtime::bindings::Request;
+use crate::runtime::invoke::{Answer, Call};
+use crate::runtime::state::InvocationContext;
+
+/// The component and path measured.
+const COMPONENT: &str = "probe";
+const PATH: &str = "/v1/probe/ping";
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub config: Config,
+    /// Invocations measured one after another.
+    #[arg(long, default_value_t = 20_000)]
+    pub invocations: usize,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Seconds of HTTP load per server.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+}
 
-pub async fn run(_: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    crate::telemetry::init_with(args.config.log_format, "warn");
+    let platform = Platform::start(&args.config).await?;
+    let probe = platform
+        .registry()
+        .get(COMPONENT)
+        .ok_or_else(|| anyhow::anyhow!("the bench needs the {COMPONENT} component (policies in tests/policies)"))?;
+
+    // 1. Invocation cost, no HTTP.
+    let request = || Request {
+        method: "GET".into(),
+        path: "/ping".into(),
+        query: String::new(),
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    for _ in 0..1_000 {
+        platform.invoke(&probe, Call::Handle(request()), InvocationContext::new(None, "bench")).await?;
+    }
+    let mut samples = Vec::with_capacity(args.invocations);
+    let started = Instant::now();
+    for _ in 0..args.invocations {
+        let one = Instant::now();
+        match platform.invoke(&probe, Call::Handle(request()), InvocationContext::new(None, "bench")).await? {
+            Answer::Response(response) if response.status == 200 => {}
+            _ => anyhow::bail!("the probe did not answer 200"),
+        }
+        samples.push(one.elapsed());
+    }
+    let mean = started.elapsed() / args.invocations as u32;
+    samples.sort();
+    println!(
+        "invocation (instantiate + call + drop, {} runs): mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs",
+        args.invocations,
+        micros(mean),
+        micros(percentile(&samples, 0.50)),
+        micros(percentile(&samples, 0.99))
+    );
+
+    // 2. HTTP: the gateway against a plain axum route with the same answer.
+    let plain = axum::Router::new().route(PATH, get(|| async { axum::Json(serde_json::json!({ "pong": true })) }));
+    let (router, _state) = gateway::router(platform, args.config.body_limit);
+    let plain_address = spawn_server(plain).await?;
+    let gateway_address = spawn_server(router).await?;
+    let duration = Duration::from_secs(args.seconds);
+    let plain_run = load(plain_address, args.connections, duration).await?;
+    let gateway_run = load(gateway_address, args.connections, duration).await?;
+    println!("plain axum route: {plain_run}");
+    println!("gateway:          {gateway_run}");
+    println!(
+        "gateway / plain throughput: {:.2} ({} connections, {} s each, load generator in the same process)",
+        gateway_run.per_second() / plain_run.per_second(),
+        args.connections,
+        args.seconds
+    );
     Ok(())
+}
+
+async fn spawn_server(router: axum::Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.ok();
+    });
+    Ok(address)
+}
+
+struct LoadRun {
+    requests: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl LoadRun {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+impl std::fmt::Display for LoadRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} requests/s, p50 {:.0} µs, p99 {:.0} µs", self.per_second(), micros(self.p50), micros(self.p99))
+    }
+}
+
+/// `connections` keep-alive connections sending `GET PATH` back to back for `duration`.
+async fn load(address: SocketAddr, connections: usize, duration: Duration) -> anyhow::Result<LoadRun> {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let workers: Vec<_> =
+        (0..connections).map(|_| tokio::spawn(async move { connection_worker(address, deadline).await })).collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(LoadRun {
+        requests: latencies.len(),
+        elapsed,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    })
+}
+
+async fn connection_worker(address: SocketAddr, deadline: Instant) -> anyhow::Result<Vec<Duration>> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut latencies = Vec::new();
+    let uri = format!("http://{address}{PATH}");
+    while Instant::now() < deadline {
+        let request = hyper::Request::get(&uri).header("host", "bench").body(Empty::<Bytes>::new())?;
+        let one = Instant::now();
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        anyhow::ensure!(status == 200, "{uri} answered {status}");
+        latencies.push(one.elapsed());
+    }
+    Ok(latencies)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
 }

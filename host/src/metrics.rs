@@ -15,10 +15,20 @@ pub enum Outcome {
     Ok,
     /// A 5xx answer or a failed commit.
     Error,
-    /// A trap: panic, out-of-bounds access, memory limit.
+    /// A trap: panic, out-of-bounds access, unreachable.
     Trap,
     /// The deadline cut it.
     Deadline,
+    /// It burnt its fuel.
+    Fuel,
+    /// It exhausted its stack.
+    Stack,
+    /// It tried to grow its memory past its limit.
+    Memory,
+    /// Its answer was larger than its limit.
+    ResponseTooLarge,
+    /// Refused at admission: the component was at its concurrency limit.
+    Busy,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +53,7 @@ pub struct Metrics {
     invocations: Family<InvocationLabels, Counter>,
     latency: Family<ComponentLabels, Histogram>,
     responses: Family<ResponseLabels, Counter>,
+    refused_calls: Family<ComponentLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,7 +62,7 @@ impl Default for Metrics {
         let invocations = Family::<InvocationLabels, Counter>::default();
         registry.register(
             "invocations",
-            "Component invocations by component and outcome (ok, error, trap, deadline)",
+            "Component invocations by component and outcome (Ok, Error, Trap, Deadline, Fuel, Stack, Memory, ResponseTooLarge, Busy)",
             invocations.clone(),
         );
         let latency = Family::<ComponentLabels, Histogram>::new_with_constructor(|| {
@@ -60,7 +71,13 @@ impl Default for Metrics {
         registry.register("invocation_seconds", "Invocation latency by component", latency.clone());
         let responses = Family::<ResponseLabels, Counter>::default();
         registry.register("http_responses", "HTTP responses by status", responses.clone());
-        Self { registry, invocations, latency, responses }
+        let refused_calls = Family::<ComponentLabels, Counter>::default();
+        registry.register(
+            "refused_service_calls",
+            "Service calls refused by the caller's policy",
+            refused_calls.clone(),
+        );
+        Self { registry, invocations, latency, responses, refused_calls }
     }
 }
 
@@ -70,6 +87,10 @@ impl Metrics {
         self.latency
             .get_or_create(&ComponentLabels { component: component.to_string() })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_refused_call(&self, component: &str) {
+        self.refused_calls.get_or_create(&ComponentLabels { component: component.to_string() }).inc();
     }
 
     pub fn record_response(&self, status: u16) {

@@ -1,8 +1,8 @@
 //! The platform: PostgreSQL (embedded or a server), one provisioned database per service, the
-//! engine and the registry of loaded components. `micropay serve` and `micropay bench` both
-//! start one.
+//! engine and the loaded components. `micropay serve` and `micropay bench` both start one.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use sqlx::postgres::PgConnectOptions;
@@ -13,17 +13,17 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Policy};
 use crate::postgres::embedded::EmbeddedPostgres;
 use crate::postgres::provision::Provisioner;
-use crate::runtime::bindings::{Caller, Route};
-use crate::runtime::engine::Runtime;
-use crate::runtime::invoke::{self, Answer, Call, InvokeError};
-use crate::runtime::registry::{self, Compiler, LoadedComponent, Registry};
-use crate::runtime::state::InvocationState;
+use crate::runtime::bindings::Caller;
+use crate::runtime::engine::{EngineOptions, Runtime};
+use crate::runtime::invoke::{Answer, Call, Dispatcher, InvokeError};
+use crate::runtime::registry::{self, Compiler, LoadedComponent};
+use crate::runtime::state::{InvocationContext, InvocationState};
 
 /// A running platform.
 pub struct Platform {
-    pub runtime: Runtime,
-    pub registry: Registry,
-    pub metrics: Metrics,
+    pub dispatcher: Arc<Dispatcher>,
+    /// Owns the epoch ticker.
+    _runtime: Runtime,
     /// Kept to stop the embedded cluster last, after every pool is gone.
     embedded: Option<EmbeddedPostgres>,
 }
@@ -32,7 +32,15 @@ impl Platform {
     /// Starts PostgreSQL if embedded, provisions and migrates every policy's database, and
     /// loads every component.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let options = EngineOptions { fuel: false, ..EngineOptions::default() };
+        Self::start_with(config, options).await
+    }
+
+    /// [`Platform::start`] with engine options of the caller's (the bench turns deadlines off
+    /// to measure what they cost). Fuel metering is turned on when any policy asks for it.
+    pub async fn start_with(config: &Config, mut options: EngineOptions) -> anyhow::Result<Self> {
         let policies = policy::load_all(&config.policies)?;
+        options.fuel |= policies.iter().any(|policy| policy.limits.fuel.is_some());
         let (admin, embedded, default_secret) = match &config.database_url {
             Some(url) => {
                 let options =
@@ -51,37 +59,51 @@ impl Platform {
             config.pool_settings(),
         );
 
-        let runtime = Runtime::new()?;
+        let runtime = Runtime::new(options)?;
         let mut linker = Linker::<InvocationState>::new(&runtime.engine);
         crate::capabilities::add_to_linker(&mut linker)?;
         let compiler = Compiler::new(runtime.engine.clone(), config.cache_dir());
-        let metrics = Metrics::default();
+        let dispatcher = Dispatcher::new(&runtime, Metrics::default());
 
-        let mut registry = Registry::default();
         for policy in policies {
-            let component =
-                load_component(config, &runtime, &linker, &compiler, &provisioner, &metrics, policy).await?;
-            tracing::info!(component = %component.name, version = %&component.digest[..12], "component loaded");
-            registry.insert(component);
+            let component = load_component(config, &dispatcher, &linker, &compiler, &provisioner, policy).await?;
+            tracing::info!(
+                component = %component.name,
+                version = %component.version(),
+                from_cache = component.from_cache,
+                "component loaded"
+            );
+            dispatcher.registry.insert(component);
         }
-        Ok(Self { runtime, registry, metrics, embedded })
+        Ok(Self { dispatcher, _runtime: runtime, embedded })
+    }
+
+    /// The loaded components.
+    pub fn registry(&self) -> &crate::runtime::registry::Registry {
+        &self.dispatcher.registry
+    }
+
+    /// The host's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.dispatcher.metrics
     }
 
     /// Invokes `call` on `component` as one unit of work.
     pub async fn invoke(
         &self,
-        component: &LoadedComponent,
+        component: &Arc<LoadedComponent>,
         call: Call,
-        caller: Option<Caller>,
+        context: InvocationContext,
     ) -> Result<Answer, InvokeError> {
-        invoke::invoke(&self.runtime.engine, &self.metrics, component, call, caller).await
+        self.dispatcher.invoke(component, call, context).await
     }
 
     /// Resolves a bearer token through the identity component. No identity component loaded
     /// means no token can be valid.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Caller>, InvokeError> {
-        let Some(identity) = self.registry.identity() else { return Ok(None) };
-        match self.invoke(&identity, Call::Authenticate(token.to_string()), None).await? {
+    pub async fn authenticate(&self, token: &str, request_id: &str) -> Result<Option<Caller>, InvokeError> {
+        let Some(identity) = self.dispatcher.registry.identity() else { return Ok(None) };
+        let context = InvocationContext::new(None, request_id);
+        match self.invoke(&identity, Call::Authenticate(token.to_string()), context).await? {
             Answer::Caller(caller) => Ok(caller),
             _ => unreachable!("authenticate answers a caller"),
         }
@@ -89,12 +111,12 @@ impl Platform {
 
     /// Stops the embedded cluster (if any) after closing every pool.
     pub async fn shutdown(self) {
-        for component in self.registry.all() {
+        for component in self.dispatcher.registry.all() {
             if let Some(pool) = &component.pool {
                 pool.close().await;
             }
         }
-        drop(self.registry);
+        drop(self.dispatcher);
         if let Some(embedded) = self.embedded {
             embedded.stop();
         }
@@ -103,18 +125,19 @@ impl Platform {
 
 async fn load_component(
     config: &Config,
-    runtime: &Runtime,
+    dispatcher: &Arc<Dispatcher>,
     linker: &Linker<InvocationState>,
     compiler: &Compiler,
     provisioner: &Provisioner,
-    metrics: &Metrics,
     policy: Policy,
-) -> anyhow::Result<LoadedComponent> {
+) -> anyhow::Result<Arc<LoadedComponent>> {
     let name = policy.component.name.clone();
     let path = config.components_dir.join(&policy.component.file);
-    let (component, digest) = compiler.load(&path).with_context(|| format!("loading component {name}"))?;
+    let compiled = compiler.load(&path).with_context(|| format!("loading component {name}"))?;
+    registry::check_imports(&dispatcher.engine, &policy, &compiled.component)
+        .with_context(|| format!("refusing component {name}"))?;
     let (service, identity) =
-        registry::prepare(linker, &component).with_context(|| format!("loading component {name}"))?;
+        registry::prepare(linker, &compiled.component).with_context(|| format!("loading component {name}"))?;
     let pool = match &policy.database {
         Some(database) => Some(
             provisioner
@@ -124,12 +147,25 @@ async fn load_component(
         ),
         None => None,
     };
-    let mut loaded =
-        LoadedComponent { name: name.as_str().into(), digest, policy, service, identity, pool, routes: Vec::new() };
-    loaded.routes = match invoke::invoke(&runtime.engine, metrics, &loaded, Call::Routes, None).await {
+    let slots = tokio::sync::Semaphore::new(policy.limits.max_instances as usize);
+    let mut loaded = LoadedComponent {
+        name: name.as_str().into(),
+        digest: compiled.digest,
+        from_cache: compiled.from_cache,
+        policy,
+        service,
+        identity,
+        pool,
+        routes: Vec::new(),
+        slots,
+    };
+    let probe = Arc::new(loaded);
+    let routes = match dispatcher.invoke(&probe, Call::Routes, InvocationContext::new(None, "load")).await {
         Ok(Answer::Routes(routes)) => routes,
-        Ok(_) => Vec::<Route>::new(),
+        Ok(_) => Vec::new(),
         Err(err) => anyhow::bail!("component {name} failed to list its routes: {err}"),
     };
-    Ok(loaded)
+    loaded = Arc::into_inner(probe).expect("no invocation keeps the component");
+    loaded.routes = routes;
+    Ok(Arc::new(loaded))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::runtime::engine::MAX_MEMORY_BYTES;
+use crate::runtime::engine::{MAX_MEMORY_BYTES, POOLED_COMPONENT_INSTANCES};
 
 /// One component's policy.
 #[derive(Debug, Clone, Deserialize)]
@@ -17,8 +17,17 @@ pub struct Policy {
     pub component: ComponentSection,
     /// The database the component owns; absent for a component granted none.
     pub database: Option<DatabaseSection>,
+    /// Event topics it may publish and subscribe to.
+    #[serde(default)]
+    pub events: EventsSection,
+    /// Services it may call synchronously.
+    #[serde(default)]
+    pub services: ServicesSection,
     #[serde(default)]
     pub limits: Limits,
+    /// Who may deploy new versions of it.
+    #[serde(default)]
+    pub deploy: DeploySection,
     /// Where the policy was read from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -40,6 +49,50 @@ pub struct DatabaseSection {
     pub name: String,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// Topics it may publish (`user.registered`; `user.*` for every topic under `user.`).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Topics it may subscribe to, same patterns.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesSection {
+    /// Services whose HTTP API it may call through `services.call`.
+    #[serde(default)]
+    pub call: Vec<String>,
+}
+
+/// Roles of admin API keys (`micropay admin-key create --role ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Operations: deploys and rolls back any component, sees everything.
+    Ops,
+    /// The risk team: fraud rules.
+    Risk,
+    /// The platform team.
+    Platform,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySection {
+    /// Roles whose admin keys may deploy or roll back this component.
+    pub roles: Vec<Role>,
+}
+
+impl Default for DeploySection {
+    fn default() -> Self {
+        Self { roles: vec![Role::Ops] }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -47,11 +100,19 @@ pub struct Limits {
     pub memory_mb: u32,
     /// Wall-clock deadline of one invocation, in milliseconds.
     pub deadline_ms: u64,
+    /// Fuel (roughly, wasm instructions) one invocation may burn; none means unmetered.
+    pub fuel: Option<u64>,
+    /// Instances of this component alive at once; further requests wait `queue_ms`, then 429.
+    pub max_instances: u32,
+    /// How long a request may wait for a free instance slot, in milliseconds.
+    pub queue_ms: u64,
+    /// Largest response body the component may answer, in KiB.
+    pub max_response_kb: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_mb: 64, deadline_ms: 2_000 }
+        Self { memory_mb: 64, deadline_ms: 2_000, fuel: None, max_instances: 64, queue_ms: 100, max_response_kb: 1024 }
     }
 }
 
@@ -61,6 +122,12 @@ impl Limits {
     }
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms)
+    }
+    pub fn queue_wait(&self) -> Duration {
+        Duration::from_millis(self.queue_ms)
+    }
+    pub fn max_response_bytes(&self) -> usize {
+        (self.max_response_kb as usize) << 10
     }
 }
 
@@ -89,6 +156,30 @@ impl Policy {
         if !(10..=60_000).contains(&self.limits.deadline_ms) {
             bail!("limits.deadline_ms: {} is outside 10..=60000", self.limits.deadline_ms);
         }
+        if self.limits.fuel == Some(0) {
+            bail!("limits.fuel: 0 would refuse every invocation; omit it for unmetered");
+        }
+        if !(1..=POOLED_COMPONENT_INSTANCES).contains(&self.limits.max_instances) {
+            bail!("limits.max_instances: {} is outside 1..={POOLED_COMPONENT_INSTANCES}", self.limits.max_instances);
+        }
+        if self.limits.queue_ms > 10_000 {
+            bail!("limits.queue_ms: {} is over 10000", self.limits.queue_ms);
+        }
+        if !(1..=65_536).contains(&self.limits.max_response_kb) {
+            bail!("limits.max_response_kb: {} is outside 1..=65536", self.limits.max_response_kb);
+        }
+        for (field, topics) in [("events.publish", &self.events.publish), ("events.subscribe", &self.events.subscribe)]
+        {
+            for topic in topics {
+                check_topic(field, topic)?;
+            }
+        }
+        for service in &self.services.call {
+            check_name("services.call", service)?;
+        }
+        if self.deploy.roles.is_empty() {
+            bail!("deploy.roles: at least one role must be able to deploy the component");
+        }
         Ok(())
     }
 }
@@ -101,6 +192,19 @@ fn check_name(field: &str, name: &str) -> anyhow::Result<()> {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !valid {
         bail!("{field}: {name:?} must be 1-32 characters of a-z, 0-9 and _, starting with a letter");
+    }
+    Ok(())
+}
+
+/// A topic is dot-separated lowercase words; a pattern may end in `.*`.
+fn check_topic(field: &str, topic: &str) -> anyhow::Result<()> {
+    let words = topic.strip_suffix(".*").unwrap_or(topic);
+    let valid = !words.is_empty()
+        && words.split('.').all(|word| {
+            !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        });
+    if !valid && topic != "*" {
+        bail!("{field}: {topic:?} is not a topic (dot-separated a-z, 0-9, _ words, optionally ending in .*)");
     }
     Ok(())
 }

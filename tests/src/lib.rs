@@ -29,6 +29,8 @@ pub struct HostOptions {
     pub database_url: Option<String>,
     pub prefix: String,
     pub data_dir: PathBuf,
+    /// The compile cache; by default one shared by every test, so each component compiles once.
+    pub cache_dir: PathBuf,
     pub extra_args: Vec<String>,
 }
 
@@ -38,7 +40,13 @@ impl HostOptions {
     pub fn on_test_server() -> Self {
         let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let data_dir = std::env::temp_dir().join(format!("micropay-{prefix}"));
-        Self { database_url: Some(admin_url()), prefix, data_dir, extra_args: Vec::new() }
+        Self {
+            database_url: Some(admin_url()),
+            prefix,
+            data_dir,
+            cache_dir: root().join("target/test-cache"),
+            extra_args: Vec::new(),
+        }
     }
 }
 
@@ -71,7 +79,7 @@ impl TestHost {
             .arg("--data-dir")
             .arg(&options.data_dir)
             .arg("--cache-dir")
-            .arg(root.join("target/test-cache"))
+            .arg(&options.cache_dir)
             .arg("--policies")
             .arg(format!("{},{}", root.join("policies").display(), root.join("tests/policies").display()))
             .arg("--components-dir")

@@ -16,15 +16,21 @@ async fn embedded_postgres_starts_empty_and_keeps_data_across_restarts() {
         database_url: None,
         prefix: String::new(),
         data_dir: data_dir.clone(),
+        cache_dir: data_dir.join("cache"),
         extra_args: Vec::new(),
     };
 
     let mut host = TestHost::start_with(options()).await;
     assert!(data_dir.join("postgres/PG_VERSION").exists());
+    let loaded = host.wait_for_log("component loaded", std::time::Duration::from_secs(5)).await;
+    assert!(loaded.contains("from_cache=false"), "{loaded}");
     let user = signed_in_user(&mut host).await;
     host.stop();
 
-    let host = TestHost::start_with(options()).await;
+    let mut host = TestHost::start_with(options()).await;
+    // The restart deserialized the compiled components instead of compiling them again.
+    let loaded = host.wait_for_log("component loaded", std::time::Duration::from_secs(5)).await;
+    assert!(loaded.contains("from_cache=true"), "{loaded}");
     let (status, me) = host.call("GET", "/v1/user/me", Some(&user.token), None).await;
     assert_eq!(status, 200, "the session did not survive the restart: {me}");
     assert_eq!(me["email"].as_str(), Some(user.email.as_str()));

@@ -15,6 +15,7 @@
 pub mod db;
 pub mod http;
 pub mod router;
+pub mod services;
 pub mod time;
 
 pub use db::{Db, Row};

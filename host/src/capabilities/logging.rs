@@ -10,7 +10,7 @@ const MAX_MESSAGE_BYTES: usize = 4096;
 impl Host for InvocationState {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let message = truncate(&message, MAX_MESSAGE_BYTES);
-        let component = &*self.component;
+        let component = &*self.component.name;
         match level {
             Level::Trace => tracing::trace!(target: "component", component, "{message}"),
             Level::Debug => tracing::debug!(target: "component", component, "{message}"),

@@ -9,15 +9,18 @@ pub mod database;
 pub mod logging;
 pub mod principal;
 pub mod random;
+pub mod services;
+pub mod wasi;
 
 use wasmtime::component::Linker;
 
 use crate::runtime::bindings::service;
 use crate::runtime::state::InvocationState;
 
-/// Adds every capability to `linker`.
+/// Adds every capability to `linker`: the platform's interfaces and locked-down WASI.
 pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> anyhow::Result<()> {
-    Ok(service::Service::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |state| state)?)
+    service::Service::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |state| state)?;
+    wasi::add_to_linker(linker)
 }
 
 // `types` and `http` declare only types: nothing to implement.

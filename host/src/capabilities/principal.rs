@@ -5,6 +5,6 @@ use crate::runtime::state::InvocationState;
 
 impl Host for InvocationState {
     async fn current(&mut self) -> wasmtime::Result<Option<Caller>> {
-        Ok(self.caller.clone())
+        Ok(self.context.caller.clone())
     }
 }

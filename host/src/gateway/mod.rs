@@ -34,7 +34,7 @@ pub struct AppState {
 
 /// The gateway's router over a started platform.
 pub fn router(platform: Platform, body_limit: usize) -> (Router, Arc<AppState>) {
-    let openapi = openapi::document(&platform.registry);
+    let openapi = openapi::document(platform.registry());
     let state = Arc::new(AppState { platform, body_limit, openapi });
     let router = Router::new()
         .route("/healthz", get(healthz))
@@ -44,6 +44,7 @@ pub fn router(platform: Platform, body_limit: usize) -> (Router, Arc<AppState>) 
         .route("/v1/{service}", any(services::invoke))
         .route("/v1/{service}/{*path}", any(services::invoke))
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_responses))
         .layer(
             TraceLayer::new_for_http()
@@ -84,7 +85,7 @@ pub async fn serve(
 
 async fn count_responses(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    state.platform.metrics.record_response(response.status().as_u16());
+    state.platform.metrics().record_response(response.status().as_u16());
     response
 }
 
@@ -94,7 +95,7 @@ async fn healthz() -> impl IntoResponse {
 
 /// Ready when every service database answers.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    for component in state.platform.registry.all() {
+    for component in state.platform.registry().all() {
         if let Some(pool) = &component.pool {
             if let Err(err) = sqlx::query("SELECT 1").execute(pool).await {
                 return ApiError::new(
@@ -110,11 +111,19 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.platform.metrics.render())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.platform.metrics().render())
 }
 
 async fn openapi_json(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     axum::Json(state.openapi.clone())
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
 }
 
 async fn fallback(request: Request) -> ApiError {

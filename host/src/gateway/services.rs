@@ -13,6 +13,7 @@ use tower_http::request_id::RequestId;
 use super::{ApiError, AppState};
 use crate::runtime::bindings::{Caller, Request as ComponentRequest};
 use crate::runtime::invoke::{Answer, Call, InvokeError};
+use crate::runtime::state::InvocationContext;
 
 /// The header carrying the client's address to components (any incoming one is replaced).
 const CLIENT_IP: &str = "x-micropay-client-ip";
@@ -38,10 +39,12 @@ pub async fn invoke(
 async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Request) -> Result<Response, ApiError> {
     let platform = &state.platform;
     let component =
-        platform.registry.get(service).ok_or_else(|| ApiError::not_found(format!("no service named {service:?}")))?;
+        platform.registry().get(service).ok_or_else(|| ApiError::not_found(format!("no service named {service:?}")))?;
 
     let (parts, body) = request.into_parts();
-    let caller = authenticate(state, &parts.headers).await?;
+    let request_id =
+        parts.extensions.get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or_default();
+    let caller = authenticate(state, &parts.headers, request_id).await?;
     let body = read_json_body(&parts.headers, body, state.body_limit).await?;
 
     let prefix_len = "/v1/".len() + service.len();
@@ -49,8 +52,6 @@ async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Requ
         "" => "/".to_string(),
         rest => rest.to_string(),
     };
-    let request_id =
-        parts.extensions.get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or_default();
     let mut headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -67,7 +68,7 @@ async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Requ
         headers,
         body: body.to_vec(),
     });
-    match platform.invoke(&component, call, caller).await {
+    match platform.invoke(&component, call, InvocationContext::new(caller, request_id)).await {
         Ok(Answer::Response(response)) => http_response(response),
         Ok(_) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "bad_component_response", "unexpected answer")),
         Err(err) => Err(invoke_error(service, err)),
@@ -84,7 +85,7 @@ fn is_hidden(name: &HeaderName) -> bool {
 
 /// Resolves `Authorization: Bearer <token>`. No header is an anonymous call; a header that is
 /// not a valid, live bearer token is refused outright.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+async fn authenticate(state: &AppState, headers: &HeaderMap, request_id: &str) -> Result<Option<Caller>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the bearer token is invalid or expired");
     let token = value
@@ -94,7 +95,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Ca
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 512)
         .ok_or_else(invalid)?;
-    match state.platform.authenticate(token).await {
+    match state.platform.authenticate(token, request_id).await {
         Ok(Some(caller)) => Ok(Some(caller)),
         Ok(None) => Err(invalid()),
         Err(err) => Err(invoke_error("authentication", err)),
@@ -142,17 +143,24 @@ fn http_response(response: crate::runtime::bindings::Response) -> Result<Respons
 }
 
 fn invoke_error(service: &str, err: InvokeError) -> ApiError {
+    let failed = |code| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, format!("the {service} service failed"));
     match err {
-        InvokeError::Trap(_) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "component_failed",
-            format!("the {service} service failed"),
-        ),
+        InvokeError::Trap(_) => failed("component_failed"),
+        InvokeError::OutOfFuel | InvokeError::StackOverflow | InvokeError::Memory(_) => failed("resource_limit"),
         InvokeError::Deadline(deadline) => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "deadline_exceeded",
             format!("the {service} service did not answer within {} ms", deadline.as_millis()),
         ),
+        InvokeError::ResponseTooLarge { .. } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "response_too_large",
+            format!("the {service} service answered more than it may"),
+        ),
+        InvokeError::Busy(_) => ApiError {
+            retry_after_secs: Some(1),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", format!("the {service} service is at capacity"))
+        },
         InvokeError::Commit(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "commit_failed",

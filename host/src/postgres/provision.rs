@@ -4,7 +4,8 @@
 //!
 //! Invariants kept here:
 //! - CONNECT on a service database is revoked from PUBLIC, so no other service's role (none is
-//!   a superuser, none can create roles or databases) can open it;
+//!   a superuser, none can create roles or databases) can open it; nor can a service list the
+//!   server's databases and roles from its own;
 //! - the service's tables live in schema `{service}_schema`, owned by its role, first on the
 //!   role's search_path; the role's time zone is UTC, so `TIMESTAMP` columns hold UTC;
 //! - migrations are sqlx's: versioned, checksummed, refused if an applied file was edited.
@@ -120,6 +121,10 @@ impl Provisioner {
         for statement in [
             format!("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {role_ident}", ident(&format!("{service}_schema"))),
             "REVOKE ALL ON SCHEMA public FROM PUBLIC".to_string(),
+            // Nothing in a service's database lists the server's other databases or roles.
+            "REVOKE SELECT ON pg_catalog.pg_database, pg_catalog.pg_roles, pg_catalog.pg_user, \
+             pg_catalog.pg_stat_activity, pg_catalog.pg_stat_database FROM PUBLIC"
+                .to_string(),
         ] {
             tolerate_existing(admin_exec(&mut in_database, &statement).await)?;
         }

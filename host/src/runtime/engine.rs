@@ -14,17 +14,34 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const MAX_MEMORY_BYTES: usize = 256 << 20;
 
 /// Instances that can be alive at once across all components (the pool's size).
-const POOLED_COMPONENT_INSTANCES: u32 = 512;
+pub const POOLED_COMPONENT_INSTANCES: u32 = 512;
+
+/// What the engine enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Epoch interruption, the basis of every deadline. Off only to measure what it costs.
+    pub deadlines: bool,
+    /// Fuel metering: on when any policy sets `limits.fuel` (it slows all wasm code a little,
+    /// so it is not on otherwise).
+    pub fuel: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { deadlines: true, fuel: false }
+    }
+}
 
 /// The engine and the thread that advances its epoch.
 pub struct Runtime {
     pub engine: Engine,
+    pub options: EngineOptions,
     ticker_stop: Arc<AtomicBool>,
 }
 
 impl Runtime {
     /// Builds the engine and starts its epoch ticker.
-    pub fn new() -> anyhow::Result<Self> {
+    pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(POOLED_COMPONENT_INSTANCES)
@@ -37,7 +54,8 @@ impl Runtime {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
-            .epoch_interruption(true)
+            .epoch_interruption(options.deadlines)
+            .consume_fuel(options.fuel)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context("creating the wasmtime engine")?;
 
@@ -55,7 +73,7 @@ impl Runtime {
                 }
             })
             .context("starting the epoch ticker")?;
-        Ok(Self { engine, ticker_stop })
+        Ok(Self { engine, options, ticker_stop })
     }
 
     /// Epoch ticks that make up `deadline` (at least one).

@@ -1,16 +1,17 @@
-//! Invocations: a fresh instance per unit of work, cut at its deadline, its transaction
-//! committed only when it succeeded.
+//! Invocations: a fresh instance per unit of work, admitted within the component's concurrency
+//! limit, cut at its deadline (and fuel, if metered), its answer bounded in size, its
+//! transaction committed only when it succeeded.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Store, Trap};
 
-use crate::capabilities::database::UnitOfWork;
 use crate::metrics::{Metrics, Outcome};
 use crate::runtime::bindings::{Caller, Request, Response, Route};
-use crate::runtime::engine::Runtime;
-use crate::runtime::registry::LoadedComponent;
-use crate::runtime::state::InvocationState;
+use crate::runtime::engine::{EngineOptions, Runtime};
+use crate::runtime::registry::{LoadedComponent, Registry};
+use crate::runtime::state::{InvocationContext, InvocationState, MemoryExceeded};
 
 /// Time allowed beyond the deadline for the host's own awaits (a query in flight) before the
 /// whole invocation is dropped; the epoch deadline only interrupts running wasm code.
@@ -40,87 +41,151 @@ pub enum InvokeError {
     Trap(String),
     #[error("the component missed its deadline of {0:?}")]
     Deadline(Duration),
+    #[error("the component ran out of fuel")]
+    OutOfFuel,
+    #[error("the component exhausted its stack")]
+    StackOverflow,
+    #[error("the component exceeded its memory limit: {0}")]
+    Memory(String),
+    #[error("the component answered {size} bytes, over its limit of {limit}")]
+    ResponseTooLarge { size: usize, limit: usize },
+    #[error("the component is at its limit of {0} concurrent instances")]
+    Busy(u32),
     #[error("the component's work could not be committed: {0}")]
     Commit(sqlx::Error),
     #[error("the component cannot be instantiated: {0}")]
     Instantiate(String),
 }
 
-/// Runs one call as one unit of work.
-pub async fn invoke(
-    engine: &Engine,
-    metrics: &Metrics,
-    component: &LoadedComponent,
-    call: Call,
-    caller: Option<Caller>,
-) -> Result<Answer, InvokeError> {
-    let started = Instant::now();
-    let deadline = component.policy.limits.deadline();
-    let run = run(engine, component, call, caller);
-    let result = match tokio::time::timeout(deadline + HOST_GRACE, run).await {
-        Ok(result) => result,
-        Err(_) => Err(InvokeError::Deadline(deadline)),
-    };
-    let outcome = match &result {
-        Ok(Answer::Response(response)) if response.status >= 500 => Outcome::Error,
-        Ok(_) => Outcome::Ok,
-        Err(InvokeError::Trap(_) | InvokeError::Instantiate(_)) => Outcome::Trap,
-        Err(InvokeError::Deadline(_)) => Outcome::Deadline,
-        Err(InvokeError::Commit(_)) => Outcome::Error,
-    };
-    metrics.record_invocation(&component.name, outcome, started.elapsed());
-    if let Err(err) = &result {
-        tracing::warn!(component = %component.name, version = %&component.digest[..12], "invocation failed: {err}");
+impl InvokeError {
+    fn outcome(&self) -> Outcome {
+        match self {
+            InvokeError::Trap(_) | InvokeError::Instantiate(_) => Outcome::Trap,
+            InvokeError::Deadline(_) => Outcome::Deadline,
+            InvokeError::OutOfFuel => Outcome::Fuel,
+            InvokeError::StackOverflow => Outcome::Stack,
+            InvokeError::Memory(_) => Outcome::Memory,
+            InvokeError::ResponseTooLarge { .. } => Outcome::ResponseTooLarge,
+            InvokeError::Busy(_) => Outcome::Busy,
+            InvokeError::Commit(_) => Outcome::Error,
+        }
     }
-    result
 }
 
-async fn run(
-    engine: &Engine,
-    component: &LoadedComponent,
-    call: Call,
-    caller: Option<Caller>,
-) -> Result<Answer, InvokeError> {
-    let limits = &component.policy.limits;
-    let state = InvocationState::new(
-        component.name.clone(),
-        caller,
-        UnitOfWork::new(component.pool.clone()),
-        limits.memory_bytes(),
-    );
-    let mut store = Store::new(engine, state);
-    store.limiter(|state| &mut state.limits);
-    store.set_epoch_deadline(Runtime::ticks(limits.deadline()));
-    store.epoch_deadline_trap();
+/// Runs invocations: the engine, the loaded components and the metrics, shared by the gateway
+/// and by components calling each other.
+pub struct Dispatcher {
+    pub engine: wasmtime::Engine,
+    pub options: EngineOptions,
+    pub registry: Registry,
+    pub metrics: Metrics,
+}
 
-    let called = match call {
-        Call::Handle(request) => {
-            let instance = component.service.instantiate_async(&mut store).await.map_err(instantiate_error)?;
-            instance.micropay_platform_handler().call_handle(&mut store, &request).await.map(Answer::Response)
+impl Dispatcher {
+    pub fn new(runtime: &Runtime, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            engine: runtime.engine.clone(),
+            options: runtime.options,
+            registry: Registry::default(),
+            metrics,
+        })
+    }
+
+    /// Runs `call` on `component` as one unit of work.
+    pub async fn invoke(
+        self: &Arc<Self>,
+        component: &Arc<LoadedComponent>,
+        call: Call,
+        context: InvocationContext,
+    ) -> Result<Answer, InvokeError> {
+        let started = Instant::now();
+        let limits = &component.policy.limits;
+        let result = match tokio::time::timeout(limits.queue_wait(), component.slots.acquire()).await {
+            Ok(Ok(_slot)) => {
+                let deadline = limits.deadline();
+                match tokio::time::timeout(deadline + HOST_GRACE, self.run(component, call, context)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(InvokeError::Deadline(deadline)),
+                }
+            }
+            _ => Err(InvokeError::Busy(limits.max_instances)),
+        };
+        let outcome = match &result {
+            Ok(Answer::Response(response)) if response.status >= 500 => Outcome::Error,
+            Ok(_) => Outcome::Ok,
+            Err(err) => err.outcome(),
+        };
+        self.metrics.record_invocation(&component.name, outcome, started.elapsed());
+        if let Err(err) = &result {
+            tracing::warn!(component = %component.name, version = %component.version(), "invocation failed: {err}");
         }
-        Call::Routes => {
-            let instance = component.service.instantiate_async(&mut store).await.map_err(instantiate_error)?;
-            instance.micropay_platform_handler().call_routes(&mut store).await.map(Answer::Routes)
+        result
+    }
+
+    async fn run(
+        self: &Arc<Self>,
+        component: &Arc<LoadedComponent>,
+        call: Call,
+        context: InvocationContext,
+    ) -> Result<Answer, InvokeError> {
+        let limits = &component.policy.limits;
+        let state = InvocationState::new(component.clone(), context, self.clone());
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        if self.options.deadlines {
+            store.set_epoch_deadline(Runtime::ticks(limits.deadline()));
+            store.epoch_deadline_trap();
         }
-        Call::Authenticate(token) => {
-            let pre = component
-                .identity
-                .as_ref()
-                .ok_or_else(|| InvokeError::Instantiate(format!("{} does not export authenticator", component.name)))?;
-            let instance = pre.instantiate_async(&mut store).await.map_err(instantiate_error)?;
-            instance.micropay_platform_authenticator().call_authenticate(&mut store, &token).await.map(Answer::Caller)
+        if self.options.fuel {
+            store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).expect("fuel is enabled");
         }
-    };
-    let answer = match called {
-        Ok(answer) => answer,
-        Err(err) if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
-            return Err(InvokeError::Deadline(limits.deadline()));
+
+        let called = match call {
+            Call::Handle(request) => {
+                let instance = component.service.instantiate_async(&mut store).await.map_err(instantiate_error)?;
+                instance.micropay_platform_handler().call_handle(&mut store, &request).await.map(Answer::Response)
+            }
+            Call::Routes => {
+                let instance = component.service.instantiate_async(&mut store).await.map_err(instantiate_error)?;
+                instance.micropay_platform_handler().call_routes(&mut store).await.map(Answer::Routes)
+            }
+            Call::Authenticate(token) => {
+                let pre = component.identity.as_ref().ok_or_else(|| {
+                    InvokeError::Instantiate(format!("{} does not export authenticator", component.name))
+                })?;
+                let instance = pre.instantiate_async(&mut store).await.map_err(instantiate_error)?;
+                instance
+                    .micropay_platform_authenticator()
+                    .call_authenticate(&mut store, &token)
+                    .await
+                    .map(Answer::Caller)
+            }
+        };
+        let answer = called.map_err(|err| classify_trap(err, limits.deadline()))?;
+        if let Answer::Response(response) = &answer
+            && response.body.len() > limits.max_response_bytes()
+        {
+            return Err(InvokeError::ResponseTooLarge {
+                size: response.body.len(),
+                limit: limits.max_response_bytes(),
+            });
         }
-        Err(err) => return Err(InvokeError::Trap(format!("{err:#}"))),
-    };
-    let succeeded = !matches!(&answer, Answer::Response(response) if response.status >= 400);
-    store.into_data().unit.finish(succeeded).await.map_err(InvokeError::Commit)?;
-    Ok(answer)
+        let succeeded = !matches!(&answer, Answer::Response(response) if response.status >= 400);
+        store.into_data().unit.finish(succeeded).await.map_err(InvokeError::Commit)?;
+        Ok(answer)
+    }
+}
+
+fn classify_trap(err: wasmtime::Error, deadline: Duration) -> InvokeError {
+    if let Some(memory) = err.downcast_ref::<MemoryExceeded>() {
+        return InvokeError::Memory(memory.to_string());
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => InvokeError::Deadline(deadline),
+        Some(Trap::OutOfFuel) => InvokeError::OutOfFuel,
+        Some(Trap::StackOverflow) => InvokeError::StackOverflow,
+        _ => InvokeError::Trap(format!("{err:#}")),
+    }
 }
 
 fn instantiate_error(err: wasmtime::Error) -> InvokeError {

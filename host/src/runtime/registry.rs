@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -22,6 +22,8 @@ pub struct LoadedComponent {
     pub name: Arc<str>,
     /// SHA-256 of the component file: its version.
     pub digest: String,
+    /// Whether its compiled artifact came from the cache.
+    pub from_cache: bool,
     pub policy: Policy,
     /// The handler world, for HTTP invocations.
     pub service: ServicePre<InvocationState>,
@@ -31,34 +33,52 @@ pub struct LoadedComponent {
     pub pool: Option<sqlx::PgPool>,
     /// The endpoints it serves (asked once, at load).
     pub routes: Vec<Route>,
+    /// One permit per instance that may be alive at once (`limits.max_instances`).
+    pub slots: tokio::sync::Semaphore,
+}
+
+impl LoadedComponent {
+    /// The short form of its digest, for logs.
+    pub fn version(&self) -> &str {
+        &self.digest[..12]
+    }
 }
 
 /// The loaded components by service name.
 #[derive(Default)]
 pub struct Registry {
-    components: HashMap<String, Arc<LoadedComponent>>,
+    components: RwLock<HashMap<String, Arc<LoadedComponent>>>,
 }
 
 impl Registry {
-    pub fn insert(&mut self, component: LoadedComponent) {
-        self.components.insert(component.name.to_string(), Arc::new(component));
+    pub fn insert(&self, component: Arc<LoadedComponent>) {
+        self.components.write().unwrap().insert(component.name.to_string(), component);
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<LoadedComponent>> {
-        self.components.get(name).cloned()
+        self.components.read().unwrap().get(name).cloned()
     }
 
     /// Every component, sorted by name.
     pub fn all(&self) -> Vec<Arc<LoadedComponent>> {
-        let mut all: Vec<_> = self.components.values().cloned().collect();
+        let mut all: Vec<_> = self.components.read().unwrap().values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
     /// The component that authenticates callers: the one exporting `authenticator`.
     pub fn identity(&self) -> Option<Arc<LoadedComponent>> {
-        self.components.values().find(|c| c.identity.is_some()).cloned()
+        self.components.read().unwrap().values().find(|c| c.identity.is_some()).cloned()
     }
+}
+
+/// A loaded component file.
+pub struct Compiled {
+    pub component: Component,
+    /// SHA-256 of the file: the component's version.
+    pub digest: String,
+    /// Whether it came from the artifact cache rather than the compiler.
+    pub from_cache: bool,
 }
 
 /// Compiles components, caching precompiled artifacts in a directory.
@@ -73,9 +93,8 @@ impl Compiler {
     }
 
     /// Loads `path`: from the cache when an artifact for these bytes and this engine exists,
-    /// otherwise compiled with Cranelift and then cached. Returns the component and the
-    /// SHA-256 of its bytes.
-    pub fn load(&self, path: &Path) -> anyhow::Result<(Component, String)> {
+    /// otherwise compiled with Cranelift and then cached.
+    pub fn load(&self, path: &Path) -> anyhow::Result<Compiled> {
         let bytes = std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let mut engine_hash = DefaultHasher::new();
@@ -87,7 +106,7 @@ impl Compiler {
             // with the same compatibility hash (it is in the file name), into the host's own
             // cache directory, which nothing else writes.
             match unsafe { Component::deserialize_file(&self.engine, &artifact) } {
-                Ok(component) => return Ok((component, digest)),
+                Ok(component) => return Ok(Compiled { component, digest, from_cache: true }),
                 Err(err) => {
                     tracing::warn!(artifact = %artifact.display(), "cached artifact unusable, recompiling: {err:#}")
                 }
@@ -105,8 +124,23 @@ impl Compiler {
         std::fs::rename(&partial, &artifact).with_context(|| format!("writing {}", artifact.display()))?;
         // SAFETY: produced just above by this engine.
         let component = unsafe { Component::deserialize(&self.engine, &precompiled) }?;
-        Ok((component, digest))
+        Ok(Compiled { component, digest, from_cache: false })
     }
+}
+
+/// Refuses a component whose imports ask for a capability its policy does not grant, before
+/// anything of it runs. (Imports the host does not provide at all fail at linking.)
+pub fn check_imports(engine: &Engine, policy: &Policy, component: &Component) -> anyhow::Result<()> {
+    for (import, _) in component.component_type().imports(engine) {
+        let interface = import.split('@').next().unwrap_or(import);
+        let refusal = match interface {
+            "micropay:platform/database" if policy.database.is_none() => "a database ([database] name)",
+            "micropay:platform/services" if policy.services.call.is_empty() => "service calls ([services] call)",
+            _ => continue,
+        };
+        anyhow::bail!("the component imports {import}, but its policy {} grants no {refusal}", policy.source.display());
+    }
+    Ok(())
 }
 
 /// Links a component and checks the world it implements: every component must export the

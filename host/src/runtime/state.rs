@@ -2,35 +2,93 @@
 
 use std::sync::Arc;
 
+use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 
 use crate::capabilities::database::UnitOfWork;
+use crate::capabilities::wasi::LockedWasi;
 use crate::runtime::bindings::Caller;
+use crate::runtime::invoke::Dispatcher;
+use crate::runtime::registry::LoadedComponent;
+
+/// Who is calling and on behalf of which request: carried into nested service calls.
+#[derive(Clone)]
+pub struct InvocationContext {
+    /// The authenticated caller, if any.
+    pub caller: Option<Caller>,
+    /// The gateway's request id.
+    pub request_id: Arc<str>,
+    /// How many service calls deep this invocation is (0 for a gateway request).
+    pub depth: u8,
+}
+
+impl InvocationContext {
+    /// A top-level invocation.
+    pub fn new(caller: Option<Caller>, request_id: &str) -> Self {
+        Self { caller, request_id: request_id.into(), depth: 0 }
+    }
+}
 
 /// The store data of one invocation. It lives exactly as long as the invocation: instances
 /// are never reused, so nothing one request does is visible to the next.
 pub struct InvocationState {
-    /// Handles the component holds (database connections).
+    /// Handles the component holds (database connections, WASI streams).
     pub table: ResourceTable,
-    /// The invoked component's name, for logs.
-    pub component: Arc<str>,
-    /// The authenticated caller, if any.
-    pub caller: Option<Caller>,
+    /// The invoked component (its name and policy).
+    pub component: Arc<LoadedComponent>,
+    /// Caller, request id, depth.
+    pub context: InvocationContext,
     /// The invocation's transaction on the component's own database.
     pub unit: UnitOfWork,
-    /// Memory and instance limits from the component's policy.
-    pub limits: StoreLimits,
+    /// The memory limit from the component's policy.
+    pub limits: MemoryLimit,
+    /// For service calls.
+    pub dispatcher: Arc<Dispatcher>,
+    /// WASI, created on first use (most components never import it).
+    pub wasi: Option<LockedWasi>,
 }
 
 impl InvocationState {
-    pub fn new(component: Arc<str>, caller: Option<Caller>, unit: UnitOfWork, memory_bytes: usize) -> Self {
+    pub fn new(component: Arc<LoadedComponent>, context: InvocationContext, dispatcher: Arc<Dispatcher>) -> Self {
+        let memory_bytes = component.policy.limits.memory_bytes();
         Self {
             table: ResourceTable::new(),
+            unit: UnitOfWork::new(component.pool.clone()),
             component,
-            caller,
-            unit,
-            limits: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
+            context,
+            limits: MemoryLimit { max_bytes: memory_bytes },
+            dispatcher,
+            wasi: None,
         }
+    }
+}
+
+/// The memory limit of one instance. Growing past it traps with [`MemoryExceeded`], so the
+/// host can tell a memory bomb from other traps.
+pub struct MemoryLimit {
+    max_bytes: usize,
+}
+
+/// Most elements a table may grow to (tables hold function references, not data).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// A component tried to grow its memory past its policy's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {limit} bytes exceeded: {desired} bytes asked for")]
+pub struct MemoryExceeded {
+    pub limit: usize,
+    pub desired: usize,
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            return Err(MemoryExceeded { limit: self.max_bytes, desired }.into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }

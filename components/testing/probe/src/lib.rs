@@ -8,6 +8,12 @@
 //! - `POST /write` writes a row and succeeds.
 //! - `GET /writes` counts the rows written.
 //! - `GET /foreign` tries to read another service's tables and database from its own handle.
+//! - `GET /catalog` asks PostgreSQL's catalog for the other databases.
+//! - `GET /memory-bomb` allocates until something stops it.
+//! - `GET /recurse` recurses without end.
+//! - `GET /huge-response` answers 100 MB; `GET /big-response?kb=N` answers N KiB.
+//! - `GET /call/{service}?path=/p` calls another service through the host.
+//! - `GET /sleep?ms=N` holds its instance for N ms (without spinning).
 
 use micropay_sdk::db::param;
 use micropay_sdk::{Access, ApiError, Context, Response, Router, Service};
@@ -27,6 +33,13 @@ impl Service for Probe {
             .get("/writes", "Counts the rows written", Access::Public, count_writes)
             .get("/foreign", "Tries to reach another service's data", Access::Public, foreign)
             .get("/whoami", "Shows the caller", Access::Authenticated, whoami)
+            .get("/catalog", "Lists the server's databases", Access::Public, catalog)
+            .get("/memory-bomb", "Allocates without end", Access::Public, memory_bomb)
+            .get("/recurse", "Recurses without end", Access::Public, recurse)
+            .get("/huge-response", "Answers 100 MB", Access::Public, huge_response)
+            .get("/big-response", "Answers ?kb= KiB", Access::Public, big_response)
+            .get("/call/{service}", "Calls ?path= on another service", Access::Public, call)
+            .get("/sleep", "Holds its instance for ?ms= milliseconds", Access::Public, sleep)
     }
 }
 
@@ -105,4 +118,59 @@ fn foreign(ctx: &mut Context) -> Result<Response, ApiError> {
 fn whoami(ctx: &mut Context) -> Result<Response, ApiError> {
     let caller = ctx.caller()?;
     Ok(Response::ok(&json!({ "user_id": caller.user_id, "session_id": caller.session_id })))
+}
+
+fn catalog(ctx: &mut Context) -> Result<Response, ApiError> {
+    let db = ctx.db()?;
+    match db.query("SELECT datname FROM pg_database", &[]) {
+        Ok(rows) => Ok(Response::ok(&json!({ "reached": true, "databases": rows.len() }))),
+        Err(err) => Ok(Response::ok(&json!({ "reached": false, "code": err.code }))),
+    }
+}
+
+fn memory_bomb(_: &mut Context) -> Result<Response, ApiError> {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+    }
+}
+
+fn recurse(ctx: &mut Context) -> Result<Response, ApiError> {
+    fn deeper(n: u64) -> u64 {
+        // Never true: the recursion only ends when the stack does.
+        if std::hint::black_box(n) == u64::MAX {
+            return n;
+        }
+        std::hint::black_box(deeper(n + 1)) + 1
+    }
+    let _ = ctx;
+    Ok(Response::ok(&json!({ "depth": deeper(0) })))
+}
+
+fn huge_response(_: &mut Context) -> Result<Response, ApiError> {
+    Ok(Response { status: 200, headers: Vec::new(), body: vec![b'x'; 100 << 20] })
+}
+
+fn big_response(ctx: &mut Context) -> Result<Response, ApiError> {
+    let kb: usize = ctx.query("kb").and_then(|kb| kb.parse().ok()).unwrap_or(1);
+    Ok(Response::ok(&json!({ "filler": "x".repeat(kb << 10) })))
+}
+
+fn call(ctx: &mut Context) -> Result<Response, ApiError> {
+    let path = ctx.query("path").unwrap_or_else(|| "/".into());
+    match micropay_sdk::services::call(ctx.param("service"), "GET", &path, None) {
+        Ok(response) => {
+            let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
+            Ok(Response::ok(&json!({ "status": response.status, "body": body })))
+        }
+        Err(micropay_sdk::services::CallError::NotGranted(message)) => Err(ApiError::forbidden("not_granted", message)),
+        Err(err) => Err(ApiError::new(502, "call_failed", format!("{err:?}"))),
+    }
+}
+
+fn sleep(ctx: &mut Context) -> Result<Response, ApiError> {
+    let ms: i64 = ctx.query("ms").and_then(|ms| ms.parse().ok()).unwrap_or(100);
+    // pg_sleep holds the instance without burning fuel or tripping the epoch deadline early.
+    ctx.db()?.execute("SELECT pg_sleep($1::bigint / 1000.0)", &[param::int(ms)])?;
+    Ok(Response::ok(&json!({ "slept_ms": ms })))
 }
