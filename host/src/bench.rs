@@ -79,7 +79,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // 2. HTTP: the gateway against a plain axum route with the same answer.
     let plain = axum::Router::new().route(PATH, get(|| async { axum::Json(serde_json::json!({ "pong": true })) }));
-    let (router, _state) = gateway::router(platform, args.config.body_limit);
+    let (router, _state) = gateway::router(platform, args.config.body_limit, args.config.admin_keys());
     let plain_address = spawn_server(plain).await?;
     let gateway_address = spawn_server(router).await?;
     let duration = Duration::from_secs(args.seconds);

@@ -72,6 +72,10 @@ pub struct Config {
     #[arg(long, env = "MICROPAY_POOL_IDLE_TIMEOUT_SECS", default_value_t = 600)]
     pub pool_idle_timeout_secs: u64,
 
+    /// The admin API keys file (default: `admin-keys.toml` in the data directory).
+    #[arg(long, env = "MICROPAY_ADMIN_KEYS")]
+    pub admin_keys: Option<PathBuf>,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "MICROPAY_BODY_LIMIT", default_value_t = 1 << 20)]
     pub body_limit: usize,
@@ -89,6 +93,11 @@ impl Config {
             max_lifetime: Duration::from_secs(self.pool_max_lifetime_secs),
             idle_timeout: Duration::from_secs(self.pool_idle_timeout_secs),
         }
+    }
+
+    /// The admin API keys file.
+    pub fn admin_keys(&self) -> PathBuf {
+        self.admin_keys.clone().unwrap_or_else(|| self.data_dir.join("admin-keys.toml"))
     }
 
     /// Where precompiled components are cached.

@@ -6,8 +6,10 @@
 //! - [`postgres`]: the embedded cluster and the per-service databases, roles, pools, migrations;
 //! - [`gateway`]: the HTTP API;
 //! - [`policy`]: what each component is granted;
+//! - [`admin`]: admin API keys and the `/admin` routes;
 //! - [`platform`]: all of the above started together.
 
+pub mod admin;
 pub mod bench;
 pub mod capabilities;
 pub mod config;

@@ -1,7 +1,9 @@
 //! `micropay`: the MicroPay host.
 
 use clap::{Parser, Subcommand};
+use micropay::admin::keys::KeyFile;
 use micropay::config::Config;
+use micropay::policy::Role;
 use micropay::{bench, gateway, platform::Platform, telemetry};
 
 #[derive(Parser)]
@@ -18,6 +20,21 @@ enum Command {
     Serve(Config),
     /// Measure invocation cost and gateway throughput against a plain axum route.
     Bench(bench::BenchArgs),
+    /// Manage admin API keys.
+    #[command(subcommand, name = "admin-key")]
+    AdminKey(AdminKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminKeyCommand {
+    /// Create a key with a role; it is printed once and only its hash is stored.
+    Create {
+        #[arg(long, value_enum)]
+        role: Role,
+        /// The keys file.
+        #[arg(long, env = "MICROPAY_ADMIN_KEYS", default_value = "data/admin-keys.toml")]
+        admin_keys: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +44,15 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(config) => serve(config).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::AdminKey(AdminKeyCommand::Create { role, admin_keys }) => {
+                let key = KeyFile::create(&admin_keys, role)?;
+                println!("{key}");
+                eprintln!(
+                    "a {role:?} key; keep it now: it is not shown again ({} holds only its hash)",
+                    admin_keys.display()
+                );
+                Ok(())
+            }
         }
     });
     match result {
@@ -41,7 +67,7 @@ fn main() -> std::process::ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init(config.log_format);
     let platform = Platform::start(&config).await?;
-    let (router, state) = gateway::router(platform, config.body_limit);
+    let (router, state) = gateway::router(platform, config.body_limit, config.admin_keys());
     gateway::serve(router, config.listen, shutdown_signal()).await?;
     tracing::info!("shutting down");
     if let Some(state) = std::sync::Arc::into_inner(state) {

@@ -29,18 +29,21 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct AppState {
     pub platform: Platform,
     pub body_limit: usize,
+    /// The admin keys file.
+    pub admin_keys: std::path::PathBuf,
     openapi: serde_json::Value,
 }
 
 /// The gateway's router over a started platform.
-pub fn router(platform: Platform, body_limit: usize) -> (Router, Arc<AppState>) {
+pub fn router(platform: Platform, body_limit: usize, admin_keys: std::path::PathBuf) -> (Router, Arc<AppState>) {
     let openapi = openapi::document(platform.registry());
-    let state = Arc::new(AppState { platform, body_limit, openapi });
+    let state = Arc::new(AppState { platform, body_limit, admin_keys, openapi });
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
+        .nest("/admin", crate::admin::routes::router())
         .route("/v1/{service}", any(services::invoke))
         .route("/v1/{service}/{*path}", any(services::invoke))
         .fallback(fallback)
