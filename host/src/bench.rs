@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::gateway;
 use crate::platform::Platform;
 use crate::runtime::bindings::Request;
+use crate::runtime::engine::EngineOptions;
 use crate::runtime::invoke::{Answer, Call};
 use crate::runtime::state::InvocationContext;
 
@@ -40,42 +41,31 @@ pub struct BenchArgs {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::telemetry::init_with(args.config.log_format, "warn");
-    let platform = Platform::start(&args.config).await?;
-    let probe = platform
-        .registry()
-        .get(COMPONENT)
-        .ok_or_else(|| anyhow::anyhow!("the bench needs the {COMPONENT} component (policies in tests/policies)"))?;
-
-    // 1. Invocation cost, no HTTP.
-    let request = || Request {
-        method: "GET".into(),
-        path: "/ping".into(),
-        query: String::new(),
-        headers: Vec::new(),
-        body: Vec::new(),
-    };
-    for _ in 0..1_000 {
-        platform.invoke(&probe, Call::Handle(request()), InvocationContext::new(None, "bench")).await?;
-    }
-    let mut samples = Vec::with_capacity(args.invocations);
-    let started = Instant::now();
-    for _ in 0..args.invocations {
-        let one = Instant::now();
-        match platform.invoke(&probe, Call::Handle(request()), InvocationContext::new(None, "bench")).await? {
-            Answer::Response(response) if response.status == 200 => {}
-            _ => anyhow::bail!("the probe did not answer 200"),
-        }
-        samples.push(one.elapsed());
-    }
-    let mean = started.elapsed() / args.invocations as u32;
-    samples.sort();
-    println!(
-        "invocation (instantiate + call + drop, {} runs): mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs",
-        args.invocations,
-        micros(mean),
-        micros(percentile(&samples, 0.50)),
-        micros(percentile(&samples, 0.99))
+    anyhow::ensure!(
+        args.config.database_url.is_some(),
+        "the bench runs two platforms side by side: give it a server with --database-url (cargo xtask bench does)"
     );
+    let platform = Platform::start(&args.config).await?;
+    let unlimited = Platform::start_with(&args.config, EngineOptions { limits: false, fuel: false }).await?;
+
+    // 1. Invocation cost, no HTTP: with deadlines and memory limits, and without, interleaved
+    //    in rounds so that noise on this shared machine falls on both alike.
+    let mut limited_samples = Vec::with_capacity(args.invocations);
+    let mut unlimited_samples = Vec::with_capacity(args.invocations);
+    invocations(&platform, 1_000, &mut Vec::new()).await?;
+    invocations(&unlimited, 1_000, &mut Vec::new()).await?;
+    const ROUNDS: usize = 10;
+    for _ in 0..ROUNDS {
+        invocations(&platform, args.invocations / ROUNDS, &mut limited_samples).await?;
+        invocations(&unlimited, args.invocations / ROUNDS, &mut unlimited_samples).await?;
+    }
+    let limited = Summary::of(&mut limited_samples);
+    let unlimited_summary = Summary::of(&mut unlimited_samples);
+    println!("invocation, instantiate + call + drop ({} runs each):", limited_samples.len());
+    println!("  with deadline and memory limit: {limited}");
+    println!("  without:                        {unlimited_summary}");
+    println!("  cost of the limits: {:+.1}% (mean)", (limited.mean / unlimited_summary.mean - 1.0) * 100.0);
+    unlimited.shutdown().await;
 
     // 2. HTTP: the gateway against a plain axum route with the same answer.
     let plain = axum::Router::new().route(PATH, get(|| async { axum::Json(serde_json::json!({ "pong": true })) }));
@@ -85,15 +75,63 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
     let plain_run = load(plain_address, args.connections, duration).await?;
     let gateway_run = load(gateway_address, args.connections, duration).await?;
-    println!("plain axum route: {plain_run}");
-    println!("gateway:          {gateway_run}");
     println!(
-        "gateway / plain throughput: {:.2} ({} connections, {} s each, load generator in the same process)",
-        gateway_run.per_second() / plain_run.per_second(),
-        args.connections,
-        args.seconds
+        "HTTP GET {PATH} ({} connections, {} s each, load generator in the same process):",
+        args.connections, args.seconds
     );
+    println!("  plain axum route: {plain_run}");
+    println!("  gateway:          {gateway_run}");
+    println!("  gateway / plain throughput: {:.2}", gateway_run.per_second() / plain_run.per_second());
     Ok(())
+}
+
+/// Invokes the probe's `/ping` `count` times, one after another, recording each duration.
+async fn invocations(platform: &Platform, count: usize, samples: &mut Vec<Duration>) -> anyhow::Result<()> {
+    let probe = platform
+        .registry()
+        .get(COMPONENT)
+        .ok_or_else(|| anyhow::anyhow!("the bench needs the {COMPONENT} component (policies in tests/policies)"))?;
+    for _ in 0..count {
+        let request = Request {
+            method: "GET".into(),
+            path: "/ping".into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let one = Instant::now();
+        match platform.invoke(&probe, Call::Handle(request), InvocationContext::new(None, "bench")).await? {
+            Answer::Response(response) if response.status == 200 => {}
+            _ => anyhow::bail!("the probe did not answer 200"),
+        }
+        samples.push(one.elapsed());
+    }
+    Ok(())
+}
+
+/// Mean, median and 99th percentile of a set of durations, in microseconds.
+struct Summary {
+    mean: f64,
+    p50: f64,
+    p99: f64,
+}
+
+impl Summary {
+    fn of(samples: &mut [Duration]) -> Self {
+        samples.sort();
+        let total: Duration = samples.iter().sum();
+        Self {
+            mean: micros(total / samples.len().max(1) as u32),
+            p50: micros(percentile(samples, 0.50)),
+            p99: micros(percentile(samples, 0.99)),
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs", self.mean, self.p50, self.p99)
+    }
 }
 
 async fn spawn_server(router: axum::Router) -> anyhow::Result<SocketAddr> {

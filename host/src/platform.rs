@@ -32,12 +32,11 @@ impl Platform {
     /// Starts PostgreSQL if embedded, provisions and migrates every policy's database, and
     /// loads every component.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
-        let options = EngineOptions { fuel: false, ..EngineOptions::default() };
-        Self::start_with(config, options).await
+        Self::start_with(config, EngineOptions::default()).await
     }
 
-    /// [`Platform::start`] with engine options of the caller's (the bench turns deadlines off
-    /// to measure what they cost). Fuel metering is turned on when any policy asks for it.
+    /// [`Platform::start`] with engine options of the caller's (the bench turns limits off to
+    /// measure what they cost). Fuel metering is turned on when any policy asks for it.
     pub async fn start_with(config: &Config, mut options: EngineOptions) -> anyhow::Result<Self> {
         let policies = policy::load_all(&config.policies)?;
         options.fuel |= policies.iter().any(|policy| policy.limits.fuel.is_some());

@@ -28,7 +28,7 @@ async fn admin_routes_need_a_valid_admin_key() {
     let (status, body) = host.call("GET", "/admin/components", Some(&key), None).await;
     assert_eq!(status, 200, "{body}");
     let names: Vec<&str> = body["components"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["probe", "user"]);
+    assert!(names.contains(&"probe") && names.contains(&"user"), "{names:?}");
 
     let user = signed_in_user(&mut host).await;
     let last = if key.ends_with('0') { '1' } else { '0' };

@@ -4,7 +4,8 @@
 //!
 //! Components build for `wasm32-unknown-unknown` with Debian's Rust and a standard library
 //! built from source (`-Zbuild-std`): rustup cannot add wasm targets on these machines. That
-//! toolchain has its own cargo home and target directory, apart from the host's.
+//! toolchain has its own cargo home and target directory, apart from the host's. A test
+//! component written for the standard `wasm32-wasip2` target builds with the same toolchain.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +21,9 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("lld-19", "/usr/bin/wasm-ld-19"),
     ("postgresql", "/usr/lib/postgresql"),
 ];
+
+/// The machine's PostgreSQL, which the tests and the bench use.
+const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 const USAGE: &str = "usage: cargo xtask <setup | components | serve [ARGS...] | test [ARGS...] | bench [ARGS...]>";
 
@@ -42,7 +46,12 @@ fn main() -> anyhow::Result<()> {
         "bench" => {
             setup()?;
             build_components(&root)?;
-            cargo(&root, &["run", "--release", "--package", "micropay", "--", "bench"], &rest)
+            ensure_test_postgres()?;
+            let url = std::env::var("MICROPAY_DATABASE_URL").unwrap_or_else(|_| LOCAL_POSTGRES.to_string());
+            let args = ["run", "--release", "--package", "micropay", "--", "bench", "--database-url", &url];
+            let defaults =
+                ["--database-prefix", "bench_", "--policies", "tests/policies", "--data-dir", "target/bench"];
+            cargo(&root, &[&args[..], &defaults[..]].concat(), &rest)
         }
         "test" => {
             setup()?;
@@ -76,33 +85,9 @@ fn setup() -> anyhow::Result<()> {
 /// `target/components/`.
 fn build_components(root: &Path) -> anyhow::Result<()> {
     let target_dir = root.join("target/wasm");
-    let mut build = Command::new("/usr/bin/cargo");
-    build
-        .current_dir(root.join("components"))
-        .args(["build", "--release", "--target", "wasm32-unknown-unknown", "-Zbuild-std=std,panic_abort"])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    for var in [
-        "CARGO",
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_MAKEFLAGS",
-    ] {
-        build.env_remove(var);
-    }
-    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
-    build
-        .env("PATH", path)
-        .env("RUSTC", "/usr/bin/rustc")
-        .env("CARGO_HOME", root.join("target/wasm-cargo-home"))
-        .env("RUSTC_BOOTSTRAP", "1")
-        // Debian's /usr/bin/rust-lld is a dangling link: name the linker.
-        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", "/usr/bin/wasm-ld-19");
+    let mut build = wasm_build(root, &root.join("components"), "wasm32-unknown-unknown", &target_dir);
+    // Debian's /usr/bin/rust-lld is a dangling link: name the linker.
+    build.env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", "/usr/bin/wasm-ld-19");
     run(&mut build).context("building the components for wasm32-unknown-unknown")?;
 
     let out_dir = root.join("target/components");
@@ -120,6 +105,119 @@ fn build_components(root: &Path) -> anyhow::Result<()> {
             std::fs::write(out_dir.join(name), component)?;
         }
     }
+    build_wasip2_components(root)
+}
+
+/// `wasm-component-ld`, the linker with which the standard `wasm32-wasip2` target makes a
+/// component, pinned.
+const WASM_COMPONENT_LD_VERSION: &str = "0.5.31";
+
+/// Builds the test components written for the standard toolchain's component target,
+/// `wasm32-wasip2` (plain `std` and `wit-bindgen`, as an outside team would), into
+/// `target/components/`. The linker already makes them components.
+///
+/// Same Debian toolchain and cargo home as the wasm32-unknown-unknown build, with its own
+/// target directory. The first run installs `wasm-component-ld` and unpacks Debian's
+/// `wasi-libc` (the C library std links on WASI) into `target/tools/`; later runs reuse them.
+fn build_wasip2_components(root: &Path) -> anyhow::Result<()> {
+    const CRATES: &[(&str, &str)] = &[("testing/wasi-probe", "wasi_probe.wasm")];
+
+    let tools = root.join("target/tools");
+    let linker = tools.join("bin/wasm-component-ld");
+    if !linker.exists() {
+        eprintln!("xtask: installing wasm-component-ld {WASM_COMPONENT_LD_VERSION}");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut install = Command::new(cargo);
+        install
+            .args(["install", "wasm-component-ld", "--locked", "--version", WASM_COMPONENT_LD_VERSION, "--root"])
+            .arg(&tools);
+        for var in HOST_BUILD_VARS {
+            install.env_remove(var);
+        }
+        run(&mut install).context("installing wasm-component-ld")?;
+    }
+
+    let wasi_libc = tools.join("wasi-libc");
+    let libc_dir = wasi_libc.join("usr/lib/wasm32-wasi");
+    if !libc_dir.join("libc.a").exists() {
+        unpack_wasi_libc(&tools, &wasi_libc)?;
+    }
+
+    let target_dir = root.join("target/wasip2");
+    let out_dir = root.join("target/components");
+    std::fs::create_dir_all(&out_dir)?;
+    // Debian's wasi-libc is where std finds libc on WASI; wasm-component-ld runs Debian's
+    // wasm-ld (its own search would find only the dangling /usr/bin/rust-lld).
+    let rustflags = format!("-L native={} -C link-arg=--wasm-ld-path=/usr/bin/wasm-ld-19", libc_dir.display());
+    for (dir, artifact) in CRATES {
+        let mut build = wasm_build(root, &root.join("components").join(dir), "wasm32-wasip2", &target_dir);
+        build.env("CARGO_TARGET_WASM32_WASIP2_LINKER", &linker).env("CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS", &rustflags);
+        run(&mut build).with_context(|| format!("building components/{dir} for wasm32-wasip2"))?;
+        let built = target_dir.join("wasm32-wasip2/release").join(artifact);
+        std::fs::copy(&built, out_dir.join(artifact)).with_context(|| format!("copying {}", built.display()))?;
+    }
+    Ok(())
+}
+
+/// Variables that the calling cargo may set for its own build and that must not leak into
+/// another build.
+const HOST_BUILD_VARS: &[&str] = &[
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_MAKEFLAGS",
+];
+
+/// `cargo build --release` of the crate or workspace in `dir` for the wasm `target`, with
+/// Debian's toolchain, a standard library built from source and the wasm cargo home.
+fn wasm_build(root: &Path, dir: &Path, target: &str, target_dir: &Path) -> Command {
+    let mut build = Command::new("/usr/bin/cargo");
+    build
+        .current_dir(dir)
+        .args(["build", "--release", "--target", target, "-Zbuild-std=std,panic_abort"])
+        .arg("--target-dir")
+        .arg(target_dir);
+    for var in ["CARGO", "RUSTUP_TOOLCHAIN"].iter().chain(HOST_BUILD_VARS) {
+        build.env_remove(var);
+    }
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    build
+        .env("PATH", path)
+        .env("RUSTC", "/usr/bin/rustc")
+        .env("CARGO_HOME", root.join("target/wasm-cargo-home"))
+        .env("RUSTC_BOOTSTRAP", "1");
+    build
+}
+
+/// Unpacks Debian's `wasi-libc` package into `dest` without installing it.
+fn unpack_wasi_libc(tools: &Path, dest: &Path) -> anyhow::Result<()> {
+    eprintln!("xtask: unpacking Debian's wasi-libc into {}", dest.display());
+    // Download and unpack beside `dest`, then rename: an interrupted run leaves no half of it.
+    let work = tools.join("wasi-libc.partial");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let download = || run(Command::new("apt-get").args(["download", "-qq", "wasi-libc"]).current_dir(&work));
+    if download().is_err() {
+        // A machine whose package lists were never fetched (or were cleaned) knows no wasi-libc.
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        download().context("downloading Debian's wasi-libc")?;
+    }
+    let deb = std::fs::read_dir(&work)?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .context("apt-get download left no wasi-libc package")?;
+    let unpacked = work.join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    if dest.exists() {
+        std::fs::remove_dir_all(dest)?;
+    }
+    std::fs::rename(&unpacked, dest)?;
+    std::fs::remove_dir_all(&work)?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ const MAX_CALL_DEPTH: u8 = 4;
 impl Host for InvocationState {
     async fn call(&mut self, service: String, mut request: Request) -> wasmtime::Result<Result<Response, CallError>> {
         let caller = &self.component;
-        if !caller.policy.services.call.iter().any(|granted| *granted == service) {
+        if !caller.policy.services.call.contains(&service) {
             tracing::warn!(component = %caller.name, version = %caller.version(), callee = %service, "service call refused: not granted");
             self.dispatcher.metrics.record_refused_call(&caller.name);
             return Ok(Err(CallError::NotGranted(format!("{} may not call {service}", caller.name))));

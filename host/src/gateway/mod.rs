@@ -99,15 +99,15 @@ async fn healthz() -> impl IntoResponse {
 /// Ready when every service database answers.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     for component in state.platform.registry().all() {
-        if let Some(pool) = &component.pool {
-            if let Err(err) = sqlx::query("SELECT 1").execute(pool).await {
-                return ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_ready",
-                    format!("the {} database does not answer: {err}", component.name),
-                )
-                .into_response();
-            }
+        if let Some(pool) = &component.pool
+            && let Err(err) = sqlx::query("SELECT 1").execute(pool).await
+        {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("the {} database does not answer: {err}", component.name),
+            )
+            .into_response();
         }
     }
     axum::Json(serde_json::json!({ "status": "ready" })).into_response()

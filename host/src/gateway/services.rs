@@ -131,10 +131,10 @@ fn http_response(response: crate::runtime::bindings::Response) -> Result<Respons
     })?;
     let mut http = Response::builder().status(status);
     for (name, value) in &response.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
-            if name != super::REQUEST_ID {
-                http = http.header(name, value);
-            }
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
+            && name != super::REQUEST_ID
+        {
+            http = http.header(name, value);
         }
     }
     http.body(Body::from(response.body)).map_err(|_| {

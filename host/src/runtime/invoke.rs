@@ -131,8 +131,8 @@ impl Dispatcher {
         let limits = &component.policy.limits;
         let state = InvocationState::new(component.clone(), context, self.clone());
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
-        if self.options.deadlines {
+        if self.options.limits {
+            store.limiter(|state| &mut state.limits);
             store.set_epoch_deadline(Runtime::ticks(limits.deadline()));
             store.epoch_deadline_trap();
         }
