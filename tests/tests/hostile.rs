@@ -101,3 +101,30 @@ async fn every_misbehaviour_is_contained_and_counted() {
     assert!(log.contains("invocation failed") && log.contains("component=probe") && log.contains("version="), "{log}");
     assert!(log.contains("service call refused: not granted"), "refused call not logged");
 }
+
+#[tokio::test]
+async fn fuel_cuts_a_loop_when_the_policy_meters_it() {
+    let mut options = micropay_tests::HostOptions::on_test_server();
+    let policies = options.data_dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("metered.toml"),
+        "[component]\nname = \"metered\"\nfile = \"probe.wasm\"\n[database]\nname = \"metered\"\n\
+         [services]\ncall = [\"probe\"]\n[limits]\ndeadline_ms = 5000\nfuel = 5000000\n",
+    )
+    .unwrap();
+    options.extra_args = vec!["--policies".into(), policies.display().to_string()];
+    let host = TestHost::start_with(options).await;
+
+    // Out of fuel long before its 5 s deadline.
+    let started = std::time::Instant::now();
+    let (status, body) = host.call("GET", "/v1/metered/loop", None, None).await;
+    assert_eq!((status, error_code(&body)), (500, "resource_limit"), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    let metrics = host.http.get(host.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("micropay_invocations_total{component=\"metered\",outcome=\"Fuel\"} 1"), "{metrics}");
+
+    // Ordinary work fits in the budget.
+    let (status, _) = host.call("GET", "/v1/metered/ping", None, None).await;
+    assert_eq!(status, 200);
+}
