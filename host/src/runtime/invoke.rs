@@ -100,8 +100,13 @@ impl Dispatcher {
     ) -> Result<Answer, InvokeError> {
         let started = Instant::now();
         let limits = &component.policy.limits;
-        let result = match tokio::time::timeout(limits.queue_wait(), component.slots.acquire()).await {
-            Ok(Ok(_slot)) => {
+        // A free slot is taken at once; only a full component waits (briefly) on a timer.
+        let slot = match component.slots.try_acquire() {
+            Ok(slot) => Some(slot),
+            Err(_) => tokio::time::timeout(limits.queue_wait(), component.slots.acquire()).await.ok().and_then(Result::ok),
+        };
+        let result = match slot {
+            Some(_slot) => {
                 let deadline = limits.deadline();
                 match tokio::time::timeout(deadline + HOST_GRACE, self.run(component, call, context)).await {
                     Ok(result) => result,
