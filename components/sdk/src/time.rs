@@ -8,7 +8,3 @@ pub fn rfc3339(micros: i64) -> String {
     DateTime::from_timestamp_micros(micros).map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true)).unwrap_or_default()
 }
 
-/// Parses an RFC 3339 timestamp into microseconds since the Unix epoch.
-pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
-}

@@ -147,28 +147,6 @@ impl Provisioner {
         }
         Ok(pool)
     }
-
-    /// Drops every database and role with this provisioner's prefix (tests clean up with it).
-    pub async fn drop_all(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(!self.prefix.is_empty(), "refusing to drop databases without a prefix");
-        let mut admin = self.admin.connect().await?;
-        let pattern = format!("{}%", self.prefix.replace('_', "\\_"));
-        let databases: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE $1")
-            .bind(&pattern)
-            .fetch_all(&mut admin)
-            .await?;
-        for (database,) in databases {
-            admin_exec(&mut admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&database))).await?;
-        }
-        let roles: Vec<(String,)> = sqlx::query_as("SELECT rolname FROM pg_roles WHERE rolname LIKE $1")
-            .bind(&pattern)
-            .fetch_all(&mut admin)
-            .await?;
-        for (role,) in roles {
-            admin_exec(&mut admin, &format!("DROP ROLE IF EXISTS {}", ident(&role))).await?;
-        }
-        Ok(())
-    }
 }
 
 async fn exists(conn: &mut PgConnection, sql: &'static str, name: &str) -> anyhow::Result<bool> {

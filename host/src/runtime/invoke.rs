@@ -103,7 +103,9 @@ impl Dispatcher {
         // A free slot is taken at once; only a full component waits (briefly) on a timer.
         let slot = match component.slots.try_acquire() {
             Ok(slot) => Some(slot),
-            Err(_) => tokio::time::timeout(limits.queue_wait(), component.slots.acquire()).await.ok().and_then(Result::ok),
+            Err(_) => {
+                tokio::time::timeout(limits.queue_wait(), component.slots.acquire()).await.ok().and_then(Result::ok)
+            }
         };
         let result = match slot {
             Some(_slot) => {
