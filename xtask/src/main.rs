@@ -58,7 +58,19 @@ fn main() -> anyhow::Result<()> {
             build_components(&root)?;
             ensure_test_postgres()?;
             cargo(&root, &["build", "--package", "micropay"], &[])?;
-            cargo(&root, &["test", "--workspace"], &rest)
+            cargo(&root, &["test", "--workspace"], &rest)?;
+            // The components' own rules (validation, hashing) as native unit tests.
+            let manifest = root.join("components/Cargo.toml");
+            let native = root.join("target/components-native");
+            let args = [
+                "test",
+                "--workspace",
+                "--manifest-path",
+                &manifest.to_string_lossy(),
+                "--target-dir",
+                &native.to_string_lossy(),
+            ];
+            cargo(&root, &args, &[])
         }
         _ => bail!("{USAGE}"),
     }
