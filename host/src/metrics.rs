@@ -54,6 +54,7 @@ pub struct Metrics {
     latency: Family<ComponentLabels, Histogram>,
     responses: Family<ResponseLabels, Counter>,
     refused_calls: Family<ComponentLabels, Counter>,
+    refused_publishes: Family<ComponentLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,7 +78,13 @@ impl Default for Metrics {
             "Service calls refused by the caller's policy",
             refused_calls.clone(),
         );
-        Self { registry, invocations, latency, responses, refused_calls }
+        let refused_publishes = Family::<ComponentLabels, Counter>::default();
+        registry.register(
+            "refused_publishes",
+            "Event publishes refused by the publisher's policy",
+            refused_publishes.clone(),
+        );
+        Self { registry, invocations, latency, responses, refused_calls, refused_publishes }
     }
 }
 
@@ -91,6 +98,10 @@ impl Metrics {
 
     pub fn record_refused_call(&self, component: &str) {
         self.refused_calls.get_or_create(&ComponentLabels { component: component.to_string() }).inc();
+    }
+
+    pub fn record_refused_publish(&self, component: &str) {
+        self.refused_publishes.get_or_create(&ComponentLabels { component: component.to_string() }).inc();
     }
 
     pub fn record_response(&self, status: u16) {

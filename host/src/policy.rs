@@ -60,6 +60,29 @@ pub struct EventsSection {
     pub subscribe: Vec<String>,
 }
 
+impl EventsSection {
+    /// Whether the policy grants publishing on `topic`.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.publish.iter().any(|pattern| topic_matches(pattern, topic))
+    }
+}
+
+/// `*` matches every topic, `user.*` every topic under `user.`, anything else itself.
+fn topic_matches(pattern: &str, topic: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => topic.starts_with(prefix) && topic.len() > prefix.len(),
+        None => pattern == topic,
+    }
+}
+
+/// Whether `topic` is a concrete topic: dot-separated words of a-z, 0-9 and `_`.
+pub fn is_topic(topic: &str) -> bool {
+    topic.len() <= 200
+        && topic.split('.').all(|word| {
+            !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServicesSection {
@@ -174,6 +197,9 @@ impl Policy {
                 check_topic(field, topic)?;
             }
         }
+        if !self.events.publish.is_empty() && self.database.is_none() {
+            bail!("events.publish: publishing needs a database ([database]): events are written to its outbox");
+        }
         for service in &self.services.call {
             check_name("services.call", service)?;
         }
@@ -196,14 +222,9 @@ fn check_name(field: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A topic is dot-separated lowercase words; a pattern may end in `.*`.
+/// A topic pattern is a topic, optionally ending in `.*`, or `*`.
 fn check_topic(field: &str, topic: &str) -> anyhow::Result<()> {
-    let words = topic.strip_suffix(".*").unwrap_or(topic);
-    let valid = !words.is_empty()
-        && words.split('.').all(|word| {
-            !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        });
-    if !valid && topic != "*" {
+    if topic != "*" && !is_topic(topic.strip_suffix(".*").unwrap_or(topic)) {
         bail!("{field}: {topic:?} is not a topic (dot-separated a-z, 0-9, _ words, optionally ending in .*)");
     }
     Ok(())

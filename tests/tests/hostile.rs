@@ -110,7 +110,7 @@ async fn fuel_cuts_a_loop_when_the_policy_meters_it() {
     std::fs::write(
         policies.join("metered.toml"),
         "[component]\nname = \"metered\"\nfile = \"probe.wasm\"\n[database]\nname = \"metered\"\n\
-         [services]\ncall = [\"probe\"]\n[limits]\ndeadline_ms = 5000\nfuel = 5000000\n",
+         [services]\ncall = [\"probe\"]\n[events]\npublish = [\"probe.*\"]\n[limits]\ndeadline_ms = 5000\nfuel = 5000000\n",
     )
     .unwrap();
     options.extra_args = vec!["--policies".into(), policies.display().to_string()];

@@ -58,6 +58,13 @@ impl ApiError {
     }
 }
 
+/// A refused publish is a mismatch between the component and its policy, not bad input.
+impl From<crate::events::PublishError> for ApiError {
+    fn from(err: crate::events::PublishError) -> Self {
+        ApiError::internal(&format!("event not published: {err:?}"))
+    }
+}
+
 impl From<DbError> for ApiError {
     fn from(err: DbError) -> Self {
         ApiError::internal(&format!("database error {}: {}", err.code, err.message))

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod router;
 pub mod services;

@@ -85,6 +85,26 @@ impl Activity {
         }
     }
 
+    /// The topic of the event published with it.
+    pub fn topic(self) -> &'static str {
+        match self {
+            Activity::SignedUp => "user.registered",
+            Activity::EmailVerificationSent => "user.email_verification_sent",
+            Activity::EmailVerified => "user.verified",
+            Activity::PhoneVerificationSent => "user.phone_verification_sent",
+            Activity::PhoneVerified => "user.phone_verified",
+            Activity::LoggedIn => "user.logged_in",
+            Activity::LoginFailed => "user.login_failed",
+            Activity::LoggedOut => "user.logged_out",
+            Activity::SessionRevoked => "user.session_revoked",
+            Activity::UserUpdated => "user.updated",
+            Activity::ProfileUpdated => "user.profile_updated",
+            Activity::PreferencesUpdated => "user.preferences_updated",
+            Activity::PasswordChanged => "user.password_changed",
+            Activity::AccountDeleted => "user.deleted",
+        }
+    }
+
     /// The value stored in `activity_description`.
     pub fn description(self) -> &'static str {
         match self {

@@ -25,6 +25,8 @@ mod bindings {
             "micropay:platform/random@0.1.0": micropay_sdk::service::micropay::platform::random,
             "micropay:platform/principal@0.1.0": micropay_sdk::service::micropay::platform::principal,
             "micropay:platform/http@0.1.0": micropay_sdk::service::micropay::platform::http,
+            "micropay:platform/services@0.1.0": micropay_sdk::service::micropay::platform::services,
+            "micropay:platform/events@0.1.0": micropay_sdk::service::micropay::platform::events,
         },
     });
 }

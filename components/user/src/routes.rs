@@ -207,6 +207,27 @@ fn sent() -> Response {
 
 /// The client's address as the host reports it. A value that cannot be an address (empty, or
 /// longer than the column) is dropped rather than failing the write.
+/// Records an account event: a row in the user's activity log and, in the same unit of work,
+/// an event for the rest of the platform (`user.registered`, `user.logged_in`, ...).
+fn record(
+    db: &Db,
+    user_id: &str,
+    activity: Activity,
+    metadata: Option<&Json>,
+    ip_address: Option<&str>,
+) -> Result<(), ApiError> {
+    sql::log_activity(db, user_id, activity, metadata, ip_address)?;
+    let data = json!({
+        "user_id": user_id,
+        "activity": activity.as_str(),
+        "description": activity.description(),
+        "metadata": metadata,
+        "ip_address": ip_address,
+    });
+    micropay_sdk::events::publish(activity.topic(), user_id, &data)?;
+    Ok(())
+}
+
 fn client_ip(ctx: &Context) -> Option<String> {
     ctx.header(CLIENT_IP_HEADER).filter(|ip| !ip.is_empty() && ip.len() <= IP_ADDRESS_MAX).map(str::to_string)
 }
@@ -271,7 +292,7 @@ pub fn sign_up(ctx: &mut Context) -> Result<Response, ApiError> {
     .map_err(taken)?;
     let user_id = user.text("user_id");
     sql::insert_user_settings(db, &user_id)?;
-    sql::log_activity(db, &user_id, Activity::SignedUp, None, ip.as_deref())?;
+    record(db, &user_id, Activity::SignedUp, None, ip.as_deref())?;
     domain::issue_code(db, &user_id, Channel::Email)?;
     Ok(Response::created(&user_json(&user)))
 }
@@ -287,7 +308,7 @@ pub fn verify_email(ctx: &mut Context) -> Result<Response, ApiError> {
     let user_id = user.text("user_id");
     redeem_or_refuse(db, &user_id, Channel::Email, &body.code)?;
     let user = sql::mark_email_verified(db, &user_id)?;
-    sql::log_activity(db, &user_id, Activity::EmailVerified, None, ip.as_deref())?;
+    record(db, &user_id, Activity::EmailVerified, None, ip.as_deref())?;
     Ok(Response::ok(&user_json(&user)))
 }
 
@@ -303,7 +324,7 @@ pub fn resend_email_code(ctx: &mut Context) -> Result<Response, ApiError> {
     {
         let user_id = user.text("user_id");
         domain::issue_code(db, &user_id, Channel::Email)?;
-        sql::log_activity(db, &user_id, Activity::EmailVerificationSent, None, ip.as_deref())?;
+        record(db, &user_id, Activity::EmailVerificationSent, None, ip.as_deref())?;
     }
     Ok(sent())
 }
@@ -322,7 +343,7 @@ pub fn request_phone_code(ctx: &mut Context) -> Result<Response, ApiError> {
         return Err(ApiError::conflict("already_verified", "the phone number is already verified"));
     }
     domain::issue_code(db, &caller.user_id, Channel::Phone)?;
-    sql::log_activity(db, &caller.user_id, Activity::PhoneVerificationSent, None, ip.as_deref())?;
+    record(db, &caller.user_id, Activity::PhoneVerificationSent, None, ip.as_deref())?;
     Ok(sent())
 }
 
@@ -342,7 +363,7 @@ pub fn verify_phone(ctx: &mut Context) -> Result<Response, ApiError> {
     }
     redeem_or_refuse(db, &caller.user_id, Channel::Phone, &body.code)?;
     let user = sql::mark_phone_verified(db, &caller.user_id)?;
-    sql::log_activity(db, &caller.user_id, Activity::PhoneVerified, None, ip.as_deref())?;
+    record(db, &caller.user_id, Activity::PhoneVerified, None, ip.as_deref())?;
     Ok(Response::ok(&user_json(&user)))
 }
 
@@ -362,7 +383,7 @@ pub fn log_in(ctx: &mut Context) -> Result<Response, ApiError> {
     };
     let user_id = user.text("user_id");
     if !domain::verify_password(&body.password, &user.text("password_hash")) {
-        sql::log_activity(db, &user_id, Activity::LoginFailed, None, ip.as_deref())?;
+        record(db, &user_id, Activity::LoginFailed, None, ip.as_deref())?;
         db.commit_on_error();
         return Err(invalid_credentials());
     }
@@ -389,7 +410,7 @@ pub fn log_in(ctx: &mut Context) -> Result<Response, ApiError> {
     let session_id = session.text("session_id");
     let user = sql::record_login(db, &user_id)?;
     let metadata = json!({ "session_id": session_id });
-    sql::log_activity(db, &user_id, Activity::LoggedIn, Some(&metadata), ip.as_deref())?;
+    record(db, &user_id, Activity::LoggedIn, Some(&metadata), ip.as_deref())?;
     Ok(Response::created(&json!({
         "token": token,
         "session_id": session_id,
@@ -406,7 +427,7 @@ pub fn log_out(ctx: &mut Context) -> Result<Response, ApiError> {
 
     sql::delete_session(db, &caller.user_id, &caller.session_id)?;
     let metadata = json!({ "session_id": caller.session_id });
-    sql::log_activity(db, &caller.user_id, Activity::LoggedOut, Some(&metadata), ip.as_deref())?;
+    record(db, &caller.user_id, Activity::LoggedOut, Some(&metadata), ip.as_deref())?;
     Ok(Response::no_content())
 }
 
@@ -436,7 +457,7 @@ pub fn revoke_session(ctx: &mut Context) -> Result<Response, ApiError> {
         return Err(not_found());
     }
     let metadata = json!({ "session_id": session_id });
-    sql::log_activity(db, &caller.user_id, Activity::SessionRevoked, Some(&metadata), ip.as_deref())?;
+    record(db, &caller.user_id, Activity::SessionRevoked, Some(&metadata), ip.as_deref())?;
     Ok(Response::no_content())
 }
 
@@ -502,7 +523,7 @@ pub fn update_me(ctx: &mut Context) -> Result<Response, ApiError> {
         sql::consume_open_codes(db, &caller.user_id, Channel::Phone.as_str())?;
     }
     let metadata = json!({ "fields": changed });
-    sql::log_activity(db, &caller.user_id, Activity::UserUpdated, Some(&metadata), ip.as_deref())?;
+    record(db, &caller.user_id, Activity::UserUpdated, Some(&metadata), ip.as_deref())?;
     Ok(Response::ok(&user_json(&user)))
 }
 
@@ -521,7 +542,7 @@ pub fn change_password(ctx: &mut Context) -> Result<Response, ApiError> {
     sql::set_password_hash(db, &caller.user_id, &domain::hash_password(&body.new_password)?)?;
     let revoked = sql::delete_other_sessions(db, &caller.user_id, &caller.session_id)?;
     let metadata = json!({ "sessions_revoked": revoked });
-    sql::log_activity(db, &caller.user_id, Activity::PasswordChanged, Some(&metadata), ip.as_deref())?;
+    record(db, &caller.user_id, Activity::PasswordChanged, Some(&metadata), ip.as_deref())?;
     Ok(Response::no_content())
 }
 
@@ -534,7 +555,7 @@ pub fn delete_me(ctx: &mut Context) -> Result<Response, ApiError> {
     sql::soft_delete_user(db, &caller.user_id)?;
     let revoked = sql::delete_sessions(db, &caller.user_id)?;
     let metadata = json!({ "sessions_revoked": revoked });
-    sql::log_activity(db, &caller.user_id, Activity::AccountDeleted, Some(&metadata), ip.as_deref())?;
+    record(db, &caller.user_id, Activity::AccountDeleted, Some(&metadata), ip.as_deref())?;
     Ok(Response::no_content())
 }
 
@@ -602,7 +623,7 @@ pub fn update_profile(ctx: &mut Context) -> Result<Response, ApiError> {
 
     let profile = patch.apply(db, &caller.user_id)?;
     let metadata = json!({ "fields": changed });
-    sql::log_activity(db, &caller.user_id, Activity::ProfileUpdated, Some(&metadata), ip.as_deref())?;
+    record(db, &caller.user_id, Activity::ProfileUpdated, Some(&metadata), ip.as_deref())?;
     Ok(Response::ok(&profile_json(&profile)))
 }
 
@@ -637,6 +658,6 @@ pub fn update_preferences(ctx: &mut Context) -> Result<Response, ApiError> {
 
     let preferences = patch.apply(db, &caller.user_id)?;
     let metadata = json!({ "fields": changed });
-    sql::log_activity(db, &caller.user_id, Activity::PreferencesUpdated, Some(&metadata), ip.as_deref())?;
+    record(db, &caller.user_id, Activity::PreferencesUpdated, Some(&metadata), ip.as_deref())?;
     Ok(Response::ok(&preferences_json(&preferences)))
 }

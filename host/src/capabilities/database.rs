@@ -105,7 +105,7 @@ impl InvocationState {
         row_set(&rows)
     }
 
-    async fn run_execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, DbError> {
+    pub(crate) async fn run_execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, DbError> {
         let arguments = arguments(params)?;
         let transaction = self.unit.transaction().await?;
         let done = sqlx::query_with(sql, arguments).execute(&mut **transaction).await.map_err(db_error)?;

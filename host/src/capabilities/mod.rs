@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod database;
+pub mod events;
 pub mod logging;
 pub mod principal;
 pub mod random;

@@ -128,6 +128,10 @@ impl Provisioner {
         ] {
             tolerate_existing(admin_exec(&mut in_database, &statement).await)?;
         }
+        for statement in platform_tables(&role_ident) {
+            tolerate_existing(admin_exec(&mut in_database, &statement).await)
+                .with_context(|| format!("creating platform tables in {database}"))?;
+        }
         in_database.close().await.ok();
 
         let pool = PgPoolOptions::new()
@@ -147,6 +151,31 @@ impl Provisioner {
         }
         Ok(pool)
     }
+}
+
+/// The platform's own tables in a service database, owned by the administrator: the event
+/// outbox, to which the service's role may only append (through `events.publish`).
+fn platform_tables(role: &str) -> Vec<String> {
+    vec![
+        "CREATE SCHEMA IF NOT EXISTS micropay_platform".to_string(),
+        "CREATE TABLE IF NOT EXISTS micropay_platform.outbox (
+            sequence BIGSERIAL PRIMARY KEY,
+            event_id UUID NOT NULL UNIQUE,
+            topic VARCHAR(200) NOT NULL,
+            source VARCHAR(100) NOT NULL,
+            subject VARCHAR(255) NOT NULL,
+            data JSONB NOT NULL,
+            trace_id VARCHAR(100),
+            occurred_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            relayed_at TIMESTAMPTZ
+        )"
+        .to_string(),
+        "CREATE INDEX IF NOT EXISTS outbox_unrelayed ON micropay_platform.outbox (sequence) WHERE relayed_at IS NULL"
+            .to_string(),
+        format!("GRANT USAGE ON SCHEMA micropay_platform TO {role}"),
+        format!("GRANT INSERT ON micropay_platform.outbox TO {role}"),
+        format!("GRANT USAGE ON SEQUENCE micropay_platform.outbox_sequence_seq TO {role}"),
+    ]
 }
 
 async fn exists(conn: &mut PgConnection, sql: &'static str, name: &str) -> anyhow::Result<bool> {

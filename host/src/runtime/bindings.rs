@@ -31,6 +31,8 @@ pub mod identity {
             "micropay:platform/random": super::service::micropay::platform::random,
             "micropay:platform/principal": super::service::micropay::platform::principal,
             "micropay:platform/http": super::service::micropay::platform::http,
+            "micropay:platform/services": super::service::micropay::platform::services,
+            "micropay:platform/events": super::service::micropay::platform::events,
         },
     });
 }

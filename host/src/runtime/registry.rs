@@ -136,6 +136,7 @@ pub fn check_imports(engine: &Engine, policy: &Policy, component: &Component) ->
         let refusal = match interface {
             "micropay:platform/database" if policy.database.is_none() => "a database ([database] name)",
             "micropay:platform/services" if policy.services.call.is_empty() => "service calls ([services] call)",
+            "micropay:platform/events" if policy.events.publish.is_empty() => "event topics ([events] publish)",
             _ => continue,
         };
         anyhow::bail!("the component imports {import}, but its policy {} grants no {refusal}", policy.source.display());

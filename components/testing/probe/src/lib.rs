@@ -14,6 +14,8 @@
 //! - `GET /huge-response` answers 100 MB; `GET /big-response?kb=N` answers N KiB.
 //! - `GET /call/{service}?path=/p` calls another service through the host.
 //! - `GET /sleep?ms=N` holds its instance for N ms (without spinning).
+//! - `POST /publish?topic=T` publishes an event; `POST /publish-then-fail?topic=T` publishes,
+//!   then answers 500.
 
 use micropay_sdk::db::param;
 use micropay_sdk::{Access, ApiError, Context, Response, Router, Service};
@@ -40,6 +42,8 @@ impl Service for Probe {
             .get("/big-response", "Answers ?kb= KiB", Access::Public, big_response)
             .get("/call/{service}", "Calls ?path= on another service", Access::Public, call)
             .get("/sleep", "Holds its instance for ?ms= milliseconds", Access::Public, sleep)
+            .post("/publish", "Publishes an event on ?topic=", Access::Public, publish)
+            .post("/publish-then-fail", "Publishes an event on ?topic=, then answers 500", Access::Public, publish_then_fail)
     }
 }
 
@@ -173,4 +177,18 @@ fn sleep(ctx: &mut Context) -> Result<Response, ApiError> {
     // pg_sleep holds the instance without burning fuel or tripping the epoch deadline early.
     ctx.db()?.execute("SELECT pg_sleep($1::bigint / 1000.0)", &[param::int(ms)])?;
     Ok(Response::ok(&json!({ "slept_ms": ms })))
+}
+
+fn publish(ctx: &mut Context) -> Result<Response, ApiError> {
+    let topic = ctx.query("topic").unwrap_or_default();
+    match micropay_sdk::events::publish(&topic, "probe-key", &json!({ "probe": true })) {
+        Ok(event_id) => Ok(Response::created(&json!({ "event_id": event_id }))),
+        Err(micropay_sdk::events::PublishError::NotGranted(message)) => Err(ApiError::forbidden("not_granted", message)),
+        Err(err) => Err(ApiError::new(400, "publish_refused", format!("{err:?}"))),
+    }
+}
+
+fn publish_then_fail(ctx: &mut Context) -> Result<Response, ApiError> {
+    publish(ctx)?;
+    Err(ApiError::new(500, "probe_failure", "failed after publishing"))
 }
