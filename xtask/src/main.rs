@@ -12,15 +12,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages the build and the embedded database need, with a file that shows each is
-/// installed.
-const SYSTEM_PACKAGES: &[(&str, &str)] = &[
-    ("rustc-web", "/usr/bin/rustc"),
-    ("cargo-web", "/usr/bin/cargo"),
-    ("rust-web-src", "/usr/lib/rustlib/src/rust/library/Cargo.toml"),
-    ("lld-19", "/usr/bin/wasm-ld-19"),
-    ("postgresql", "/usr/lib/postgresql"),
-];
+/// Debian packages the build and the embedded database need.
+const SYSTEM_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "lld-19", "postgresql"];
 
 /// The machine's PostgreSQL, which the tests and the bench use.
 const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -82,8 +75,7 @@ fn workspace_root() -> PathBuf {
 
 /// Installs the Debian packages that are missing.
 fn setup() -> anyhow::Result<()> {
-    let missing: Vec<&str> =
-        SYSTEM_PACKAGES.iter().filter(|(_, marker)| !Path::new(marker).exists()).map(|(package, _)| *package).collect();
+    let missing: Vec<&str> = SYSTEM_PACKAGES.iter().copied().filter(|package| !installed(package)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -91,6 +83,14 @@ fn setup() -> anyhow::Result<()> {
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
         .context("installing system packages (needs root and Debian's package archive)")
+}
+
+/// Whether dpkg reports `package` installed.
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
 }
 
 /// Builds every component crate for wasm and encodes each core module as a component into
