@@ -218,3 +218,28 @@ async fn password_change_sessions_and_soft_delete() {
         .unwrap();
     assert!(deleted);
 }
+
+#[tokio::test]
+async fn phone_verification() {
+    let mut host = TestHost::start().await;
+    let user = signed_in_user(&mut host).await;
+
+    let (status, body) = host.call("POST", "/v1/user/me/phone/verification", Some(&user.token), None).await;
+    assert_eq!((status, error_code(&body)), (409, "no_phone"));
+    let (status, me) =
+        host.call("PATCH", "/v1/user/me", Some(&user.token), Some(json!({"phone_number": "+447700900123"}))).await;
+    assert_eq!((status, me["phone_verified"].as_bool()), (200, Some(false)), "{me}");
+
+    let (status, _) = host.call("POST", "/v1/user/me/phone/verification", Some(&user.token), None).await;
+    assert_eq!(status, 202);
+    let code = verification_code(&mut host, "PHONE", &user.user_id).await;
+    let (status, me) =
+        host.call("POST", "/v1/user/me/phone/verify", Some(&user.token), Some(json!({"code": code}))).await;
+    assert_eq!((status, me["phone_verified"].as_bool()), (200, Some(true)), "{me}");
+
+    // Another account cannot take the number.
+    let other = signed_in_user(&mut host).await;
+    let (status, body) =
+        host.call("PATCH", "/v1/user/me", Some(&other.token), Some(json!({"phone_number": "+447700900123"}))).await;
+    assert_eq!((status, error_code(&body)), (409, "phone_taken"));
+}
