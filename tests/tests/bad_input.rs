@@ -58,6 +58,7 @@ async fn bad_input_is_refused_and_writes_nothing() {
         ),
         ("unknown route", host.http.get(host.url("/v1/user/nowhere")).send().await.unwrap(), 404, "not_found"),
         ("unknown service", host.http.get(host.url("/v1/nosuch/thing")).send().await.unwrap(), 404, "not_found"),
+        ("undecodable service", host.http.get(host.url("/v1/%FF%FE/x")).send().await.unwrap(), 404, "not_found"),
         ("unknown host route", host.http.get(host.url("/nowhere")).send().await.unwrap(), 404, "not_found"),
         ("wrong method", host.http.put(host.url("/v1/user/users")).send().await.unwrap(), 405, "method_not_allowed"),
         (

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower_http::request_id::RequestId;
@@ -21,10 +21,12 @@ const CLIENT_IP: &str = "x-micropay-client-ip";
 pub async fn invoke(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(params): Path<Vec<(String, String)>>,
     request: Request,
 ) -> Response {
-    match handle(&state, peer, &params[0].1, request).await {
+    // The raw segment after `/v1/` (routing guarantees the prefix); a name that is not a
+    // service's, encoded or not, is simply not found.
+    let service = request.uri().path()["/v1/".len()..].split('/').next().unwrap_or_default().to_string();
+    match handle(&state, peer, &service, request).await {
         Ok(response) => response,
         Err(err) if err.status == StatusCode::PAYLOAD_TOO_LARGE => {
             // The rest of the body is left unread: the connection cannot carry another request.
