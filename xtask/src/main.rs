@@ -50,7 +50,9 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             build_components(&root)?;
             ensure_test_postgres()?;
-            cargo(&root, &["build", "--package", "micropay"], &[])?;
+            // The whole workspace, as the tests build it: one feature set, so the test build
+            // reuses this one instead of rebuilding wasmtime with other features.
+            cargo(&root, &["build", "--workspace"], &[])?;
             cargo(&root, &["test", "--workspace"], &rest)?;
             // The components' own rules (validation, hashing) as native unit tests.
             let manifest = root.join("components/Cargo.toml");
