@@ -158,13 +158,15 @@ async fn load_component(
         routes: Vec::new(),
         slots,
     };
-    let probe = Arc::new(loaded);
-    let routes = match dispatcher.invoke(&probe, Call::Routes, InvocationContext::new(None, "load")).await {
+    // Ask the component for its routes (an invocation needs it shared), then take it back to
+    // record them: nothing else holds it yet.
+    let shared = Arc::new(loaded);
+    let routes = match dispatcher.invoke(&shared, Call::Routes, InvocationContext::new(None, "load")).await {
         Ok(Answer::Routes(routes)) => routes,
         Ok(_) => Vec::new(),
         Err(err) => anyhow::bail!("component {name} failed to list its routes: {err}"),
     };
-    loaded = Arc::into_inner(probe).expect("no invocation keeps the component");
+    loaded = Arc::into_inner(shared).expect("no invocation keeps the component");
     loaded.routes = routes;
     Ok(Arc::new(loaded))
 }
