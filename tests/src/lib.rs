@@ -207,25 +207,18 @@ impl Drop for TestHost {
     }
 }
 
-/// Drops every database and role named with `prefix`.
-pub async fn drop_databases(url: &str, prefix: &str) {
+/// Drops every database, then every role, named with `prefix` (roles own the databases).
+async fn drop_databases(url: &str, prefix: &str) {
     let Ok(mut admin) = PgConnection::connect(url).await else { return };
     let pattern = format!("{}%", prefix.replace('_', "\\_"));
-    let databases: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE $1")
-        .bind(&pattern)
-        .fetch_all(&mut admin)
-        .await
-        .unwrap_or_default();
-    for (database,) in databases {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)")).execute(&mut admin).await;
-    }
-    let roles: Vec<(String,)> = sqlx::query_as("SELECT rolname FROM pg_roles WHERE rolname LIKE $1")
-        .bind(&pattern)
-        .fetch_all(&mut admin)
-        .await
-        .unwrap_or_default();
-    for (role,) in roles {
-        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS \"{role}\"")).execute(&mut admin).await;
+    for (list, drop) in [
+        ("SELECT datname FROM pg_database WHERE datname LIKE $1", "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)"),
+        ("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", "DROP ROLE IF EXISTS \"{}\""),
+    ] {
+        let names: Vec<(String,)> = sqlx::query_as(list).bind(&pattern).fetch_all(&mut admin).await.unwrap_or_default();
+        for (name,) in names {
+            let _ = sqlx::query(&drop.replace("{}", &name)).execute(&mut admin).await;
+        }
     }
 }
 
