@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::bus::BusSettings;
 use crate::postgres::provision::PoolSettings;
 
 /// Log line format.
@@ -72,6 +73,16 @@ pub struct Config {
     #[arg(long, env = "MICROPAY_POOL_IDLE_TIMEOUT_SECS", default_value_t = 600)]
     pub pool_idle_timeout_secs: u64,
 
+    /// NATS server with JetStream for the event bus (e.g. `nats://127.0.0.1:4222`); without
+    /// it the embedded bus keeps events in PostgreSQL.
+    #[arg(long, env = "MICROPAY_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// Whether this host relays committed events from outboxes to the bus (one host at a time
+    /// does per outbox; `false` leaves it to the others).
+    #[arg(long, env = "MICROPAY_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub relay: bool,
+
     /// The admin API keys file (default: `admin-keys.toml` in the data directory).
     #[arg(long, env = "MICROPAY_ADMIN_KEYS")]
     pub admin_keys: Option<PathBuf>,
@@ -93,6 +104,11 @@ impl Config {
             max_lifetime: Duration::from_secs(self.pool_max_lifetime_secs),
             idle_timeout: Duration::from_secs(self.pool_idle_timeout_secs),
         }
+    }
+
+    /// The event bus's settings.
+    pub fn bus_settings(&self) -> BusSettings {
+        BusSettings { nats_url: self.nats_url.clone(), prefix: self.database_prefix.clone(), relay: self.relay }
     }
 
     /// The admin API keys file.

@@ -4,13 +4,16 @@
 //! - [`runtime`]: the wasmtime engine, the component registry, invocations;
 //! - [`capabilities`]: what a component may import (database, logging, clock, random, principal);
 //! - [`postgres`]: the embedded cluster and the per-service databases, roles, pools, migrations;
+//! - [`bus`]: the event bus: outbox relay, backends (embedded, NATS JetStream), delivery;
 //! - [`gateway`]: the HTTP API;
 //! - [`policy`]: what each component is granted;
 //! - [`admin`]: admin API keys and the `/admin` routes;
+//! - [`schedule`]: requests made to components on a timer (maintenance jobs);
 //! - [`platform`]: all of the above started together.
 
 pub mod admin;
 pub mod bench;
+pub mod bus;
 pub mod capabilities;
 pub mod config;
 pub mod gateway;
@@ -19,4 +22,5 @@ pub mod platform;
 pub mod policy;
 pub mod postgres;
 pub mod runtime;
+pub mod schedule;
 pub mod telemetry;

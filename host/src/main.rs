@@ -1,10 +1,12 @@
 //! `micropay`: the MicroPay host.
 
 use clap::{Parser, Subcommand};
+use micropay::admin::client::{HostAddress, error_message};
 use micropay::admin::keys::KeyFile;
 use micropay::config::Config;
 use micropay::policy::Role;
 use micropay::{bench, gateway, platform::Platform, telemetry};
+use reqwest::Method;
 
 #[derive(Parser)]
 #[command(name = "micropay", version, about = "MicroPay: a payment platform of sandboxed service components")]
@@ -23,6 +25,33 @@ enum Command {
     /// Manage admin API keys.
     #[command(subcommand, name = "admin-key")]
     AdminKey(AdminKeyCommand),
+    /// Inspect and replay events that subscribers failed to handle (asks a running host).
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Check and archive the audit trail (asks a running host).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// List every subscriber's dead letters, oldest failure first.
+    DeadLetters(HostAddress),
+    /// Deliver a dead letter again (after a fix); it leaves the dead letters once handled.
+    Replay {
+        /// The event's id.
+        event_id: String,
+        #[command(flatten)]
+        host: HostAddress,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk every hash chain of the audit trail; exits 1 naming the first broken record.
+    Verify(HostAddress),
+    /// Create the coming months' partitions and archive the months older than a year.
+    Archive(HostAddress),
 }
 
 #[derive(Subcommand)]
@@ -44,6 +73,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(config) => serve(config).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Events(command) => events(command).await,
+            Command::Audit(command) => audit(command).await,
             Command::AdminKey(AdminKeyCommand::Create { role, admin_keys }) => {
                 let key = KeyFile::create(&admin_keys, role)?;
                 println!("{key}");
@@ -74,6 +105,77 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         state.platform.shutdown().await;
     }
     Ok(())
+}
+
+async fn events(command: EventsCommand) -> anyhow::Result<()> {
+    match command {
+        EventsCommand::DeadLetters(host) => {
+            let (status, body) = host.request(Method::GET, "/admin/events/dead-letters").await?;
+            anyhow::ensure!(status == 200, "{}", error_message(status, &body));
+            let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for letter in &letters {
+                println!(
+                    "{}  {}  {} from {} (key {})  {} attempts, failed {}: {}",
+                    letter["event_id"].as_str().unwrap_or_default(),
+                    letter["subscriber"].as_str().unwrap_or_default(),
+                    letter["topic"].as_str().unwrap_or_default(),
+                    letter["source"].as_str().unwrap_or_default(),
+                    letter["subject"].as_str().unwrap_or_default(),
+                    letter["attempts"],
+                    letter["failed_at"].as_str().unwrap_or_default(),
+                    letter["last_error"].as_str().unwrap_or_default(),
+                );
+            }
+            Ok(())
+        }
+        EventsCommand::Replay { event_id, host } => {
+            let path = format!("/admin/events/dead-letters/{event_id}/replay");
+            let (status, body) = host.request(Method::POST, &path).await?;
+            for replay in body["replays"].as_array().into_iter().flatten() {
+                let error = replay["error"].as_str().map(|error| format!(": {error}")).unwrap_or_default();
+                println!(
+                    "{}: {}{error}",
+                    replay["subscriber"].as_str().unwrap_or_default(),
+                    replay["outcome"].as_str().unwrap_or_default()
+                );
+            }
+            anyhow::ensure!(status == 200, "{}", error_message(status, &body));
+            Ok(())
+        }
+    }
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify(host) => {
+            let (status, body) = host.request(Method::POST, "/v1/audit/verify").await?;
+            anyhow::ensure!(status == 200, "{}", error_message(status, &body));
+            let checked = &body["rows_checked"];
+            if body["intact"] == true {
+                println!("audit trail intact: {checked} records checked");
+                return Ok(());
+            }
+            let broken = &body["first_broken"];
+            anyhow::bail!(
+                "audit trail broken at log {} (event {}, chain {} position {}): {} ({checked} records checked)",
+                broken["log_id"].as_str().unwrap_or("unknown"),
+                broken["event_id"].as_str().unwrap_or("unknown"),
+                broken["chain"],
+                broken["chain_position"],
+                broken["reason"].as_str().unwrap_or_default(),
+            )
+        }
+        AuditCommand::Archive(host) => {
+            let (status, body) = host.request(Method::POST, "/v1/audit/maintenance").await?;
+            anyhow::ensure!(status == 200, "{}", error_message(status, &body));
+            println!("partitions created: {}", body["created"]);
+            println!("partitions archived: {}", body["archived"]);
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,10 +1,12 @@
-//! Prometheus metrics: invocations, failures and latency per component, HTTP responses.
+//! Prometheus metrics: invocations, failures and latency per component, HTTP responses, and the
+//! event bus (throughput, lag, partitions owned).
 
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +33,43 @@ pub enum Outcome {
     Busy,
 }
 
+/// How one delivery attempt of an event ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum DeliveryOutcome {
+    /// The subscriber handled it; its effect committed.
+    Handled,
+    /// The subscriber's inbox had it: handled before, nothing ran.
+    AlreadyHandled,
+    /// The attempt failed; it will be retried or dead-lettered.
+    Failed,
+    /// Its last attempt failed: it went to the dead letters.
+    DeadLettered,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    subscriber: String,
+    outcome: DeliveryOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriberLabels {
+    subscriber: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    subscriber: String,
+    partition: u16,
+}
+
+type SecondsGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InvocationLabels {
     component: String,
@@ -55,6 +94,12 @@ pub struct Metrics {
     responses: Family<ResponseLabels, Counter>,
     refused_calls: Family<ComponentLabels, Counter>,
     refused_publishes: Family<ComponentLabels, Counter>,
+    relayed: Family<SourceLabels, Counter>,
+    unrelayed_age: Family<SourceLabels, SecondsGauge>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    delivery_lag: Family<SubscriberLabels, Histogram>,
+    undelivered_age: Family<PartitionLabels, SecondsGauge>,
+    partitions_owned: Family<SubscriberLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -84,7 +129,54 @@ impl Default for Metrics {
             "Event publishes refused by the publisher's policy",
             refused_publishes.clone(),
         );
-        Self { registry, invocations, latency, responses, refused_calls, refused_publishes }
+        let relayed = Family::<SourceLabels, Counter>::default();
+        registry.register("bus_relayed_events", "Events relayed from a publisher's outbox to the bus", relayed.clone());
+        let unrelayed_age = Family::<SourceLabels, SecondsGauge>::default();
+        registry.register(
+            "bus_oldest_unrelayed_seconds",
+            "Age of the oldest committed event still in a publisher's outbox, as of the relay's last look",
+            unrelayed_age.clone(),
+        );
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "bus_deliveries",
+            "Delivery attempts by subscriber and outcome (Handled, AlreadyHandled, Failed, DeadLettered)",
+            deliveries.clone(),
+        );
+        let delivery_lag = Family::<SubscriberLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "bus_delivery_lag_seconds",
+            "From an event's publication to its handling by a subscriber",
+            delivery_lag.clone(),
+        );
+        let undelivered_age = Family::<PartitionLabels, SecondsGauge>::default();
+        registry.register(
+            "bus_oldest_undelivered_seconds",
+            "Age of the oldest event of the batch a subscriber's partition is delivering (0 when idle)",
+            undelivered_age.clone(),
+        );
+        let partitions_owned = Family::<SubscriberLabels, Gauge>::default();
+        registry.register(
+            "bus_partitions_owned",
+            "Partitions of a subscriber this host delivers",
+            partitions_owned.clone(),
+        );
+        Self {
+            registry,
+            invocations,
+            latency,
+            responses,
+            refused_calls,
+            refused_publishes,
+            relayed,
+            unrelayed_age,
+            deliveries,
+            delivery_lag,
+            undelivered_age,
+            partitions_owned,
+        }
     }
 }
 
@@ -102,6 +194,36 @@ impl Metrics {
 
     pub fn record_refused_publish(&self, component: &str) {
         self.refused_publishes.get_or_create(&ComponentLabels { component: component.to_string() }).inc();
+    }
+
+    pub fn record_relayed(&self, source: &str, events: usize) {
+        self.relayed.get_or_create(&SourceLabels { source: source.to_string() }).inc_by(events as u64);
+    }
+
+    pub fn set_unrelayed_age(&self, source: &str, seconds: f64) {
+        self.unrelayed_age.get_or_create(&SourceLabels { source: source.to_string() }).set(seconds);
+    }
+
+    /// Counts a delivery attempt; a handled one also records its lag.
+    pub fn record_delivery(&self, subscriber: &str, outcome: DeliveryOutcome, lag_seconds: f64) {
+        self.deliveries.get_or_create(&DeliveryLabels { subscriber: subscriber.to_string(), outcome }).inc();
+        if outcome == DeliveryOutcome::Handled {
+            self.delivery_lag
+                .get_or_create(&SubscriberLabels { subscriber: subscriber.to_string() })
+                .observe(lag_seconds);
+        }
+    }
+
+    pub fn set_undelivered_age(&self, subscriber: &str, partition: u16, seconds: f64) {
+        self.undelivered_age
+            .get_or_create(&PartitionLabels { subscriber: subscriber.to_string(), partition })
+            .set(seconds);
+    }
+
+    pub fn set_partitions_owned(&self, subscriber: &str, partitions: usize) {
+        self.partitions_owned
+            .get_or_create(&SubscriberLabels { subscriber: subscriber.to_string() })
+            .set(partitions as i64);
     }
 
     pub fn record_response(&self, status: u16) {

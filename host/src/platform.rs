@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use sqlx::postgres::PgConnectOptions;
 use wasmtime::component::Linker;
 
+use crate::bus::EventBus;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{self, Policy};
@@ -22,6 +23,10 @@ use crate::runtime::state::{InvocationContext, InvocationState};
 /// A running platform.
 pub struct Platform {
     pub dispatcher: Arc<Dispatcher>,
+    /// The event bus: relays and deliveries.
+    pub bus: EventBus,
+    /// The scheduled requests' tasks.
+    scheduled: Vec<tokio::task::JoinHandle<()>>,
     /// Owns the epoch ticker.
     _runtime: Runtime,
     /// Kept to stop the embedded cluster last, after every pool is gone.
@@ -74,7 +79,9 @@ impl Platform {
             );
             dispatcher.registry.insert(component);
         }
-        Ok(Self { dispatcher, _runtime: runtime, embedded })
+        let bus = EventBus::start(&config.bus_settings(), &provisioner, &dispatcher).await?;
+        let scheduled = crate::schedule::start(&dispatcher);
+        Ok(Self { dispatcher, bus, scheduled, _runtime: runtime, embedded })
     }
 
     /// The loaded components.
@@ -108,8 +115,12 @@ impl Platform {
         }
     }
 
-    /// Stops the embedded cluster (if any) after closing every pool.
+    /// Stops the bus, then the embedded cluster (if any) after closing every pool.
     pub async fn shutdown(self) {
+        for task in &self.scheduled {
+            task.abort();
+        }
+        self.bus.stop().await;
         for component in self.dispatcher.registry.all() {
             if let Some(pool) = &component.pool {
                 pool.close().await;
@@ -135,8 +146,8 @@ async fn load_component(
     let compiled = compiler.load(&path).with_context(|| format!("loading component {name}"))?;
     registry::check_imports(&dispatcher.engine, &policy, &compiled.component)
         .with_context(|| format!("refusing component {name}"))?;
-    let (service, identity) =
-        registry::prepare(linker, &compiled.component).with_context(|| format!("loading component {name}"))?;
+    let prepared =
+        registry::prepare(linker, &policy, &compiled.component).with_context(|| format!("loading component {name}"))?;
     let pool = match &policy.database {
         Some(database) => Some(
             provisioner
@@ -152,11 +163,13 @@ async fn load_component(
         digest: compiled.digest,
         from_cache: compiled.from_cache,
         policy,
-        service,
-        identity,
+        service: prepared.service,
+        identity: prepared.identity,
+        subscriber: prepared.subscriber,
         pool,
         routes: Vec::new(),
         slots,
+        outbox_written: Arc::default(),
     };
     // Ask the component for its routes (an invocation needs it shared), then take it back to
     // record them: nothing else holds it yet.

@@ -28,6 +28,9 @@ pub struct Policy {
     /// Who may deploy new versions of it.
     #[serde(default)]
     pub deploy: DeploySection,
+    /// Requests the host makes to it on a timer (maintenance jobs).
+    #[serde(default)]
+    pub schedule: Vec<ScheduledRequest>,
     /// Where the policy was read from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -49,21 +52,43 @@ pub struct DatabaseSection {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct EventsSection {
     /// Topics it may publish (`user.registered`; `user.*` for every topic under `user.`).
-    #[serde(default)]
     pub publish: Vec<String>,
-    /// Topics it may subscribe to, same patterns.
-    #[serde(default)]
+    /// Topics delivered to it, same patterns.
     pub subscribe: Vec<String>,
+    /// Delivery attempts of one event before it goes to the dead letters.
+    pub max_attempts: u32,
+    /// The wait before the first retry, in milliseconds; it doubles with each further one.
+    pub retry_base_ms: u64,
 }
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        Self { publish: Vec::new(), subscribe: Vec::new(), max_attempts: 5, retry_base_ms: 200 }
+    }
+}
+
+/// The longest wait between two delivery attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 impl EventsSection {
     /// Whether the policy grants publishing on `topic`.
     pub fn may_publish(&self, topic: &str) -> bool {
         self.publish.iter().any(|pattern| topic_matches(pattern, topic))
+    }
+
+    /// Whether events on `topic` are delivered to the component.
+    pub fn subscribes_to(&self, topic: &str) -> bool {
+        self.subscribe.iter().any(|pattern| topic_matches(pattern, topic))
+    }
+
+    /// The wait after failed attempt `attempt` (from 1): `retry_base_ms` doubled per attempt.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let factor = 1u64 << attempt.saturating_sub(1).min(20);
+        Duration::from_millis(self.retry_base_ms.saturating_mul(factor)).min(MAX_RETRY_DELAY)
     }
 }
 
@@ -81,6 +106,20 @@ pub fn is_topic(topic: &str) -> bool {
         && topic.split('.').all(|word| {
             !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         })
+}
+
+/// A request the host makes to the component every `every_secs` seconds, as the `platform`
+/// administrator, e.g. `POST /maintenance` once a day. Each host makes it, so the job must be
+/// idempotent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledRequest {
+    /// Upper-case HTTP method.
+    pub method: String,
+    /// Path below the component's mount point.
+    pub path: String,
+    /// The period, in seconds (60 to 31 days). The first request is made once the host started.
+    pub every_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -199,6 +238,26 @@ impl Policy {
         }
         if !self.events.publish.is_empty() && self.database.is_none() {
             bail!("events.publish: publishing needs a database ([database]): events are written to its outbox");
+        }
+        if !self.events.subscribe.is_empty() && self.database.is_none() {
+            bail!("events.subscribe: subscribing needs a database ([database]): its inbox lives there");
+        }
+        if !(1..=100).contains(&self.events.max_attempts) {
+            bail!("events.max_attempts: {} is outside 1..=100", self.events.max_attempts);
+        }
+        if !(1..=60_000).contains(&self.events.retry_base_ms) {
+            bail!("events.retry_base_ms: {} is outside 1..=60000", self.events.retry_base_ms);
+        }
+        for job in &self.schedule {
+            if !matches!(job.method.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") {
+                bail!("schedule.method: {:?} is not an HTTP method (upper case)", job.method);
+            }
+            if !job.path.starts_with('/') {
+                bail!("schedule.path: {:?} must start with /", job.path);
+            }
+            if !(60..=31 * 86_400).contains(&job.every_secs) {
+                bail!("schedule.every_secs: {} is outside 60..=2678400", job.every_secs);
+            }
         }
         for service in &self.services.call {
             check_name("services.call", service)?;

@@ -1,7 +1,7 @@
 //! Publishing events through the host's transactional outbox, as the component's policy allows.
 
-pub use crate::service::micropay::platform::events::PublishError;
 use crate::service::micropay::platform::events;
+pub use crate::service::micropay::platform::events::PublishError;
 
 /// Publishes `data` on `topic` about the entity `key`, inside this invocation's unit of work.
 /// Returns the event's id.

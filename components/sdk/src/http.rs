@@ -7,9 +7,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
-use crate::Caller;
 use crate::db::{Db, DbError};
 use crate::service::micropay::platform::{http, principal};
+use crate::{AdminRole, Caller};
 
 /// An error answer: an HTTP status, a stable machine-readable code and a message for people.
 #[derive(Debug, Clone)]
@@ -121,6 +121,18 @@ impl Context {
         principal::current().ok_or_else(|| ApiError::unauthenticated("a valid bearer token is required"))
     }
 
+    /// The role of the admin key the request was made with, or 401 (no credentials) / 403
+    /// (a user session, which is never an administrator).
+    pub fn administrator(&self) -> Result<AdminRole, ApiError> {
+        match principal::administrator() {
+            Some(role) => Ok(role),
+            None if principal::current().is_some() => {
+                Err(ApiError::forbidden("admin_only", "this endpoint needs an admin API key"))
+            }
+            None => Err(ApiError::unauthenticated("an admin API key is required")),
+        }
+    }
+
     /// A path parameter declared in the route, e.g. `{session_id}`.
     pub fn param(&self, name: &str) -> &str {
         self.params.get(name).map(String::as_str).unwrap_or_default()
@@ -137,6 +149,11 @@ impl Context {
     /// A request header (names are lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.request.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// The raw request body.
+    pub fn body(&self) -> &[u8] {
+        &self.request.body
     }
 
     /// The body as JSON of type `T`: malformed JSON is `400 malformed_json`; unknown fields,

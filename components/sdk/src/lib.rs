@@ -37,7 +37,7 @@ pub mod service {
     });
 }
 
-pub use service::micropay::platform::principal::Caller;
+pub use service::micropay::platform::principal::{AdminRole, Caller};
 pub use service::micropay::platform::types::Value;
 use service::micropay::platform::{clock, logging, random};
 
@@ -66,6 +66,32 @@ macro_rules! export_service {
             }
             $crate::service::export_service_bindings!(Export);
         };
+    };
+}
+
+/// Generates, in a component crate, the bindings of a world that extends `service` (the user
+/// service's `identity-service`, a subscriber's `subscribing-service`): its own exports, with
+/// its imports mapped onto this crate's, so every helper here serves it. The component then
+/// implements the generated `Guest` traits and calls the generated `export!`. `$wit_dir` is
+/// the repository's `wit/`, relative to the component crate.
+#[macro_export]
+macro_rules! world_bindings {
+    ($world:literal, $wit_dir:literal) => {
+        wit_bindgen::generate!({
+            world: $world,
+            path: $wit_dir,
+            with: {
+                "micropay:platform/types@0.1.0": micropay_sdk::service::micropay::platform::types,
+                "micropay:platform/database@0.1.0": micropay_sdk::service::micropay::platform::database,
+                "micropay:platform/logging@0.1.0": micropay_sdk::service::micropay::platform::logging,
+                "micropay:platform/clock@0.1.0": micropay_sdk::service::micropay::platform::clock,
+                "micropay:platform/random@0.1.0": micropay_sdk::service::micropay::platform::random,
+                "micropay:platform/principal@0.1.0": micropay_sdk::service::micropay::platform::principal,
+                "micropay:platform/http@0.1.0": micropay_sdk::service::micropay::platform::http,
+                "micropay:platform/services@0.1.0": micropay_sdk::service::micropay::platform::services,
+                "micropay:platform/events@0.1.0": micropay_sdk::service::micropay::platform::events,
+            },
+        });
     };
 }
 

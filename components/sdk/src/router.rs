@@ -12,6 +12,8 @@ pub enum Access {
     Public,
     /// Only an authenticated caller; others get 401 before the handler runs.
     Authenticated,
+    /// Only a request made with an admin API key; others get 401 or 403 before the handler runs.
+    Admin,
 }
 
 /// A request handler.
@@ -64,7 +66,7 @@ impl Router {
     }
 
     /// Dispatches a request: 404 for an unknown path, 405 for a known path with another method,
-    /// 401 for an authenticated route without a caller.
+    /// 401/403 for a route whose access the request does not have.
     pub fn handle(&self, request: http::Request) -> http::Response {
         let mut path_known = false;
         for route in &self.routes {
@@ -74,9 +76,12 @@ impl Router {
                 continue;
             }
             let mut ctx = Context::new(request, params);
-            if route.access == Access::Authenticated
-                && let Err(err) = ctx.caller()
-            {
+            let admitted = match route.access {
+                Access::Public => Ok(()),
+                Access::Authenticated => ctx.caller().map(drop),
+                Access::Admin => ctx.administrator().map(drop),
+            };
+            if let Err(err) = admitted {
                 return err.into_response().into_wit();
             }
             let response = (route.handler)(&mut ctx).unwrap_or_else(ApiError::into_response);
@@ -98,7 +103,7 @@ impl Router {
                 method: route.method.to_string(),
                 path: route.path.to_string(),
                 summary: route.summary.to_string(),
-                authenticated: route.access == Access::Authenticated,
+                authenticated: route.access != Access::Public,
             })
             .collect()
     }

@@ -7,4 +7,3 @@ use chrono::{DateTime, SecondsFormat};
 pub fn rfc3339(micros: i64) -> String {
     DateTime::from_timestamp_micros(micros).map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true)).unwrap_or_default()
 }
-

@@ -11,24 +11,9 @@ mod domain;
 mod routes;
 mod sql;
 
-/// Bindings of the `identity-service` world. Its imports are mapped onto the sdk's, so the
-/// sdk's helpers (database, logging, random) serve this component too.
+/// Bindings of the `identity-service` world, its imports mapped onto the sdk's.
 mod bindings {
-    wit_bindgen::generate!({
-        world: "identity-service",
-        path: "../../wit",
-        with: {
-            "micropay:platform/types@0.1.0": micropay_sdk::service::micropay::platform::types,
-            "micropay:platform/database@0.1.0": micropay_sdk::service::micropay::platform::database,
-            "micropay:platform/logging@0.1.0": micropay_sdk::service::micropay::platform::logging,
-            "micropay:platform/clock@0.1.0": micropay_sdk::service::micropay::platform::clock,
-            "micropay:platform/random@0.1.0": micropay_sdk::service::micropay::platform::random,
-            "micropay:platform/principal@0.1.0": micropay_sdk::service::micropay::platform::principal,
-            "micropay:platform/http@0.1.0": micropay_sdk::service::micropay::platform::http,
-            "micropay:platform/services@0.1.0": micropay_sdk::service::micropay::platform::services,
-            "micropay:platform/events@0.1.0": micropay_sdk::service::micropay::platform::events,
-        },
-    });
+    micropay_sdk::world_bindings!("identity-service", "../../wit");
 }
 
 use bindings::exports::micropay::platform::{authenticator, handler};

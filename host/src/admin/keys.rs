@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 
 use crate::policy::Role;
 
+/// How every admin API key begins, which tells it apart from a user's bearer token.
+pub const ADMIN_KEY_PREFIX: &str = "mpk_";
+
 /// One key as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredKey {
@@ -50,7 +53,7 @@ impl KeyFile {
         let mut random = [0u8; 36];
         getrandom::fill(&mut random).map_err(|err| anyhow::anyhow!("system random generator: {err}"))?;
         let id = hex::encode(&random[..4]);
-        let key = format!("mpk_{id}_{}", hex::encode(&random[4..]));
+        let key = format!("{ADMIN_KEY_PREFIX}{id}_{}", hex::encode(&random[4..]));
         file.keys.push(StoredKey { id, role, sha256: digest(&key), created_at: chrono::Utc::now().to_rfc3339() });
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -63,7 +66,7 @@ impl KeyFile {
 
     /// The administrator `key` belongs to, if it is one of ours.
     pub fn verify(&self, key: &str) -> Option<Admin> {
-        let id = key.strip_prefix("mpk_")?.split('_').next()?;
+        let id = key.strip_prefix(ADMIN_KEY_PREFIX)?.split('_').next()?;
         let stored = self.keys.iter().find(|stored| stored.id == id)?;
         constant_time_eq(stored.sha256.as_bytes(), digest(key).as_bytes())
             .then(|| Admin { key_id: stored.id.clone(), role: stored.role })

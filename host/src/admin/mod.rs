@@ -1,5 +1,6 @@
 //! Administration: API keys with roles for the operations of ops, the risk team and the
 //! platform team, and the `/admin/...` routes they unlock.
 
+pub mod client;
 pub mod keys;
 pub mod routes;

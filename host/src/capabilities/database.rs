@@ -17,7 +17,7 @@ use sqlx::{Arguments, Column, Postgres, Row, Transaction, TypeInfo, ValueRef};
 use wasmtime::component::Resource;
 
 use crate::runtime::bindings::service::micropay::platform::database::{Host, HostConnection};
-use crate::runtime::bindings::{DbError, RowSet, Value};
+use crate::runtime::bindings::{DbError, Event, RowSet, Value};
 use crate::runtime::state::InvocationState;
 
 /// SQLSTATE-like code for a call the host refused before it reached PostgreSQL.
@@ -33,12 +33,14 @@ pub struct UnitOfWork {
     pool: Option<sqlx::PgPool>,
     transaction: Option<Transaction<'static, Postgres>>,
     commit_on_error: bool,
+    /// Whether the unit wrote events to the outbox.
+    pub(crate) published: bool,
 }
 
 impl UnitOfWork {
     /// A unit of work on `pool`, or one with no database for a component granted none.
     pub fn new(pool: Option<sqlx::PgPool>) -> Self {
-        Self { pool, transaction: None, commit_on_error: false }
+        Self { pool, transaction: None, commit_on_error: false, published: false }
     }
 
     /// Ends the unit of work: commits when `succeeded` (or when the component asked to keep
@@ -47,6 +49,25 @@ impl UnitOfWork {
     pub async fn finish(mut self, succeeded: bool) -> Result<(), sqlx::Error> {
         let Some(transaction) = self.transaction.take() else { return Ok(()) };
         if succeeded || self.commit_on_error { transaction.commit().await } else { transaction.rollback().await }
+    }
+
+    /// Records a delivered event in the inbox, first thing in the unit of work, so the record
+    /// commits if and only if the handler's work does. Returns false when the event is there
+    /// already: it was handled, and must not take effect again. (A concurrent delivery of the
+    /// same event waits here on the unique key until the first one commits or rolls back.)
+    pub async fn record_in_inbox(&mut self, event: &Event) -> Result<bool, DbError> {
+        let id = uuid::Uuid::parse_str(&event.id).map_err(|_| refused("the event id is not a UUID"))?;
+        let transaction = self.transaction().await?;
+        let done = sqlx::query(
+            "INSERT INTO micropay_platform.inbox (event_id, topic, source) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(&event.topic)
+        .bind(&event.source)
+        .execute(&mut **transaction)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn transaction(&mut self) -> Result<&mut Transaction<'static, Postgres>, DbError> {

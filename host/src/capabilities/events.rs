@@ -53,7 +53,10 @@ impl Host for InvocationState {
             Value::Text(self.context.request_id.to_string()),
         ];
         Ok(match self.run_execute(INSERT_OUTBOX, params).await {
-            Ok(_) => Ok(event_id),
+            Ok(_) => {
+                self.unit.published = true;
+                Ok(event_id)
+            }
             Err(err) => Err(PublishError::Failed(format!("{}: {}", err.code, err.message))),
         })
     }

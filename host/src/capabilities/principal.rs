@@ -1,10 +1,20 @@
-//! `principal`: the caller the gateway authenticated before the invocation.
+//! `principal`: who the invocation runs for: the caller the gateway authenticated before the
+//! invocation, or the administrator whose API key the request carried.
 
-use crate::runtime::bindings::service::micropay::platform::principal::{Caller, Host};
+use crate::policy::Role;
+use crate::runtime::bindings::service::micropay::platform::principal::{AdminRole, Caller, Host};
 use crate::runtime::state::InvocationState;
 
 impl Host for InvocationState {
     async fn current(&mut self) -> wasmtime::Result<Option<Caller>> {
         Ok(self.context.caller.clone())
+    }
+
+    async fn administrator(&mut self) -> wasmtime::Result<Option<AdminRole>> {
+        Ok(self.context.admin.map(|role| match role {
+            Role::Ops => AdminRole::Ops,
+            Role::Risk => AdminRole::Risk,
+            Role::Platform => AdminRole::Platform,
+        }))
     }
 }

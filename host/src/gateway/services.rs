@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use tower_http::request_id::RequestId;
 
 use super::{ApiError, AppState};
-use crate::runtime::bindings::{Caller, Request as ComponentRequest};
+use crate::admin::keys::ADMIN_KEY_PREFIX;
+use crate::runtime::bindings::Request as ComponentRequest;
 use crate::runtime::invoke::{Answer, Call, InvokeError};
 use crate::runtime::state::InvocationContext;
 
@@ -46,7 +47,7 @@ async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Requ
     let (parts, body) = request.into_parts();
     let request_id =
         parts.extensions.get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or_default();
-    let caller = authenticate(state, &parts.headers, request_id).await?;
+    let context = authenticate(state, &parts.headers, request_id).await?;
     let body = read_json_body(&parts.headers, body, state.body_limit).await?;
 
     let prefix_len = "/v1/".len() + service.len();
@@ -70,7 +71,7 @@ async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Requ
         headers,
         body: body.to_vec(),
     });
-    match platform.invoke(&component, call, InvocationContext::new(caller, request_id)).await {
+    match platform.invoke(&component, call, context).await {
         Ok(Answer::Response(response)) => http_response(response),
         Ok(_) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "bad_component_response", "unexpected answer")),
         Err(err) => Err(invoke_error(service, err)),
@@ -85,10 +86,11 @@ fn is_hidden(name: &HeaderName) -> bool {
         || name == super::REQUEST_ID
 }
 
-/// Resolves `Authorization: Bearer <token>`. No header is an anonymous call; a header that is
-/// not a valid, live bearer token is refused outright.
-async fn authenticate(state: &AppState, headers: &HeaderMap, request_id: &str) -> Result<Option<Caller>, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+/// Resolves `Authorization: Bearer <token>` to who the invocation runs for: an admin API key
+/// (`mpk_...`) to its role, any other token to the user session it belongs to. No header is an
+/// anonymous call; a header that is not a valid, live token is refused outright.
+async fn authenticate(state: &AppState, headers: &HeaderMap, request_id: &str) -> Result<InvocationContext, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(InvocationContext::new(None, request_id)) };
     let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the bearer token is invalid or expired");
     let token = value
         .to_str()
@@ -97,8 +99,12 @@ async fn authenticate(state: &AppState, headers: &HeaderMap, request_id: &str) -
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 512)
         .ok_or_else(invalid)?;
+    if token.starts_with(ADMIN_KEY_PREFIX) {
+        let admin = state.verify_admin_key(token)?.ok_or_else(invalid)?;
+        return Ok(InvocationContext::administrator(admin.role, request_id));
+    }
     match state.platform.authenticate(token, request_id).await {
-        Ok(Some(caller)) => Ok(Some(caller)),
+        Ok(Some(caller)) => Ok(InvocationContext::new(Some(caller), request_id)),
         Ok(None) => Err(invalid()),
         Err(err) => Err(invoke_error("authentication", err)),
     }
@@ -168,7 +174,7 @@ fn invoke_error(service: &str, err: InvokeError) -> ApiError {
             "commit_failed",
             "the work could not be committed; nothing was written",
         ),
-        InvokeError::Instantiate(_) => ApiError::new(
+        InvokeError::Instantiate(_) | InvokeError::Inbox(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "component_unavailable",
             format!("the {service} service is unavailable"),

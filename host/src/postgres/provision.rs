@@ -153,8 +153,57 @@ impl Provisioner {
     }
 }
 
-/// The platform's own tables in a service database, owned by the administrator: the event
-/// outbox, to which the service's role may only append (through `events.publish`).
+impl Provisioner {
+    /// Administrator connection options on `service`'s database: the host's own access, for
+    /// the platform tables (outbox relay, dead letters, delivery ownership).
+    pub fn platform_options(&self, service: &str) -> PgConnectOptions {
+        self.admin.clone().database(&self.database_name(service))
+    }
+
+    /// A small administrator pool on `service`'s database, for the platform's own work.
+    pub async fn platform_pool(&self, service: &str) -> anyhow::Result<PgPool> {
+        PgPoolOptions::new()
+            .min_connections(0)
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(self.platform_options(service))
+            .await
+            .with_context(|| format!("connecting to {} as the administrator", self.database_name(service)))
+    }
+
+    /// Creates (if missing) the embedded event bus's database, `micropay_bus_db`: owned by the
+    /// administrator, reachable by no service role. Returns a pool on it.
+    pub async fn provision_bus(&self, tables: &[&str]) -> anyhow::Result<PgPool> {
+        let database = self.database_name("bus");
+        let mut admin = self.admin.connect().await.context("connecting to PostgreSQL as its administrator")?;
+        if !exists(&mut admin, "SELECT 1 FROM pg_database WHERE datname = $1", &database).await? {
+            tolerate_existing(
+                admin_exec(&mut admin, &format!("CREATE DATABASE {} ENCODING 'UTF8'", ident(&database))).await,
+            )?;
+        }
+        admin_exec(&mut admin, &format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", ident(&database))).await?;
+        admin.close().await.ok();
+        let pool = PgPoolOptions::new()
+            .min_connections(1)
+            .max_connections(self.pool.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(self.admin.clone().database(&database))
+            .await
+            .with_context(|| format!("connecting to {database}"))?;
+        for statement in tables {
+            tolerate_existing(sqlx::raw_sql(statement).execute(&pool).await.map(|_| ()))
+                .with_context(|| format!("creating the bus tables in {database}"))?;
+        }
+        Ok(pool)
+    }
+}
+
+/// The platform's own tables in a service database, owned by the administrator:
+/// - the event outbox, to which the service's role may only append (through `events.publish`);
+/// - the inbox of events handled, to which the role may only append (the host does it, in the
+///   delivery's unit of work);
+/// - the dead letters: events the service failed to handle, with the last error;
+/// - the hosts delivering to the service, for sharing its partitions among them.
 fn platform_tables(role: &str) -> Vec<String> {
     vec![
         "CREATE SCHEMA IF NOT EXISTS micropay_platform".to_string(),
@@ -175,6 +224,32 @@ fn platform_tables(role: &str) -> Vec<String> {
         format!("GRANT USAGE ON SCHEMA micropay_platform TO {role}"),
         format!("GRANT INSERT ON micropay_platform.outbox TO {role}"),
         format!("GRANT USAGE ON SEQUENCE micropay_platform.outbox_sequence_seq TO {role}"),
+        "CREATE TABLE IF NOT EXISTS micropay_platform.inbox (
+            event_id UUID PRIMARY KEY,
+            topic VARCHAR(200) NOT NULL,
+            source VARCHAR(100) NOT NULL,
+            handled_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )"
+        .to_string(),
+        format!("GRANT INSERT ON micropay_platform.inbox TO {role}"),
+        "CREATE TABLE IF NOT EXISTS micropay_platform.dead_letters (
+            event_id UUID PRIMARY KEY,
+            topic VARCHAR(200) NOT NULL,
+            source VARCHAR(100) NOT NULL,
+            subject VARCHAR(255) NOT NULL,
+            data JSONB NOT NULL,
+            trace_id VARCHAR(100),
+            occurred_at TIMESTAMPTZ NOT NULL,
+            attempts INT NOT NULL,
+            last_error TEXT NOT NULL,
+            failed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )"
+        .to_string(),
+        "CREATE TABLE IF NOT EXISTS micropay_platform.delivery_hosts (
+            host_id UUID PRIMARY KEY,
+            seen_at TIMESTAMPTZ NOT NULL
+        )"
+        .to_string(),
     ]
 }
 

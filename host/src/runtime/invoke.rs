@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
 
 use crate::metrics::{Metrics, Outcome};
-use crate::runtime::bindings::{Caller, Request, Response, Route};
+use crate::runtime::bindings::{Caller, Event, Request, Response, Route};
 use crate::runtime::engine::{EngineOptions, Runtime};
 use crate::runtime::registry::{LoadedComponent, Registry};
 use crate::runtime::state::{InvocationContext, InvocationState, MemoryExceeded};
@@ -25,6 +25,8 @@ pub enum Call {
     Routes,
     /// `authenticator.authenticate`.
     Authenticate(String),
+    /// `subscriber.handle-event`, after recording the event in the subscriber's inbox.
+    Deliver(Event),
 }
 
 /// What the component answered.
@@ -32,6 +34,10 @@ pub enum Answer {
     Response(Response),
     Routes(Vec<Route>),
     Caller(Option<Caller>),
+    /// What the event handler returned.
+    Handled(Result<(), String>),
+    /// The inbox already holds the event: it was handled before, nothing ran.
+    AlreadyHandled,
 }
 
 /// Why an invocation produced no answer. Every case has rolled back the unit of work.
@@ -55,6 +61,8 @@ pub enum InvokeError {
     Commit(sqlx::Error),
     #[error("the component cannot be instantiated: {0}")]
     Instantiate(String),
+    #[error("the event could not be recorded in the inbox: {0}")]
+    Inbox(String),
 }
 
 impl InvokeError {
@@ -67,7 +75,7 @@ impl InvokeError {
             InvokeError::Memory(_) => Outcome::Memory,
             InvokeError::ResponseTooLarge { .. } => Outcome::ResponseTooLarge,
             InvokeError::Busy(_) => Outcome::Busy,
-            InvokeError::Commit(_) => Outcome::Error,
+            InvokeError::Commit(_) | InvokeError::Inbox(_) => Outcome::Error,
         }
     }
 }
@@ -78,7 +86,7 @@ pub struct Dispatcher {
     pub engine: wasmtime::Engine,
     pub options: EngineOptions,
     pub registry: Registry,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -87,7 +95,7 @@ impl Dispatcher {
             engine: runtime.engine.clone(),
             options: runtime.options,
             registry: Registry::default(),
-            metrics,
+            metrics: Arc::new(metrics),
         })
     }
 
@@ -119,6 +127,7 @@ impl Dispatcher {
         };
         let outcome = match &result {
             Ok(Answer::Response(response)) if response.status >= 500 => Outcome::Error,
+            Ok(Answer::Handled(Err(_))) => Outcome::Error,
             Ok(_) => Outcome::Ok,
             Err(err) => err.outcome(),
         };
@@ -167,6 +176,18 @@ impl Dispatcher {
                     .await
                     .map(Answer::Caller)
             }
+            Call::Deliver(event) => {
+                let pre = component.subscriber.as_ref().ok_or_else(|| {
+                    InvokeError::Instantiate(format!("{} does not export subscriber", component.name))
+                })?;
+                let recorded = store.data_mut().unit.record_in_inbox(&event).await;
+                if !recorded.map_err(|err| InvokeError::Inbox(format!("{}: {}", err.code, err.message)))? {
+                    // Dropping the unit of work rolls back the empty transaction.
+                    return Ok(Answer::AlreadyHandled);
+                }
+                let instance = pre.instantiate_async(&mut store).await.map_err(instantiate_error)?;
+                instance.micropay_platform_subscriber().call_handle_event(&mut store, &event).await.map(Answer::Handled)
+            }
         };
         let answer = called.map_err(|err| classify_trap(err, limits.deadline()))?;
         if let Answer::Response(response) = &answer
@@ -177,8 +198,17 @@ impl Dispatcher {
                 limit: limits.max_response_bytes(),
             });
         }
-        let succeeded = !matches!(&answer, Answer::Response(response) if response.status >= 400);
-        store.into_data().unit.finish(succeeded).await.map_err(InvokeError::Commit)?;
+        let succeeded = match &answer {
+            Answer::Response(response) => response.status < 400,
+            Answer::Handled(result) => result.is_ok(),
+            _ => true,
+        };
+        let unit = store.into_data().unit;
+        let published = unit.published;
+        unit.finish(succeeded).await.map_err(InvokeError::Commit)?;
+        if succeeded && published {
+            component.outbox_written.notify_one();
+        }
         Ok(answer)
     }
 }

@@ -13,7 +13,9 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 use crate::policy::Policy;
-use crate::runtime::bindings::{Route, identity::IdentityServicePre, service::ServicePre};
+use crate::runtime::bindings::{
+    Route, identity::IdentityServicePre, service::ServicePre, subscribing::SubscribingServicePre,
+};
 use crate::runtime::state::InvocationState;
 
 /// A component ready to be invoked.
@@ -29,12 +31,16 @@ pub struct LoadedComponent {
     pub service: ServicePre<InvocationState>,
     /// Present when the component also exports `authenticator`.
     pub identity: Option<IdentityServicePre<InvocationState>>,
+    /// Present when the component also exports `subscriber`.
+    pub subscriber: Option<SubscribingServicePre<InvocationState>>,
     /// The pool of the component's own database, if its policy grants one.
     pub pool: Option<sqlx::PgPool>,
     /// The endpoints it serves (asked once, at load).
     pub routes: Vec<Route>,
     /// One permit per instance that may be alive at once (`limits.max_instances`).
     pub slots: tokio::sync::Semaphore,
+    /// Signalled when one of its units of work committed events, to wake its outbox relay.
+    pub outbox_written: Arc<tokio::sync::Notify>,
 }
 
 impl LoadedComponent {
@@ -144,17 +150,29 @@ pub fn check_imports(engine: &Engine, policy: &Policy, component: &Component) ->
     Ok(())
 }
 
-/// Links a component and checks the world it implements: every component must export the
-/// `handler`; one that also exports `authenticator` can authenticate callers.
-pub fn prepare(
-    linker: &Linker<InvocationState>,
-    component: &Component,
-) -> anyhow::Result<(ServicePre<InvocationState>, Option<IdentityServicePre<InvocationState>>)> {
+/// A linked component, by the worlds it implements.
+pub struct Prepared {
+    pub service: ServicePre<InvocationState>,
+    pub identity: Option<IdentityServicePre<InvocationState>>,
+    pub subscriber: Option<SubscribingServicePre<InvocationState>>,
+}
+
+/// Links a component and checks the worlds it implements: every component must export the
+/// `handler`; one that also exports `authenticator` can authenticate callers; one whose policy
+/// subscribes it to topics must export `subscriber`.
+pub fn prepare(linker: &Linker<InvocationState>, policy: &Policy, component: &Component) -> anyhow::Result<Prepared> {
     let instance_pre =
         linker.instantiate_pre(component).map_err(anyhow::Error::from).context("linking the component's imports")?;
     let service = ServicePre::new(instance_pre.clone())
         .map_err(anyhow::Error::from)
         .context("the component does not export the service world's handler")?;
-    let identity = IdentityServicePre::new(instance_pre).ok();
-    Ok((service, identity))
+    let identity = IdentityServicePre::new(instance_pre.clone()).ok();
+    let subscriber = SubscribingServicePre::new(instance_pre).ok();
+    if subscriber.is_none() && !policy.events.subscribe.is_empty() {
+        anyhow::bail!(
+            "its policy {} subscribes it to events, but it does not export micropay:platform/subscriber",
+            policy.source.display()
+        );
+    }
+    Ok(Prepared { service, identity, subscriber })
 }

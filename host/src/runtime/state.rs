@@ -7,6 +7,7 @@ use wasmtime::component::ResourceTable;
 
 use crate::capabilities::database::UnitOfWork;
 use crate::capabilities::wasi::LockedWasi;
+use crate::policy::Role;
 use crate::runtime::bindings::Caller;
 use crate::runtime::invoke::Dispatcher;
 use crate::runtime::registry::LoadedComponent;
@@ -16,6 +17,9 @@ use crate::runtime::registry::LoadedComponent;
 pub struct InvocationContext {
     /// The authenticated caller, if any.
     pub caller: Option<Caller>,
+    /// The role of the admin API key the request was made with, if any (never together
+    /// with a caller).
+    pub admin: Option<Role>,
     /// The gateway's request id.
     pub request_id: Arc<str>,
     /// How many service calls deep this invocation is (0 for a gateway request).
@@ -25,7 +29,12 @@ pub struct InvocationContext {
 impl InvocationContext {
     /// A top-level invocation.
     pub fn new(caller: Option<Caller>, request_id: &str) -> Self {
-        Self { caller, request_id: request_id.into(), depth: 0 }
+        Self { caller, admin: None, request_id: request_id.into(), depth: 0 }
+    }
+
+    /// A top-level invocation on behalf of an administrator.
+    pub fn administrator(role: Role, request_id: &str) -> Self {
+        Self { caller: None, admin: Some(role), request_id: request_id.into(), depth: 0 }
     }
 }
 

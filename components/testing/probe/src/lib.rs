@@ -14,11 +14,24 @@
 //! - `GET /huge-response` answers 100 MB; `GET /big-response?kb=N` answers N KiB.
 //! - `GET /call/{service}?path=/p` calls another service through the host.
 //! - `GET /sleep?ms=N` holds its instance for N ms (without spinning).
-//! - `POST /publish?topic=T` publishes an event; `POST /publish-then-fail?topic=T` publishes,
-//!   then answers 500.
+//! - `POST /publish?topic=T[&key=K]` publishes an event (the body, if any, is its data);
+//!   `POST /publish-then-fail?topic=T` publishes, then answers 500;
+//!   `POST /publish-many?topic=T&count=N` publishes N events over 16 keys in one unit of work.
+//! - As a subscriber (`probe.*`), it records an effect row per event handled, except that
+//!   `probe.flaky` fails while the attempt is at most the data's `fail_times`, and
+//!   `probe.poison` fails until `POST /fix-poison` was called. `GET /effects?topic=T` counts
+//!   the effects.
 
+use bindings::exports::micropay::platform::handler;
+use bindings::exports::micropay::platform::subscriber::{self, Event};
 use micropay_sdk::db::param;
-use micropay_sdk::{Access, ApiError, Context, Response, Router, Service};
+use micropay_sdk::service::micropay::platform::http;
+use micropay_sdk::{Access, ApiError, Context, Db, Response, Router, Service};
+
+/// Bindings of the `subscribing-service` world, its imports mapped onto the sdk's.
+mod bindings {
+    micropay_sdk::world_bindings!("subscribing-service", "../../../wit");
+}
 use serde_json::json;
 
 struct Probe;
@@ -43,11 +56,64 @@ impl Service for Probe {
             .get("/call/{service}", "Calls ?path= on another service", Access::Public, call)
             .get("/sleep", "Holds its instance for ?ms= milliseconds", Access::Public, sleep)
             .post("/publish", "Publishes an event on ?topic=", Access::Public, publish)
-            .post("/publish-then-fail", "Publishes an event on ?topic=, then answers 500", Access::Public, publish_then_fail)
+            .post(
+                "/publish-then-fail",
+                "Publishes an event on ?topic=, then answers 500",
+                Access::Public,
+                publish_then_fail,
+            )
+            .post("/publish-many", "Publishes ?count= events on ?topic=", Access::Public, publish_many)
+            .post("/fix-poison", "Lets probe.poison events succeed from now on", Access::Public, fix_poison)
+            .get("/effects", "Counts the events handled on ?topic=", Access::Public, count_effects)
     }
 }
 
-micropay_sdk::export_service!(Probe);
+impl handler::Guest for Probe {
+    fn handle(request: http::Request) -> http::Response {
+        Probe::router().handle(request)
+    }
+
+    fn routes() -> Vec<http::Route> {
+        Probe::router().routes()
+    }
+}
+
+impl subscriber::Guest for Probe {
+    fn handle_event(event: Event) -> Result<(), String> {
+        let db = Db::open().map_err(|err| err.message)?;
+        let data: serde_json::Value = serde_json::from_str(&event.data).map_err(|err| err.to_string())?;
+        match event.topic.as_str() {
+            "probe.flaky" if i64::from(event.attempt) <= data["fail_times"].as_i64().unwrap_or(0) => {
+                return Err(format!("flaky failure on attempt {}", event.attempt));
+            }
+            "probe.poison" if !table_has_rows(&db, "probe_fixes")? => return Err("poison: cannot handle".into()),
+            _ => {}
+        }
+        db.execute(CREATE_EFFECTS, &[]).map_err(|err| err.message)?;
+        db.execute(
+            "INSERT INTO probe_effects (event_id, topic, attempt) VALUES ($1, $2, $3)",
+            &[param::text(&event.id), param::text(&event.topic), param::int(event.attempt.into())],
+        )
+        .map_err(|err| err.message)?;
+        Ok(())
+    }
+}
+
+bindings::export!(Probe with_types_in bindings);
+
+const CREATE_EFFECTS: &str =
+    "CREATE TABLE IF NOT EXISTS probe_effects (event_id TEXT NOT NULL, topic TEXT NOT NULL, attempt BIGINT NOT NULL)";
+
+fn table_has_rows(db: &Db, table: &str) -> Result<bool, String> {
+    let present = db
+        .query_one("SELECT to_regclass($1) IS NOT NULL AS present", &[param::text(table)])
+        .map_err(|err| err.message)?;
+    if !present.bool("present") {
+        return Ok(false);
+    }
+    let rows = db.query(&format!("SELECT 1 FROM {table} LIMIT 1"), &[]).map_err(|err| err.message)?;
+    Ok(!rows.is_empty())
+}
 
 fn ping(_: &mut Context) -> Result<Response, ApiError> {
     Ok(Response::ok(&json!({ "pong": true })))
@@ -181,9 +247,13 @@ fn sleep(ctx: &mut Context) -> Result<Response, ApiError> {
 
 fn publish(ctx: &mut Context) -> Result<Response, ApiError> {
     let topic = ctx.query("topic").unwrap_or_default();
-    match micropay_sdk::events::publish(&topic, "probe-key", &json!({ "probe": true })) {
+    let key = ctx.query("key").unwrap_or_else(|| "probe-key".to_string());
+    let data = if ctx.body().is_empty() { json!({ "probe": true }) } else { ctx.json()? };
+    match micropay_sdk::events::publish(&topic, &key, &data) {
         Ok(event_id) => Ok(Response::created(&json!({ "event_id": event_id }))),
-        Err(micropay_sdk::events::PublishError::NotGranted(message)) => Err(ApiError::forbidden("not_granted", message)),
+        Err(micropay_sdk::events::PublishError::NotGranted(message)) => {
+            Err(ApiError::forbidden("not_granted", message))
+        }
         Err(err) => Err(ApiError::new(400, "publish_refused", format!("{err:?}"))),
     }
 }
@@ -191,4 +261,32 @@ fn publish(ctx: &mut Context) -> Result<Response, ApiError> {
 fn publish_then_fail(ctx: &mut Context) -> Result<Response, ApiError> {
     publish(ctx)?;
     Err(ApiError::new(500, "probe_failure", "failed after publishing"))
+}
+
+fn publish_many(ctx: &mut Context) -> Result<Response, ApiError> {
+    let topic = ctx.query("topic").unwrap_or_default();
+    let count: u32 = ctx.query("count").and_then(|n| n.parse().ok()).unwrap_or(1);
+    for i in 0..count {
+        micropay_sdk::events::publish(&topic, &format!("key-{}", i % 16), &json!({ "n": i }))?;
+    }
+    Ok(Response::created(&json!({ "published": count })))
+}
+
+fn fix_poison(ctx: &mut Context) -> Result<Response, ApiError> {
+    let db = ctx.db()?;
+    db.execute("CREATE TABLE IF NOT EXISTS probe_fixes (fixed BOOLEAN)", &[])?;
+    db.execute("INSERT INTO probe_fixes VALUES (true)", &[])?;
+    Ok(Response::ok(&json!({ "fixed": true })))
+}
+
+fn count_effects(ctx: &mut Context) -> Result<Response, ApiError> {
+    let topic = ctx.query("topic").unwrap_or_default();
+    let db = ctx.db()?;
+    let exists = db.query_one("SELECT to_regclass('probe_effects') IS NOT NULL AS present", &[])?;
+    let count = if exists.bool("present") {
+        db.query_one("SELECT count(*) AS n FROM probe_effects WHERE topic = $1", &[param::text(&topic)])?.int("n")
+    } else {
+        0
+    };
+    Ok(Response::ok(&json!({ "count": count })))
 }

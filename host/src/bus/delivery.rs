@@ -1,0 +1,242 @@
+//! Delivery: each subscriber's partitions shared among the hosts, and each event of a partition
+//! handed to the subscriber in order, as its own unit of work.
+//!
+//! Invariants kept here:
+//! - a partition of a subscriber is delivered by at most one host at a time: the one holding
+//!   its advisory lock in the subscriber's database (released by PostgreSQL when the host's
+//!   connection ends, so a dead host's partitions pass to the others);
+//! - a batch is acknowledged only after each of its events was handled, found in the inbox
+//!   already, or set aside in the dead letters: nothing is skipped silently;
+//! - a failing event is retried in place, so the events after it in its partition (its key's
+//!   later events among them) wait for it: order per key holds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgConnection, PgPool};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::dead_letters;
+use super::relay::age_seconds;
+use super::{Envelope, PARTITIONS, SharedBackend, locks};
+use crate::metrics::DeliveryOutcome;
+use crate::runtime::invoke::{Answer, Call, Dispatcher};
+use crate::runtime::state::InvocationContext;
+
+/// How often a host renews its presence and rebalances partitions.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A host not seen for this long no longer counts when sharing partitions.
+const PRESENCE_TIMEOUT_SECS: i64 = 5;
+
+/// One subscribing service, as the bus sees it.
+#[derive(Clone)]
+pub struct Subscription {
+    pub name: Arc<str>,
+    /// Administrator pool on its database (dead letters, presence).
+    pub pool: PgPool,
+    /// Administrator options on its database, for the connection that holds partition locks.
+    pub options: PgConnectOptions,
+}
+
+/// Everything a delivery task needs.
+#[derive(Clone)]
+pub struct Deliverer {
+    pub subscription: Subscription,
+    pub backend: SharedBackend,
+    pub dispatcher: Arc<Dispatcher>,
+    pub host_id: uuid::Uuid,
+}
+
+struct Owned {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Deliverer {
+    /// Takes this host's share of the subscriber's partitions and delivers them, rebalancing as
+    /// hosts come and go, until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let name = self.subscription.name.clone();
+        let mut locks: Option<PgConnection> = None;
+        let mut owned: BTreeMap<u16, Owned> = BTreeMap::new();
+        while !*shutdown.borrow() {
+            if let Err(err) = self.rebalance(&mut locks, &mut owned).await {
+                tracing::warn!(subscriber = %name, "sharing partitions failed; letting them go: {err:#}");
+                release_all(&mut owned).await;
+                locks = None;
+            }
+            self.dispatcher.metrics.set_partitions_owned(&name, owned.len());
+            tokio::select! {
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        release_all(&mut owned).await;
+        let leave = sqlx::query("DELETE FROM micropay_platform.delivery_hosts WHERE host_id = $1").bind(self.host_id);
+        leave.execute(&self.subscription.pool).await.ok();
+    }
+
+    async fn rebalance(
+        &self,
+        locks: &mut Option<PgConnection>,
+        owned: &mut BTreeMap<u16, Owned>,
+    ) -> anyhow::Result<()> {
+        if locks.is_none() {
+            let connection = self.subscription.options.connect().await.context("connecting for partition locks")?;
+            *locks = Some(connection);
+        }
+        let connection = locks.as_mut().expect("connected above");
+        let hosts: i64 = sqlx::query_scalar(
+            "WITH seen AS (INSERT INTO micropay_platform.delivery_hosts (host_id, seen_at) VALUES ($1, now()) \
+                           ON CONFLICT (host_id) DO UPDATE SET seen_at = now()), \
+                  gone AS (DELETE FROM micropay_platform.delivery_hosts \
+                           WHERE seen_at < now() - make_interval(secs => $2 * 10)) \
+             SELECT 1 + count(*) FROM micropay_platform.delivery_hosts \
+             WHERE host_id <> $1 AND seen_at > now() - make_interval(secs => $2)",
+        )
+        .bind(self.host_id)
+        .bind(PRESENCE_TIMEOUT_SECS as f64)
+        .fetch_one(&mut *connection)
+        .await?;
+        let share = (PARTITIONS as usize).div_ceil(hosts.max(1) as usize);
+
+        // A partition whose task ended (its feed failed) is let go, to be taken again afresh.
+        let ended: Vec<u16> = owned.iter().filter(|(_, own)| own.task.is_finished()).map(|(p, _)| *p).collect();
+        for partition in ended {
+            owned.remove(&partition);
+            unlock(connection, partition).await?;
+        }
+        while owned.len() > share {
+            let (partition, own) = owned.pop_last().expect("more than share > 0");
+            own.stop.send_replace(true);
+            own.task.await.ok();
+            unlock(connection, partition).await?;
+            tracing::info!(subscriber = %self.subscription.name, partition, "partition handed over");
+        }
+        for partition in 0..PARTITIONS {
+            if owned.len() >= share {
+                break;
+            }
+            if owned.contains_key(&partition) {
+                continue;
+            }
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(locks::PARTITION)
+                .bind(i32::from(partition))
+                .fetch_one(&mut *connection)
+                .await?;
+            if taken {
+                let (stop, stopped) = watch::channel(false);
+                let task = tokio::spawn(self.clone().deliver_partition(partition, stopped));
+                owned.insert(partition, Owned { stop, task });
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers one partition until told to stop (after the batch in hand) or its feed fails.
+    async fn deliver_partition(self, partition: u16, stop: watch::Receiver<bool>) {
+        let name = self.subscription.name.clone();
+        let mut feed = match self.backend.feed(&name, partition).await {
+            Ok(feed) => feed,
+            Err(err) => {
+                tracing::warn!(subscriber = %name, partition, "opening the partition failed: {err:#}");
+                return;
+            }
+        };
+        while !*stop.borrow() {
+            let result = async {
+                let batch = feed.next_batch().await?;
+                let oldest = batch.first().map(|event| age_seconds(event.time)).unwrap_or(0.0);
+                self.dispatcher.metrics.set_undelivered_age(&name, partition, oldest);
+                for event in &batch {
+                    self.deliver(event).await?;
+                }
+                feed.acknowledge().await
+            };
+            if let Err(err) = result.await {
+                tracing::warn!(subscriber = %name, partition, "delivery stopped: {err:#}");
+                return;
+            }
+        }
+    }
+
+    /// Delivers one event: handled, found handled already, or dead-lettered after its last
+    /// attempt. An error means none of these could be recorded; the event stays unacknowledged.
+    async fn deliver(&self, event: &Envelope) -> anyhow::Result<()> {
+        let name = &self.subscription.name;
+        let component = self.dispatcher.registry.get(name).with_context(|| format!("{name} is no longer loaded"))?;
+        let events = &component.policy.events;
+        if !events.subscribes_to(&event.topic) {
+            return Ok(());
+        }
+        let mut last_error = String::new();
+        for attempt in 1..=events.max_attempts {
+            match attempt_delivery(&self.dispatcher, &component, event, attempt).await {
+                Ok(outcome) => {
+                    self.dispatcher.metrics.record_delivery(name, outcome, age_seconds(event.time));
+                    return Ok(());
+                }
+                Err(error) => last_error = error,
+            }
+            self.dispatcher.metrics.record_delivery(name, DeliveryOutcome::Failed, 0.0);
+            if attempt < events.max_attempts {
+                tokio::time::sleep(events.retry_delay(attempt)).await;
+            }
+        }
+        tracing::warn!(
+            subscriber = %name, event_id = %event.id, topic = %event.topic, attempts = events.max_attempts,
+            "event set aside in the dead letters: {last_error}"
+        );
+        dead_letters::record(&self.subscription.pool, event, events.max_attempts, &last_error).await?;
+        self.dispatcher.metrics.record_delivery(name, DeliveryOutcome::DeadLettered, 0.0);
+        Ok(())
+    }
+}
+
+/// One attempt: the subscriber's handler as one unit of work, inbox record included. Answers
+/// how it ended, or the error of a failed attempt.
+pub async fn attempt_delivery(
+    dispatcher: &Arc<Dispatcher>,
+    component: &Arc<crate::runtime::registry::LoadedComponent>,
+    event: &Envelope,
+    attempt: u32,
+) -> Result<DeliveryOutcome, String> {
+    let started = Instant::now();
+    let context = InvocationContext::new(None, &event.trace_id);
+    let answer = dispatcher.invoke(component, Call::Deliver(event.to_event(attempt)), context).await;
+    match answer {
+        Ok(Answer::Handled(Ok(()))) => Ok(DeliveryOutcome::Handled),
+        Ok(Answer::AlreadyHandled) => Ok(DeliveryOutcome::AlreadyHandled),
+        Ok(Answer::Handled(Err(error))) => {
+            tracing::info!(subscriber = %component.name, event_id = %event.id, attempt, elapsed = ?started.elapsed(), "handler failed: {error}");
+            Err(error)
+        }
+        Ok(_) => Err("the subscriber answered something other than a delivery result".into()),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+async fn unlock(connection: &mut PgConnection, partition: u16) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+        .bind(locks::PARTITION)
+        .bind(i32::from(partition))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Stops every partition task after its batch in hand. (Their locks go with the connection.)
+async fn release_all(owned: &mut BTreeMap<u16, Owned>) {
+    for own in owned.values() {
+        own.stop.send_replace(true);
+    }
+    for (_, own) in std::mem::take(owned) {
+        own.task.await.ok();
+    }
+}

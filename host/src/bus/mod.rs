@@ -1,0 +1,233 @@
+//! The event bus: what components publish reaches the components that subscribe, at least once
+//! on the wire and once in effect.
+//!
+//! The path of an event, and the invariant each step keeps:
+//! 1. `events.publish` writes it to the publisher's outbox in the publisher's unit of work
+//!    (`capabilities::events`): it exists if and only if that work committed.
+//! 2. [`relay`] moves committed outbox rows to the bus backend, oldest first, and marks them
+//!    relayed only after the backend acknowledged them: a crash in between relays them again,
+//!    and the backend drops the copy by event id.
+//! 3. The backend keeps events in [`PARTITIONS`] partitions by key, each in publication order:
+//!    [`embedded`] (tables in `micropay_bus_db`, the default) or [`nats`] (a JetStream stream,
+//!    `MICROPAY_NATS_URL`). Both have one position per subscriber and partition.
+//! 4. [`delivery`] gives each partition of a subscriber to one host at a time (a PostgreSQL
+//!    advisory lock in the subscriber's database), which hands its events to the subscriber in
+//!    order, one unit of work each, the event id recorded in the subscriber's inbox in the same
+//!    transaction; a redelivered event finds its id there and has no second effect. A failing
+//!    event is retried with exponential backoff, then set aside in the dead letters
+//!    ([`dead_letters`]), and its partition moves on.
+
+pub mod dead_letters;
+pub mod delivery;
+pub mod embedded;
+pub mod nats;
+pub mod relay;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::postgres::provision::Provisioner;
+use crate::runtime::bindings::Event;
+use crate::runtime::invoke::Dispatcher;
+use delivery::{Deliverer, Subscription};
+
+/// Partitions of the bus. Events of one key always land in the same partition, so their order
+/// holds; partitions are what hosts share among themselves. Every host of an installation
+/// must use the same number (it is not configurable for that reason).
+pub const PARTITIONS: u16 = 8;
+
+/// The most events relayed or delivered in one batch.
+pub const BATCH: usize = 256;
+
+/// An event on the bus: the CloudEvents envelope written by `events.publish`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub topic: String,
+    pub source: String,
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    pub data: serde_json::Value,
+    #[serde(default)]
+    pub trace_id: String,
+}
+
+impl Envelope {
+    /// The partition of the event's key: FNV-1a, identical on every host and every build.
+    pub fn partition(&self) -> u16 {
+        let hash =
+            self.subject.bytes().fold(0x811c_9dc5u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193));
+        (hash % u32::from(PARTITIONS)) as u16
+    }
+
+    /// The event as the subscriber sees it on delivery attempt `attempt`.
+    pub fn to_event(&self, attempt: u32) -> Event {
+        Event {
+            id: self.id.to_string(),
+            topic: self.topic.clone(),
+            source: self.source.clone(),
+            subject: self.subject.clone(),
+            time: self.time.timestamp_micros(),
+            data: self.data.to_string(),
+            trace_id: self.trace_id.clone(),
+            attempt,
+        }
+    }
+}
+
+/// Where relayed events are kept until every subscriber has them.
+pub enum Backend {
+    Embedded(embedded::EmbeddedBus),
+    Nats(nats::JetStreamBus),
+}
+
+impl Backend {
+    /// Appends `events` (in order). Returns once the backend holds them durably; an event it
+    /// holds already (same id) is not added twice.
+    pub async fn publish(&self, events: &[Envelope]) -> anyhow::Result<()> {
+        match self {
+            Backend::Embedded(bus) => bus.publish(events).await,
+            Backend::Nats(bus) => bus.publish(events).await,
+        }
+    }
+
+    /// The events of `partition` for `subscriber`, from its last acknowledged position.
+    pub async fn feed(&self, subscriber: &str, partition: u16) -> anyhow::Result<Feed> {
+        Ok(match self {
+            Backend::Embedded(bus) => Feed::Embedded(bus.feed(subscriber, partition).await?),
+            Backend::Nats(bus) => Feed::Nats(bus.feed(subscriber, partition).await?),
+        })
+    }
+
+    /// The backend's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Embedded(_) => "embedded",
+            Backend::Nats(_) => "nats",
+        }
+    }
+}
+
+/// One subscriber's events of one partition, in order.
+pub enum Feed {
+    Embedded(embedded::Feed),
+    Nats(nats::Feed),
+}
+
+impl Feed {
+    /// The next events after the last batch (at most [`BATCH`]); empty when none arrived
+    /// within a short wait, so the caller can look up from time to time.
+    pub async fn next_batch(&mut self) -> anyhow::Result<Vec<Envelope>> {
+        match self {
+            Feed::Embedded(feed) => feed.next_batch().await,
+            Feed::Nats(feed) => feed.next_batch().await,
+        }
+    }
+
+    /// Records that the last batch was handled: it will not be delivered again.
+    pub async fn acknowledge(&mut self) -> anyhow::Result<()> {
+        match self {
+            Feed::Embedded(feed) => feed.acknowledge().await,
+            Feed::Nats(feed) => feed.acknowledge().await,
+        }
+    }
+}
+
+/// Shared by the relay and delivery tasks.
+pub type SharedBackend = Arc<Backend>;
+
+/// How the bus of a host is set up.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// NATS JetStream's URL; none for the embedded bus.
+    pub nats_url: Option<String>,
+    /// The installation's name prefix (databases, roles, streams).
+    pub prefix: String,
+    /// Whether this host relays outboxes (every host may; one at a time per outbox does).
+    pub relay: bool,
+}
+
+/// The bus of a running host: its backend, the subscribers, and the relay and delivery tasks.
+pub struct EventBus {
+    pub backend: SharedBackend,
+    pub subscriptions: Vec<Subscription>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl EventBus {
+    /// Connects the backend and starts a relay for every publisher and delivery for every
+    /// subscriber among the loaded components.
+    pub async fn start(
+        settings: &BusSettings,
+        provisioner: &Provisioner,
+        dispatcher: &Arc<Dispatcher>,
+    ) -> anyhow::Result<Self> {
+        let backend = Arc::new(match &settings.nats_url {
+            Some(url) => Backend::Nats(nats::JetStreamBus::connect(url, &settings.prefix).await?),
+            None => Backend::Embedded(embedded::EmbeddedBus::new(provisioner.provision_bus(embedded::TABLES).await?)),
+        });
+        let (shutdown, stopping) = watch::channel(false);
+        let host_id = uuid::Uuid::new_v4();
+        let mut subscriptions = Vec::new();
+        let mut tasks = Vec::new();
+        for component in dispatcher.registry.all() {
+            let Some(database) = &component.policy.database else { continue };
+            let events = &component.policy.events;
+            if events.publish.is_empty() && events.subscribe.is_empty() {
+                continue;
+            }
+            let pool = provisioner.platform_pool(&database.name).await?;
+            if !events.publish.is_empty() && settings.relay {
+                let relay = relay::Relay {
+                    source: component.name.clone(),
+                    pool: pool.clone(),
+                    backend: backend.clone(),
+                    dispatcher: dispatcher.clone(),
+                    wake: component.outbox_written.clone(),
+                };
+                tasks.push(tokio::spawn(relay.run(stopping.clone())));
+            }
+            if !events.subscribe.is_empty() {
+                let subscription = Subscription {
+                    name: component.name.clone(),
+                    pool,
+                    options: provisioner.platform_options(&database.name),
+                };
+                let deliverer = Deliverer {
+                    subscription: subscription.clone(),
+                    backend: backend.clone(),
+                    dispatcher: dispatcher.clone(),
+                    host_id,
+                };
+                tasks.push(tokio::spawn(deliverer.run(stopping.clone())));
+                subscriptions.push(subscription);
+            }
+        }
+        tracing::info!(backend = backend.name(), subscribers = subscriptions.len(), "event bus started");
+        Ok(Self { backend, subscriptions, shutdown, tasks })
+    }
+
+    /// Stops relaying and delivering after the batches in hand.
+    pub async fn stop(self) {
+        self.shutdown.send_replace(true);
+        for task in self.tasks {
+            task.await.ok();
+        }
+    }
+}
+
+/// Advisory lock classes (the first key of `pg_advisory_lock(int, int)`) the bus takes.
+pub(crate) mod locks {
+    /// One relay per outbox at a time (in the publisher's database).
+    pub const RELAY: i32 = 0x4d50_0001;
+    /// Appends to the embedded bus, one at a time, so positions commit in order.
+    pub const APPEND: i32 = 0x4d50_0002;
+    /// A subscriber's partition, held by the host delivering it (in the subscriber's database).
+    pub const PARTITION: i32 = 0x4d50_0003;
+}

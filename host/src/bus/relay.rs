@@ -1,0 +1,146 @@
+//! The relay: committed outbox rows of one publisher's database go to the bus, oldest first.
+//!
+//! Invariants kept here:
+//! - one relay per outbox at a time, whatever the number of hosts (a transaction-level advisory
+//!   lock in the publisher's database; the other hosts skip their turn);
+//! - rows are marked relayed in the same transaction that read them, after the backend
+//!   acknowledged them: a crash anywhere before that commit leaves them unrelayed, to be sent
+//!   again (the backend drops copies by event id), so nothing committed is ever lost;
+//! - rows are sent in outbox order, so events of one key keep the order in which their
+//!   publishing units of work took their outbox sequence numbers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
+
+use super::{BATCH, Envelope, SharedBackend, locks};
+use crate::runtime::invoke::Dispatcher;
+
+/// How often an idle relay looks at its outbox without being woken (rows written by other
+/// hosts, or a wake-up missed).
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// How long relayed rows stay in the outbox (for inspection) before they are purged.
+const KEEP_RELAYED: &str = "7 days";
+
+/// One publisher's relay.
+pub struct Relay {
+    /// The publishing service.
+    pub source: Arc<str>,
+    /// Administrator pool on its database.
+    pub pool: PgPool,
+    pub backend: SharedBackend,
+    /// For its metrics.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Signalled when a unit of work of this publisher committed events.
+    pub wake: Arc<Notify>,
+}
+
+impl Relay {
+    /// Relays until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut rounds: u64 = 0;
+        while !*shutdown.borrow() {
+            let wake = self.wake.notified();
+            let pause = match self.relay_once().await {
+                Ok(relayed) if relayed == BATCH => continue,
+                Ok(_) => IDLE_POLL,
+                Err(err) => {
+                    tracing::warn!(source = %self.source, "relaying the outbox failed, retrying: {err:#}");
+                    Duration::from_secs(1)
+                }
+            };
+            rounds += 1;
+            if rounds.is_multiple_of(72_000) {
+                self.purge().await;
+            }
+            tokio::select! {
+                _ = wake => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Relays one batch; returns how many rows it relayed.
+    async fn relay_once(&self) -> anyhow::Result<usize> {
+        let mut transaction = self.pool.begin().await.context("beginning the relay transaction")?;
+        let turn: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, 0)")
+            .bind(locks::RELAY)
+            .fetch_one(&mut *transaction)
+            .await?;
+        if !turn {
+            self.dispatcher.metrics.set_unrelayed_age(&self.source, 0.0);
+            return Ok(0);
+        }
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT sequence, event_id, topic, source, subject, data, trace_id, occurred_at \
+             FROM micropay_platform.outbox WHERE relayed_at IS NULL ORDER BY sequence LIMIT $1",
+        )
+        .bind(BATCH as i64)
+        .fetch_all(&mut *transaction)
+        .await
+        .context("reading the outbox")?;
+        let oldest = rows.first().map(|row| age_seconds(row.occurred_at)).unwrap_or(0.0);
+        self.dispatcher.metrics.set_unrelayed_age(&self.source, oldest);
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let sequences: Vec<i64> = rows.iter().map(|row| row.sequence).collect();
+        let events: Vec<Envelope> = rows.into_iter().map(OutboxRow::into_envelope).collect();
+        self.backend
+            .publish(&events)
+            .await
+            .with_context(|| format!("publishing to the {} bus", self.backend.name()))?;
+        sqlx::query("UPDATE micropay_platform.outbox SET relayed_at = now() WHERE sequence = ANY($1)")
+            .bind(&sequences)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await.context("marking the outbox rows relayed")?;
+        self.dispatcher.metrics.record_relayed(&self.source, events.len());
+        Ok(events.len())
+    }
+
+    async fn purge(&self) {
+        let purge =
+            format!("DELETE FROM micropay_platform.outbox WHERE relayed_at < now() - interval '{KEEP_RELAYED}'");
+        if let Err(err) = sqlx::query(&purge).execute(&self.pool).await {
+            tracing::warn!(source = %self.source, "purging relayed outbox rows failed: {err}");
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    sequence: i64,
+    event_id: uuid::Uuid,
+    topic: String,
+    source: String,
+    subject: String,
+    data: sqlx::types::Json<serde_json::Value>,
+    trace_id: Option<String>,
+    occurred_at: DateTime<Utc>,
+}
+
+impl OutboxRow {
+    fn into_envelope(self) -> Envelope {
+        Envelope {
+            id: self.event_id,
+            topic: self.topic,
+            source: self.source,
+            subject: self.subject,
+            time: self.occurred_at,
+            data: self.data.0,
+            trace_id: self.trace_id.unwrap_or_default(),
+        }
+    }
+}
+
+/// Seconds since `time` (never negative: clocks of hosts may differ slightly).
+pub fn age_seconds(time: DateTime<Utc>) -> f64 {
+    (Utc::now() - time).to_std().map(|age| age.as_secs_f64()).unwrap_or(0.0)
+}

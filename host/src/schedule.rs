@@ -1,0 +1,58 @@
+//! Scheduled requests (`[[schedule]]` in a policy): maintenance jobs a component serves as
+//! endpoints, such as the audit service's daily partitioning and archiving. Every host makes
+//! them, as the `platform` administrator, once at start and then every period; the endpoints
+//! are idempotent, so several hosts doing the same job is harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::policy::{Role, ScheduledRequest};
+use crate::runtime::bindings::Request;
+use crate::runtime::invoke::{Answer, Call, Dispatcher};
+use crate::runtime::state::InvocationContext;
+
+/// Starts the scheduled requests of every loaded component. Abort the tasks to stop them.
+pub fn start(dispatcher: &Arc<Dispatcher>) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for component in dispatcher.registry.all() {
+        for job in &component.policy.schedule {
+            tasks.push(tokio::spawn(run(dispatcher.clone(), component.name.clone(), job.clone())));
+        }
+    }
+    tasks
+}
+
+async fn run(dispatcher: Arc<Dispatcher>, name: Arc<str>, job: ScheduledRequest) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(job.every_secs));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        // The live version of the component at each run.
+        let Some(component) = dispatcher.registry.get(&name) else { return };
+        let request = Request {
+            method: job.method.clone(),
+            path: job.path.clone(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let request_id = format!("schedule-{}", uuid::Uuid::new_v4().simple());
+        let context = InvocationContext::administrator(Role::Platform, &request_id);
+        match dispatcher.invoke(&component, Call::Handle(request), context).await {
+            Ok(Answer::Response(response)) if response.status < 400 => tracing::info!(
+                component = %name, method = %job.method, path = %job.path, status = response.status,
+                body = %String::from_utf8_lossy(&response.body), "scheduled request done"
+            ),
+            Ok(Answer::Response(response)) => tracing::warn!(
+                component = %name, method = %job.method, path = %job.path, status = response.status,
+                body = %String::from_utf8_lossy(&response.body), "scheduled request refused"
+            ),
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(component = %name, method = %job.method, path = %job.path, "scheduled request failed: {err}")
+            }
+        }
+    }
+}
