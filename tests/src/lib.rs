@@ -23,7 +23,22 @@ pub fn admin_url() -> String {
     std::env::var("MICROPAY_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The NATS server (with JetStream) of the bus tests.
+pub fn nats_url() -> String {
+    std::env::var("MICROPAY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// The event bus backends; the bus tests run on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    /// In PostgreSQL (the default).
+    Embedded,
+    /// NATS JetStream at [`nats_url`].
+    Nats,
+}
+
 /// How to start a host.
+#[derive(Clone)]
 pub struct HostOptions {
     /// `None` starts the embedded PostgreSQL in `data_dir`.
     pub database_url: Option<String>,
@@ -32,6 +47,8 @@ pub struct HostOptions {
     /// The compile cache; by default one shared by every test, so each component compiles once.
     pub cache_dir: PathBuf,
     pub extra_args: Vec<String>,
+    /// NATS for the bus; none for the embedded bus.
+    pub nats_url: Option<String>,
 }
 
 impl HostOptions {
@@ -46,7 +63,13 @@ impl HostOptions {
             data_dir,
             cache_dir: root().join("target/test-cache"),
             extra_args: Vec::new(),
+            nats_url: None,
         }
+    }
+
+    /// [`HostOptions::on_test_server`] with the event bus on `bus`.
+    pub fn with_bus(bus: Bus) -> Self {
+        Self { nats_url: (bus == Bus::Nats).then(nats_url), ..Self::on_test_server() }
     }
 }
 
@@ -56,6 +79,8 @@ pub struct TestHost {
     pub base_url: String,
     pub prefix: String,
     database_url: Option<String>,
+    /// How it was started, for [`TestHost::restart`].
+    pub options: HostOptions,
     log: Arc<Mutex<Vec<String>>>,
     pub http: reqwest::Client,
 }
@@ -68,60 +93,112 @@ impl TestHost {
 
     /// Starts a host and waits until it listens.
     pub async fn start_with(options: HostOptions) -> Self {
-        let root = root();
-        let binary = root.join("target/debug/micropay");
-        assert!(binary.exists(), "{} is missing: run `cargo xtask test`", binary.display());
-        let mut command = Command::new(binary);
-        command
-            .current_dir(&root)
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(&options.data_dir)
-            .arg("--cache-dir")
-            .arg(&options.cache_dir)
-            .arg("--policies")
-            .arg(format!("{},{}", root.join("policies").display(), root.join("tests/policies").display()))
-            .arg("--components-dir")
-            .arg(root.join("target/components"))
-            .arg("--migrations-dir")
-            .arg(root.join("migrations"))
-            .args(["--pool-min", "1", "--pool-max", "4"])
-            .args(&options.extra_args)
-            .env_remove("MICROPAY_DATABASE_URL")
-            .env("RUST_LOG", "info,sqlx=warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(url) = &options.database_url {
-            command.args(["--database-url", url, "--database-prefix", &options.prefix]);
-        }
-        let mut child = command.spawn().expect("starting micropay");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let (child, log) = spawn(&options);
         let mut host = Self {
             child,
             base_url: String::new(),
-            prefix: options.prefix,
-            database_url: options.database_url,
+            prefix: options.prefix.clone(),
+            database_url: options.database_url.clone(),
+            options,
             log,
             http: reqwest::Client::new(),
         };
-        let line = host.wait_for_log("listening on http://", Duration::from_secs(120)).await;
-        let address = line.split("listening on http://").nth(1).unwrap().split_whitespace().next().unwrap();
-        host.base_url = format!("http://{address}");
+        host.wait_until_listening().await;
         host
     }
 
+    /// Starts the host again with [`TestHost::options`] (after [`TestHost::kill`] or
+    /// [`TestHost::stop`]), on the same databases; the log starts afresh.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let (child, log) = spawn(&self.options);
+        self.child = child;
+        self.log = log;
+        self.wait_until_listening().await;
+    }
+
+    async fn wait_until_listening(&mut self) {
+        let line = self.wait_for_log("listening on http://", Duration::from_secs(120)).await;
+        let address = line.split("listening on http://").nth(1).unwrap().split_whitespace().next().unwrap();
+        self.base_url = format!("http://{address}");
+    }
+
+    /// Creates an admin API key with `role` (`ops`, `risk`, `platform`) in the host's keys file.
+    pub fn admin_key(&self, role: &str) -> String {
+        std::fs::create_dir_all(&self.options.data_dir).unwrap();
+        let output = Command::new(root().join("target/debug/micropay"))
+            .args(["admin-key", "create", "--role", role, "--admin-keys"])
+            .arg(self.options.data_dir.join("admin-keys.toml"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+
+    /// Runs `micropay args...` against this host with `key`; returns whether it succeeded and
+    /// what it printed (stdout, then stderr).
+    pub fn command(&self, key: &str, args: &[&str]) -> (bool, String) {
+        let output = Command::new(root().join("target/debug/micropay"))
+            .args(args)
+            .env("MICROPAY_URL", &self.base_url)
+            .env("MICROPAY_ADMIN_KEY", key)
+            .output()
+            .unwrap();
+        let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), printed)
+    }
+}
+
+/// Starts `micropay serve` with `options`; its output is collected into the returned log.
+fn spawn(options: &HostOptions) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let root = root();
+    let binary = root.join("target/debug/micropay");
+    assert!(binary.exists(), "{} is missing: run `cargo xtask test`", binary.display());
+    let mut command = Command::new(binary);
+    command
+        .current_dir(&root)
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&options.data_dir)
+        .arg("--cache-dir")
+        .arg(&options.cache_dir)
+        .arg("--policies")
+        .arg(format!("{},{}", root.join("policies").display(), root.join("tests/policies").display()))
+        .arg("--components-dir")
+        .arg(root.join("target/components"))
+        .arg("--migrations-dir")
+        .arg(root.join("migrations"))
+        .args(["--pool-min", "1", "--pool-max", "4"])
+        .args(&options.extra_args)
+        .env_remove("MICROPAY_DATABASE_URL")
+        .env_remove("MICROPAY_NATS_URL")
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(url) = &options.database_url {
+        command.args(["--database-url", url, "--database-prefix", &options.prefix]);
+    }
+    if let Some(url) = &options.nats_url {
+        command.args(["--nats-url", url]);
+    }
+    let mut child = command.spawn().expect("starting micropay");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    (child, log)
+}
+
+impl TestHost {
     /// The first log line containing `needle`, waiting up to `timeout` for it.
     pub async fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
         let started = Instant::now();
@@ -192,18 +269,20 @@ impl Drop for TestHost {
         if std::thread::panicking() {
             eprintln!("--- micropay log ---\n{}", self.log_text());
         }
-        if let Some(url) = self.database_url.clone() {
-            let prefix = self.prefix.clone();
-            // Drop runs inside the test's runtime: clean up from a thread with its own.
-            let _ = std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(drop_databases(&url, &prefix))
+        let (database_url, nats_url, prefix) =
+            (self.database_url.clone(), self.options.nats_url.clone(), self.prefix.clone());
+        // Drop runs inside the test's runtime: clean up from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                if let Some(url) = database_url {
+                    drop_databases(&url, &prefix).await;
+                }
+                if let Some(url) = nats_url {
+                    drop_stream(&url, &prefix).await;
+                }
             })
-            .join();
-        }
+        })
+        .join();
     }
 }
 
@@ -218,6 +297,43 @@ async fn drop_databases(url: &str, prefix: &str) {
         let names: Vec<(String,)> = sqlx::query_as(list).bind(&pattern).fetch_all(&mut admin).await.unwrap_or_default();
         for (name,) in names {
             let _ = sqlx::query(&drop.replace("{}", &name)).execute(&mut admin).await;
+        }
+    }
+}
+
+/// Deletes the JetStream stream of the installation named `prefix` (and so its consumers).
+async fn drop_stream(url: &str, prefix: &str) {
+    let Ok(client) = async_nats::connect(url).await else { return };
+    let _ = async_nats::jetstream::new(client).delete_stream(stream_name(prefix)).await;
+}
+
+/// The JetStream stream of the installation named `prefix`.
+pub fn stream_name(prefix: &str) -> String {
+    format!("{}MICROPAY_EVENTS", prefix.to_ascii_uppercase())
+}
+
+impl TestHost {
+    /// The sum of the `/metrics` samples whose line starts with `series` (a name with
+    /// optional labels, e.g. `micropay_bus_deliveries_total{subscriber="probe",outcome="Handled"}`).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|line| line.starts_with(series))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits up to `timeout` until `GET path` answers a JSON body whose `field` is `expected`;
+    /// panics with the last body otherwise.
+    pub async fn wait_for_json(&self, path: &str, field: &str, expected: Value, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let (_, body) = self.call("GET", path, None, None).await;
+            if body[field] == expected {
+                return;
+            }
+            assert!(started.elapsed() < timeout, "GET {path}: {field} is not {expected} after {timeout:?}: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -18,6 +18,7 @@ async fn embedded_postgres_starts_empty_and_keeps_data_across_restarts() {
         data_dir: data_dir.clone(),
         cache_dir: data_dir.join("cache"),
         extra_args: Vec::new(),
+        nats_url: None,
     };
 
     let mut host = TestHost::start_with(options()).await;
