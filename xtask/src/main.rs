@@ -1,6 +1,6 @@
 //! Project automation. `cargo xtask serve` and `cargo xtask test` set up whatever a fresh
-//! machine lacks (the wasm toolchain, PostgreSQL), build the components and the host, then
-//! serve or test.
+//! machine lacks (the wasm toolchain, PostgreSQL, NATS for the bus tests), build the components
+//! and the host, then serve or test.
 //!
 //! Components build for `wasm32-unknown-unknown` with Debian's Rust and a standard library
 //! built from source (`-Zbuild-std`): rustup cannot add wasm targets on these machines. That
@@ -12,8 +12,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages the build and the embedded database need.
-const SYSTEM_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "lld-19", "postgresql"];
+/// Debian packages the build, the embedded database and the NATS bus tests need.
+const SYSTEM_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "lld-19", "postgresql", "nats-server"];
 
 /// The machine's PostgreSQL, which the tests and the bench use.
 const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             build_components(&root)?;
             ensure_test_postgres()?;
+            ensure_test_nats(&root)?;
             let url = std::env::var("MICROPAY_DATABASE_URL").unwrap_or_else(|_| LOCAL_POSTGRES.to_string());
             let args = ["run", "--release", "--package", "micropay", "--", "bench", "--database-url", &url];
             let defaults =
@@ -50,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             build_components(&root)?;
             ensure_test_postgres()?;
+            ensure_test_nats(&root)?;
             // The whole workspace, as the tests build it: one feature set, so the test build
             // reuses this one instead of rebuilding wasmtime with other features.
             cargo(&root, &["build", "--workspace"], &[])?;
@@ -251,6 +253,33 @@ fn ensure_test_postgres() -> anyhow::Result<()> {
         run(Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &version, "main", "start"]))?;
     }
     Ok(())
+}
+
+/// The NATS server of the bus tests and bench (`MICROPAY_TEST_NATS_URL`, or the machine's at
+/// 127.0.0.1:4222); started with JetStream (its store under `target/nats`) when none listens.
+fn ensure_test_nats(root: &Path) -> anyhow::Result<()> {
+    if std::env::var_os("MICROPAY_TEST_NATS_URL").is_some() || std::net::TcpStream::connect("127.0.0.1:4222").is_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: starting nats-server with JetStream on 127.0.0.1:4222");
+    let store = root.join("target/nats");
+    std::fs::create_dir_all(&store)?;
+    let log = std::fs::File::create(store.join("nats-server.log"))?;
+    // Left running after the tests, as the machine's own server would be.
+    Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", "4222", "-sd"])
+        .arg(&store)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting nats-server")?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect("127.0.0.1:4222").is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!("nats-server did not listen on 127.0.0.1:4222 within 10 s (see {})", store.join("nats-server.log").display())
 }
 
 fn cargo(root: &Path, args: &[&str], rest: &[String]) -> anyhow::Result<()> {
