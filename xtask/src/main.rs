@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
             let url = std::env::var("MICROPAY_DATABASE_URL").unwrap_or_else(|_| LOCAL_POSTGRES.to_string());
             let args = ["run", "--release", "--package", "micropay", "--", "bench", "--database-url", &url];
             let defaults =
-                ["--database-prefix", "bench_", "--policies", "tests/policies", "--data-dir", "target/bench"];
+                ["--database-prefix", "bench_", "--policies", "tests/policies,policies", "--data-dir", "target/bench"];
             cargo(&root, &[&args[..], &defaults[..]].concat(), &rest)
         }
         "test" => {

@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 use super::dead_letters;
 use super::relay::age_seconds;
 use super::{Envelope, PARTITIONS, SharedBackend, locks};
+use crate::capabilities::database::UnitOfWork;
 use crate::metrics::DeliveryOutcome;
+use crate::runtime::registry::LoadedComponent;
 use crate::runtime::invoke::{Answer, Call, Dispatcher};
 use crate::runtime::state::InvocationContext;
 
@@ -154,9 +156,7 @@ impl Deliverer {
                 let batch = feed.next_batch().await?;
                 let oldest = batch.first().map(|event| age_seconds(event.time)).unwrap_or(0.0);
                 self.dispatcher.metrics.set_undelivered_age(&name, partition, oldest);
-                for event in &batch {
-                    self.deliver(event).await?;
-                }
+                self.deliver_batch(&batch).await?;
                 feed.acknowledge().await
             };
             if let Err(err) = result.await {
@@ -166,18 +166,63 @@ impl Deliverer {
         }
     }
 
-    /// Delivers one event: handled, found handled already, or dead-lettered after its last
-    /// attempt. An error means none of these could be recorded; the event stays unacknowledged.
-    async fn deliver(&self, event: &Envelope) -> anyhow::Result<()> {
+    /// Delivers a batch, in order. First all of it in one transaction, each event's handler
+    /// and inbox record in turn, committed once (the commit is what an event costs most); if
+    /// any handler fails, that transaction is rolled back whole, so none of its effects
+    /// happened, and the batch is delivered again one event per unit of work, with retries.
+    async fn deliver_batch(&self, batch: &[Envelope]) -> anyhow::Result<()> {
         let name = &self.subscription.name;
         let component = self.dispatcher.registry.get(name).with_context(|| format!("{name} is no longer loaded"))?;
-        let events = &component.policy.events;
-        if !events.subscribes_to(&event.topic) {
-            return Ok(());
+        let events: Vec<&Envelope> =
+            batch.iter().filter(|event| component.policy.events.subscribes_to(&event.topic)).collect();
+        if events.len() > 1 {
+            match self.deliver_together(&component, &events).await {
+                Ok(()) => return Ok(()),
+                Err(error) => tracing::debug!(subscriber = %name, "batch rolled back, delivering one by one: {error}"),
+            }
         }
+        for event in events {
+            self.deliver(&component, event).await?;
+        }
+        Ok(())
+    }
+
+    /// The batch in one unit of work: every handler succeeded and the commit went through, or
+    /// nothing of it happened.
+    async fn deliver_together(&self, component: &Arc<LoadedComponent>, events: &[&Envelope]) -> Result<(), String> {
+        let mut unit = UnitOfWork::new(component.pool.clone());
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            let context = InvocationContext::new(None, &event.trace_id);
+            let call = Call::Deliver(event.to_event(1));
+            let (answer, continued) =
+                self.dispatcher.invoke_within(component, call, context, unit).await.map_err(|err| err.to_string())?;
+            unit = continued;
+            outcomes.push(match answer {
+                Answer::Handled(Ok(())) => DeliveryOutcome::Handled,
+                Answer::AlreadyHandled => DeliveryOutcome::AlreadyHandled,
+                Answer::Handled(Err(error)) => return Err(error),
+                _ => return Err("the subscriber answered something other than a delivery result".into()),
+            });
+        }
+        if unit.commit().await.map_err(|err| err.to_string())? {
+            component.outbox_written.notify_one();
+        }
+        for (event, outcome) in events.iter().zip(outcomes) {
+            self.dispatcher.metrics.record_delivery(&component.name, outcome, age_seconds(event.time));
+        }
+        Ok(())
+    }
+
+    /// Delivers one event in its own unit of work: handled, found handled already, or
+    /// dead-lettered after its last attempt. An error means none of these could be recorded;
+    /// the event stays unacknowledged.
+    async fn deliver(&self, component: &Arc<LoadedComponent>, event: &Envelope) -> anyhow::Result<()> {
+        let name = &self.subscription.name;
+        let events = &component.policy.events;
         let mut last_error = String::new();
         for attempt in 1..=events.max_attempts {
-            match attempt_delivery(&self.dispatcher, &component, event, attempt).await {
+            match attempt_delivery(&self.dispatcher, component, event, attempt).await {
                 Ok(outcome) => {
                     self.dispatcher.metrics.record_delivery(name, outcome, age_seconds(event.time));
                     return Ok(());
@@ -203,7 +248,7 @@ impl Deliverer {
 /// how it ended, or the error of a failed attempt.
 pub async fn attempt_delivery(
     dispatcher: &Arc<Dispatcher>,
-    component: &Arc<crate::runtime::registry::LoadedComponent>,
+    component: &Arc<LoadedComponent>,
     event: &Envelope,
     attempt: u32,
 ) -> Result<DeliveryOutcome, String> {

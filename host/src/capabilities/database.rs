@@ -70,6 +70,13 @@ impl UnitOfWork {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Commits the unit (a batch of deliveries); returns whether it wrote events.
+    pub async fn commit(self) -> Result<bool, sqlx::Error> {
+        let published = self.published;
+        self.finish(true).await?;
+        Ok(published)
+    }
+
     async fn transaction(&mut self) -> Result<&mut Transaction<'static, Postgres>, DbError> {
         if self.transaction.is_none() {
             let pool = self.pool.as_ref().ok_or_else(|| refused("this component is granted no database"))?;

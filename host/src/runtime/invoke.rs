@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap};
 
+use crate::capabilities::database::UnitOfWork;
 use crate::metrics::{Metrics, Outcome};
 use crate::runtime::bindings::{Caller, Event, Request, Response, Route};
 use crate::runtime::engine::{EngineOptions, Runtime};
@@ -106,6 +107,41 @@ impl Dispatcher {
         call: Call,
         context: InvocationContext,
     ) -> Result<Answer, InvokeError> {
+        let work = async {
+            let unit = UnitOfWork::new(component.pool.clone());
+            let (answer, unit) = self.run(component, call, context, unit).await?;
+            let succeeded = answer.succeeded();
+            let published = unit.published;
+            unit.finish(succeeded).await.map_err(InvokeError::Commit)?;
+            if succeeded && published {
+                component.outbox_written.notify_one();
+            }
+            Ok(answer)
+        };
+        self.admitted(component, work, |answer| answer).await
+    }
+
+    /// Runs `call` on `component` inside `unit`, a unit of work the caller goes on with and
+    /// ends itself: deliveries of a batch of events share one commit this way. On an error the
+    /// unit is gone, rolled back.
+    pub async fn invoke_within(
+        self: &Arc<Self>,
+        component: &Arc<LoadedComponent>,
+        call: Call,
+        context: InvocationContext,
+        unit: UnitOfWork,
+    ) -> Result<(Answer, UnitOfWork), InvokeError> {
+        self.admitted(component, self.run(component, call, context, unit), |(answer, _)| answer).await
+    }
+
+    /// Runs `work` within the component's concurrency limit and deadline, and records its
+    /// outcome (`answer_of` finds the answer in what it returns).
+    async fn admitted<T>(
+        self: &Arc<Self>,
+        component: &Arc<LoadedComponent>,
+        work: impl Future<Output = Result<T, InvokeError>>,
+        answer_of: fn(&T) -> &Answer,
+    ) -> Result<T, InvokeError> {
         let started = Instant::now();
         let limits = &component.policy.limits;
         // A free slot is taken at once; only a full component waits (briefly) on a timer.
@@ -118,14 +154,14 @@ impl Dispatcher {
         let result = match slot {
             Some(_slot) => {
                 let deadline = limits.deadline();
-                match tokio::time::timeout(deadline + HOST_GRACE, self.run(component, call, context)).await {
+                match tokio::time::timeout(deadline + HOST_GRACE, work).await {
                     Ok(result) => result,
                     Err(_) => Err(InvokeError::Deadline(deadline)),
                 }
             }
             _ => Err(InvokeError::Busy(limits.max_instances)),
         };
-        let outcome = match &result {
+        let outcome = match result.as_ref().map(answer_of) {
             Ok(Answer::Response(response)) if response.status >= 500 => Outcome::Error,
             Ok(Answer::Handled(Err(_))) => Outcome::Error,
             Ok(_) => Outcome::Ok,
@@ -138,14 +174,16 @@ impl Dispatcher {
         result
     }
 
+    /// Instantiates and calls; leaves `unit` open, for the caller to end.
     async fn run(
         self: &Arc<Self>,
         component: &Arc<LoadedComponent>,
         call: Call,
         context: InvocationContext,
-    ) -> Result<Answer, InvokeError> {
+        unit: UnitOfWork,
+    ) -> Result<(Answer, UnitOfWork), InvokeError> {
         let limits = &component.policy.limits;
-        let state = InvocationState::new(component.clone(), context, self.clone());
+        let state = InvocationState::new(component.clone(), context, unit, self.clone());
         let mut store = Store::new(&self.engine, state);
         if self.options.limits {
             store.limiter(|state| &mut state.limits);
@@ -182,8 +220,8 @@ impl Dispatcher {
                 })?;
                 let recorded = store.data_mut().unit.record_in_inbox(&event).await;
                 if !recorded.map_err(|err| InvokeError::Inbox(format!("{}: {}", err.code, err.message)))? {
-                    // Dropping the unit of work rolls back the empty transaction.
-                    return Ok(Answer::AlreadyHandled);
+                    // Nothing was written: the unit may go on (a batch) or end.
+                    return Ok((Answer::AlreadyHandled, store.into_data().unit));
                 }
                 let instance = pre.instantiate_async(&mut store).await.map_err(instantiate_error)?;
                 instance.micropay_platform_subscriber().call_handle_event(&mut store, &event).await.map(Answer::Handled)
@@ -198,18 +236,19 @@ impl Dispatcher {
                 limit: limits.max_response_bytes(),
             });
         }
-        let succeeded = match &answer {
+        Ok((answer, store.into_data().unit))
+    }
+}
+
+impl Answer {
+    /// Whether the work it answers for is to be committed: not a 4xx/5xx response, not a
+    /// failed event handler.
+    pub fn succeeded(&self) -> bool {
+        match self {
             Answer::Response(response) => response.status < 400,
             Answer::Handled(result) => result.is_ok(),
             _ => true,
-        };
-        let unit = store.into_data().unit;
-        let published = unit.published;
-        unit.finish(succeeded).await.map_err(InvokeError::Commit)?;
-        if succeeded && published {
-            component.outbox_written.notify_one();
         }
-        Ok(answer)
     }
 }
 

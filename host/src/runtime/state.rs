@@ -58,11 +58,16 @@ pub struct InvocationState {
 }
 
 impl InvocationState {
-    pub fn new(component: Arc<LoadedComponent>, context: InvocationContext, dispatcher: Arc<Dispatcher>) -> Self {
+    pub fn new(
+        component: Arc<LoadedComponent>,
+        context: InvocationContext,
+        unit: UnitOfWork,
+        dispatcher: Arc<Dispatcher>,
+    ) -> Self {
         let memory_bytes = component.policy.limits.memory_bytes();
         Self {
             table: ResourceTable::new(),
-            unit: UnitOfWork::new(component.pool.clone()),
+            unit,
             component,
             context,
             limits: MemoryLimit { max_bytes: memory_bytes },

@@ -1,8 +1,12 @@
-//! `micropay bench`: what an invocation costs, and what the gateway costs against a plain
-//! axum route serving the same answer, measured in one run on this machine.
+//! `micropay bench`: what an invocation costs, what the gateway costs against a plain axum
+//! route serving the same answer, and how fast events flow over each bus backend, measured in
+//! one run on this machine.
 //!
-//! The endpoint is the probe's `GET /ping`, which touches no database: the figures are the
-//! platform's own overhead (instantiate + call + drop, routing, request ids, metrics).
+//! The invocation and HTTP endpoint is the probe's `GET /ping`, which touches no database: the
+//! figures are the platform's own overhead (instantiate + call + drop, routing, request ids,
+//! metrics). The bus figures are in [`events`].
+
+mod events;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -37,6 +41,12 @@ pub struct BenchArgs {
     /// Seconds of HTTP load per server.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Events sent over each bus backend.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// The NATS server (with JetStream) of the NATS run.
+    #[arg(long, env = "MICROPAY_TEST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub bench_nats_url: String,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -45,10 +55,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.config.database_url.is_some(),
         "the bench runs two platforms side by side: give it a server with --database-url (cargo xtask bench does)"
     );
+    // 1. The bus, on each backend, on databases (and a stream) of its own, each platform alone
+    //    on the server (so that the others' pools do not crowd its connections).
+    let mut runs = Vec::new();
+    for (backend, nats_url) in [("embedded", None), ("nats", Some(args.bench_nats_url.clone()))] {
+        let mut config = args.config.clone();
+        config.database_prefix = format!("{}{backend}_", config.database_prefix);
+        config.nats_url = nats_url;
+        let platform = Platform::start(&config).await?;
+        let run = events::run(&platform, args.events).await?;
+        platform.shutdown().await;
+        runs.push((backend, run));
+    }
+    println!("events, probe publishes → audit record committed ({} events per backend):", args.events);
+    for (backend, run) in &runs {
+        println!("  {backend:<9} {run}");
+    }
+    println!("  nats / embedded throughput: {:.2}", runs[1].1.per_second() / runs[0].1.per_second());
+
     let platform = Platform::start(&args.config).await?;
     let unlimited = Platform::start_with(&args.config, EngineOptions { limits: false, fuel: false }).await?;
 
-    // 1. Invocation cost, no HTTP: with deadlines and memory limits, and without, interleaved
+    // 2. Invocation cost, no HTTP: with deadlines and memory limits, and without, interleaved
     //    in rounds so that noise on this shared machine falls on both alike.
     let mut limited_samples = Vec::with_capacity(args.invocations);
     let mut unlimited_samples = Vec::with_capacity(args.invocations);
@@ -67,7 +95,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("  cost of the limits: {:+.1}% (mean)", (limited.mean / unlimited_summary.mean - 1.0) * 100.0);
     unlimited.shutdown().await;
 
-    // 2. HTTP: the gateway against a plain axum route with the same answer.
+    // 3. HTTP: the gateway against a plain axum route with the same answer.
     let plain = axum::Router::new().route(PATH, get(|| async { axum::Json(serde_json::json!({ "pong": true })) }));
     let (router, _state) = gateway::router(platform, args.config.body_limit, args.config.admin_keys());
     let plain_address = spawn_server(plain).await?;
@@ -82,6 +110,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("  plain axum route: {plain_run}");
     println!("  gateway:          {gateway_run}");
     println!("  gateway / plain throughput: {:.2}", gateway_run.per_second() / plain_run.per_second());
+
     Ok(())
 }
 
