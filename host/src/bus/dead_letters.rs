@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::Envelope;
 use super::delivery::{Subscription, attempt_delivery};
+use super::{Envelope, EnvelopeRow};
 use crate::metrics::DeliveryOutcome;
 use crate::runtime::invoke::Dispatcher;
 
@@ -43,8 +43,9 @@ pub async fn record(pool: &PgPool, event: &Envelope, attempts: u32, last_error: 
 }
 
 /// A dead letter as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct DeadLetter {
+    #[sqlx(skip)]
     pub subscriber: String,
     pub event_id: uuid::Uuid,
     pub topic: String,
@@ -60,29 +61,26 @@ pub struct DeadLetter {
 pub async fn list(subscriptions: &[Subscription]) -> anyhow::Result<Vec<DeadLetter>> {
     let mut all = Vec::new();
     for subscription in subscriptions {
-        let rows: Vec<(uuid::Uuid, String, String, String, DateTime<Utc>, i32, String, DateTime<Utc>)> =
-            sqlx::query_as(
-                "SELECT event_id, topic, source, subject, occurred_at, attempts, last_error, failed_at \
+        let letters: Vec<DeadLetter> = sqlx::query_as(
+            "SELECT event_id, topic, source, subject, occurred_at, attempts, last_error, failed_at \
              FROM micropay_platform.dead_letters ORDER BY failed_at",
-            )
-            .fetch_all(&subscription.pool)
-            .await?;
-        all.extend(rows.into_iter().map(
-            |(event_id, topic, source, subject, occurred_at, attempts, last_error, failed_at)| DeadLetter {
-                subscriber: subscription.name.to_string(),
-                event_id,
-                topic,
-                source,
-                subject,
-                occurred_at,
-                attempts,
-                last_error,
-                failed_at,
-            },
-        ));
+        )
+        .fetch_all(&subscription.pool)
+        .await?;
+        all.extend(
+            letters.into_iter().map(|letter| DeadLetter { subscriber: subscription.name.to_string(), ..letter }),
+        );
     }
     all.sort_by_key(|letter| letter.failed_at);
     Ok(all)
+}
+
+/// A dead letter with its event, to replay it.
+#[derive(sqlx::FromRow)]
+struct ReplayRow {
+    attempts: i32,
+    #[sqlx(flatten)]
+    event: EnvelopeRow,
 }
 
 /// How the replay of a dead letter to one subscriber went.
@@ -104,31 +102,15 @@ pub async fn replay(
 ) -> anyhow::Result<Vec<Replay>> {
     let mut replays = Vec::new();
     for subscription in subscriptions {
-        let row: Option<(
-            String,
-            String,
-            String,
-            sqlx::types::Json<serde_json::Value>,
-            Option<String>,
-            DateTime<Utc>,
-            i32,
-        )> = sqlx::query_as(
-            "SELECT topic, source, subject, data, trace_id, occurred_at, attempts \
-                 FROM micropay_platform.dead_letters WHERE event_id = $1",
+        let row: Option<ReplayRow> = sqlx::query_as(
+            "SELECT event_id, topic, source, subject, data, trace_id, occurred_at, attempts \
+             FROM micropay_platform.dead_letters WHERE event_id = $1",
         )
         .bind(event_id)
         .fetch_optional(&subscription.pool)
         .await?;
-        let Some((topic, source, subject, data, trace_id, time, attempts)) = row else { continue };
-        let event = Envelope {
-            id: event_id,
-            topic,
-            source,
-            subject,
-            time,
-            data: data.0,
-            trace_id: trace_id.unwrap_or_default(),
-        };
+        let Some(ReplayRow { attempts, event }) = row else { continue };
+        let event = Envelope::from(event);
         let subscriber = subscription.name.to_string();
         let Some(component) = dispatcher.registry.get(&subscription.name) else {
             replays.push(Replay { subscriber, outcome: "failed", error: Some("the subscriber is not loaded".into()) });

@@ -25,8 +25,8 @@ use super::relay::age_seconds;
 use super::{Envelope, PARTITIONS, SharedBackend, locks};
 use crate::capabilities::database::UnitOfWork;
 use crate::metrics::DeliveryOutcome;
-use crate::runtime::registry::LoadedComponent;
 use crate::runtime::invoke::{Answer, Call, Dispatcher};
+use crate::runtime::registry::LoadedComponent;
 use crate::runtime::state::InvocationContext;
 
 /// How often a host renews its presence and rebalances partitions.

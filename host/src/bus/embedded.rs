@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use super::{BATCH, Envelope, locks};
+use super::{BATCH, Envelope, EnvelopeRow, locks};
 
 /// The bus tables.
 pub const TABLES: &[&str] = &[
@@ -114,6 +114,13 @@ impl EmbeddedBus {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct BusRow {
+    sequence: i64,
+    #[sqlx(flatten)]
+    event: EnvelopeRow,
+}
+
 /// One subscriber's position in one partition.
 pub struct Feed {
     pool: PgPool,
@@ -146,30 +153,16 @@ impl Feed {
     }
 
     async fn read(&self) -> anyhow::Result<Vec<(i64, Envelope)>> {
-        let rows: Vec<(
-            i64,
-            uuid::Uuid,
-            String,
-            String,
-            String,
-            sqlx::types::Json<serde_json::Value>,
-            String,
-            DateTime<Utc>,
-        )> = sqlx::query_as(
+        let rows: Vec<BusRow> = sqlx::query_as(
             "SELECT sequence, event_id, topic, source, subject, data, trace_id, occurred_at FROM events \
-                 WHERE partition = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+             WHERE partition = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
         )
         .bind(self.partition)
         .bind(self.delivered_up_to)
         .bind(BATCH as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(sequence, id, topic, source, subject, data, trace_id, time)| {
-                (sequence, Envelope { id, topic, source, subject, time, data: data.0, trace_id })
-            })
-            .collect())
+        Ok(rows.into_iter().map(|row| (row.sequence, row.event.into())).collect())
     }
 
     pub async fn acknowledge(&mut self) -> anyhow::Result<()> {

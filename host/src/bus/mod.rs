@@ -80,10 +80,37 @@ impl Envelope {
     }
 }
 
+/// An event as stored in a table (outbox, embedded bus, dead letters): the columns
+/// `event_id, topic, source, subject, data, trace_id, occurred_at`.
+#[derive(sqlx::FromRow)]
+pub struct EnvelopeRow {
+    event_id: uuid::Uuid,
+    topic: String,
+    source: String,
+    subject: String,
+    data: sqlx::types::Json<serde_json::Value>,
+    trace_id: Option<String>,
+    pub(crate) occurred_at: DateTime<Utc>,
+}
+
+impl From<EnvelopeRow> for Envelope {
+    fn from(row: EnvelopeRow) -> Self {
+        Envelope {
+            id: row.event_id,
+            topic: row.topic,
+            source: row.source,
+            subject: row.subject,
+            time: row.occurred_at,
+            data: row.data.0,
+            trace_id: row.trace_id.unwrap_or_default(),
+        }
+    }
+}
+
 /// Where relayed events are kept until every subscriber has them.
 pub enum Backend {
     Embedded(embedded::EmbeddedBus),
-    Nats(nats::JetStreamBus),
+    Nats(Box<nats::JetStreamBus>),
 }
 
 impl Backend {
@@ -100,7 +127,7 @@ impl Backend {
     pub async fn feed(&self, subscriber: &str, partition: u16) -> anyhow::Result<Feed> {
         Ok(match self {
             Backend::Embedded(bus) => Feed::Embedded(bus.feed(subscriber, partition).await?),
-            Backend::Nats(bus) => Feed::Nats(bus.feed(subscriber, partition).await?),
+            Backend::Nats(bus) => Feed::Nats(Box::new(bus.feed(subscriber, partition).await?)),
         })
     }
 
@@ -116,7 +143,7 @@ impl Backend {
 /// One subscriber's events of one partition, in order.
 pub enum Feed {
     Embedded(embedded::Feed),
-    Nats(nats::Feed),
+    Nats(Box<nats::Feed>),
 }
 
 impl Feed {
@@ -169,7 +196,7 @@ impl EventBus {
         dispatcher: &Arc<Dispatcher>,
     ) -> anyhow::Result<Self> {
         let backend = Arc::new(match &settings.nats_url {
-            Some(url) => Backend::Nats(nats::JetStreamBus::connect(url, &settings.prefix).await?),
+            Some(url) => Backend::Nats(Box::new(nats::JetStreamBus::connect(url, &settings.prefix).await?)),
             None => Backend::Embedded(embedded::EmbeddedBus::new(provisioner.provision_bus(embedded::TABLES).await?)),
         });
         let (shutdown, stopping) = watch::channel(false);

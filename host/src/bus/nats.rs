@@ -99,7 +99,12 @@ impl JetStreamBus {
             )
             .await
             .map_err(|err| anyhow::anyhow!("creating the consumer {name}: {err}"))?;
-        let messages = consumer.messages().await.map_err(|err| anyhow::anyhow!("pulling from {name}: {err}"))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .messages()
+            .await
+            .map_err(|err| anyhow::anyhow!("pulling from {name}: {err}"))?;
         Ok(Feed { messages: messages.ready_chunks(BATCH), unacknowledged: Vec::new() })
     }
 }

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 
-use super::{BATCH, Envelope, SharedBackend, locks};
+use super::{BATCH, Envelope, EnvelopeRow, SharedBackend, locks};
 use crate::runtime::invoke::Dispatcher;
 
 /// How often an idle relay looks at its outbox without being woken (rows written by other
@@ -85,13 +85,13 @@ impl Relay {
         .fetch_all(&mut *transaction)
         .await
         .context("reading the outbox")?;
-        let oldest = rows.first().map(|row| age_seconds(row.occurred_at)).unwrap_or(0.0);
+        let oldest = rows.first().map(|row| age_seconds(row.event.occurred_at)).unwrap_or(0.0);
         self.dispatcher.metrics.set_unrelayed_age(&self.source, oldest);
         if rows.is_empty() {
             return Ok(0);
         }
         let sequences: Vec<i64> = rows.iter().map(|row| row.sequence).collect();
-        let events: Vec<Envelope> = rows.into_iter().map(OutboxRow::into_envelope).collect();
+        let events: Vec<Envelope> = rows.into_iter().map(|row| row.event.into()).collect();
         self.backend
             .publish(&events)
             .await
@@ -117,27 +117,8 @@ impl Relay {
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
     sequence: i64,
-    event_id: uuid::Uuid,
-    topic: String,
-    source: String,
-    subject: String,
-    data: sqlx::types::Json<serde_json::Value>,
-    trace_id: Option<String>,
-    occurred_at: DateTime<Utc>,
-}
-
-impl OutboxRow {
-    fn into_envelope(self) -> Envelope {
-        Envelope {
-            id: self.event_id,
-            topic: self.topic,
-            source: self.source,
-            subject: self.subject,
-            time: self.occurred_at,
-            data: self.data.0,
-            trace_id: self.trace_id.unwrap_or_default(),
-        }
-    }
+    #[sqlx(flatten)]
+    event: EnvelopeRow,
 }
 
 /// Seconds since `time` (never negative: clocks of hosts may differ slightly).
