@@ -17,46 +17,38 @@ pub mod service {
     });
 }
 
+/// Bindings of a world that extends `service` with more exports, its imports mapped onto the
+/// service world's, so that the capabilities implemented for those serve it too.
+macro_rules! extended_service_world {
+    ($world:literal) => {
+        wasmtime::component::bindgen!({
+            world: $world,
+            path: "../wit",
+            imports: { default: async | trappable },
+            exports: { default: async },
+            with: {
+                "micropay:platform/types": crate::runtime::bindings::service::micropay::platform::types,
+                "micropay:platform/database": crate::runtime::bindings::service::micropay::platform::database,
+                "micropay:platform/logging": crate::runtime::bindings::service::micropay::platform::logging,
+                "micropay:platform/clock": crate::runtime::bindings::service::micropay::platform::clock,
+                "micropay:platform/random": crate::runtime::bindings::service::micropay::platform::random,
+                "micropay:platform/principal": crate::runtime::bindings::service::micropay::platform::principal,
+                "micropay:platform/http": crate::runtime::bindings::service::micropay::platform::http,
+                "micropay:platform/services": crate::runtime::bindings::service::micropay::platform::services,
+                "micropay:platform/events": crate::runtime::bindings::service::micropay::platform::events,
+            },
+        });
+    };
+}
+
 /// The `identity-service` world: a service that also resolves bearer tokens to callers.
 pub mod identity {
-    wasmtime::component::bindgen!({
-        world: "identity-service",
-        path: "../wit",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "micropay:platform/types": super::service::micropay::platform::types,
-            "micropay:platform/database": super::service::micropay::platform::database,
-            "micropay:platform/logging": super::service::micropay::platform::logging,
-            "micropay:platform/clock": super::service::micropay::platform::clock,
-            "micropay:platform/random": super::service::micropay::platform::random,
-            "micropay:platform/principal": super::service::micropay::platform::principal,
-            "micropay:platform/http": super::service::micropay::platform::http,
-            "micropay:platform/services": super::service::micropay::platform::services,
-            "micropay:platform/events": super::service::micropay::platform::events,
-        },
-    });
+    extended_service_world!("identity-service");
 }
 
 /// The `subscribing-service` world: a service that also handles the events it subscribes to.
 pub mod subscribing {
-    wasmtime::component::bindgen!({
-        world: "subscribing-service",
-        path: "../wit",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "micropay:platform/types": super::service::micropay::platform::types,
-            "micropay:platform/database": super::service::micropay::platform::database,
-            "micropay:platform/logging": super::service::micropay::platform::logging,
-            "micropay:platform/clock": super::service::micropay::platform::clock,
-            "micropay:platform/random": super::service::micropay::platform::random,
-            "micropay:platform/principal": super::service::micropay::platform::principal,
-            "micropay:platform/http": super::service::micropay::platform::http,
-            "micropay:platform/services": super::service::micropay::platform::services,
-            "micropay:platform/events": super::service::micropay::platform::events,
-        },
-    });
+    extended_service_world!("subscribing-service");
 }
 
 pub use service::micropay::platform::http::{Request, Response, Route};
