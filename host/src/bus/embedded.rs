@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use super::{BATCH, Envelope, EnvelopeRow, locks};
+use super::{BATCH, Envelope, EnvelopeRow, RETENTION_DAYS, locks};
 
 /// The bus tables.
 pub const TABLES: &[&str] = &[
@@ -88,6 +88,13 @@ impl EmbeddedBus {
         .await?;
         transaction.commit().await?;
         self.appended.notify_waiters();
+        Ok(())
+    }
+
+    /// Deletes events past the retention.
+    pub async fn purge(&self) -> anyhow::Result<()> {
+        let purge = format!("DELETE FROM events WHERE published_at < now() - interval '{RETENTION_DAYS} days'");
+        sqlx::query(&purge).execute(&self.pool).await?;
         Ok(())
     }
 

@@ -43,6 +43,13 @@ pub const PARTITIONS: u16 = 8;
 /// The most events relayed or delivered in one batch.
 pub const BATCH: usize = 256;
 
+/// How long the bus keeps an event, in days: a subscriber down for longer misses it. Inbox
+/// records are kept a day longer, since an event can be redelivered only while the bus has it.
+pub const RETENTION_DAYS: u64 = 7;
+
+/// How often old bus events and inbox records are purged.
+const HOUSEKEEPING: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// An event on the bus: the CloudEvents envelope written by `events.publish`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
@@ -136,6 +143,31 @@ impl Backend {
         match self {
             Backend::Embedded(_) => "embedded",
             Backend::Nats(_) => "nats",
+        }
+    }
+}
+
+/// Purges, every [`HOUSEKEEPING`], what is past the bus's retention: the embedded bus's old
+/// events (JetStream ages them out itself) and inbox records no redelivery can match any more.
+async fn housekeeping(backend: SharedBackend, subscriptions: Vec<Subscription>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HOUSEKEEPING) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Backend::Embedded(bus) = &*backend
+            && let Err(err) = bus.purge().await
+        {
+            tracing::warn!("purging old bus events failed: {err:#}");
+        }
+        let purge_inbox = format!(
+            "DELETE FROM micropay_platform.inbox WHERE handled_at < now() - interval '{} days'",
+            RETENTION_DAYS + 1
+        );
+        for subscription in &subscriptions {
+            if let Err(err) = sqlx::query(&purge_inbox).execute(&subscription.pool).await {
+                tracing::warn!(subscriber = %subscription.name, "purging the inbox failed: {err}");
+            }
         }
     }
 }
@@ -236,6 +268,7 @@ impl EventBus {
                 subscriptions.push(subscription);
             }
         }
+        tasks.push(tokio::spawn(housekeeping(backend.clone(), subscriptions.clone(), stopping.clone())));
         tracing::info!(backend = backend.name(), subscribers = subscriptions.len(), "event bus started");
         Ok(Self { backend, subscriptions, shutdown, tasks })
     }

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use futures_util::stream::ReadyChunks;
 
-use super::{BATCH, Envelope};
+use super::{BATCH, Envelope, RETENTION_DAYS};
 
 /// How long a feed waits for new events before answering an empty batch.
 const WAIT: Duration = Duration::from_millis(250);
@@ -24,8 +24,8 @@ const WAIT: Duration = Duration::from_millis(250);
 /// How long JetStream remembers message ids to drop copies.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
-/// How long events stay in the stream: a subscriber down for longer misses them.
-const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long events stay in the stream.
+const RETENTION: Duration = Duration::from_secs(RETENTION_DAYS * 24 * 3600);
 
 /// How long a delivered event may stay unacknowledged before JetStream offers it again (to
 /// another host, if this one lost its partition or died).
