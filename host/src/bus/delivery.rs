@@ -191,16 +191,23 @@ impl Deliverer {
     /// nothing of it happened.
     async fn deliver_together(&self, component: &Arc<LoadedComponent>, events: &[&Envelope]) -> Result<(), String> {
         let mut unit = UnitOfWork::new(component.pool.clone());
+        let inbox: Vec<_> =
+            events.iter().map(|event| (event.id, event.topic.as_str(), event.source.as_str())).collect();
+        let mut fresh = unit.record_all_in_inbox(&inbox).await.map_err(|err| err.message)?;
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
+            // Recorded now, and not handed out earlier in this batch (a copy in the batch).
+            if !fresh.remove(&event.id) {
+                outcomes.push(DeliveryOutcome::AlreadyHandled);
+                continue;
+            }
             let context = InvocationContext::new(None, &event.trace_id);
-            let call = Call::Deliver(event.to_event(1));
+            let call = Call::DeliverRecorded(event.to_event(1));
             let (answer, continued) =
                 self.dispatcher.invoke_within(component, call, context, unit).await.map_err(|err| err.to_string())?;
             unit = continued;
             outcomes.push(match answer {
                 Answer::Handled(Ok(())) => DeliveryOutcome::Handled,
-                Answer::AlreadyHandled => DeliveryOutcome::AlreadyHandled,
                 Answer::Handled(Err(error)) => return Err(error),
                 _ => return Err("the subscriber answered something other than a delivery result".into()),
             });

@@ -70,6 +70,30 @@ impl UnitOfWork {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Records a batch of delivered events in the inbox with one statement; returns the ids
+    /// recorded now (the others were there already: handled before). See
+    /// [`UnitOfWork::record_in_inbox`].
+    pub async fn record_all_in_inbox(
+        &mut self,
+        events: &[(uuid::Uuid, &str, &str)],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, DbError> {
+        let ids: Vec<uuid::Uuid> = events.iter().map(|(id, _, _)| *id).collect();
+        let topics: Vec<&str> = events.iter().map(|(_, topic, _)| *topic).collect();
+        let sources: Vec<&str> = events.iter().map(|(_, _, source)| *source).collect();
+        let transaction = self.transaction().await?;
+        let recorded: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "INSERT INTO micropay_platform.inbox (event_id, topic, source) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
+        )
+        .bind(&ids)
+        .bind(&topics)
+        .bind(&sources)
+        .fetch_all(&mut **transaction)
+        .await
+        .map_err(db_error)?;
+        Ok(recorded.into_iter().collect())
+    }
+
     /// Commits the unit (a batch of deliveries); returns whether it wrote events.
     pub async fn commit(self) -> Result<bool, sqlx::Error> {
         let published = self.published;

@@ -28,6 +28,9 @@ pub enum Call {
     Authenticate(String),
     /// `subscriber.handle-event`, after recording the event in the subscriber's inbox.
     Deliver(Event),
+    /// `subscriber.handle-event` of an event the caller has just recorded in the inbox, in
+    /// the same (continuing) unit of work: a batch records all of its events at once.
+    DeliverRecorded(Event),
 }
 
 /// What the component answered.
@@ -215,17 +218,14 @@ impl Dispatcher {
                     .map(Answer::Caller)
             }
             Call::Deliver(event) => {
-                let pre = component.subscriber.as_ref().ok_or_else(|| {
-                    InvokeError::Instantiate(format!("{} does not export subscriber", component.name))
-                })?;
                 let recorded = store.data_mut().unit.record_in_inbox(&event).await;
                 if !recorded.map_err(|err| InvokeError::Inbox(format!("{}: {}", err.code, err.message)))? {
                     // Nothing was written: the unit may go on (a batch) or end.
                     return Ok((Answer::AlreadyHandled, store.into_data().unit));
                 }
-                let instance = pre.instantiate_async(&mut store).await.map_err(instantiate_error)?;
-                instance.micropay_platform_subscriber().call_handle_event(&mut store, &event).await.map(Answer::Handled)
+                handle_event(component, &mut store, &event).await?
             }
+            Call::DeliverRecorded(event) => handle_event(component, &mut store, &event).await?,
         };
         let answer = called.map_err(|err| classify_trap(err, limits.deadline()))?;
         if let Answer::Response(response) = &answer
@@ -250,6 +250,21 @@ impl Answer {
             _ => true,
         }
     }
+}
+
+/// Instantiates a subscriber and calls `handle-event`; the outer error is the instantiation's,
+/// the inner one the call's (a trap, the deadline).
+async fn handle_event(
+    component: &LoadedComponent,
+    store: &mut Store<InvocationState>,
+    event: &Event,
+) -> Result<wasmtime::Result<Answer>, InvokeError> {
+    let pre = component
+        .subscriber
+        .as_ref()
+        .ok_or_else(|| InvokeError::Instantiate(format!("{} does not export subscriber", component.name)))?;
+    let instance = pre.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
+    Ok(instance.micropay_platform_subscriber().call_handle_event(&mut *store, event).await.map(Answer::Handled))
 }
 
 fn classify_trap(err: wasmtime::Error, deadline: Duration) -> InvokeError {
