@@ -100,6 +100,7 @@ pub struct Metrics {
     delivery_lag: Family<SubscriberLabels, Histogram>,
     undelivered_age: Family<PartitionLabels, SecondsGauge>,
     partitions_owned: Family<SubscriberLabels, Gauge>,
+    batch_rollbacks: Family<SubscriberLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -163,8 +164,15 @@ impl Default for Metrics {
             "Partitions of a subscriber this host delivers",
             partitions_owned.clone(),
         );
+        let batch_rollbacks = Family::<SubscriberLabels, Counter>::default();
+        registry.register(
+            "bus_batch_rollbacks",
+            "Batches of deliveries rolled back (a handler failed) and delivered again one by one",
+            batch_rollbacks.clone(),
+        );
         Self {
             registry,
+            batch_rollbacks,
             invocations,
             latency,
             responses,
@@ -212,6 +220,10 @@ impl Metrics {
                 .get_or_create(&SubscriberLabels { subscriber: subscriber.to_string() })
                 .observe(lag_seconds);
         }
+    }
+
+    pub fn record_batch_rollback(&self, subscriber: &str) {
+        self.batch_rollbacks.get_or_create(&SubscriberLabels { subscriber: subscriber.to_string() }).inc();
     }
 
     pub fn set_undelivered_age(&self, subscriber: &str, partition: u16, seconds: f64) {

@@ -211,6 +211,12 @@ async fn two_hosts_share_the_work_and_handle_each_event_once(bus: Bus) {
         assert_eq!(again, 0.0, "no event was handed to the handler twice");
     }
     assert_eq!(handled, 200.0, "each event handled once, by one host or the other");
+    for host in hosts {
+        for subscriber in ["probe", "audit"] {
+            let series = format!(r#"micropay_bus_batch_rollbacks_total{{subscriber="{subscriber}"}}"#);
+            assert_eq!(host.metric(&series).await, 0.0, "{subscriber}: no handler failed, so no batch was rolled back");
+        }
+    }
     assert!(
         first.metric("micropay_bus_deliveries_total{subscriber=\"probe\",outcome=\"Handled\"}").await > 0.0
             && second.metric("micropay_bus_deliveries_total{subscriber=\"probe\",outcome=\"Handled\"}").await > 0.0,

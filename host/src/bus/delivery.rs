@@ -178,7 +178,10 @@ impl Deliverer {
         if events.len() > 1 {
             match self.deliver_together(&component, &events).await {
                 Ok(()) => return Ok(()),
-                Err(error) => tracing::debug!(subscriber = %name, "batch rolled back, delivering one by one: {error}"),
+                Err(error) => {
+                    self.dispatcher.metrics.record_batch_rollback(name);
+                    tracing::debug!(subscriber = %name, "batch rolled back, delivering one by one: {error}")
+                }
             }
         }
         for event in events {
@@ -193,7 +196,10 @@ impl Deliverer {
         let mut unit = UnitOfWork::new(component.pool.clone());
         let inbox: Vec<_> =
             events.iter().map(|event| (event.id, event.topic.as_str(), event.source.as_str())).collect();
-        let mut fresh = unit.record_all_in_inbox(&inbox).await.map_err(|err| err.message)?;
+        let mut fresh = unit.record_all_in_inbox(&inbox).await.map_err(|err| {
+            tracing::warn!(subscriber = %component.name, "recording a batch in the inbox failed: {}", err.message);
+            err.message
+        })?;
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
             // Recorded now, and not handed out earlier in this batch (a copy in the batch).

@@ -200,8 +200,8 @@ impl Provisioner {
 
 /// The platform's own tables in a service database, owned by the administrator:
 /// - the event outbox, to which the service's role may only append (through `events.publish`);
-/// - the inbox of events handled, to which the role may only append (the host does it, in the
-///   delivery's unit of work);
+/// - the inbox of events handled, to which the role may only append and whose ids it may read
+///   (the host does both, in the delivery's unit of work);
 /// - the dead letters: events the service failed to handle, with the last error;
 /// - the hosts delivering to the service, for sharing its partitions among them.
 fn platform_tables(role: &str) -> Vec<String> {
@@ -231,7 +231,8 @@ fn platform_tables(role: &str) -> Vec<String> {
             handled_at TIMESTAMPTZ NOT NULL DEFAULT now()
         )"
         .to_string(),
-        format!("GRANT INSERT ON micropay_platform.inbox TO {role}"),
+        // Reading the ids back tells a batch which of its events are new.
+        format!("GRANT INSERT, SELECT (event_id) ON micropay_platform.inbox TO {role}"),
         "CREATE TABLE IF NOT EXISTS micropay_platform.dead_letters (
             event_id UUID PRIMARY KEY,
             topic VARCHAR(200) NOT NULL,

@@ -17,7 +17,8 @@
 //! - `POST /publish?topic=T[&key=K]` publishes an event (the body, if any, is its data);
 //!   `POST /publish-then-fail?topic=T` publishes, then answers 500;
 //!   `POST /publish-many?topic=T&count=N` publishes N events over 16 keys in one unit of work.
-//! - As a subscriber (`probe.*`), it records an effect row per event handled, except that
+//! - As a subscriber (`probe.*`), it records an effect row per event handled (in
+//!   `probe_effects`, `migrations/probe/`), except that
 //!   `probe.flaky` fails while the attempt is at most the data's `fail_times`, and
 //!   `probe.poison` fails until `POST /fix-poison` was called. `GET /effects?topic=T` counts
 //!   the effects.
@@ -89,7 +90,6 @@ impl subscriber::Guest for Probe {
             "probe.poison" if !table_has_rows(&db, "probe_fixes")? => return Err("poison: cannot handle".into()),
             _ => {}
         }
-        db.execute(CREATE_EFFECTS, &[]).map_err(|err| err.message)?;
         db.execute(
             "INSERT INTO probe_effects (event_id, topic, attempt) VALUES ($1, $2, $3)",
             &[param::text(&event.id), param::text(&event.topic), param::int(event.attempt.into())],
@@ -100,9 +100,6 @@ impl subscriber::Guest for Probe {
 }
 
 bindings::export!(Probe with_types_in bindings);
-
-const CREATE_EFFECTS: &str =
-    "CREATE TABLE IF NOT EXISTS probe_effects (event_id TEXT NOT NULL, topic TEXT NOT NULL, attempt BIGINT NOT NULL)";
 
 fn table_has_rows(db: &Db, table: &str) -> Result<bool, String> {
     let present = db
@@ -281,12 +278,7 @@ fn fix_poison(ctx: &mut Context) -> Result<Response, ApiError> {
 
 fn count_effects(ctx: &mut Context) -> Result<Response, ApiError> {
     let topic = ctx.query("topic").unwrap_or_default();
-    let db = ctx.db()?;
-    let exists = db.query_one("SELECT to_regclass('probe_effects') IS NOT NULL AS present", &[])?;
-    let count = if exists.bool("present") {
-        db.query_one("SELECT count(*) AS n FROM probe_effects WHERE topic = $1", &[param::text(&topic)])?.int("n")
-    } else {
-        0
-    };
-    Ok(Response::ok(&json!({ "count": count })))
+    let count =
+        ctx.db()?.query_one("SELECT count(*) AS n FROM probe_effects WHERE topic = $1", &[param::text(&topic)])?;
+    Ok(Response::ok(&json!({ "count": count.int("n") })))
 }
