@@ -44,10 +44,11 @@ pub const PARTITIONS: u16 = 8;
 pub const BATCH: usize = 256;
 
 /// How long the bus keeps an event, in days: a subscriber down for longer misses it. Inbox
-/// records are kept a day longer, since an event can be redelivered only while the bus has it.
+/// records are kept a day longer, since an event can be redelivered only while the bus has it;
+/// relayed outbox rows (kept for inspection) as long as the bus keeps their events.
 pub const RETENTION_DAYS: u64 = 7;
 
-/// How often old bus events and inbox records are purged.
+/// How often old bus events, relayed outbox rows and inbox records are purged.
 const HOUSEKEEPING: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// An event on the bus: the CloudEvents envelope written by `events.publish`.
@@ -148,8 +149,14 @@ impl Backend {
 }
 
 /// Purges, every [`HOUSEKEEPING`], what is past the bus's retention: the embedded bus's old
-/// events (JetStream ages them out itself) and inbox records no redelivery can match any more.
-async fn housekeeping(backend: SharedBackend, subscriptions: Vec<Subscription>, mut shutdown: watch::Receiver<bool>) {
+/// events (JetStream ages them out itself), relayed outbox rows, and inbox records no
+/// redelivery can match any more.
+async fn housekeeping(
+    backend: SharedBackend,
+    outboxes: Vec<(Arc<str>, sqlx::PgPool)>,
+    subscriptions: Vec<Subscription>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(HOUSEKEEPING) => {}
@@ -159,6 +166,13 @@ async fn housekeeping(backend: SharedBackend, subscriptions: Vec<Subscription>, 
             && let Err(err) = bus.purge().await
         {
             tracing::warn!("purging old bus events failed: {err:#}");
+        }
+        let purge_outbox =
+            format!("DELETE FROM micropay_platform.outbox WHERE relayed_at < now() - interval '{RETENTION_DAYS} days'");
+        for (source, pool) in &outboxes {
+            if let Err(err) = sqlx::query(&purge_outbox).execute(pool).await {
+                tracing::warn!(%source, "purging relayed outbox rows failed: {err}");
+            }
         }
         let purge_inbox = format!(
             "DELETE FROM micropay_platform.inbox WHERE handled_at < now() - interval '{} days'",
@@ -234,6 +248,7 @@ impl EventBus {
         let (shutdown, stopping) = watch::channel(false);
         let host_id = uuid::Uuid::new_v4();
         let mut subscriptions = Vec::new();
+        let mut outboxes = Vec::new();
         let mut tasks = Vec::new();
         for component in dispatcher.registry.all() {
             let Some(database) = &component.policy.database else { continue };
@@ -242,6 +257,9 @@ impl EventBus {
                 continue;
             }
             let pool = provisioner.platform_pool(&database.name).await?;
+            if !events.publish.is_empty() {
+                outboxes.push((component.name.clone(), pool.clone()));
+            }
             if !events.publish.is_empty() && settings.relay {
                 let relay = relay::Relay {
                     source: component.name.clone(),
@@ -268,7 +286,7 @@ impl EventBus {
                 subscriptions.push(subscription);
             }
         }
-        tasks.push(tokio::spawn(housekeeping(backend.clone(), subscriptions.clone(), stopping.clone())));
+        tasks.push(tokio::spawn(housekeeping(backend.clone(), outboxes, subscriptions.clone(), stopping.clone())));
         tracing::info!(backend = backend.name(), subscribers = subscriptions.len(), "event bus started");
         Ok(Self { backend, subscriptions, shutdown, tasks })
     }

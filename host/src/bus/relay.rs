@@ -24,9 +24,6 @@ use crate::runtime::invoke::Dispatcher;
 /// hosts, or a wake-up missed).
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
-/// How long relayed rows stay in the outbox (for inspection) before they are purged.
-const KEEP_RELAYED: &str = "7 days";
-
 /// One publisher's relay.
 pub struct Relay {
     /// The publishing service.
@@ -43,7 +40,6 @@ pub struct Relay {
 impl Relay {
     /// Relays until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut rounds: u64 = 0;
         while !*shutdown.borrow() {
             let wake = self.wake.notified();
             let pause = match self.relay_once().await {
@@ -54,10 +50,6 @@ impl Relay {
                     Duration::from_secs(1)
                 }
             };
-            rounds += 1;
-            if rounds.is_multiple_of(72_000) {
-                self.purge().await;
-            }
             tokio::select! {
                 _ = wake => {}
                 _ = tokio::time::sleep(pause) => {}
@@ -103,14 +95,6 @@ impl Relay {
         transaction.commit().await.context("marking the outbox rows relayed")?;
         self.dispatcher.metrics.record_relayed(&self.source, events.len());
         Ok(events.len())
-    }
-
-    async fn purge(&self) {
-        let purge =
-            format!("DELETE FROM micropay_platform.outbox WHERE relayed_at < now() - interval '{KEEP_RELAYED}'");
-        if let Err(err) = sqlx::query(&purge).execute(&self.pool).await {
-            tracing::warn!(source = %self.source, "purging relayed outbox rows failed: {err}");
-        }
     }
 }
 
