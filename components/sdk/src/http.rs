@@ -133,6 +133,14 @@ impl Context {
         }
     }
 
+    /// The service whose call this request is, when it is one of `allowed`; otherwise 404, so
+    /// that internal endpoints stay invisible from the gateway.
+    pub fn calling_service(&self, allowed: &[&str]) -> Result<String, ApiError> {
+        principal::calling_service()
+            .filter(|service| allowed.contains(&service.as_str()))
+            .ok_or_else(|| ApiError::not_found(format!("no route for {} {}", self.request.method, self.request.path)))
+    }
+
     /// A path parameter declared in the route, e.g. `{session_id}`.
     pub fn param(&self, name: &str) -> &str {
         self.params.get(name).map(String::as_str).unwrap_or_default()

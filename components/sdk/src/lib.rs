@@ -15,6 +15,7 @@
 pub mod db;
 pub mod events;
 pub mod http;
+pub mod money;
 pub mod router;
 pub mod services;
 pub mod time;

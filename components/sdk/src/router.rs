@@ -14,6 +14,9 @@ pub enum Access {
     Authenticated,
     /// Only a request made with an admin API key; others get 401 or 403 before the handler runs.
     Admin,
+    /// Only a call from one of these services (through `services.call`); a request through the
+    /// gateway gets 404, as if the endpoint did not exist.
+    Service(&'static [&'static str]),
 }
 
 /// A request handler.
@@ -80,6 +83,7 @@ impl Router {
                 Access::Public => Ok(()),
                 Access::Authenticated => ctx.caller().map(drop),
                 Access::Admin => ctx.administrator().map(drop),
+                Access::Service(services) => ctx.calling_service(services).map(drop),
             };
             if let Err(err) = admitted {
                 return err.into_response().into_wit();
@@ -95,10 +99,11 @@ impl Router {
         err.into_response().into_wit()
     }
 
-    /// The endpoints, for the host's OpenAPI document.
+    /// The public endpoints, for the host's OpenAPI document (service-only ones are left out).
     pub fn routes(&self) -> Vec<http::Route> {
         self.routes
             .iter()
+            .filter(|route| !matches!(route.access, Access::Service(_)))
             .map(|route| http::Route {
                 method: route.method.to_string(),
                 path: route.path.to_string(),

@@ -1,5 +1,6 @@
 //! Calls to other services' HTTP APIs through the host, as the component's policy allows.
 
+use crate::http::ApiError;
 pub use crate::service::micropay::platform::services::CallError;
 use crate::service::micropay::platform::{http, services};
 
@@ -21,4 +22,36 @@ pub fn call(
         service,
         &http::Request { method: method.into(), path: path.into(), query: query.into(), headers, body },
     )
+}
+
+/// Calls another service and reads its JSON answer. A 4xx answer comes back as the same
+/// [`ApiError`] (status, code and message), so a refusal by the callee reaches the client as
+/// the callee gave it; a 5xx or a failed call is this service's 500, its detail logged.
+pub fn call_json(
+    service: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, ApiError> {
+    let response = call(service, method, path, body)
+        .map_err(|err| ApiError::internal(&format!("call to {service} {method} {path} failed: {err:?}")))?;
+    let json: serde_json::Value = if response.body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&response.body).map_err(|err| {
+            ApiError::internal(&format!("{service} {method} {path} answered {} with no JSON: {err}", response.status))
+        })?
+    };
+    match response.status {
+        200..=299 => Ok(json),
+        400..=499 => {
+            let error = &json["error"];
+            Err(ApiError::new(
+                response.status,
+                error["code"].as_str().unwrap_or("refused"),
+                error["message"].as_str().unwrap_or("refused by another service"),
+            ))
+        }
+        status => Err(ApiError::internal(&format!("{service} {method} {path} answered {status}: {json}"))),
+    }
 }

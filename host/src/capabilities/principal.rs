@@ -1,5 +1,6 @@
 //! `principal`: who the invocation runs for: the caller the gateway authenticated before the
-//! invocation, or the administrator whose API key the request carried.
+//! invocation, or the administrator whose API key the request carried, and the service whose
+//! call it is.
 
 use crate::policy::Role;
 use crate::runtime::bindings::service::micropay::platform::principal::{AdminRole, Caller, Host};
@@ -16,5 +17,9 @@ impl Host for InvocationState {
             Role::Risk => AdminRole::Risk,
             Role::Platform => AdminRole::Platform,
         }))
+    }
+
+    async fn calling_service(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.context.calling_service.as_deref().map(str::to_string))
     }
 }

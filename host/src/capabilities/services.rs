@@ -28,7 +28,11 @@ impl Host for InvocationState {
         };
         request.headers.retain(|(name, _)| name != "x-request-id");
         request.headers.push(("x-request-id".into(), self.context.request_id.to_string()));
-        let context = InvocationContext { depth: self.context.depth + 1, ..self.context.clone() };
+        let context = InvocationContext {
+            depth: self.context.depth + 1,
+            calling_service: Some(caller.name.clone()),
+            ..self.context.clone()
+        };
         let dispatcher = self.dispatcher.clone();
         // Boxed: an invocation that calls an invocation is a recursive future.
         let answer = Box::pin(dispatcher.invoke(&callee, Call::Handle(request), context)).await;

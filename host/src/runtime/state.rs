@@ -24,17 +24,19 @@ pub struct InvocationContext {
     pub request_id: Arc<str>,
     /// How many service calls deep this invocation is (0 for a gateway request).
     pub depth: u8,
+    /// The service whose call this invocation is, if it is one.
+    pub calling_service: Option<Arc<str>>,
 }
 
 impl InvocationContext {
     /// A top-level invocation.
     pub fn new(caller: Option<Caller>, request_id: &str) -> Self {
-        Self { caller, admin: None, request_id: request_id.into(), depth: 0 }
+        Self { caller, admin: None, request_id: request_id.into(), depth: 0, calling_service: None }
     }
 
     /// A top-level invocation on behalf of an administrator.
     pub fn administrator(role: Role, request_id: &str) -> Self {
-        Self { caller: None, admin: Some(role), request_id: request_id.into(), depth: 0 }
+        Self { caller: None, admin: Some(role), request_id: request_id.into(), depth: 0, calling_service: None }
     }
 }
 
