@@ -115,3 +115,13 @@ pub fn now_micros() -> i64 {
 pub fn random_bytes(len: u32) -> Vec<u8> {
     random::random_bytes(len)
 }
+
+/// A new random (version 4) UUID, from the host's secure random generator: for ids a unit of
+/// work needs before its first insert, e.g. to name a transaction in another service's hold.
+pub fn new_uuid() -> String {
+    let mut bytes = random::random_bytes(16);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}

@@ -1,0 +1,1 @@
+//! The account service: accounts, their limits and the system accounts.

@@ -1,0 +1,1 @@
+//! The balance service: event-sourced balances and holds on funds.

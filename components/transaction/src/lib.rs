@@ -1,0 +1,1 @@
+//! The transaction service: the double-entry ledger.
