@@ -326,9 +326,21 @@ impl TestHost {
     /// Waits up to `timeout` until `GET path` answers a JSON body whose `field` is `expected`;
     /// panics with the last body otherwise.
     pub async fn wait_for_json(&self, path: &str, field: &str, expected: Value, timeout: Duration) {
+        self.wait_for_json_as(path, None, field, expected, timeout).await
+    }
+
+    /// [`TestHost::wait_for_json`] with a bearer token.
+    pub async fn wait_for_json_as(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        field: &str,
+        expected: Value,
+        timeout: Duration,
+    ) {
         let started = Instant::now();
         loop {
-            let (_, body) = self.call("GET", path, None, None).await;
+            let (_, body) = self.call("GET", path, token, None).await;
             if body[field] == expected {
                 return;
             }

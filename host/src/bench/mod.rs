@@ -1,12 +1,14 @@
 //! `micropay bench`: what an invocation costs, what the gateway costs against a plain axum
-//! route serving the same answer, and how fast events flow over each bus backend, measured in
-//! one run on this machine.
+//! route serving the same answer, how fast events flow over each bus backend, and how many
+//! ledger postings settle per second next to `pgbench` on the same server, measured in one run
+//! on this machine.
 //!
 //! The invocation and HTTP endpoint is the probe's `GET /ping`, which touches no database: the
 //! figures are the platform's own overhead (instantiate + call + drop, routing, request ids,
-//! metrics). The bus figures are in [`events`].
+//! metrics). The bus figures are in [`events`], the ledger's in [`ledger`].
 
 mod events;
+mod ledger;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -47,6 +49,32 @@ pub struct BenchArgs {
     /// The NATS server (with JetStream) of the NATS run.
     #[arg(long, env = "MICROPAY_TEST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub bench_nats_url: String,
+    /// Ledger postings at each number of clients.
+    #[arg(long, default_value_t = 5_000)]
+    pub postings: usize,
+    /// The numbers of concurrent ledger clients (and pgbench connections).
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
+    pub ledger_clients: Vec<usize>,
+    /// Which parts to run (all by default).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+}
+
+/// The parts of the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Events per second over each bus backend.
+    Events,
+    /// Ledger postings per second against pgbench.
+    Ledger,
+    /// Invocation cost and gateway throughput.
+    Invocations,
+}
+
+impl BenchArgs {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -55,28 +83,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.config.database_url.is_some(),
         "the bench runs two platforms side by side: give it a server with --database-url (cargo xtask bench does)"
     );
-    // 1. The bus, on each backend, on databases (and a stream) of its own, each platform alone
-    //    on the server (so that the others' pools do not crowd its connections).
-    let mut runs = Vec::new();
-    for (backend, nats_url) in [("embedded", None), ("nats", Some(args.bench_nats_url.clone()))] {
-        let mut config = args.config.clone();
-        config.database_prefix = format!("{}{backend}_", config.database_prefix);
-        config.nats_url = nats_url;
-        let platform = Platform::start(&config).await?;
-        let run = events::run(&platform, args.events).await?;
-        platform.shutdown().await;
-        runs.push((backend, run));
+    if args.runs(Part::Events) {
+        events_part(&args).await?;
     }
-    println!("events, probe publishes → audit record committed ({} events per backend):", args.events);
-    for (backend, run) in &runs {
-        println!("  {backend:<9} {run}");
+    if args.runs(Part::Ledger) {
+        ledger_part(&args).await?;
     }
-    println!("  nats / embedded throughput: {:.2}", runs[1].1.per_second() / runs[0].1.per_second());
-
+    if !args.runs(Part::Invocations) {
+        return Ok(());
+    }
     let platform = Platform::start(&args.config).await?;
     let unlimited = Platform::start_with(&args.config, EngineOptions { limits: false, fuel: false }).await?;
 
-    // 2. Invocation cost, no HTTP: with deadlines and memory limits, and without, interleaved
+    // Invocation cost, no HTTP: with deadlines and memory limits, and without, interleaved
     //    in rounds so that noise on this shared machine falls on both alike.
     let mut limited_samples = Vec::with_capacity(args.invocations);
     let mut unlimited_samples = Vec::with_capacity(args.invocations);
@@ -95,7 +114,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("  cost of the limits: {:+.1}% (mean)", (limited.mean / unlimited_summary.mean - 1.0) * 100.0);
     unlimited.shutdown().await;
 
-    // 3. HTTP: the gateway against a plain axum route with the same answer.
+    // HTTP: the gateway against a plain axum route with the same answer.
     let plain = axum::Router::new().route(PATH, get(|| async { axum::Json(serde_json::json!({ "pong": true })) }));
     let (router, _state) = gateway::router(platform, args.config.body_limit, args.config.admin_keys());
     let plain_address = spawn_server(plain).await?;
@@ -111,6 +130,56 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("  gateway:          {gateway_run}");
     println!("  gateway / plain throughput: {:.2}", gateway_run.per_second() / plain_run.per_second());
 
+    Ok(())
+}
+
+/// The bus, on each backend, on databases (and a stream) of its own, each platform alone on the
+/// server (so that the others' pools do not crowd its connections).
+async fn events_part(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for (backend, nats_url) in [("embedded", None), ("nats", Some(args.bench_nats_url.clone()))] {
+        let mut config = args.config.clone();
+        config.database_prefix = format!("{}{backend}_", config.database_prefix);
+        config.nats_url = nats_url;
+        let platform = Platform::start(&config).await?;
+        let run = events::run(&platform, args.events).await?;
+        platform.shutdown().await;
+        runs.push((backend, run));
+    }
+    println!("events, probe publishes → audit record committed ({} events per backend):", args.events);
+    for (backend, run) in &runs {
+        println!("  {backend:<9} {run}");
+    }
+    println!("  nats / embedded throughput: {:.2}", runs[1].1.per_second() / runs[0].1.per_second());
+
+    Ok(())
+}
+
+/// Ledger postings at each number of clients, then pgbench at the same numbers of connections
+/// with the platform stopped (the server's connections are too few for both at once).
+async fn ledger_part(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut config = args.config.clone();
+    config.database_prefix = format!("{}ledger_", config.database_prefix);
+    let server_url = config.database_url.clone().expect("checked at the start");
+    let ledger = ledger::Ledger::open(Platform::start(&config).await?).await?;
+    let mut runs = Vec::new();
+    for &clients in &args.ledger_clients {
+        runs.push(ledger.run(clients, args.postings).await?);
+    }
+    ledger.shutdown().await;
+
+    let scratch = format!("{}pgbench", config.database_prefix);
+    ledger::pgbench_init(&server_url, &scratch)?;
+    let mut baselines = Vec::new();
+    for &clients in &args.ledger_clients {
+        baselines.push(ledger::pgbench(&server_url, &scratch, clients, 10));
+    }
+    ledger::pgbench_drop(&server_url, &scratch)?;
+    println!("ledger, two-entry transfers with their balance events, against pgbench TPC-B (10 s each):");
+    for (run, baseline) in runs.iter().zip(baselines) {
+        let baseline = baseline?;
+        println!("  {run}; pgbench {baseline:.0} tps; ledger / pgbench: {:.2}", run.per_second() / baseline);
+    }
     Ok(())
 }
 

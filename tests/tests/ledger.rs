@@ -1,0 +1,583 @@
+//! The money core: accounts, the double-entry ledger and event-sourced balances, through the
+//! public API as clients and administrators use it, with `micropay ledger check` as the judge.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use micropay_tests::{TestHost, User, error_code, signed_in_user};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+/// A host with the keys the money flows need.
+struct Bank {
+    host: TestHost,
+    /// Deposits, withdrawals, reversals, system accounts.
+    platform: String,
+}
+
+impl Bank {
+    async fn start() -> Self {
+        let host = TestHost::start().await;
+        let platform = host.admin_key("platform");
+        Self { host, platform }
+    }
+
+    async fn open_account(&self, user: &User, currency: &str) -> Value {
+        let body = json!({"account_type": "PRIMARY", "currency": currency});
+        let (status, account) = self.host.call("POST", "/v1/account/accounts", Some(&user.token), Some(body)).await;
+        assert_eq!(status, 201, "{account}");
+        account
+    }
+
+    /// Deposits `amount` and waits until the balance service shows it.
+    async fn fund(&self, account: &Value, amount: &str) {
+        let id = account["account_id"].as_str().unwrap();
+        let before = self.balance(&self.platform, id).await["balance"].clone();
+        let body = json!({"account_id": id, "amount": amount, "currency": account["currency"]});
+        let (status, deposit) =
+            self.host.call("POST", "/v1/transaction/deposits", Some(&self.platform), Some(body)).await;
+        assert_eq!(status, 201, "{deposit}");
+        assert_eq!(deposit["transaction_type"], "DEPOSIT");
+        let expected = money(before.as_str().unwrap()) + money(amount);
+        self.wait_for_balance(id, expected).await;
+    }
+
+    async fn balance(&self, token: &str, account_id: &str) -> Value {
+        let (status, balance) =
+            self.host.call("GET", &format!("/v1/balance/accounts/{account_id}"), Some(token), None).await;
+        assert_eq!(status, 200, "{balance}");
+        balance
+    }
+
+    async fn wait_for_balance(&self, account_id: &str, expected: Decimal) {
+        let started = Instant::now();
+        loop {
+            let balance = self.balance(&self.platform, account_id).await;
+            if money(balance["balance"].as_str().unwrap()) == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "balance of {account_id} is not {expected}: {balance}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Posts a two-entry transfer from `from` to `to`.
+    async fn transfer(
+        &self,
+        token: &str,
+        from: &Value,
+        to: &Value,
+        amount: &str,
+        reservation: Option<&str>,
+    ) -> (u16, Value) {
+        let currency = &from["currency"];
+        let mut debit =
+            json!({"account_id": from["account_id"], "entry_type": "DEBIT", "amount": amount, "currency": currency});
+        if let Some(reservation) = reservation {
+            debit["reservation_id"] = json!(reservation);
+        }
+        let credit =
+            json!({"account_id": to["account_id"], "entry_type": "CREDIT", "amount": amount, "currency": currency});
+        let body = json!({"entries": [debit, credit], "description": "test transfer"});
+        self.host.call("POST", "/v1/transaction/transactions", Some(token), Some(body)).await
+    }
+
+    /// Waits until no posting is PENDING: every balance event is written and reported back.
+    async fn wait_until_settled(&self) {
+        let mut db = self.host.admin_db("transaction").await;
+        let started = Instant::now();
+        loop {
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions WHERE status = 'PENDING'")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+            if pending == 0 {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{pending} postings still pending");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `micropay ledger check --as-of now`: its success and what it printed.
+    fn ledger_check(&self) -> (bool, String) {
+        self.host.command(&self.platform, &["ledger", "check", "--as-of", "now"])
+    }
+}
+
+fn money(text: &str) -> Decimal {
+    Decimal::from_str(text).unwrap_or_else(|_| panic!("not an amount: {text}"))
+}
+
+fn id(value: &Value) -> &str {
+    value["account_id"].as_str().or_else(|| value["transaction_id"].as_str()).unwrap()
+}
+
+#[tokio::test]
+async fn random_transfers_under_concurrency_keep_every_invariant() {
+    const CLIENTS: usize = 16;
+    const OPERATIONS_PER_CLIENT: usize = 30;
+    const FUNDING: &str = "1000.00";
+
+    let mut bank = Bank::start().await;
+    let mut users = Vec::new();
+    for _ in 0..4 {
+        users.push(signed_in_user(&mut bank.host).await);
+    }
+    // 20 accounts, five per user, each funded with 1000.
+    let mut accounts = Vec::new();
+    for index in 0..20 {
+        let owner = index % users.len();
+        let account = bank.open_account(&users[owner], "USD").await;
+        bank.fund(&account, FUNDING).await;
+        accounts.push((owner, account));
+    }
+    let total = money(FUNDING) * Decimal::from(accounts.len());
+
+    let bank = Arc::new(bank);
+    let users = Arc::new(users);
+    let accounts = Arc::new(accounts);
+    let posted = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let seed = Arc::new(AtomicU64::new(0x9e37_79b9_7f4a_7c15));
+
+    // A watcher reads available balances all along: never below zero.
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (bank, accounts, watching) = (bank.clone(), accounts.clone(), watching.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while watching.load(Ordering::Relaxed) {
+                for (_, account) in accounts.iter() {
+                    let balance = bank.balance(&bank.platform, id(account)).await;
+                    let available = money(balance["available"].as_str().unwrap());
+                    assert!(available >= Decimal::ZERO, "available below zero: {balance}");
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (bank, users, accounts) = (bank.clone(), users.clone(), accounts.clone());
+        let (posted, refused, seed) = (posted.clone(), refused.clone(), seed.clone());
+        clients.push(tokio::spawn(async move {
+            for _ in 0..OPERATIONS_PER_CLIENT {
+                let roll = next_random(&seed);
+                let from = (roll % 20) as usize;
+                let to = ((roll >> 8) % 19) as usize;
+                let to = if to >= from { to + 1 } else { to };
+                // 1.00 to 400.99: large enough that some transfers find too little available.
+                let amount = format!("{}.{:02}", 1 + (roll >> 16) % 400, (roll >> 32) % 100);
+                let (owner, source) = &accounts[from];
+                let token = &users[*owner].token;
+
+                // Half the transfers hold the funds first, then capture the reservation.
+                let reservation = if roll >> 40 & 1 == 0 {
+                    let body =
+                        json!({"account_id": id(source), "amount": amount, "currency": "USD", "ttl_seconds": 60});
+                    let (status, body) =
+                        bank.host.call("POST", "/v1/balance/reservations", Some(token), Some(body)).await;
+                    match status {
+                        201 => Some(body["reservation_id"].as_str().unwrap().to_string()),
+                        422 => {
+                            assert_eq!(error_code(&body), "insufficient_funds");
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        _ => panic!("reservation: {status} {body}"),
+                    }
+                } else {
+                    None
+                };
+                let (status, body) =
+                    bank.transfer(token, source, &accounts[to].1, &amount, reservation.as_deref()).await;
+                match status {
+                    201 => posted.fetch_add(1, Ordering::Relaxed),
+                    422 if reservation.is_none() && error_code(&body) == "insufficient_funds" => {
+                        refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => panic!("transfer: {status} {body}"),
+                };
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    bank.wait_until_settled().await;
+    watching.store(false, Ordering::Relaxed);
+    assert!(watcher.await.unwrap() > 0);
+    let posted = posted.load(Ordering::Relaxed);
+    let refused = refused.load(Ordering::Relaxed);
+    assert_eq!(posted + refused, CLIENTS * OPERATIONS_PER_CLIENT);
+    assert!(posted > 100 && refused > 0, "{posted} posted, {refused} refused: the run tested both paths");
+
+    // The money is all still there, none of it below zero.
+    let mut sum = Decimal::ZERO;
+    for (_, account) in accounts.iter() {
+        let balance = bank.balance(&bank.platform, id(account)).await;
+        let available = money(balance["available"].as_str().unwrap());
+        assert!(available >= Decimal::ZERO, "{balance}");
+        assert_eq!(money(balance["reserved"].as_str().unwrap()), Decimal::ZERO, "every hold settled: {balance}");
+        sum += money(balance["balance"].as_str().unwrap());
+    }
+    assert_eq!(sum, total, "the users' money is unchanged by transfers among them");
+    let mut balance_db = bank.host.admin_db("balance").await;
+    let negative: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM balance_events e JOIN balance_accounts a USING (account_id)
+         WHERE NOT a.system AND e.balance_after < 0",
+    )
+    .fetch_one(&mut balance_db)
+    .await
+    .unwrap();
+    assert_eq!(negative, 0, "no user balance ever went below zero");
+
+    // Snapshots now (the sweeper takes one for accounts that have none), then more
+    // transfers after them: the check replays events from zero against the snapshots.
+    let (status, body) = bank.host.call("POST", "/v1/balance/maintenance", Some(&bank.platform), None).await;
+    assert_eq!(status, 200, "{body}");
+    let snapshots: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM balance_snapshots").fetch_one(&mut balance_db).await.unwrap();
+    assert!(snapshots >= 20, "{snapshots} snapshots");
+    for round in 0..5 {
+        let (owner, source) = &accounts[round];
+        let (status, body) = bank.transfer(&users[*owner].token, source, &accounts[round + 5].1, "0.01", None).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    bank.wait_until_settled().await;
+
+    let (clean, report) = bank.ledger_check();
+    assert!(clean, "ledger check: {report}");
+    assert!(report.contains("USD sums to 0.0000"), "{report}");
+    assert!(report.contains("ledger reconciles"), "{report}");
+}
+
+async fn entry_count(db: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM transaction_entries").fetch_one(db).await.unwrap()
+}
+
+/// xorshift64*, shared by the clients: reproducible enough, and no dependency.
+fn next_random(state: &AtomicU64) -> u64 {
+    let mut x = state.load(Ordering::Relaxed);
+    loop {
+        let mut next = x;
+        next ^= next >> 12;
+        next ^= next << 25;
+        next ^= next >> 27;
+        match state.compare_exchange_weak(x, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next.wrapping_mul(0x2545_f491_4f6c_dd1d),
+            Err(current) => x = current,
+        }
+    }
+}
+
+#[tokio::test]
+async fn postings_are_refused_unless_balanced_and_reversed_at_most_once() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let usd_a = bank.open_account(&user, "USD").await;
+    let usd_b = bank.open_account(&user, "USD").await;
+    let eur_a = bank.open_account(&user, "EUR").await;
+    let eur_b = bank.open_account(&user, "EUR").await;
+    bank.fund(&usd_a, "100").await;
+    bank.fund(&eur_a, "100").await;
+
+    let entry = |account: &Value, kind: &str, amount: &str| json!({"account_id": id(account), "entry_type": kind, "amount": amount, "currency": account["currency"]});
+    let post = |entries: Vec<Value>| {
+        let host = &bank.host;
+        let token = user.token.clone();
+        async move {
+            host.call("POST", "/v1/transaction/transactions", Some(&token), Some(json!({ "entries": entries }))).await
+        }
+    };
+    let mut transaction_db = bank.host.admin_db("transaction").await;
+    let entries_before = entry_count(&mut transaction_db).await;
+
+    // Debits and credits differ.
+    let (status, body) = post(vec![entry(&usd_a, "DEBIT", "10"), entry(&usd_b, "CREDIT", "9.99")]).await;
+    assert_eq!((status, error_code(&body)), (422, "unbalanced"), "{body}");
+    // Only credits.
+    let (status, body) = post(vec![entry(&usd_b, "CREDIT", "10"), entry(&usd_b, "CREDIT", "10")]).await;
+    assert_eq!((status, error_code(&body)), (422, "unbalanced"), "{body}");
+    // Balanced in total but not per currency.
+    let (status, body) = post(vec![entry(&usd_a, "DEBIT", "10"), entry(&eur_b, "CREDIT", "10")]).await;
+    assert_eq!((status, error_code(&body)), (422, "unbalanced"), "{body}");
+    // A float amount, a fifth decimal place, an unknown currency.
+    let mut float = entry(&usd_a, "DEBIT", "10");
+    float["amount"] = json!(10.0);
+    let (status, _) = post(vec![float, entry(&usd_b, "CREDIT", "10")]).await;
+    assert_eq!(status, 400);
+    let (status, _) = post(vec![entry(&usd_a, "DEBIT", "0.00001"), entry(&usd_b, "CREDIT", "0.00001")]).await;
+    assert_eq!(status, 400);
+    assert_eq!(entry_count(&mut transaction_db).await, entries_before, "nothing written");
+
+    // Mixed currencies balanced per currency: accepted.
+    let (status, mixed) = post(vec![
+        entry(&usd_a, "DEBIT", "10"),
+        entry(&usd_b, "CREDIT", "10"),
+        entry(&eur_a, "DEBIT", "5"),
+        entry(&eur_b, "CREDIT", "5"),
+    ])
+    .await;
+    assert_eq!(status, 201, "{mixed}");
+    assert_eq!(mixed["entries"].as_array().unwrap().len(), 4);
+    bank.wait_until_settled().await;
+    let (_, settled) =
+        bank.host.call("GET", &format!("/v1/transaction/transactions/{}", id(&mixed)), Some(&user.token), None).await;
+    assert_eq!(settled["status"], "SETTLED", "{settled}");
+    assert!(settled["settled_at"].is_string());
+
+    // Entries are immutable, even to a superuser's UPDATE.
+    let tamper = sqlx::query("UPDATE transaction_entries SET amount = 1 WHERE transaction_id = $1::uuid")
+        .bind(id(&mixed))
+        .execute(&mut transaction_db)
+        .await;
+    assert!(tamper.is_err(), "an entry was altered");
+
+    // A reversal mirrors the entries once; the second is refused.
+    let reverse = json!({"reason": "customer dispute"});
+    let path = format!("/v1/transaction/transactions/{}/reverse", id(&mixed));
+    let (status, reversal) = bank.host.call("POST", &path, Some(&bank.platform), Some(reverse.clone())).await;
+    assert_eq!(status, 201, "{reversal}");
+    assert_eq!(reversal["transaction_type"], "REVERSAL");
+    assert_eq!(reversal["reversal_of"].as_str(), Some(id(&mixed)));
+    let mirrored: Vec<(&str, &str)> = reversal["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| (entry["account_id"].as_str().unwrap(), entry["entry_type"].as_str().unwrap()))
+        .collect();
+    assert!(mirrored.contains(&(id(&usd_a), "CREDIT")) && mirrored.contains(&(id(&usd_b), "DEBIT")));
+    let (status, body) = bank.host.call("POST", &path, Some(&bank.platform), Some(reverse)).await;
+    assert_eq!((status, error_code(&body)), (409, "already_reversed"), "{body}");
+    bank.wait_until_settled().await;
+    let (_, original) = bank
+        .host
+        .call("GET", &format!("/v1/transaction/transactions/{}", id(&mixed)), Some(&bank.platform), None)
+        .await;
+    assert_eq!(original["status"], "REVERSED");
+    assert_eq!(original["reversal_reason"], "customer dispute");
+    bank.wait_for_balance(id(&usd_a), money("100")).await;
+    bank.wait_for_balance(id(&eur_b), money("0")).await;
+
+    // A user may not reverse, deposit or withdraw.
+    let (status, _) = bank.host.call("POST", &path, Some(&user.token), Some(json!({"reason": "mine"}))).await;
+    assert_eq!(status, 403);
+    let body = json!({"account_id": id(&usd_a), "amount": "5", "currency": "USD"});
+    let (status, _) = bank.host.call("POST", "/v1/transaction/deposits", Some(&user.token), Some(body)).await;
+    assert_eq!(status, 403);
+
+    let (clean, report) = bank.ledger_check();
+    assert!(clean, "{report}");
+}
+
+#[tokio::test]
+async fn accounts_are_private_frozen_accounts_cannot_move_money_and_limits_roll_over() {
+    let mut bank = Bank::start().await;
+    let alice = signed_in_user(&mut bank.host).await;
+    let bob = signed_in_user(&mut bank.host).await;
+    let savings = bank.open_account(&alice, "USD").await;
+    let spending = bank.open_account(&alice, "USD").await;
+    let bobs = bank.open_account(&bob, "USD").await;
+    bank.fund(&savings, "500").await;
+
+    // The number carries check digits: a typo is caught, not sent to someone else.
+    let number = savings["account_number"].as_str().unwrap();
+    assert!(number.starts_with("MP") && number.len() == 16, "{number}");
+    let (status, found) =
+        bank.host.call("GET", &format!("/v1/account/accounts/lookup?number={number}"), Some(&bob.token), None).await;
+    assert_eq!((status, found["account_id"].as_str()), (200, Some(id(&savings))), "{found}");
+    let mut typo: Vec<char> = number.chars().collect();
+    typo[8] = if typo[8] == '9' { '0' } else { char::from(typo[8] as u8 + 1) };
+    let typo: String = typo.into_iter().collect();
+    let (status, body) =
+        bank.host.call("GET", &format!("/v1/account/accounts/lookup?number={typo}"), Some(&bob.token), None).await;
+    assert_eq!((status, error_code(&body)), (422, "invalid_account_number"));
+
+    // Another user's account does not exist, wherever Bob looks.
+    for path in [
+        format!("/v1/account/accounts/{}", id(&savings)),
+        format!("/v1/balance/accounts/{}", id(&savings)),
+        format!("/v1/balance/accounts/{}/history", id(&savings)),
+        format!("/v1/account/accounts/{}", uuid::Uuid::new_v4()),
+    ] {
+        let (status, body) = bank.host.call("GET", &path, Some(&bob.token), None).await;
+        assert_eq!((status, error_code(&body)), (404, "not_found"), "{path}: {body}");
+    }
+    let (status, body) = bank.transfer(&bob.token, &savings, &bobs, "1", None).await;
+    assert_eq!(status, 404, "Bob debits Alice's account: {body}");
+    let (_, listed) = bank.host.call("GET", "/v1/account/accounts", Some(&bob.token), None).await;
+    assert_eq!(listed["accounts"].as_array().unwrap().len(), 1);
+    // Only the platform opens system accounts.
+    let (status, _) = bank
+        .host
+        .call("POST", "/v1/account/system-accounts", Some(&alice.token), Some(json!({"currency": "USD"})))
+        .await;
+    assert_eq!(status, 403);
+
+    // Frozen: no debit, no credit; unfrozen by an administrator.
+    let freeze = format!("/v1/account/accounts/{}/freeze", id(&savings));
+    let (status, frozen) = bank.host.call("POST", &freeze, Some(&alice.token), None).await;
+    assert_eq!((status, frozen["status"].as_str()), (200, Some("FROZEN")), "{frozen}");
+    let (status, body) = bank.transfer(&alice.token, &savings, &spending, "10", None).await;
+    assert_eq!((status, error_code(&body)), (409, "account_not_active"), "{body}");
+    let (status, body) = bank.transfer(&bob.token, &bobs, &savings, "10", None).await;
+    assert!(status == 409 || status == 422, "a credit to a frozen account: {status} {body}");
+    let unfreeze = format!("/v1/account/accounts/{}/unfreeze", id(&savings));
+    let (status, _) = bank.host.call("POST", &unfreeze, Some(&alice.token), None).await;
+    assert_eq!(status, 403, "the owner cannot unfreeze");
+    let (status, body) = bank.host.call("POST", &unfreeze, Some(&bank.platform), None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ACTIVE")), "{body}");
+
+    // The daily limit: the transfer that would cross it is refused; tomorrow starts at zero.
+    let limits = format!("/v1/account/accounts/{}/limits", id(&savings));
+    let (status, body) =
+        bank.host.call("PUT", &limits, Some(&alice.token), Some(json!({"daily_transfer_limit": "100"}))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = bank.transfer(&alice.token, &savings, &spending, "60", None).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = bank.transfer(&alice.token, &savings, &spending, "50", None).await;
+    assert_eq!((status, error_code(&body)), (422, "limit_exceeded"), "{body}");
+    let mut account_db = bank.host.admin_db("account").await;
+    sqlx::query(
+        "UPDATE account_limits SET period_start_at = period_start_at - interval '1 day',
+                period_end_at = period_end_at - interval '1 day'
+         WHERE account_id = $1::uuid AND limit_type = 'DAILY_TRANSFER'",
+    )
+    .bind(id(&savings))
+    .execute(&mut account_db)
+    .await
+    .unwrap();
+    let (status, body) = bank.transfer(&alice.token, &savings, &spending, "50", None).await;
+    assert_eq!(status, 201, "the next day: {body}");
+    let (_, account) =
+        bank.host.call("GET", &format!("/v1/account/accounts/{}", id(&savings)), Some(&alice.token), None).await;
+    let usage: HashMap<&str, Decimal> = account["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|limit| (limit["limit_type"].as_str().unwrap(), money(limit["current_usage"].as_str().unwrap())))
+        .collect();
+    assert_eq!(usage["DAILY_TRANSFER"], money("50"), "{account}");
+    assert_eq!(usage["MONTHLY_TRANSFER"], money("110"), "{account}");
+
+    // Closing needs a zero balance; the snapshot in the account follows the balance events.
+    bank.wait_until_settled().await;
+    let close = format!("/v1/account/accounts/{}/close", id(&savings));
+    let (status, body) = bank.host.call("POST", &close, Some(&alice.token), None).await;
+    assert_eq!((status, error_code(&body)), (409, "balance_not_zero"), "{body}");
+    let body = json!({"account_id": id(&savings), "amount": "390", "currency": "USD"});
+    let (status, body) = bank.host.call("POST", "/v1/transaction/withdrawals", Some(&bank.platform), Some(body)).await;
+    assert_eq!(status, 201, "{body}");
+    bank.wait_for_balance(id(&savings), Decimal::ZERO).await;
+    let (status, closed) = bank.host.call("POST", &close, Some(&alice.token), None).await;
+    assert_eq!((status, closed["status"].as_str()), (200, Some("CLOSED")), "{closed}");
+    bank.host
+        .wait_for_json_as(
+            &format!("/v1/account/accounts/{}", id(&spending)),
+            Some(&alice.token),
+            "balance_snapshot",
+            json!("110.0000"),
+            Duration::from_secs(30),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn an_expired_reservation_frees_the_funds_and_cannot_be_captured() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let from = bank.open_account(&user, "USD").await;
+    let to = bank.open_account(&user, "USD").await;
+    bank.fund(&from, "100").await;
+
+    let body = json!({"account_id": id(&from), "amount": "80", "currency": "USD", "ttl_seconds": 1});
+    let (status, reservation) = bank.host.call("POST", "/v1/balance/reservations", Some(&user.token), Some(body)).await;
+    assert_eq!((status, reservation["status"].as_str()), (201, Some("ACTIVE")), "{reservation}");
+    let held = bank.balance(&user.token, id(&from)).await;
+    assert_eq!((held["available"].as_str(), held["reserved"].as_str()), (Some("20.0000"), Some("80.0000")));
+    // Held funds are not available to anything else.
+    let (status, body) = bank.transfer(&user.token, &from, &to, "30", None).await;
+    assert_eq!((status, error_code(&body)), (422, "insufficient_funds"), "{body}");
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let freed = bank.balance(&user.token, id(&from)).await;
+    assert_eq!((freed["available"].as_str(), freed["reserved"].as_str()), (Some("100.0000"), Some("0.0000")));
+    let reservation_id = reservation["reservation_id"].as_str().unwrap();
+    let (status, body) = bank.transfer(&user.token, &from, &to, "80", Some(reservation_id)).await;
+    assert_eq!((status, error_code(&body)), (409, "reservation_expired"), "{body}");
+    let path = format!("/v1/balance/reservations/{reservation_id}");
+    let (_, shown) = bank.host.call("GET", &path, Some(&user.token), None).await;
+    assert_eq!(shown["status"], "EXPIRED", "{shown}");
+
+    // The sweeper records it; a live reservation is captured by a posting.
+    let (status, body) = bank.host.call("POST", "/v1/balance/maintenance", Some(&bank.platform), None).await;
+    assert_eq!(status, 200, "{body}");
+    let mut balance_db = bank.host.admin_db("balance").await;
+    let stored: String = sqlx::query_scalar("SELECT status FROM balance_reservations WHERE reservation_id = $1::uuid")
+        .bind(reservation_id)
+        .fetch_one(&mut balance_db)
+        .await
+        .unwrap();
+    assert_eq!(stored, "EXPIRED");
+    let body = json!({"account_id": id(&from), "amount": "80", "currency": "USD"});
+    let (_, live) = bank.host.call("POST", "/v1/balance/reservations", Some(&user.token), Some(body)).await;
+    let live_id = live["reservation_id"].as_str().unwrap();
+    let (status, body) = bank.transfer(&user.token, &from, &to, "75", Some(live_id)).await;
+    assert_eq!(status, 201, "{body}");
+    bank.wait_for_balance(id(&from), money("25")).await;
+    bank.wait_until_settled().await;
+    let after = bank.balance(&user.token, id(&from)).await;
+    assert_eq!((after["available"].as_str(), after["reserved"].as_str()), (Some("25.0000"), Some("0.0000")));
+    let (_, captured) =
+        bank.host.call("GET", &format!("/v1/balance/reservations/{live_id}"), Some(&user.token), None).await;
+    assert_eq!(captured["status"], "CAPTURED", "{captured}");
+
+    // The history shows each balance event with its transaction and bus event.
+    let (_, history) =
+        bank.host.call("GET", &format!("/v1/balance/accounts/{}/history", id(&from)), Some(&user.token), None).await;
+    let events = history["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{history}");
+    assert_eq!(
+        (events[0]["event_type"].as_str(), events[0]["balance_after"].as_str()),
+        (Some("DEBIT"), Some("25.0000"))
+    );
+    assert_eq!(events[1]["balance_before"], "0.0000");
+    assert!(events[0]["transaction_id"].is_string() && events[0]["bus_event_id"].is_string(), "{history}");
+}
+
+#[tokio::test]
+async fn money_movements_reach_the_audit_trail() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let from = bank.open_account(&user, "USD").await;
+    let to = bank.open_account(&user, "USD").await;
+    bank.fund(&from, "10").await;
+    let (status, transfer) = bank.transfer(&user.token, &from, &to, "4", None).await;
+    assert_eq!(status, 201, "{transfer}");
+    bank.wait_until_settled().await;
+
+    let ops = bank.host.admin_key("ops");
+    let started = Instant::now();
+    for event_type in ["account.opened", "transaction.posted", "balance.updated", "balance.transaction_applied"] {
+        loop {
+            let query = format!("/v1/audit/logs?event_type={event_type}");
+            let (status, logs) = bank.host.call("GET", &query, Some(&ops), None).await;
+            assert_eq!(status, 200, "{logs}");
+            if !logs["logs"].as_array().unwrap().is_empty() {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "no {event_type} in the audit trail");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
