@@ -17,7 +17,7 @@ pub const SCALE: u32 = 4;
 
 /// The largest magnitude `DECIMAL(19,4)` holds: 15 digits before the point.
 fn max_magnitude() -> Decimal {
-    Decimal::from_i128_with_scale(999_999_999_999_999_9999, SCALE)
+    Decimal::from_i128_with_scale(9_999_999_999_999_999_999, SCALE)
 }
 
 /// A positive amount of money: more than zero, at most four decimal places, within

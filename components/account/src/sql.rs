@@ -1,0 +1,258 @@
+//! The account service's SQL, against the tables of `migrations/account/`.
+//!
+//! Stored times are the database's `now()` (UTC for the service's role); limit periods are
+//! computed from the host's clock, which is the same wall clock. Several accounts, or their
+//! limit rows, are always read and locked in `account_id` order, so two units of work never
+//! wait on each other in a circle. Sets of ids travel as one JSON array parameter.
+
+use micropay_sdk::db::DbError;
+use micropay_sdk::db::param::{boolean, decimal, int, json, text, timestamp, uuid};
+use micropay_sdk::money::{self, Decimal};
+use micropay_sdk::{Db, Row, Value};
+
+use crate::domain::{AccountType, LimitType, LimitUsage, Period, SYSTEM_USER_ID, Status, TransferLimits};
+
+/// The columns of an account as the API shows it.
+macro_rules! account_columns {
+    () => {
+        "account_id, user_id, account_number, account_type, currency, status, balance_snapshot, \
+         balance_last_updated_at, daily_transfer_limit, monthly_transfer_limit, created_at, updated_at, closed_at"
+    };
+}
+
+/// The columns of a limit row.
+macro_rules! limit_columns {
+    () => {
+        "limit_id, account_id, limit_type, limit_amount, period_type, current_usage, period_start_at, period_end_at"
+    };
+}
+
+/// The accounts named by `ids`, as a parameter: `account_id IN (SELECT ... FROM $n)`.
+fn id_list(ids: &[String]) -> Value {
+    json(&serde_json::json!(ids))
+}
+
+fn money_value(amount: Decimal) -> Value {
+    decimal(money::format(amount))
+}
+
+// ---- accounts ----
+
+/// An account about to be opened.
+pub struct NewAccount<'a> {
+    /// The owner (the nil UUID for a system account).
+    pub user_id: &'a str,
+    /// A freshly drawn number with its check digits.
+    pub account_number: &'a str,
+    pub account_type: AccountType,
+    pub currency: &'a str,
+    /// The limits mirrored on the account row; `None` for a system account.
+    pub limits: Option<TransferLimits>,
+}
+
+/// Inserts an account and returns it, or `None` when a unique key is already taken: its number
+/// (drawn again by the caller) or, for a system account, the currency's account of that type.
+/// `ON CONFLICT DO NOTHING` rather than an error, because an error would end the unit of work.
+pub fn insert_account(db: &Db, account: &NewAccount<'_>) -> Result<Option<Row>, DbError> {
+    let limit = |pick: fn(TransferLimits) -> Decimal| account.limits.map_or(Value::Null, |l| money_value(pick(l)));
+    db.query_opt(
+        concat!(
+            "INSERT INTO accounts (user_id, account_number, account_type, currency, \
+             daily_transfer_limit, monthly_transfer_limit) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING ",
+            account_columns!()
+        ),
+        &[
+            uuid(account.user_id),
+            text(account.account_number),
+            text(account.account_type.as_str()),
+            text(account.currency),
+            limit(|l| l.daily),
+            limit(|l| l.monthly),
+        ],
+    )
+}
+
+/// An account by id.
+pub fn find_account(db: &Db, account_id: &str) -> Result<Option<Row>, DbError> {
+    db.query_opt(concat!("SELECT ", account_columns!(), " FROM accounts WHERE account_id = $1"), &[uuid(account_id)])
+}
+
+/// An account by id, its row locked until the unit of work ends: for changes that depend on
+/// its current status or limits.
+pub fn lock_account(db: &Db, account_id: &str) -> Result<Option<Row>, DbError> {
+    db.query_opt(
+        concat!("SELECT ", account_columns!(), " FROM accounts WHERE account_id = $1 FOR UPDATE"),
+        &[uuid(account_id)],
+    )
+}
+
+/// An account by its (normalised) number.
+pub fn find_account_by_number(db: &Db, account_number: &str) -> Result<Option<Row>, DbError> {
+    db.query_opt(
+        concat!("SELECT ", account_columns!(), " FROM accounts WHERE account_number = $1"),
+        &[text(account_number)],
+    )
+}
+
+/// The accounts named by `ids` that exist, in `account_id` order.
+pub fn find_accounts(db: &Db, ids: &[String]) -> Result<Vec<Row>, DbError> {
+    db.query(
+        concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE account_id IN (SELECT jsonb_array_elements_text($1::jsonb)::uuid) \
+             ORDER BY account_id"
+        ),
+        &[id_list(ids)],
+    )
+}
+
+/// Every account, or those of one owner (the nil UUID: the system accounts), newest first.
+pub fn list_accounts(db: &Db, owner: Option<&str>) -> Result<Vec<Row>, DbError> {
+    db.query(
+        concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE $1::uuid IS NULL OR user_id = $1::uuid ORDER BY created_at DESC, account_id DESC"
+        ),
+        &[owner.map_or(Value::Null, uuid)],
+    )
+}
+
+/// The system account of a currency and type.
+pub fn find_system_account(db: &Db, currency: &str, account_type: AccountType) -> Result<Option<Row>, DbError> {
+    db.query_opt(
+        concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE user_id = $1 AND currency = $2 AND account_type = $3"
+        ),
+        &[uuid(SYSTEM_USER_ID), text(currency), text(account_type.as_str())],
+    )
+}
+
+/// Every system account, by currency then type.
+pub fn list_system_accounts(db: &Db) -> Result<Vec<Row>, DbError> {
+    db.query(
+        concat!("SELECT ", account_columns!(), " FROM accounts WHERE user_id = $1 ORDER BY currency, account_type"),
+        &[uuid(SYSTEM_USER_ID)],
+    )
+}
+
+/// Moves an account to `status` (stamping `closed_at` when it closes) and returns it.
+pub fn set_status(db: &Db, account_id: &str, status: Status) -> Result<Row, DbError> {
+    db.query_one(
+        concat!(
+            "UPDATE accounts SET status = $2, updated_at = now(), \
+             closed_at = CASE WHEN $3 THEN now() ELSE closed_at END \
+             WHERE account_id = $1 RETURNING ",
+            account_columns!()
+        ),
+        &[uuid(account_id), text(status.as_str()), boolean(status == Status::Closed)],
+    )
+}
+
+/// Sets an account's limits: both limit rows (locked beforehand with [`lock_limits`]) and
+/// their mirror on the account row, which it returns.
+pub fn set_limits(db: &Db, account_id: &str, limits: TransferLimits) -> Result<Row, DbError> {
+    for limit_type in LimitType::ALL {
+        db.execute(
+            "UPDATE account_limits SET limit_amount = $3, updated_at = now() WHERE account_id = $1 AND limit_type = $2",
+            &[uuid(account_id), text(limit_type.as_str()), money_value(limit_type.amount_in(limits))],
+        )?;
+    }
+    db.query_one(
+        concat!(
+            "UPDATE accounts SET daily_transfer_limit = $2, monthly_transfer_limit = $3, updated_at = now() \
+             WHERE account_id = $1 RETURNING ",
+            account_columns!()
+        ),
+        &[uuid(account_id), money_value(limits.daily), money_value(limits.monthly)],
+    )
+}
+
+/// Records the balance a `balance.updated` event reports, unless the account already shows a
+/// later one (`sequence` not above the stored one). Returns how many rows changed (0 or 1).
+pub fn record_balance(db: &Db, account_id: &str, balance: Decimal, sequence: i64) -> Result<u64, DbError> {
+    db.execute(
+        "UPDATE accounts SET balance_snapshot = $2, balance_last_updated_at = now(), balance_sequence = $3 \
+         WHERE account_id = $1 AND balance_sequence < $3",
+        &[uuid(account_id), money_value(balance), int(sequence)],
+    )
+}
+
+/// The balance sequence an account's snapshot is at, or `None` when there is no such account.
+pub fn balance_sequence(db: &Db, account_id: &str) -> Result<Option<i64>, DbError> {
+    Ok(db
+        .query_opt("SELECT balance_sequence FROM accounts WHERE account_id = $1", &[uuid(account_id)])?
+        .map(|row| row.int("balance_sequence")))
+}
+
+// ---- limits ----
+
+/// Creates a new account's two limit rows, unused, over the periods holding `now`; returns them
+/// in limit type order.
+pub fn insert_limits(db: &Db, account_id: &str, limits: TransferLimits, now: i64) -> Result<Vec<Row>, DbError> {
+    LimitType::ALL
+        .into_iter()
+        .map(|limit_type| {
+            let period_type = limit_type.period_type();
+            let period = period_type.containing(now);
+            db.query_one(
+                concat!(
+                    "INSERT INTO account_limits (account_id, limit_type, limit_amount, period_type, current_usage, \
+                     period_start_at, period_end_at) VALUES ($1, $2, $3, $4, 0, $5, $6) RETURNING ",
+                    limit_columns!()
+                ),
+                &[
+                    uuid(account_id),
+                    text(limit_type.as_str()),
+                    money_value(limit_type.amount_in(limits)),
+                    text(period_type.as_str()),
+                    timestamp(period.start),
+                    timestamp(period.end),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The limit rows of the accounts named by `ids`, by account then limit type.
+pub fn find_limits(db: &Db, ids: &[String]) -> Result<Vec<Row>, DbError> {
+    db.query(
+        concat!(
+            "SELECT ",
+            limit_columns!(),
+            " FROM account_limits WHERE account_id IN (SELECT jsonb_array_elements_text($1::jsonb)::uuid) \
+             ORDER BY account_id, limit_type"
+        ),
+        &[id_list(ids)],
+    )
+}
+
+/// The limit rows of the accounts named by `ids`, locked until the unit of work ends, in
+/// account then limit type order: a posting's usage is counted against rows no one else is
+/// changing, and concurrent postings over the same accounts queue in the same order.
+pub fn lock_limits(db: &Db, ids: &[String]) -> Result<Vec<Row>, DbError> {
+    db.query(
+        concat!(
+            "SELECT ",
+            limit_columns!(),
+            " FROM account_limits WHERE account_id IN (SELECT jsonb_array_elements_text($1::jsonb)::uuid) \
+             ORDER BY account_id, limit_type FOR UPDATE"
+        ),
+        &[id_list(ids)],
+    )
+}
+
+/// Stores a limit row's usage and period (after counting, giving back or rolling over).
+pub fn set_usage(db: &Db, limit_id: &str, usage: &LimitUsage) -> Result<(), DbError> {
+    let Period { start, end } = usage.period;
+    db.execute(
+        "UPDATE account_limits SET current_usage = $2, period_start_at = $3, period_end_at = $4, updated_at = now() \
+         WHERE limit_id = $1",
+        &[uuid(limit_id), money_value(usage.current_usage), timestamp(start), timestamp(end)],
+    )?;
+    Ok(())
+}
