@@ -6,14 +6,13 @@ use std::str::FromStr;
 
 use micropay_sdk::db::DbError;
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
-use micropay_sdk::service::micropay::platform::principal;
-use micropay_sdk::{AdminRole, ApiError, Context, Db, Response, Row};
+use micropay_sdk::{AdminRole, ApiError, Context, Db, Principal, Response, Row};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::bindings::exports::micropay::platform::subscriber::Event;
 use crate::domain::{
-    self, AccountFacts, AccountType, LimitType, LimitUsage, Period, Principal, Status, StatusChange, TransferLimits,
+    self, AccountFacts, AccountType, LimitType, LimitUsage, Period, Status, StatusChange, TransferLimits,
 };
 use crate::sql::{self, NewAccount};
 
@@ -158,17 +157,6 @@ fn accounts_with_limits(db: &Db, accounts: &[Row], now: i64) -> Result<Vec<Json>
 
 // ---- shared steps ----
 
-/// Who is asking: an administrator, a user, or 401 for an anonymous request. On an internal
-/// endpoint this is still the original caller, whose rights the answer depends on.
-fn principal() -> Result<Principal, ApiError> {
-    if principal::administrator().is_some() {
-        return Ok(Principal::Admin);
-    }
-    principal::current()
-        .map(|caller| Principal::User(caller.user_id))
-        .ok_or_else(|| ApiError::unauthenticated("a bearer token or an admin API key is required"))
-}
-
 /// The account at the path's `{account_id}`, if `principal` may manage it (its owner or an
 /// administrator); otherwise 404, the same as a missing or malformed id. `lock` holds its row
 /// until the unit of work ends.
@@ -177,7 +165,7 @@ fn managed_account(db: &Db, principal: &Principal, account_id: &str, lock: bool)
         return Err(domain::account_not_found());
     }
     let account = if lock { sql::lock_account(db, account_id)? } else { sql::find_account(db, account_id)? };
-    account.filter(|account| principal.may_manage(&account.text("user_id"))).ok_or_else(domain::account_not_found)
+    account.filter(|account| principal.may_act_for(&account.text("user_id"))).ok_or_else(domain::account_not_found)
 }
 
 /// A uniformly random 64-bit value from the host's secure generator.
@@ -309,7 +297,7 @@ pub fn open_account(ctx: &mut Context) -> Result<Response, ApiError> {
 /// `GET /accounts`: a user's own accounts; for an administrator every account, system ones
 /// included, or one user's with `?user_id=`. Newest first.
 pub fn list_accounts(ctx: &mut Context) -> Result<Response, ApiError> {
-    let principal = principal()?;
+    let principal = Principal::current()?;
     let owner = match principal {
         Principal::User(user_id) => Some(user_id),
         Principal::Admin => match ctx.query("user_id") {
@@ -328,7 +316,7 @@ pub fn list_accounts(ctx: &mut Context) -> Result<Response, ApiError> {
 
 /// `GET /accounts/{account_id}`: the account with its limits, for its owner or an administrator.
 pub fn get_account(ctx: &mut Context) -> Result<Response, ApiError> {
-    let principal = principal()?;
+    let principal = Principal::current()?;
     let account_id = ctx.param("account_id").to_string();
     let now = micropay_sdk::now_micros();
     let db = ctx.db()?;
@@ -341,7 +329,7 @@ pub fn get_account(ctx: &mut Context) -> Result<Response, ApiError> {
 /// are verified first (422 `invalid_account_number`), so a typo is reported as one rather than
 /// as an unknown account. A user never finds a system account.
 pub fn lookup_account(ctx: &mut Context) -> Result<Response, ApiError> {
-    let principal = principal()?;
+    let principal = Principal::current()?;
     let number = domain::normalize_account_number(&ctx.query("number").unwrap_or_default());
     if !domain::is_valid_account_number(&number) {
         return Err(ApiError::new(
@@ -366,7 +354,7 @@ pub fn lookup_account(ctx: &mut Context) -> Result<Response, ApiError> {
 /// `PUT /accounts/{account_id}/limits`: changes the daily and/or monthly transfer limit. An
 /// owner may set them up to the type's defaults, an administrator to any amount.
 pub fn change_limits(ctx: &mut Context) -> Result<Response, ApiError> {
-    let principal = principal()?;
+    let principal = Principal::current()?;
     let body: ChangeLimits = ctx.json()?;
     let daily = optional_amount("daily_transfer_limit", body.daily_transfer_limit.as_deref())?;
     let monthly = optional_amount("monthly_transfer_limit", body.monthly_transfer_limit.as_deref())?;
@@ -396,7 +384,7 @@ pub fn change_limits(ctx: &mut Context) -> Result<Response, ApiError> {
 /// Moves the account at the path to the status `change` leads to, for its owner or an
 /// administrator (the route decides which), and announces it.
 fn change_status(ctx: &mut Context, change: StatusChange) -> Result<Response, ApiError> {
-    let principal = principal()?;
+    let principal = Principal::current()?;
     let account_id = ctx.param("account_id").to_string();
     let now = micropay_sdk::now_micros();
     let db = ctx.db()?;
@@ -470,7 +458,7 @@ pub fn list_system_accounts(ctx: &mut Context) -> Result<Response, ApiError> {
 /// each debited user account's total against both of its limits. Answers each account's owner
 /// and whether it is a system account.
 pub fn authorize(ctx: &mut Context) -> Result<Response, ApiError> {
-    let principal = principal()?;
+    let principal = Principal::current()?;
     let posting: Posting = ctx.json()?;
     let legs = posting_legs(&posting)?;
     let totals = domain::totals_by_account(&legs);
@@ -559,7 +547,7 @@ pub fn release_limits(ctx: &mut Context) -> Result<Response, ApiError> {
 /// account, so a currency's system accounts come as a pair) on first use. Only an
 /// administrator's request may name a system account: for anyone else it is 404.
 pub fn system_account(ctx: &mut Context) -> Result<Response, ApiError> {
-    if principal()? != Principal::Admin {
+    if Principal::current()? != Principal::Admin {
         return Err(domain::account_not_found());
     }
     let body: SystemAccountsFor = ctx.json()?;

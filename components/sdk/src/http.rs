@@ -133,15 +133,6 @@ impl Context {
         }
     }
 
-    /// Ok for an authenticated user or an admin key, 401 for anyone else.
-    pub fn user_or_admin(&self) -> Result<(), ApiError> {
-        if principal::current().is_some() || principal::administrator().is_some() {
-            Ok(())
-        } else {
-            Err(ApiError::unauthenticated("a bearer token or an admin API key is required"))
-        }
-    }
-
     /// The service whose call this request is, when it is one of `allowed`; otherwise 404, so
     /// that internal endpoints stay invisible from the gateway.
     pub fn calling_service(&self, allowed: &[&str]) -> Result<String, ApiError> {

@@ -16,12 +16,14 @@ pub mod db;
 pub mod events;
 pub mod http;
 pub mod money;
+pub mod principal;
 pub mod router;
 pub mod services;
 pub mod time;
 
 pub use db::{Db, Row};
 pub use http::{ApiError, Context, Response};
+pub use principal::Principal;
 pub use router::{Access, Router};
 
 /// Bindings of the `service` world: the imports every component may use and the `handler` export.

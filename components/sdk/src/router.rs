@@ -15,7 +15,7 @@ pub enum Access {
     /// Only a request made with an admin API key; others get 401 or 403 before the handler runs.
     Admin,
     /// An authenticated user or an admin API key; anonymous requests get 401. The handler
-    /// tells which with [`Context::caller`] and [`Context::administrator`].
+    /// tells which with [`crate::Principal::current`].
     UserOrAdmin,
     /// Only a call from one of these services (through `services.call`); a request through the
     /// gateway gets 404, as if the endpoint did not exist.
@@ -86,7 +86,7 @@ impl Router {
                 Access::Public => Ok(()),
                 Access::Authenticated => ctx.caller().map(drop),
                 Access::Admin => ctx.administrator().map(drop),
-                Access::UserOrAdmin => ctx.user_or_admin(),
+                Access::UserOrAdmin => crate::Principal::current().map(drop),
                 Access::Service(services) => ctx.calling_service(services).map(drop),
             };
             if let Err(err) = admitted {

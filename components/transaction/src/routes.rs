@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use micropay_sdk::db::DbError;
 use micropay_sdk::money::{self, Amount, Currency};
 use micropay_sdk::time::rfc3339;
-use micropay_sdk::{ApiError, Context, Db, Response, Row, events, services};
+use micropay_sdk::{ApiError, Context, Db, Principal, Response, Row, events, services};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
@@ -46,33 +46,12 @@ struct Reversal {
 
 // ---- who is asking ----
 
-/// Who a request acts for, on the endpoints open to both users and administrators.
-enum Principal {
-    /// A user session: the user's id.
-    User(String),
-    /// An admin API key, whatever its role.
-    Admin,
-}
-
-impl Principal {
-    /// Whether this principal may see a transaction: its initiator, or an administrator.
-    fn may_see(&self, transaction: &Row) -> bool {
-        match self {
-            Principal::Admin => true,
-            Principal::User(user_id) => transaction.opt_text("initiated_by").as_deref() == Some(user_id.as_str()),
-        }
+/// Whether `principal` may see a transaction: its initiator, or an administrator.
+fn may_see(principal: &Principal, transaction: &Row) -> bool {
+    match transaction.opt_text("initiated_by") {
+        Some(initiator) => principal.may_act_for(&initiator),
+        None => *principal == Principal::Admin,
     }
-}
-
-/// The user or administrator behind the request, or 401 when it is neither.
-fn principal(ctx: &Context) -> Result<Principal, ApiError> {
-    if let Ok(caller) = ctx.caller() {
-        return Ok(Principal::User(caller.user_id.to_ascii_lowercase()));
-    }
-    if ctx.administrator().is_ok() {
-        return Ok(Principal::Admin);
-    }
-    Err(ApiError::unauthenticated("a bearer token or an admin API key is required"))
 }
 
 /// The transaction id of the path; a malformed one names no transaction: 404.
@@ -299,7 +278,7 @@ fn stored_entry(row: &Row) -> Result<Entry, ApiError> {
 /// `POST /transactions`: a user's transfer (initiated by them), or an administrator's
 /// adjustment. 201 with the transaction, `PENDING` until the balances have applied it.
 pub fn post_transaction(ctx: &mut Context) -> Result<Response, ApiError> {
-    let principal = principal(ctx)?;
+    let principal = Principal::current()?;
     let request: NewPosting = ctx.json()?;
     let entries = domain::entries(request.entries)?;
     let description = domain::text_field("description", request.description.as_deref())?;
@@ -397,7 +376,7 @@ fn already_reversed(err: DbError, original_id: &str) -> ApiError {
 /// transaction for an administrator; with `account_id`, those with an entry on that account.
 /// `next_cursor` fetches the next page and is null on the last.
 pub fn list_transactions(ctx: &mut Context) -> Result<Response, ApiError> {
-    let principal = principal(ctx)?;
+    let principal = Principal::current()?;
     let query = domain::list_query(|name| ctx.query(name))?;
     let initiated_by = match &principal {
         Principal::User(user_id) => Some(user_id.as_str()),
@@ -424,12 +403,12 @@ pub fn list_transactions(ctx: &mut Context) -> Result<Response, ApiError> {
 /// `GET /transactions/{transaction_id}`: the transaction with its entries, to the user who
 /// posted it or an administrator; to anyone else it does not exist.
 pub fn get_transaction(ctx: &mut Context) -> Result<Response, ApiError> {
-    let principal = principal(ctx)?;
+    let principal = Principal::current()?;
     let transaction_id = path_transaction_id(ctx)?;
     let db = ctx.db()?;
 
     let row = sql::find_transaction(db, &transaction_id)?
-        .filter(|row| principal.may_see(row))
+        .filter(|row| may_see(&principal, row))
         .ok_or_else(|| no_transaction(&transaction_id))?;
     let mut answer = with_entries(db, std::slice::from_ref(&row))?;
     Ok(Response::ok(&answer.remove(0)))
