@@ -316,8 +316,8 @@ async fn postings_are_refused_unless_balanced_and_reversed_at_most_once() {
     float["amount"] = json!(10.0);
     let (status, _) = post(vec![float, entry(&usd_b, "CREDIT", "10")]).await;
     assert_eq!(status, 400);
-    let (status, _) = post(vec![entry(&usd_a, "DEBIT", "0.00001"), entry(&usd_b, "CREDIT", "0.00001")]).await;
-    assert_eq!(status, 400);
+    let (status, body) = post(vec![entry(&usd_a, "DEBIT", "0.00001"), entry(&usd_b, "CREDIT", "0.00001")]).await;
+    assert_eq!((status, error_code(&body)), (422, "validation_failed"));
     assert_eq!(entry_count(&mut transaction_db).await, entries_before, "nothing written");
 
     // Mixed currencies balanced per currency: accepted.
@@ -411,7 +411,7 @@ async fn accounts_are_private_frozen_accounts_cannot_move_money_and_limits_roll_
         format!("/v1/account/accounts/{}", uuid::Uuid::new_v4()),
     ] {
         let (status, body) = bank.host.call("GET", &path, Some(&bob.token), None).await;
-        assert_eq!((status, error_code(&body)), (404, "not_found"), "{path}: {body}");
+        assert_eq!((status, error_code(&body)), (404, "account_not_found"), "{path}: {body}");
     }
     let (status, body) = bank.transfer(&bob.token, &savings, &bobs, "1", None).await;
     assert_eq!(status, 404, "Bob debits Alice's account: {body}");
@@ -475,6 +475,10 @@ async fn accounts_are_private_frozen_accounts_cannot_move_money_and_limits_roll_
     let close = format!("/v1/account/accounts/{}/close", id(&savings));
     let (status, body) = bank.host.call("POST", &close, Some(&alice.token), None).await;
     assert_eq!((status, error_code(&body)), (409, "balance_not_zero"), "{body}");
+    // A withdrawal counts toward the limits too: raise them back first.
+    let body = json!({"daily_transfer_limit": "10000"});
+    let (status, body) = bank.host.call("PUT", &limits, Some(&alice.token), Some(body)).await;
+    assert_eq!(status, 200, "{body}");
     let body = json!({"account_id": id(&savings), "amount": "390", "currency": "USD"});
     let (status, body) = bank.host.call("POST", "/v1/transaction/withdrawals", Some(&bank.platform), Some(body)).await;
     assert_eq!(status, 201, "{body}");

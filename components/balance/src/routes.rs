@@ -87,6 +87,9 @@ fn event_json(row: &Row) -> Json {
         "transaction_id": row.opt_text("transaction_id"),
         "payment_id": row.opt_text("payment_id"),
         "entry_id": row.text("entry_id"),
+        // The `transaction.posted` event this balance event was applied from (the spec's
+        // `kafka_event_id` column).
+        "bus_event_id": row.opt_text("kafka_event_id"),
         "posted_at": row.rfc3339("posted_at"),
         "occurred_at": row.rfc3339("occurred_at"),
     })

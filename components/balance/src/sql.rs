@@ -145,7 +145,7 @@ pub fn balance(db: &Db, account_id: &str) -> Result<Row, DbError> {
 
 const HISTORY: &str = "
 SELECT event_id, sequence, event_type, event_source, amount, currency, balance_before, balance_after,
-       transaction_id, payment_id, entry_id, posted_at, occurred_at
+       transaction_id, payment_id, kafka_event_id, entry_id, posted_at, occurred_at
 FROM balance_events
 WHERE account_id = $1 AND sequence < $2
 ORDER BY sequence DESC
