@@ -63,11 +63,21 @@ pub struct EventsSection {
     pub max_attempts: u32,
     /// The wait before the first retry, in milliseconds; it doubles with each further one.
     pub retry_base_ms: u64,
+    /// The most events delivered in one unit of work (one commit). 1 when handlers of
+    /// different events must not share a transaction, e.g. because each locks rows in an
+    /// order of its own and two such batches could deadlock.
+    pub batch: usize,
 }
 
 impl Default for EventsSection {
     fn default() -> Self {
-        Self { publish: Vec::new(), subscribe: Vec::new(), max_attempts: 5, retry_base_ms: 200 }
+        Self {
+            publish: Vec::new(),
+            subscribe: Vec::new(),
+            max_attempts: 5,
+            retry_base_ms: 200,
+            batch: crate::bus::BATCH,
+        }
     }
 }
 
@@ -241,6 +251,9 @@ impl Policy {
         }
         if !self.events.subscribe.is_empty() && self.database.is_none() {
             bail!("events.subscribe: subscribing needs a database ([database]): its inbox lives there");
+        }
+        if !(1..=crate::bus::BATCH).contains(&self.events.batch) {
+            bail!("events.batch: {} is outside 1..={}", self.events.batch, crate::bus::BATCH);
         }
         if !(1..=100).contains(&self.events.max_attempts) {
             bail!("events.max_attempts: {} is outside 1..=100", self.events.max_attempts);

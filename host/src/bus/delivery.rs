@@ -166,26 +166,29 @@ impl Deliverer {
         }
     }
 
-    /// Delivers a batch, in order. First all of it in one transaction, each event's handler
-    /// and inbox record in turn, committed once (the commit is what an event costs most); if
-    /// any handler fails, that transaction is rolled back whole, so none of its effects
-    /// happened, and the batch is delivered again one event per unit of work, with retries.
+    /// Delivers a batch, in order, in chunks of at most the policy's `events.batch`. First a
+    /// whole chunk in one transaction, each event's handler and inbox record in turn, committed
+    /// once (the commit is what an event costs most); if any handler fails, that transaction is
+    /// rolled back whole, so none of its effects happened, and the chunk is delivered again one
+    /// event per unit of work, with retries.
     async fn deliver_batch(&self, batch: &[Envelope]) -> anyhow::Result<()> {
         let name = &self.subscription.name;
         let component = self.dispatcher.registry.get(name).with_context(|| format!("{name} is no longer loaded"))?;
         let events: Vec<&Envelope> =
             batch.iter().filter(|event| component.policy.events.subscribes_to(&event.topic)).collect();
-        if events.len() > 1 {
-            match self.deliver_together(&component, &events).await {
-                Ok(()) => return Ok(()),
-                Err(error) => {
-                    self.dispatcher.metrics.record_batch_rollback(name);
-                    tracing::debug!(subscriber = %name, "batch rolled back, delivering one by one: {error}")
+        for chunk in events.chunks(component.policy.events.batch) {
+            if chunk.len() > 1 {
+                match self.deliver_together(&component, chunk).await {
+                    Ok(()) => continue,
+                    Err(error) => {
+                        self.dispatcher.metrics.record_batch_rollback(name);
+                        tracing::debug!(subscriber = %name, "batch rolled back, delivering one by one: {error}")
+                    }
                 }
             }
-        }
-        for event in events {
-            self.deliver(&component, event).await?;
+            for event in chunk {
+                self.deliver(&component, event).await?;
+            }
         }
         Ok(())
     }
