@@ -161,7 +161,7 @@ fn accounts_with_limits(db: &Db, accounts: &[Row], now: i64) -> Result<Vec<Json>
 /// administrator); otherwise 404, the same as a missing or malformed id. `lock` holds its row
 /// until the unit of work ends.
 fn managed_account(db: &Db, principal: &Principal, account_id: &str, lock: bool) -> Result<Row, ApiError> {
-    if !domain::is_uuid(account_id) {
+    if !micropay_sdk::is_uuid(account_id) {
         return Err(domain::account_not_found());
     }
     let account = if lock { sql::lock_account(db, account_id)? } else { sql::find_account(db, account_id)? };
@@ -301,7 +301,7 @@ pub fn list_accounts(ctx: &mut Context) -> Result<Response, ApiError> {
     let owner = match principal {
         Principal::User(user_id) => Some(user_id),
         Principal::Admin => match ctx.query("user_id") {
-            Some(user_id) if !domain::is_uuid(&user_id) => {
+            Some(user_id) if !micropay_sdk::is_uuid(&user_id) => {
                 return Err(ApiError::validation(format!("user_id: {user_id:?} is not a UUID")));
             }
             user_id => user_id,
@@ -572,7 +572,7 @@ pub fn handle_event(event: &Event) -> Result<(), String> {
     }
     let update = serde_json::from_str::<BalanceUpdated>(&event.data)
         .ok()
-        .filter(|update| domain::is_uuid(&update.account_id))
+        .filter(|update| micropay_sdk::is_uuid(&update.account_id))
         .and_then(|update| Decimal::from_str(&update.balance).ok().map(|balance| (update, balance)));
     let Some((update, balance)) = update else {
         micropay_sdk::log_warn(&format!("balance.updated {} has a payload this service cannot read", event.id));

@@ -4,8 +4,8 @@
 //! ever computed by `audit_row_digest`, for appending and verifying alike. Reads go through
 //! the `audit_trail` view, live and archived months together.
 
-use micropay_sdk::db::DbError;
 use micropay_sdk::db::param::{int, json, opt_text, text, timestamp, uuid};
+use micropay_sdk::db::{Conditions, DbError};
 use micropay_sdk::{Db, Row, Value};
 
 use crate::domain::{LogQuery, Record};
@@ -42,26 +42,6 @@ pub fn append(db: &Db, record: &Record) -> Result<bool, DbError> {
         ],
     )?;
     Ok(row.bool("appended"))
-}
-
-/// A `WHERE` clause under construction, its values bound as `$1, $2, ...` in order.
-#[derive(Default)]
-struct Conditions {
-    sql: String,
-    params: Vec<Value>,
-}
-
-impl Conditions {
-    /// Binds `value` and returns its placeholder.
-    fn bind(&mut self, value: Value) -> String {
-        self.params.push(value);
-        format!("${}", self.params.len())
-    }
-
-    fn and(&mut self, condition: &str) {
-        self.sql.push_str(if self.sql.is_empty() { " WHERE " } else { " AND " });
-        self.sql.push_str(condition);
-    }
 }
 
 /// One page of the trail matching `query`, newest first, with one record more than the page

@@ -3,6 +3,7 @@
 //! reservation may be captured or released, and how a posted transaction becomes one balance
 //! event per entry.
 
+use micropay_sdk::is_uuid;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::DateTime;
@@ -51,15 +52,6 @@ const HISTORY_DEFAULT_LIMIT: i64 = 50;
 const HISTORY_MAX_LIMIT: i64 = 200;
 
 // ---- ids and request fields ----
-
-/// Whether `text` is a UUID in hyphenated form (either case).
-fn is_uuid(text: &str) -> bool {
-    text.len() == 36
-        && text.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}
 
 /// An id from a path, in lower case as the database writes it; `None` when it is not a UUID
 /// (the resource cannot exist: 404).

@@ -60,6 +60,30 @@ impl Db {
     }
 }
 
+/// A `WHERE` clause under construction, for a query whose filters are optional: its values
+/// bound as `$1, $2, ...` in order.
+#[derive(Default)]
+pub struct Conditions {
+    /// `""`, or ` WHERE a AND b ...`.
+    pub sql: String,
+    /// The bound values, in placeholder order.
+    pub params: Vec<Value>,
+}
+
+impl Conditions {
+    /// Binds `value` and returns its placeholder.
+    pub fn bind(&mut self, value: Value) -> String {
+        self.params.push(value);
+        format!("${}", self.params.len())
+    }
+
+    /// Adds a condition, with its placeholders from [`Conditions::bind`].
+    pub fn and(&mut self, condition: &str) {
+        self.sql.push_str(if self.sql.is_empty() { " WHERE " } else { " AND " });
+        self.sql.push_str(condition);
+    }
+}
+
 /// One result row with access by column name.
 ///
 /// The getters panic when a column is missing or of another type: that is a mismatch between

@@ -118,6 +118,16 @@ pub fn random_bytes(len: u32) -> Vec<u8> {
     random::random_bytes(len)
 }
 
+/// Whether `text` is a UUID in hyphenated form (either case), so that a malformed id is
+/// refused before it reaches the database.
+pub fn is_uuid(text: &str) -> bool {
+    text.len() == 36
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
 /// A new random (version 4) UUID, from the host's secure random generator: for ids a unit of
 /// work needs before its first insert, e.g. to name a transaction in another service's hold.
 pub fn new_uuid() -> String {
@@ -126,4 +136,15 @@ pub fn new_uuid() -> String {
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uuids_are_hyphenated_hex() {
+        assert!(super::is_uuid("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"));
+        assert!(super::is_uuid("0B1C2D3E-4F50-6172-8394-A5B6C7D8E9F0"));
+        assert!(!super::is_uuid("0b1c2d3e4f5061728394a5b6c7d8e9f0"));
+        assert!(!super::is_uuid("zb1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"));
+    }
 }

@@ -57,7 +57,7 @@ fn may_see(principal: &Principal, transaction: &Row) -> bool {
 /// The transaction id of the path; a malformed one names no transaction: 404.
 fn path_transaction_id(ctx: &Context) -> Result<String, ApiError> {
     let id = ctx.param("transaction_id");
-    if domain::is_uuid(id) { Ok(id.to_ascii_lowercase()) } else { Err(no_transaction(id)) }
+    if micropay_sdk::is_uuid(id) { Ok(id.to_ascii_lowercase()) } else { Err(no_transaction(id)) }
 }
 
 fn no_transaction(id: &str) -> ApiError {
@@ -315,7 +315,7 @@ fn fund(ctx: &mut Context, transaction_type: TransactionType) -> Result<Response
         services::call_json("account", "POST", "/internal/system-account", Some(&json!({ "currency": currency })))?;
     let funding_id = funding["account_id"]
         .as_str()
-        .filter(|id| domain::is_uuid(id))
+        .filter(|id| micropay_sdk::is_uuid(id))
         .map(str::to_ascii_lowercase)
         .ok_or_else(|| ApiError::internal(&format!("account /internal/system-account answered {funding}")))?;
 

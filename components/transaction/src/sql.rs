@@ -4,8 +4,8 @@
 //! to commit a transaction whose entries do not balance. Reads of a transaction go through
 //! `transaction_columns!`, so every answer carries the same columns.
 
-use micropay_sdk::db::DbError;
 use micropay_sdk::db::param::{decimal, int, json, opt_text, text, timestamp, uuid};
+use micropay_sdk::db::{Conditions, DbError};
 use micropay_sdk::money;
 use micropay_sdk::{Db, Row, Value};
 use serde_json::json;
@@ -125,26 +125,6 @@ pub fn entries_of(db: &Db, transaction_ids: &[String]) -> Result<Vec<Row>, DbErr
          ORDER BY transaction_id, entry_number",
         &[json(&json!(transaction_ids))],
     )
-}
-
-/// A `WHERE` clause under construction, its values bound as `$1, $2, ...` in order.
-#[derive(Default)]
-struct Conditions {
-    sql: String,
-    params: Vec<Value>,
-}
-
-impl Conditions {
-    /// Binds `value` and returns its placeholder.
-    fn bind(&mut self, value: Value) -> String {
-        self.params.push(value);
-        format!("${}", self.params.len())
-    }
-
-    fn and(&mut self, condition: &str) {
-        self.sql.push_str(if self.sql.is_empty() { " WHERE " } else { " AND " });
-        self.sql.push_str(condition);
-    }
 }
 
 /// One page of transactions, newest first, with one more than the page holds when there is a

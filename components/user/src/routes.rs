@@ -448,7 +448,7 @@ pub fn revoke_session(ctx: &mut Context) -> Result<Response, ApiError> {
     let session_id = ctx.param("session_id").to_ascii_lowercase();
     let ip = client_ip(ctx);
     let not_found = || ApiError::not_found("no such session");
-    if !domain::is_uuid(&session_id) {
+    if !micropay_sdk::is_uuid(&session_id) {
         return Err(not_found());
     }
     let db = ctx.db()?;
