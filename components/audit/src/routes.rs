@@ -6,8 +6,9 @@ use micropay_sdk::{ApiError, Context, Db, Response, Row};
 use serde_json::{Value as Json, json};
 
 use crate::bindings::exports::micropay::platform::subscriber::Event;
-use crate::domain::{self, Cursor};
+use crate::domain;
 use crate::sql;
+use micropay_sdk::cursor::Cursor;
 
 fn log_json(row: &Row) -> Json {
     json!({
@@ -62,7 +63,7 @@ pub fn list_logs(ctx: &mut Context) -> Result<Response, ApiError> {
     let next_cursor = match rows.last() {
         Some(last) if more => {
             let occurred_at = last.opt_timestamp("occurred_at").expect("occurred_at is NOT NULL");
-            Some(Cursor { occurred_at, log_id: last.text("log_id") }.encode())
+            Some(Cursor { time: occurred_at, id: last.text("log_id") }.encode())
         }
         _ => None,
     };

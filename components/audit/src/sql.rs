@@ -74,8 +74,8 @@ pub fn list_logs(db: &Db, query: &LogQuery) -> Result<Vec<Row>, DbError> {
         conditions.and(&format!("occurred_at < {placeholder}"));
     }
     if let Some(after) = &query.after {
-        let occurred_at = conditions.bind(timestamp(after.occurred_at));
-        let log_id = conditions.bind(uuid(&after.log_id));
+        let occurred_at = conditions.bind(timestamp(after.time));
+        let log_id = conditions.bind(uuid(&after.id));
         conditions.and(&format!("(occurred_at, log_id) < ({occurred_at}, {log_id})"));
     }
     let limit = conditions.bind(int(query.limit + 1));

@@ -15,8 +15,9 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::bindings::exports::micropay::platform::subscriber::Event;
-use crate::domain::{self, Cursor, Entry, EntryRequest, EntryType, TransactionType};
+use crate::domain::{self, Entry, EntryRequest, EntryType, TransactionType};
 use crate::{ledger, sql};
+use micropay_sdk::cursor::Cursor;
 
 // ---- request bodies ----
 
@@ -392,7 +393,7 @@ pub fn list_transactions(ctx: &mut Context) -> Result<Response, ApiError> {
     let next_cursor = match rows.last() {
         Some(last) if more => {
             let created_at = last.opt_timestamp("created_at").expect("created_at is NOT NULL");
-            Some(Cursor { created_at, transaction_id: last.text("transaction_id") }.encode())
+            Some(Cursor { time: created_at, id: last.text("transaction_id") }.encode())
         }
         _ => None,
     };

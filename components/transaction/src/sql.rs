@@ -145,8 +145,8 @@ pub fn list_transactions(db: &Db, initiated_by: Option<&str>, query: &ListQuery)
         ));
     }
     if let Some(after) = &query.after {
-        let created_at = conditions.bind(timestamp(after.created_at));
-        let transaction_id = conditions.bind(uuid(&after.transaction_id));
+        let created_at = conditions.bind(timestamp(after.time));
+        let transaction_id = conditions.bind(uuid(&after.id));
         conditions.and(&format!("(t.created_at, t.transaction_id) < ({created_at}, {transaction_id})"));
     }
     let limit = conditions.bind(int(query.limit + 1));
