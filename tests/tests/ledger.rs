@@ -417,6 +417,18 @@ async fn accounts_are_private_frozen_accounts_cannot_move_money_and_limits_roll_
     assert_eq!(status, 404, "Bob debits Alice's account: {body}");
     let (_, listed) = bank.host.call("GET", "/v1/account/accounts", Some(&bob.token), None).await;
     assert_eq!(listed["accounts"].as_array().unwrap().len(), 1);
+    // Endpoints meant for other services do not exist from the outside, even for admins.
+    let ops = bank.host.admin_key("ops");
+    for (path, body) in [
+        ("/v1/account/internal/authorize", json!({"legs": [], "count_toward_limits": false})),
+        ("/v1/balance/internal/holds", json!({"transaction_id": id(&bobs), "payment_id": id(&bobs), "holds": []})),
+        ("/v1/balance/internal/ledger", json!({})),
+    ] {
+        for token in [&bob.token, &ops] {
+            let (status, _) = bank.host.call("POST", path, Some(token), Some(body.clone())).await;
+            assert_eq!(status, 404, "{path}");
+        }
+    }
     // Only the platform opens system accounts.
     let (status, _) = bank
         .host
