@@ -160,6 +160,11 @@ async fn events_part(args: &BenchArgs) -> anyhow::Result<()> {
 async fn ledger_part(args: &BenchArgs) -> anyhow::Result<()> {
     let mut config = args.config.clone();
     config.database_prefix = format!("{}ledger_", config.database_prefix);
+    // Seven services' pools and the bus's on a server of 100 connections (PostgreSQL's
+    // default): few kept idle, and a maximum the five busy ones (account, transaction,
+    // balance, audit, the bus) can all reach at once.
+    config.pool_min = 1;
+    config.pool_max = config.pool_max.min(12);
     let server_url = config.database_url.clone().expect("checked at the start");
     let ledger = ledger::Ledger::open(Platform::start(&config).await?).await?;
     let mut runs = Vec::new();
