@@ -76,16 +76,7 @@ impl Bank {
         amount: &str,
         reservation: Option<&str>,
     ) -> (u16, Value) {
-        let currency = &from["currency"];
-        let mut debit =
-            json!({"account_id": from["account_id"], "entry_type": "DEBIT", "amount": amount, "currency": currency});
-        if let Some(reservation) = reservation {
-            debit["reservation_id"] = json!(reservation);
-        }
-        let credit =
-            json!({"account_id": to["account_id"], "entry_type": "CREDIT", "amount": amount, "currency": currency});
-        let body = json!({"entries": [debit, credit], "description": "test transfer"});
-        self.host.call("POST", "/v1/transaction/transactions", Some(token), Some(body)).await
+        transfer_via(&self.host, token, from, to, amount, reservation).await
     }
 
     /// Waits until no posting is PENDING: every balance event is written and reported back.
@@ -111,6 +102,27 @@ impl Bank {
     }
 }
 
+/// Posts a two-entry transfer from `from` to `to` through `host`.
+async fn transfer_via(
+    host: &TestHost,
+    token: &str,
+    from: &Value,
+    to: &Value,
+    amount: &str,
+    reservation: Option<&str>,
+) -> (u16, Value) {
+    let currency = &from["currency"];
+    let mut debit =
+        json!({"account_id": from["account_id"], "entry_type": "DEBIT", "amount": amount, "currency": currency});
+    if let Some(reservation) = reservation {
+        debit["reservation_id"] = json!(reservation);
+    }
+    let credit =
+        json!({"account_id": to["account_id"], "entry_type": "CREDIT", "amount": amount, "currency": currency});
+    let body = json!({"entries": [debit, credit], "description": "test transfer"});
+    host.call("POST", "/v1/transaction/transactions", Some(token), Some(body)).await
+}
+
 fn money(text: &str) -> Decimal {
     Decimal::from_str(text).unwrap_or_else(|_| panic!("not an amount: {text}"))
 }
@@ -120,7 +132,7 @@ fn id(value: &Value) -> &str {
 }
 
 #[tokio::test]
-async fn random_transfers_under_concurrency_keep_every_invariant() {
+async fn random_transfers_from_two_hosts_keep_every_invariant() {
     const CLIENTS: usize = 16;
     const OPERATIONS_PER_CLIENT: usize = 30;
     const FUNDING: &str = "1000.00";
@@ -139,6 +151,9 @@ async fn random_transfers_under_concurrency_keep_every_invariant() {
         accounts.push((owner, account));
     }
     let total = money(FUNDING) * Decimal::from(accounts.len());
+    // A second host on the same databases: the clients alternate between the two, so the
+    // accounts are serialized in PostgreSQL, not in either host's memory.
+    let second = Arc::new(TestHost::start_with(bank.host.options.clone()).await);
 
     let bank = Arc::new(bank);
     let users = Arc::new(users);
@@ -166,10 +181,11 @@ async fn random_transfers_under_concurrency_keep_every_invariant() {
     };
 
     let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let (bank, users, accounts) = (bank.clone(), users.clone(), accounts.clone());
+    for client in 0..CLIENTS {
+        let (bank, second, users, accounts) = (bank.clone(), second.clone(), users.clone(), accounts.clone());
         let (posted, refused, seed) = (posted.clone(), refused.clone(), seed.clone());
         clients.push(tokio::spawn(async move {
+            let host = if client % 2 == 0 { &bank.host } else { &*second };
             for _ in 0..OPERATIONS_PER_CLIENT {
                 let roll = next_random(&seed);
                 let from = (roll % 20) as usize;
@@ -184,8 +200,7 @@ async fn random_transfers_under_concurrency_keep_every_invariant() {
                 let reservation = if roll >> 40 & 1 == 0 {
                     let body =
                         json!({"account_id": id(source), "amount": amount, "currency": "USD", "ttl_seconds": 60});
-                    let (status, body) =
-                        bank.host.call("POST", "/v1/balance/reservations", Some(token), Some(body)).await;
+                    let (status, body) = host.call("POST", "/v1/balance/reservations", Some(token), Some(body)).await;
                     match status {
                         201 => Some(body["reservation_id"].as_str().unwrap().to_string()),
                         422 => {
@@ -199,7 +214,7 @@ async fn random_transfers_under_concurrency_keep_every_invariant() {
                     None
                 };
                 let (status, body) =
-                    bank.transfer(token, source, &accounts[to].1, &amount, reservation.as_deref()).await;
+                    transfer_via(host, token, source, &accounts[to].1, &amount, reservation.as_deref()).await;
                 match status {
                     201 => posted.fetch_add(1, Ordering::Relaxed),
                     422 if reservation.is_none() && error_code(&body) == "insufficient_funds" => {
