@@ -3,7 +3,9 @@
 //! Stored times are the database's `now()` (UTC for the service's role); limit periods are
 //! computed from the host's clock, which is the same wall clock. Several accounts, or their
 //! limit rows, are always read and locked in `account_id` order, so two units of work never
-//! wait on each other in a circle. Sets of ids travel as one JSON array parameter.
+//! wait on each other in a circle. Sets of ids travel as one JSON array parameter, matched as
+//! `= ANY (ARRAY(SELECT ...))` so that the key's index is used (see the balance service's
+//! `sql.rs`).
 
 use micropay_sdk::db::DbError;
 use micropay_sdk::db::param::{boolean, decimal, int, json, text, timestamp, uuid};
@@ -101,7 +103,7 @@ pub fn find_accounts(db: &Db, ids: &[String]) -> Result<Vec<Row>, DbError> {
         concat!(
             "SELECT ",
             account_columns!(),
-            " FROM accounts WHERE account_id IN (SELECT jsonb_array_elements_text($1::jsonb)::uuid) \
+            " FROM accounts WHERE account_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::uuid)) \
              ORDER BY account_id"
         ),
         &[id_list(ids)],
@@ -224,7 +226,7 @@ pub fn find_limits(db: &Db, ids: &[String]) -> Result<Vec<Row>, DbError> {
         concat!(
             "SELECT ",
             limit_columns!(),
-            " FROM account_limits WHERE account_id IN (SELECT jsonb_array_elements_text($1::jsonb)::uuid) \
+            " FROM account_limits WHERE account_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::uuid)) \
              ORDER BY account_id, limit_type"
         ),
         &[id_list(ids)],
@@ -239,7 +241,7 @@ pub fn lock_limits(db: &Db, ids: &[String]) -> Result<Vec<Row>, DbError> {
         concat!(
             "SELECT ",
             limit_columns!(),
-            " FROM account_limits WHERE account_id IN (SELECT jsonb_array_elements_text($1::jsonb)::uuid) \
+            " FROM account_limits WHERE account_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::uuid)) \
              ORDER BY account_id, limit_type FOR UPDATE"
         ),
         &[id_list(ids)],

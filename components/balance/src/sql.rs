@@ -1,8 +1,10 @@
 //! The balance service's SQL, against the tables of `migrations/balance/`.
 //!
-//! Lists of ids travel as one JSON array parameter (`jsonb_array_elements_text($1)::uuid`),
-//! rows to write as one JSON array of objects (`jsonb_to_recordset`), so that a posting of a
-//! hundred entries is a handful of statements, not hundreds.
+//! Lists of ids travel as one JSON array parameter, matched as `= ANY (ARRAY(SELECT
+//! jsonb_array_elements_text($1)::uuid))`: the array is computed once and the key's index
+//! used (with `IN (SELECT ...)` the planner hashes the list against a scan of the whole
+//! table). Rows to write travel as one JSON array of objects (`jsonb_to_recordset`), so that a
+//! posting of a hundred entries is a handful of statements, not hundreds.
 
 use micropay_sdk::db::DbError;
 use micropay_sdk::db::param::{decimal, int, json, text, timestamp, uuid};
@@ -70,7 +72,7 @@ pub fn ensure_accounts(db: &Db, accounts: &[(String, String, bool)]) -> Result<(
 
 const LOCK_ACCOUNTS: &str = "
 SELECT account_id FROM balance_accounts
-WHERE account_id IN (SELECT jsonb_array_elements_text($1)::uuid)
+WHERE account_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid))
 ORDER BY account_id
 FOR UPDATE";
 
@@ -98,7 +100,7 @@ CROSS JOIN LATERAL (
     counting!(),
     "
 ) AS held
-WHERE a.account_id IN (SELECT jsonb_array_elements_text($1)::uuid)
+WHERE a.account_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid))
 ORDER BY a.account_id"
 );
 
@@ -277,7 +279,7 @@ pub fn release_reservation(db: &Db, reservation_id: &str) -> Result<Row, DbError
 const APPLIED_ENTRIES: &str = "
 SELECT count(*) AS applied
 FROM balance_events
-WHERE entry_id IN (SELECT jsonb_array_elements_text($1)::uuid)";
+WHERE entry_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid))";
 
 /// How many of these ledger entries already have their balance event.
 pub fn applied_entries(db: &Db, entry_ids: &[String]) -> Result<i64, DbError> {
@@ -339,7 +341,8 @@ const ADVANCE_ACCOUNTS: &str = "
 UPDATE balance_accounts AS a
 SET last_sequence = given.last_sequence, events_since_snapshot = a.events_since_snapshot + given.appended
 FROM jsonb_to_recordset($1) AS given(account_id uuid, last_sequence bigint, appended integer)
-WHERE a.account_id = given.account_id";
+WHERE a.account_id = given.account_id
+  AND a.account_id = ANY (ARRAY(SELECT (item ->> 'account_id')::uuid FROM jsonb_array_elements($1) AS item))";
 
 /// Moves each account's `last_sequence` to its new last event and counts the events appended
 /// since its last snapshot. `advances` is `(account_id, last_sequence, appended)`.
@@ -373,7 +376,7 @@ WITH due AS (
     SELECT a.account_id, a.currency, a.last_sequence, e.event_id, e.balance_after
     FROM balance_accounts AS a
     JOIN balance_events AS e ON e.account_id = a.account_id AND e.sequence = a.last_sequence
-    WHERE a.account_id IN (SELECT jsonb_array_elements_text($1)::uuid)
+    WHERE a.account_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid))
       AND a.events_since_snapshot >= $2
 ),
 taken AS (
@@ -464,7 +467,7 @@ const RELEASE_HOLDS: &str = "
 WITH due AS (
     SELECT reservation_id
     FROM balance_reservations
-    WHERE transaction_id IN (SELECT jsonb_array_elements_text($1)::uuid)
+    WHERE transaction_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid))
       AND status = 'CAPTURED' AND settled_at IS NULL
       AND captured_at < now() - $2 * interval '1 second'
     FOR UPDATE SKIP LOCKED

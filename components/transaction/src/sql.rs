@@ -3,6 +3,9 @@
 //! Entries are only ever inserted: the database refuses to change or remove one, and refuses
 //! to commit a transaction whose entries do not balance. Reads of a transaction go through
 //! `transaction_columns!`, so every answer carries the same columns.
+//!
+//! Lists of ids are one JSON array parameter matched as `= ANY (ARRAY(SELECT ...))`, so that
+//! the key's index is used (see the balance service's `sql.rs`).
 
 use micropay_sdk::db::param::{decimal, int, json, opt_text, text, timestamp, uuid};
 use micropay_sdk::db::{Conditions, DbError};
@@ -121,7 +124,7 @@ pub fn entries_of(db: &Db, transaction_ids: &[String]) -> Result<Vec<Row>, DbErr
     db.query(
         "SELECT entry_id, transaction_id, account_id, entry_type, amount, currency, created_at \
          FROM transaction_entries \
-         WHERE transaction_id IN (SELECT id::uuid FROM jsonb_array_elements_text($1::jsonb) AS id) \
+         WHERE transaction_id = ANY (ARRAY(SELECT id::uuid FROM jsonb_array_elements_text($1::jsonb) AS id)) \
          ORDER BY transaction_id, entry_number",
         &[json(&json!(transaction_ids))],
     )

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use super::{BATCH, Envelope, EnvelopeRow, RETENTION_DAYS, locks};
+use super::{BATCH, Envelope, EnvelopeRow, PARTITIONS, RETENTION_DAYS, locks};
 
 /// The bus tables.
 pub const TABLES: &[&str] = &[
@@ -45,13 +45,15 @@ const WAIT: Duration = Duration::from_millis(100);
 /// The bus on its database.
 pub struct EmbeddedBus {
     pool: PgPool,
-    /// Wakes this host's feeds when this host appended (other hosts' appends are polled).
-    appended: Arc<Notify>,
+    /// One per partition: wakes this host's feeds of a partition when this host appended to
+    /// it (other hosts' appends are polled). Per partition, so that an append wakes the feeds
+    /// that may have something to read, not every subscriber's every partition.
+    appended: Arc<[Notify]>,
 }
 
 impl EmbeddedBus {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, appended: Arc::new(Notify::new()) }
+        Self { pool, appended: (0..PARTITIONS).map(|_| Notify::new()).collect() }
     }
 
     pub async fn publish(&self, events: &[Envelope]) -> anyhow::Result<()> {
@@ -87,7 +89,12 @@ impl EmbeddedBus {
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
-        self.appended.notify_waiters();
+        let mut touched = partitions;
+        touched.sort_unstable();
+        touched.dedup();
+        for partition in touched {
+            self.appended[partition as usize].notify_waiters();
+        }
         Ok(())
     }
 
@@ -131,7 +138,8 @@ struct BusRow {
 /// One subscriber's position in one partition.
 pub struct Feed {
     pool: PgPool,
-    appended: Arc<Notify>,
+    /// Every partition's wake-up, of which this feed waits on its own.
+    appended: Arc<[Notify]>,
     subscriber: String,
     partition: i16,
     /// The last acknowledged sequence number.
@@ -142,7 +150,7 @@ pub struct Feed {
 
 impl Feed {
     pub async fn next_batch(&mut self) -> anyhow::Result<Vec<Envelope>> {
-        let appended = self.appended.notified();
+        let appended = self.appended[self.partition as usize].notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
         let mut batch = self.read().await?;

@@ -51,8 +51,14 @@ pub struct Provisioner {
 }
 
 impl Provisioner {
+    /// Every connection plans its statements for their parameters each time
+    /// (`plan_cache_mode = force_custom_plan`): a pooled connection lives for half an hour and
+    /// its prepared statements with it, and a generic plan made while a table was still empty
+    /// (a sequential scan) would otherwise outlive the table's growth until the next `ANALYZE`.
     pub fn new(admin: PgConnectOptions, prefix: String, secret: String, pool: PoolSettings) -> Self {
-        Self { admin: admin.log_statements(tracing::log::LevelFilter::Trace), prefix, secret, pool }
+        let admin =
+            admin.log_statements(tracing::log::LevelFilter::Trace).options([("plan_cache_mode", "force_custom_plan")]);
+        Self { admin, prefix, secret, pool }
     }
 
     /// The database of service `service`.
