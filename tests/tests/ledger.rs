@@ -531,7 +531,8 @@ async fn an_expired_reservation_frees_the_funds_and_cannot_be_captured() {
     let to = bank.open_account(&user, "USD").await;
     bank.fund(&from, "100").await;
 
-    let body = json!({"account_id": id(&from), "amount": "80", "currency": "USD", "ttl_seconds": 1});
+    // Three seconds: time enough for the checks while it holds, on a loaded machine too.
+    let body = json!({"account_id": id(&from), "amount": "80", "currency": "USD", "ttl_seconds": 3});
     let (status, reservation) = bank.host.call("POST", "/v1/balance/reservations", Some(&user.token), Some(body)).await;
     assert_eq!((status, reservation["status"].as_str()), (201, Some("ACTIVE")), "{reservation}");
     let held = bank.balance(&user.token, id(&from)).await;
@@ -540,7 +541,9 @@ async fn an_expired_reservation_frees_the_funds_and_cannot_be_captured() {
     let (status, body) = bank.transfer(&user.token, &from, &to, "30", None).await;
     assert_eq!((status, error_code(&body)), (422, "insufficient_funds"), "{body}");
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expires_at = chrono::DateTime::parse_from_rfc3339(reservation["expires_at"].as_str().unwrap()).unwrap();
+    let left = (expires_at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(300)).await;
     let freed = bank.balance(&user.token, id(&from)).await;
     assert_eq!((freed["available"].as_str(), freed["reserved"].as_str()), (Some("100.0000"), Some("0.0000")));
     let reservation_id = reservation["reservation_id"].as_str().unwrap();
