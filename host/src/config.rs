@@ -40,11 +40,6 @@ pub struct Config {
     #[arg(long, env = "MICROPAY_DATABASE_PREFIX", default_value = "")]
     pub database_prefix: String,
 
-    /// Secret the service roles' passwords are derived from (default: derived from the
-    /// database URL). Every host sharing a server must use the same.
-    #[arg(long, env = "MICROPAY_ROLE_SECRET", hide_env_values = true)]
-    pub role_secret: Option<String>,
-
     /// Directories of component policies (`*.toml`), comma-separated or repeated.
     #[arg(long = "policies", env = "MICROPAY_POLICIES", value_delimiter = ',', default_value = "policies")]
     pub policies: Vec<PathBuf>,
@@ -61,9 +56,14 @@ pub struct Config {
     #[arg(long, env = "MICROPAY_POOL_MIN", default_value_t = 10)]
     pub pool_min: u32,
 
-    /// Maximum connections per service pool.
+    /// Maximum connections per service pool (the connection budget may allow fewer).
     #[arg(long, env = "MICROPAY_POOL_MAX", default_value_t = 20)]
     pub pool_max: u32,
+
+    /// The most connections this host opens to PostgreSQL, every pool included (default: half
+    /// of what the server allows, within what is free when the host starts).
+    #[arg(long, env = "MICROPAY_DB_CONNECTIONS")]
+    pub db_connections: Option<u32>,
 
     /// A pooled connection's maximum lifetime, in seconds.
     #[arg(long, env = "MICROPAY_POOL_MAX_LIFETIME_SECS", default_value_t = 1800)]
@@ -94,6 +94,12 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "MICROPAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Development and tests only: write to the log the one-time secrets components hand over
+    /// for a person (verification codes), which otherwise are dropped until the notification
+    /// service delivers them. Never in production.
+    #[arg(long, env = "MICROPAY_DEV_LOG_SECRETS")]
+    pub dev_log_secrets: bool,
 }
 
 impl Config {

@@ -24,3 +24,9 @@ pub mod postgres;
 pub mod runtime;
 pub mod schedule;
 pub mod telemetry;
+
+/// FNV-1a of `bytes`: a hash identical on every host and every build, for what hosts must
+/// agree on (partitions, lock keys).
+pub fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |hash, byte| (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193))
+}

@@ -29,6 +29,8 @@ pub enum Outcome {
     Memory,
     /// Its answer was larger than its limit.
     ResponseTooLarge,
+    /// Its queries returned more rows or bytes than its limit.
+    QueryLimit,
     /// Refused at admission: the component was at its concurrency limit.
     Busy,
 }

@@ -9,9 +9,11 @@ use sqlx::postgres::PgConnectOptions;
 use wasmtime::component::Linker;
 
 use crate::bus::EventBus;
+use crate::capabilities::database::ServiceDatabase;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{self, Policy};
+use crate::postgres::budget::Shares;
 use crate::postgres::embedded::EmbeddedPostgres;
 use crate::postgres::provision::Provisioner;
 use crate::runtime::bindings::Caller;
@@ -45,32 +47,40 @@ impl Platform {
     pub async fn start_with(config: &Config, mut options: EngineOptions) -> anyhow::Result<Self> {
         let policies = policy::load_all(&config.policies)?;
         options.fuel |= policies.iter().any(|policy| policy.limits.fuel.is_some());
-        let (admin, embedded, default_secret) = match &config.database_url {
+        let (admin, embedded) = match &config.database_url {
             Some(url) => {
                 let options =
                     PgConnectOptions::from_str(url).context("MICROPAY_DATABASE_URL is not a PostgreSQL URL")?;
-                (options, None, url.clone())
+                (options, None)
             }
             None => {
                 let server = EmbeddedPostgres::start(&config.data_dir.join("postgres")).await?;
-                (server.admin_options(), Some(server), "embedded".to_string())
+                (server.admin_options(), Some(server))
             }
         };
-        let provisioner = Provisioner::new(
-            admin,
-            config.database_prefix.clone(),
-            config.role_secret.clone().unwrap_or(default_secret),
-            config.pool_settings(),
+        let provisioner = Provisioner::open(admin, config.database_prefix.clone(), config.pool_settings()).await?;
+        let databases = policies.iter().filter(|policy| policy.database.is_some()).count() as u32;
+        let budget = match config.db_connections {
+            Some(budget) => budget,
+            None => provisioner.capacity().await?.default_budget(),
+        };
+        let shares = Shares::of(budget, databases, config.nats_url.is_none(), config.pool_max)?;
+        tracing::info!(
+            budget,
+            per_service = shares.per_service,
+            at_most = shares.total(databases),
+            "database connections shared"
         );
 
         let runtime = Runtime::new(options)?;
         let mut linker = Linker::<InvocationState>::new(&runtime.engine);
         crate::capabilities::add_to_linker(&mut linker)?;
         let compiler = Compiler::new(runtime.engine.clone(), config.cache_dir());
-        let dispatcher = Dispatcher::new(&runtime, Metrics::default());
+        let dispatcher = Dispatcher::new(&runtime, Metrics::default(), config.dev_log_secrets);
 
         for policy in policies {
-            let component = load_component(config, &dispatcher, &linker, &compiler, &provisioner, policy).await?;
+            let component =
+                load_component(config, &dispatcher, &linker, &compiler, &provisioner, &shares, policy).await?;
             tracing::info!(
                 component = %component.name,
                 version = %component.version(),
@@ -79,7 +89,7 @@ impl Platform {
             );
             dispatcher.registry.insert(component);
         }
-        let bus = EventBus::start(&config.bus_settings(), &provisioner, &dispatcher).await?;
+        let bus = EventBus::start(&config.bus_settings(), &provisioner, &dispatcher, shares.plumbing.bus).await?;
         let scheduled = crate::schedule::start(&dispatcher);
         Ok(Self { dispatcher, bus, scheduled, _runtime: runtime, embedded })
     }
@@ -122,8 +132,9 @@ impl Platform {
         }
         self.bus.stop().await;
         for component in self.dispatcher.registry.all() {
-            if let Some(pool) = &component.pool {
-                pool.close().await;
+            if let Some(database) = &component.database {
+                database.pool.close().await;
+                database.platform.close().await;
             }
         }
         drop(self.dispatcher);
@@ -139,6 +150,7 @@ async fn load_component(
     linker: &Linker<InvocationState>,
     compiler: &Compiler,
     provisioner: &Provisioner,
+    shares: &Shares,
     policy: Policy,
 ) -> anyhow::Result<Arc<LoadedComponent>> {
     let name = policy.component.name.clone();
@@ -148,13 +160,19 @@ async fn load_component(
         .with_context(|| format!("refusing component {name}"))?;
     let prepared =
         registry::prepare(linker, &policy, &compiled.component).with_context(|| format!("loading component {name}"))?;
-    let pool = match &policy.database {
-        Some(database) => Some(
+    let database = match &policy.database {
+        Some(database) => {
+            let service = database.name.as_str();
             provisioner
-                .provision(&database.name, &config.migrations_dir.join(&database.name))
+                .provision(service, &config.migrations_dir.join(service))
                 .await
-                .with_context(|| format!("provisioning the database of {name}"))?,
-        ),
+                .with_context(|| format!("provisioning the database of {name}"))?;
+            Some(Arc::new(ServiceDatabase {
+                pool: provisioner.service_pool(service, shares.per_service).await?,
+                platform: provisioner.platform_pool(service, shares.plumbing.per_database).await?,
+                host_key: provisioner.host_key(service),
+            }))
+        }
         None => None,
     };
     let slots = tokio::sync::Semaphore::new(policy.limits.max_instances as usize);
@@ -166,7 +184,7 @@ async fn load_component(
         service: prepared.service,
         identity: prepared.identity,
         subscriber: prepared.subscriber,
-        pool,
+        database,
         routes: Vec::new(),
         slots,
         outbox_written: Arc::default(),

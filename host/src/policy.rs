@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+use crate::postgres::provision::RESERVED_NAMES;
 use crate::runtime::engine::{MAX_MEMORY_BYTES, POOLED_COMPONENT_INSTANCES};
 
 /// One component's policy.
@@ -43,6 +44,10 @@ pub struct ComponentSection {
     pub name: String,
     /// The component file, relative to the components directory.
     pub file: String,
+    /// Whether its `authenticator` resolves every bearer token to a caller. At most one policy
+    /// of a host may say so: whoever answers it decides who every caller is.
+    #[serde(default)]
+    pub identity_provider: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,11 +185,24 @@ pub struct Limits {
     pub queue_ms: u64,
     /// Largest response body the component may answer, in KiB.
     pub max_response_kb: u32,
+    /// The most rows all queries of one invocation may return.
+    pub max_query_rows: u64,
+    /// The most data all queries of one invocation may return, in MiB.
+    pub max_query_mb: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_mb: 64, deadline_ms: 2_000, fuel: None, max_instances: 64, queue_ms: 100, max_response_kb: 1024 }
+        Self {
+            memory_mb: 64,
+            deadline_ms: 2_000,
+            fuel: None,
+            max_instances: 64,
+            queue_ms: 100,
+            max_response_kb: 1024,
+            max_query_rows: 100_000,
+            max_query_mb: 32,
+        }
     }
 }
 
@@ -215,6 +233,13 @@ impl Policy {
 
     fn validate(&self) -> anyhow::Result<()> {
         check_name("component.name", &self.component.name)?;
+        for (field, name) in std::iter::once(("component.name", &self.component.name))
+            .chain(self.database.as_ref().map(|database| ("database.name", &database.name)))
+        {
+            if RESERVED_NAMES.contains(&name.as_str()) {
+                bail!("{field}: {name:?} is the platform's own");
+            }
+        }
         if self.component.file.contains("..") || self.component.file.starts_with('/') {
             bail!("component.file: must be a file name inside the components directory");
         }
@@ -239,6 +264,12 @@ impl Policy {
         }
         if !(1..=65_536).contains(&self.limits.max_response_kb) {
             bail!("limits.max_response_kb: {} is outside 1..=65536", self.limits.max_response_kb);
+        }
+        if !(1..=10_000_000).contains(&self.limits.max_query_rows) {
+            bail!("limits.max_query_rows: {} is outside 1..=10000000", self.limits.max_query_rows);
+        }
+        if !(1..=1024).contains(&self.limits.max_query_mb) {
+            bail!("limits.max_query_mb: {} is outside 1..=1024", self.limits.max_query_mb);
         }
         for (field, topics) in [("events.publish", &self.events.publish), ("events.subscribe", &self.events.subscribe)]
         {
@@ -302,7 +333,8 @@ fn check_topic(field: &str, topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads every `*.toml` policy in `dirs`; two policies for one component name are an error.
+/// Reads every `*.toml` policy in `dirs`. Refused: two policies for one component name, two
+/// naming the same database (each service's data is its own), two naming an identity provider.
 pub fn load_all(dirs: &[PathBuf]) -> anyhow::Result<Vec<Policy>> {
     let mut by_name: BTreeMap<String, Policy> = BTreeMap::new();
     for dir in dirs {
@@ -324,8 +356,36 @@ pub fn load_all(dirs: &[PathBuf]) -> anyhow::Result<Vec<Policy>> {
                     other.source.display()
                 );
             }
+            for other in by_name.values() {
+                check_compatible(other, &policy)?;
+            }
             by_name.insert(policy.component.name.clone(), policy);
         }
     }
     Ok(by_name.into_values().collect())
+}
+
+/// Refuses `policy` beside `other`: the same database, or a second identity provider.
+pub fn check_compatible(other: &Policy, policy: &Policy) -> anyhow::Result<()> {
+    if let (Some(theirs), Some(ours)) = (&other.database, &policy.database)
+        && theirs.name == ours.name
+    {
+        bail!(
+            "invalid policy {}: database.name {:?} is already {}'s (in {})",
+            policy.source.display(),
+            ours.name,
+            other.component.name,
+            other.source.display()
+        );
+    }
+    if other.component.identity_provider && policy.component.identity_provider {
+        bail!(
+            "invalid policy {}: component.identity_provider: {} is the identity provider already (in {}); \
+             there can be only one",
+            policy.source.display(),
+            other.component.name,
+            other.source.display()
+        );
+    }
+    Ok(())
 }

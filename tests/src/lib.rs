@@ -49,6 +49,15 @@ pub struct HostOptions {
     pub extra_args: Vec<String>,
     /// NATS for the bus; none for the embedded bus.
     pub nats_url: Option<String>,
+    /// Whether verification codes reach the log (`--dev-log-secrets`): tests sign users up
+    /// with them.
+    pub dev_log_secrets: bool,
+    /// The most connections the host may open (`--db-connections`).
+    pub db_connections: u32,
+    /// The log filter (`RUST_LOG`).
+    pub log_filter: String,
+    /// The services' migrations.
+    pub migrations_dir: PathBuf,
 }
 
 impl HostOptions {
@@ -64,6 +73,10 @@ impl HostOptions {
             cache_dir: root().join("target/test-cache"),
             extra_args: Vec::new(),
             nats_url: None,
+            dev_log_secrets: true,
+            db_connections: DB_CONNECTIONS,
+            log_filter: "info,sqlx=warn".into(),
+            migrations_dir: root().join("migrations"),
         }
     }
 
@@ -72,6 +85,10 @@ impl HostOptions {
         Self { nats_url: (bus == Bus::Nats).then(nats_url), ..Self::on_test_server() }
     }
 }
+
+/// The connections each test host may open: two tests run at once, a few with two hosts each,
+/// on a server of 100 connections.
+pub const DB_CONNECTIONS: u32 = 32;
 
 /// A running `micropay serve`.
 pub struct TestHost {
@@ -168,12 +185,14 @@ fn spawn(options: &HostOptions) -> (Child, Arc<Mutex<Vec<String>>>) {
         .arg("--components-dir")
         .arg(root.join("target/components"))
         .arg("--migrations-dir")
-        .arg(root.join("migrations"))
-        .args(["--pool-min", "1", "--pool-max", "4"])
+        .arg(&options.migrations_dir)
+        // Several hosts run at once on a server of 100 connections.
+        .args(["--pool-min", "1", "--db-connections", &options.db_connections.to_string()])
+        .args(options.dev_log_secrets.then_some("--dev-log-secrets"))
         .args(&options.extra_args)
         .env_remove("MICROPAY_DATABASE_URL")
         .env_remove("MICROPAY_NATS_URL")
-        .env("RUST_LOG", "info,sqlx=warn")
+        .env("RUST_LOG", &options.log_filter)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(url) = &options.database_url {
@@ -254,6 +273,11 @@ impl TestHost {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.child.wait();
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the host with SIGKILL, as a crash would.
@@ -386,6 +410,44 @@ pub async fn signed_in_user(host: &mut TestHost) -> User {
         .await;
     assert_eq!(status, 201, "{body}");
     User { user_id, email, password, token: body["token"].as_str().unwrap().to_string() }
+}
+
+/// Traffic on a service other than the one under attack, kept up from [`Bystander::start`] to
+/// [`Bystander::finish`]: whatever the attack, it must see no error.
+pub struct Bystander {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Bystander {
+    /// `user` reading their preferences from the user service, again and again.
+    pub fn start(host: &TestHost, user: &User) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (http, url, token) = (host.http.clone(), host.url("/v1/user/me/preferences"), user.token.clone());
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut served, mut failures) = (0, Vec::new());
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(&url).bearer_auth(&token).send().await {
+                    Ok(response) if response.status() == 200 => served += 1,
+                    Ok(response) => {
+                        failures.push(format!("{}: {}", response.status(), response.text().await.unwrap_or_default()))
+                    }
+                    Err(err) => failures.push(err.to_string()),
+                }
+            }
+            (served, failures)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops, and asserts that every request was served (and that there were some).
+    pub async fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (served, failures) = self.task.await.unwrap();
+        assert!(failures.is_empty(), "the bystander saw {} errors: {failures:?}", failures.len());
+        assert!(served > 5, "the bystander hardly ran ({served} requests)");
+    }
 }
 
 /// Asserts the platform's error shape and returns the code.

@@ -19,6 +19,7 @@ async fn embedded_postgres_starts_empty_and_keeps_data_across_restarts() {
         cache_dir: data_dir.join("cache"),
         extra_args: Vec::new(),
         nats_url: None,
+        ..HostOptions::on_test_server()
     };
 
     let mut host = TestHost::start_with(options()).await;

@@ -3,9 +3,8 @@
 //! serving everyone else throughout.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use micropay_tests::{TestHost, error_code, signed_in_user};
+use micropay_tests::{Bystander, TestHost, error_code, signed_in_user};
 
 /// Reads `micropay_invocations_total{component="probe",outcome="..."}`.
 async fn invocations(host: &TestHost, outcome: &str) -> f64 {
@@ -26,22 +25,8 @@ async fn every_misbehaviour_is_contained_and_counted() {
     let mut host = TestHost::start().await;
     let user = signed_in_user(&mut host).await;
     let host = Arc::new(host);
-
-    // Background load on another component for the whole test.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let background = {
-        let (host, stop, served, failed, token) =
-            (host.clone(), stop.clone(), served.clone(), failed.clone(), user.token.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match host.call("GET", "/v1/user/me/preferences", Some(&token), None).await.0 {
-                    200 => served.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    // Load on another component for the whole test.
+    let bystander = Bystander::start(&host, &user);
 
     for (path, status, code, outcome) in [
         ("/v1/probe/memory-bomb", 500, "resource_limit", "Memory"),
@@ -92,10 +77,7 @@ async fn every_misbehaviour_is_contained_and_counted() {
     assert!(answers.iter().filter(|(status, _)| *status == 429).all(|(_, retry)| *retry), "429 without Retry-After");
     assert!(invocations(&host, "Busy").await >= busy as f64);
 
-    stop.store(true, Ordering::Relaxed);
-    background.await.unwrap();
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "other components' requests failed meanwhile");
-    assert!(served.load(Ordering::Relaxed) > 5, "the background load hardly ran");
+    bystander.finish().await;
 
     let log = host.log_text();
     assert!(log.contains("invocation failed") && log.contains("component=probe") && log.contains("version="), "{log}");

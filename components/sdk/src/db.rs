@@ -4,8 +4,8 @@
 
 use std::rc::Rc;
 
-pub use crate::service::micropay::platform::types::DbError;
-use crate::service::micropay::platform::{database, types::Value};
+use crate::service::micropay::platform::database;
+pub use crate::service::micropay::platform::types::{DbError, Value};
 
 /// SQLSTATE of a unique-constraint violation.
 pub const UNIQUE_VIOLATION: &str = "23505";
@@ -95,6 +95,11 @@ pub struct Row {
 }
 
 impl Row {
+    /// The row's values, in column order.
+    pub fn values(&self) -> &[Value] {
+        &self.values
+    }
+
     fn get(&self, column: &str) -> &Value {
         let index = self.columns.iter().position(|name| name == column).unwrap_or_else(|| panic!("no column {column}"));
         &self.values[index]

@@ -109,6 +109,12 @@ pub fn log_warn(message: &str) {
     logging::log(logging::Level::Warn, message);
 }
 
+/// Hands the host a one-time secret meant for a person (a verification code): logged only by
+/// a host in development (`--dev-log-secrets`), dropped otherwise.
+pub fn log_development_secret(message: &str) {
+    logging::log_development_secret(message);
+}
+
 /// The host's wall-clock time in microseconds since the Unix epoch.
 pub fn now_micros() -> i64 {
     clock::now()

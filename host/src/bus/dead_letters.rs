@@ -26,7 +26,7 @@ pub async fn record(pool: &PgPool, event: &Envelope, attempts: u32, last_error: 
              (event_id, topic, source, subject, data, trace_id, occurred_at, attempts, last_error) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (event_id) DO UPDATE SET attempts = dead_letters.attempts + EXCLUDED.attempts, \
-             last_error = EXCLUDED.last_error, failed_at = now()",
+             last_error = EXCLUDED.last_error, failed_at = pg_catalog.now()",
     )
     .bind(event.id)
     .bind(&event.topic)

@@ -3,8 +3,9 @@
 //!
 //! Invariants kept here:
 //! - a partition of a subscriber is delivered by at most one host at a time: the one holding
-//!   its advisory lock in the subscriber's database (released by PostgreSQL when the host's
-//!   connection ends, so a dead host's partitions pass to the others);
+//!   its advisory lock in the platform database, on the host's coordination connection
+//!   (released by PostgreSQL when that connection ends, so a dead host's partitions pass to
+//!   the others). One connection per host holds every subscriber's partitions;
 //! - a batch is acknowledged only after each of its events was handled, found in the inbox
 //!   already, or set aside in the dead letters: nothing is skipped silently;
 //! - a failing event is retried in place, so the events after it in its partition (its key's
@@ -23,9 +24,9 @@ use tokio::task::JoinHandle;
 use super::dead_letters;
 use super::relay::age_seconds;
 use super::{Envelope, PARTITIONS, SharedBackend, locks};
-use crate::capabilities::database::UnitOfWork;
+use crate::capabilities::database::{QueryLimits, UnitOfWork};
 use crate::metrics::DeliveryOutcome;
-use crate::runtime::invoke::{Answer, Call, Dispatcher};
+use crate::runtime::invoke::{Answer, Call, Dispatcher, inbox_error};
 use crate::runtime::registry::LoadedComponent;
 use crate::runtime::state::InvocationContext;
 
@@ -35,14 +36,16 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A host not seen for this long no longer counts when sharing partitions.
 const PRESENCE_TIMEOUT_SECS: i64 = 5;
 
+/// How long a batch may wait for its first statement (a pooled connection among them): a
+/// delivery is background work, and waits its turn rather than fail.
+const BATCH_START_WAIT: Duration = Duration::from_secs(30);
+
 /// One subscribing service, as the bus sees it.
 #[derive(Clone)]
 pub struct Subscription {
     pub name: Arc<str>,
-    /// Administrator pool on its database (dead letters, presence).
+    /// The platform role's pool on its database (dead letters, inbox housekeeping).
     pub pool: PgPool,
-    /// Administrator options on its database, for the connection that holds partition locks.
-    pub options: PgConnectOptions,
 }
 
 /// Everything a delivery task needs.
@@ -51,7 +54,6 @@ pub struct Deliverer {
     pub subscription: Subscription,
     pub backend: SharedBackend,
     pub dispatcher: Arc<Dispatcher>,
-    pub host_id: uuid::Uuid,
 }
 
 struct Owned {
@@ -59,65 +61,96 @@ struct Owned {
     task: JoinHandle<()>,
 }
 
-impl Deliverer {
-    /// Takes this host's share of the subscriber's partitions and delivers them, rebalancing as
-    /// hosts come and go, until `shutdown` turns true.
+/// The partitions of every subscriber this host delivers, kept on one connection to the
+/// platform database.
+pub struct Coordinator {
+    /// The platform role on the platform database.
+    pub options: PgConnectOptions,
+    pub host_id: uuid::Uuid,
+    pub deliverers: Vec<Deliverer>,
+}
+
+impl Coordinator {
+    /// Takes this host's share of every subscriber's partitions and delivers them, rebalancing
+    /// as hosts come and go, until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let name = self.subscription.name.clone();
-        let mut locks: Option<PgConnection> = None;
-        let mut owned: BTreeMap<u16, Owned> = BTreeMap::new();
+        let mut connection: Option<PgConnection> = None;
+        let mut owned: Vec<BTreeMap<u16, Owned>> = self.deliverers.iter().map(|_| BTreeMap::new()).collect();
         while !*shutdown.borrow() {
-            if let Err(err) = self.rebalance(&mut locks, &mut owned).await {
-                tracing::warn!(subscriber = %name, "sharing partitions failed; letting them go: {err:#}");
-                release_all(&mut owned).await;
-                locks = None;
+            if let Err(err) = self.rebalance(&mut connection, &mut owned).await {
+                tracing::warn!("sharing partitions failed; letting them go: {err:#}");
+                for partitions in &mut owned {
+                    release_all(partitions).await;
+                }
+                connection = None;
             }
-            self.dispatcher.metrics.set_partitions_owned(&name, owned.len());
+            for (deliverer, partitions) in self.deliverers.iter().zip(&owned) {
+                deliverer.dispatcher.metrics.set_partitions_owned(&deliverer.subscription.name, partitions.len());
+            }
             tokio::select! {
                 _ = tokio::time::sleep(HEARTBEAT) => {}
                 _ = shutdown.changed() => {}
             }
         }
-        release_all(&mut owned).await;
-        let leave = sqlx::query("DELETE FROM micropay_platform.delivery_hosts WHERE host_id = $1").bind(self.host_id);
-        leave.execute(&self.subscription.pool).await.ok();
+        for partitions in &mut owned {
+            release_all(partitions).await;
+        }
+        if let Some(mut connection) = connection {
+            let leave = sqlx::query("DELETE FROM micropay_platform.delivery_hosts WHERE host_id = $1");
+            leave.bind(self.host_id).execute(&mut connection).await.ok();
+        }
     }
 
     async fn rebalance(
         &self,
-        locks: &mut Option<PgConnection>,
-        owned: &mut BTreeMap<u16, Owned>,
+        connection: &mut Option<PgConnection>,
+        owned: &mut [BTreeMap<u16, Owned>],
     ) -> anyhow::Result<()> {
-        if locks.is_none() {
-            let connection = self.subscription.options.connect().await.context("connecting for partition locks")?;
-            *locks = Some(connection);
+        if connection.is_none() {
+            *connection = Some(self.options.connect().await.context("connecting for partition locks")?);
         }
-        let connection = locks.as_mut().expect("connected above");
+        let connection = connection.as_mut().expect("connected above");
         let hosts: i64 = sqlx::query_scalar(
-            "WITH seen AS (INSERT INTO micropay_platform.delivery_hosts (host_id, seen_at) VALUES ($1, now()) \
-                           ON CONFLICT (host_id) DO UPDATE SET seen_at = now()), \
+            "WITH seen AS (INSERT INTO micropay_platform.delivery_hosts (host_id, seen_at) \
+                           VALUES ($1, pg_catalog.now()) \
+                           ON CONFLICT (host_id) DO UPDATE SET seen_at = pg_catalog.now()), \
                   gone AS (DELETE FROM micropay_platform.delivery_hosts \
-                           WHERE seen_at < now() - make_interval(secs => $2 * 10)) \
-             SELECT 1 + count(*) FROM micropay_platform.delivery_hosts \
-             WHERE host_id <> $1 AND seen_at > now() - make_interval(secs => $2)",
+                           WHERE seen_at < pg_catalog.now() - pg_catalog.make_interval(secs => $2 * 10)) \
+             SELECT 1 + pg_catalog.count(*) FROM micropay_platform.delivery_hosts \
+             WHERE host_id <> $1 AND seen_at > pg_catalog.now() - pg_catalog.make_interval(secs => $2)",
         )
         .bind(self.host_id)
         .bind(PRESENCE_TIMEOUT_SECS as f64)
         .fetch_one(&mut *connection)
         .await?;
         let share = (PARTITIONS as usize).div_ceil(hosts.max(1) as usize);
+        for (deliverer, partitions) in self.deliverers.iter().zip(owned) {
+            deliverer.rebalance(connection, share, partitions).await?;
+        }
+        Ok(())
+    }
+}
 
+impl Deliverer {
+    /// Keeps `share` of the subscriber's partitions: lets go of the ones over it, takes free
+    /// ones up to it.
+    async fn rebalance(
+        &self,
+        connection: &mut PgConnection,
+        share: usize,
+        owned: &mut BTreeMap<u16, Owned>,
+    ) -> anyhow::Result<()> {
         // A partition whose task ended (its feed failed) is let go, to be taken again afresh.
         let ended: Vec<u16> = owned.iter().filter(|(_, own)| own.task.is_finished()).map(|(p, _)| *p).collect();
         for partition in ended {
             owned.remove(&partition);
-            unlock(connection, partition).await?;
+            self.unlock(connection, partition).await?;
         }
         while owned.len() > share {
             let (partition, own) = owned.pop_last().expect("more than share > 0");
             own.stop.send_replace(true);
             own.task.await.ok();
-            unlock(connection, partition).await?;
+            self.unlock(connection, partition).await?;
             tracing::info!(subscriber = %self.subscription.name, partition, "partition handed over");
         }
         for partition in 0..PARTITIONS {
@@ -127,9 +160,9 @@ impl Deliverer {
             if owned.contains_key(&partition) {
                 continue;
             }
-            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            let taken: bool = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_lock($1, $2)")
                 .bind(locks::PARTITION)
-                .bind(i32::from(partition))
+                .bind(self.lock_key(partition))
                 .fetch_one(&mut *connection)
                 .await?;
             if taken {
@@ -138,6 +171,21 @@ impl Deliverer {
                 owned.insert(partition, Owned { stop, task });
             }
         }
+        Ok(())
+    }
+
+    /// The second key of a partition's advisory lock: the subscriber (hashed) and the partition.
+    fn lock_key(&self, partition: u16) -> i32 {
+        let subscriber = crate::fnv1a(self.subscription.name.as_bytes()) & 0x00ff_ffff;
+        ((subscriber << 8) | u32::from(partition)) as i32
+    }
+
+    async fn unlock(&self, connection: &mut PgConnection, partition: u16) -> anyhow::Result<()> {
+        sqlx::query("SELECT pg_catalog.pg_advisory_unlock($1, $2)")
+            .bind(locks::PARTITION)
+            .bind(self.lock_key(partition))
+            .execute(connection)
+            .await?;
         Ok(())
     }
 
@@ -196,12 +244,15 @@ impl Deliverer {
     /// The batch in one unit of work: every handler succeeded and the commit went through, or
     /// nothing of it happened.
     async fn deliver_together(&self, component: &Arc<LoadedComponent>, events: &[&Envelope]) -> Result<(), String> {
-        let mut unit = UnitOfWork::new(component.pool.clone());
+        let limits = QueryLimits::from(&component.policy.limits);
+        let mut unit =
+            UnitOfWork::new(component.database.clone(), tokio::time::Instant::now() + BATCH_START_WAIT, limits);
         let inbox: Vec<_> =
             events.iter().map(|event| (event.id, event.topic.as_str(), event.source.as_str())).collect();
-        let mut fresh = unit.record_all_in_inbox(&inbox).await.map_err(|err| {
-            tracing::warn!(subscriber = %component.name, "recording a batch in the inbox failed: {}", err.message);
-            err.message
+        let mut fresh = unit.record_in_inbox(&inbox).await.map_err(|err| {
+            let err = inbox_error(err, BATCH_START_WAIT);
+            tracing::warn!(subscriber = %component.name, "recording a batch in the inbox failed: {err}");
+            err.to_string()
         })?;
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
@@ -221,7 +272,7 @@ impl Deliverer {
                 _ => return Err("the subscriber answered something other than a delivery result".into()),
             });
         }
-        if unit.commit().await.map_err(|err| err.to_string())? {
+        if unit.finish(true).await.map_err(|err| err.to_string())? {
             component.outbox_written.notify_one();
         }
         for (event, outcome) in events.iter().zip(outcomes) {
@@ -281,15 +332,6 @@ pub async fn attempt_delivery(
         Ok(_) => Err("the subscriber answered something other than a delivery result".into()),
         Err(err) => Err(err.to_string()),
     }
-}
-
-async fn unlock(connection: &mut PgConnection, partition: u16) -> anyhow::Result<()> {
-    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-        .bind(locks::PARTITION)
-        .bind(i32::from(partition))
-        .execute(connection)
-        .await?;
-    Ok(())
 }
 
 /// Stops every partition task after its batch in hand. (Their locks go with the connection.)

@@ -18,7 +18,7 @@ use super::{BATCH, Envelope, EnvelopeRow, PARTITIONS, RETENTION_DAYS, locks};
 
 /// The bus tables.
 pub const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS events (
+    "CREATE TABLE IF NOT EXISTS public.events (
         sequence BIGSERIAL PRIMARY KEY,
         partition SMALLINT NOT NULL,
         event_id UUID NOT NULL UNIQUE,
@@ -30,8 +30,8 @@ pub const TABLES: &[&str] = &[
         occurred_at TIMESTAMPTZ NOT NULL,
         published_at TIMESTAMPTZ NOT NULL DEFAULT now()
     )",
-    "CREATE INDEX IF NOT EXISTS events_by_partition ON events (partition, sequence)",
-    "CREATE TABLE IF NOT EXISTS positions (
+    "CREATE INDEX IF NOT EXISTS events_by_partition ON public.events (partition, sequence)",
+    "CREATE TABLE IF NOT EXISTS public.positions (
         subscriber VARCHAR(100) NOT NULL,
         partition SMALLINT NOT NULL,
         sequence BIGINT NOT NULL DEFAULT 0,
@@ -58,7 +58,10 @@ impl EmbeddedBus {
 
     pub async fn publish(&self, events: &[Envelope]) -> anyhow::Result<()> {
         let mut transaction = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)").bind(locks::APPEND).execute(&mut *transaction).await?;
+        sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock($1, 0)")
+            .bind(locks::APPEND)
+            .execute(&mut *transaction)
+            .await?;
         let partitions: Vec<i16> = events.iter().map(|event| event.partition() as i16).collect();
         let ids: Vec<uuid::Uuid> = events.iter().map(|event| event.id).collect();
         let topics: Vec<&str> = events.iter().map(|event| event.topic.as_str()).collect();
@@ -70,7 +73,7 @@ impl EmbeddedBus {
         let times: Vec<DateTime<Utc>> = events.iter().map(|event| event.time).collect();
         // WITH ORDINALITY keeps the batch's order in the sequence numbers.
         sqlx::query(
-            "INSERT INTO events (partition, event_id, topic, source, subject, data, trace_id, occurred_at) \
+            "INSERT INTO public.events (partition, event_id, topic, source, subject, data, trace_id, occurred_at) \
              SELECT partition, event_id, topic, source, subject, data, trace_id, occurred_at \
              FROM UNNEST($1::smallint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[], \
                          $8::timestamptz[]) WITH ORDINALITY \
@@ -100,19 +103,21 @@ impl EmbeddedBus {
 
     /// Deletes events past the retention.
     pub async fn purge(&self) -> anyhow::Result<()> {
-        let purge = format!("DELETE FROM events WHERE published_at < now() - interval '{RETENTION_DAYS} days'");
+        let purge = format!(
+            "DELETE FROM public.events WHERE published_at < pg_catalog.now() - interval '{RETENTION_DAYS} days'"
+        );
         sqlx::query(&purge).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn feed(&self, subscriber: &str, partition: u16) -> anyhow::Result<Feed> {
-        sqlx::query("INSERT INTO positions (subscriber, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        sqlx::query("INSERT INTO public.positions (subscriber, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(subscriber)
             .bind(partition as i16)
             .execute(&self.pool)
             .await?;
         let position: i64 =
-            sqlx::query_scalar("SELECT sequence FROM positions WHERE subscriber = $1 AND partition = $2")
+            sqlx::query_scalar("SELECT sequence FROM public.positions WHERE subscriber = $1 AND partition = $2")
                 .bind(subscriber)
                 .bind(partition as i16)
                 .fetch_one(&self.pool)
@@ -169,7 +174,7 @@ impl Feed {
 
     async fn read(&self) -> anyhow::Result<Vec<(i64, Envelope)>> {
         let rows: Vec<BusRow> = sqlx::query_as(
-            "SELECT sequence, event_id, topic, source, subject, data, trace_id, occurred_at FROM events \
+            "SELECT sequence, event_id, topic, source, subject, data, trace_id, occurred_at FROM public.events \
              WHERE partition = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
         )
         .bind(self.partition)
@@ -183,7 +188,7 @@ impl Feed {
     pub async fn acknowledge(&mut self) -> anyhow::Result<()> {
         if self.delivered_up_to > self.position {
             sqlx::query(
-                "UPDATE positions SET sequence = GREATEST(sequence, $3) WHERE subscriber = $1 AND partition = $2",
+                "UPDATE public.positions SET sequence = GREATEST(sequence, $3) WHERE subscriber = $1 AND partition = $2",
             )
             .bind(&self.subscriber)
             .bind(self.partition)

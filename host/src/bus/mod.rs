@@ -11,7 +11,7 @@
 //!    [`embedded`] (tables in `micropay_bus_db`, the default) or [`nats`] (a JetStream stream,
 //!    `MICROPAY_NATS_URL`). Both have one position per subscriber and partition.
 //! 4. [`delivery`] gives each partition of a subscriber to one host at a time (a PostgreSQL
-//!    advisory lock in the subscriber's database), which hands its events to the subscriber in
+//!    advisory lock in the platform database), which hands its events to the subscriber in
 //!    order, one unit of work each, the event id recorded in the subscriber's inbox in the same
 //!    transaction; a redelivered event finds its id there and has no second effect. A failing
 //!    event is retried with exponential backoff, then set aside in the dead letters
@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use crate::postgres::provision::Provisioner;
 use crate::runtime::bindings::Event;
 use crate::runtime::invoke::Dispatcher;
-use delivery::{Deliverer, Subscription};
+use delivery::{Coordinator, Deliverer, Subscription};
 
 /// Partitions of the bus. Events of one key always land in the same partition, so their order
 /// holds; partitions are what hosts share among themselves. Every host of an installation
@@ -68,9 +68,7 @@ pub struct Envelope {
 impl Envelope {
     /// The partition of the event's key: FNV-1a, identical on every host and every build.
     pub fn partition(&self) -> u16 {
-        let hash =
-            self.subject.bytes().fold(0x811c_9dc5u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193));
-        (hash % u32::from(PARTITIONS)) as u16
+        (crate::fnv1a(self.subject.as_bytes()) % u32::from(PARTITIONS)) as u16
     }
 
     /// The event as the subscriber sees it on delivery attempt `attempt`.
@@ -167,15 +165,16 @@ async fn housekeeping(
         {
             tracing::warn!("purging old bus events failed: {err:#}");
         }
-        let purge_outbox =
-            format!("DELETE FROM micropay_platform.outbox WHERE relayed_at < now() - interval '{RETENTION_DAYS} days'");
+        let purge_outbox = format!(
+            "DELETE FROM micropay_platform.outbox WHERE relayed_at < pg_catalog.now() - interval '{RETENTION_DAYS} days'"
+        );
         for (source, pool) in &outboxes {
             if let Err(err) = sqlx::query(&purge_outbox).execute(pool).await {
                 tracing::warn!(%source, "purging relayed outbox rows failed: {err}");
             }
         }
         let purge_inbox = format!(
-            "DELETE FROM micropay_platform.inbox WHERE handled_at < now() - interval '{} days'",
+            "DELETE FROM micropay_platform.inbox WHERE handled_at < pg_catalog.now() - interval '{} days'",
             RETENTION_DAYS + 1
         );
         for subscription in &subscriptions {
@@ -234,29 +233,30 @@ pub struct EventBus {
 }
 
 impl EventBus {
-    /// Connects the backend and starts a relay for every publisher and delivery for every
-    /// subscriber among the loaded components.
+    /// Connects the backend and starts a relay for every publisher, and delivery for every
+    /// subscriber among the loaded components. The embedded bus's pool has at most
+    /// `bus_connections`.
     pub async fn start(
         settings: &BusSettings,
         provisioner: &Provisioner,
         dispatcher: &Arc<Dispatcher>,
+        bus_connections: u32,
     ) -> anyhow::Result<Self> {
         let backend = Arc::new(match &settings.nats_url {
             Some(url) => Backend::Nats(Box::new(nats::JetStreamBus::connect(url, &settings.prefix).await?)),
-            None => Backend::Embedded(embedded::EmbeddedBus::new(provisioner.provision_bus(embedded::TABLES).await?)),
+            None => Backend::Embedded(embedded::EmbeddedBus::new(
+                provisioner.provision_bus(embedded::TABLES, bus_connections).await?,
+            )),
         });
         let (shutdown, stopping) = watch::channel(false);
-        let host_id = uuid::Uuid::new_v4();
         let mut subscriptions = Vec::new();
+        let mut deliverers = Vec::new();
         let mut outboxes = Vec::new();
         let mut tasks = Vec::new();
         for component in dispatcher.registry.all() {
-            let Some(database) = &component.policy.database else { continue };
+            let Some(database) = &component.database else { continue };
             let events = &component.policy.events;
-            if events.publish.is_empty() && events.subscribe.is_empty() {
-                continue;
-            }
-            let pool = provisioner.platform_pool(&database.name).await?;
+            let pool = database.platform.clone();
             if !events.publish.is_empty() {
                 outboxes.push((component.name.clone(), pool.clone()));
             }
@@ -271,21 +271,18 @@ impl EventBus {
                 tasks.push(tokio::spawn(relay.run(stopping.clone())));
             }
             if !events.subscribe.is_empty() {
-                let subscription = Subscription {
-                    name: component.name.clone(),
-                    pool,
-                    options: provisioner.platform_options(&database.name),
-                };
-                let deliverer = Deliverer {
+                let subscription = Subscription { name: component.name.clone(), pool };
+                deliverers.push(Deliverer {
                     subscription: subscription.clone(),
                     backend: backend.clone(),
                     dispatcher: dispatcher.clone(),
-                    host_id,
-                };
-                tasks.push(tokio::spawn(deliverer.run(stopping.clone())));
+                });
                 subscriptions.push(subscription);
             }
         }
+        let coordinator =
+            Coordinator { options: provisioner.coordination_options(), host_id: uuid::Uuid::new_v4(), deliverers };
+        tasks.push(tokio::spawn(coordinator.run(stopping.clone())));
         tasks.push(tokio::spawn(housekeeping(backend.clone(), outboxes, subscriptions.clone(), stopping.clone())));
         tracing::info!(backend = backend.name(), subscribers = subscriptions.len(), "event bus started");
         Ok(Self { backend, subscriptions, shutdown, tasks })
@@ -306,6 +303,6 @@ pub(crate) mod locks {
     pub const RELAY: i32 = 0x4d50_0001;
     /// Appends to the embedded bus, one at a time, so positions commit in order.
     pub const APPEND: i32 = 0x4d50_0002;
-    /// A subscriber's partition, held by the host delivering it (in the subscriber's database).
+    /// A subscriber's partition, held by the host delivering it (in the platform database).
     pub const PARTITION: i32 = 0x4d50_0003;
 }

@@ -7,7 +7,9 @@
 //!   acknowledged them: a crash anywhere before that commit leaves them unrelayed, to be sent
 //!   again (the backend drops copies by event id), so nothing committed is ever lost;
 //! - rows are sent in outbox order, so events of one key keep the order in which their
-//!   publishing units of work took their outbox sequence numbers.
+//!   publishing units of work took their outbox sequence numbers;
+//! - an event leaves with the publisher's name as its source: the relay of a database stamps
+//!   it, so a subscriber can trust it (only the host writes the outbox besides).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +30,7 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 pub struct Relay {
     /// The publishing service.
     pub source: Arc<str>,
-    /// Administrator pool on its database.
+    /// The platform role's pool on its database.
     pub pool: PgPool,
     pub backend: SharedBackend,
     /// For its metrics.
@@ -61,7 +63,7 @@ impl Relay {
     /// Relays one batch; returns how many rows it relayed.
     async fn relay_once(&self) -> anyhow::Result<usize> {
         let mut transaction = self.pool.begin().await.context("beginning the relay transaction")?;
-        let turn: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, 0)")
+        let turn: bool = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_xact_lock($1, 0)")
             .bind(locks::RELAY)
             .fetch_one(&mut *transaction)
             .await?;
@@ -83,12 +85,14 @@ impl Relay {
             return Ok(0);
         }
         let sequences: Vec<i64> = rows.iter().map(|row| row.sequence).collect();
-        let events: Vec<Envelope> = rows.into_iter().map(|row| row.event.into()).collect();
+        // The source is the outbox's owner, whatever a row says.
+        let events: Vec<Envelope> =
+            rows.into_iter().map(|row| Envelope { source: self.source.to_string(), ..row.event.into() }).collect();
         self.backend
             .publish(&events)
             .await
             .with_context(|| format!("publishing to the {} bus", self.backend.name()))?;
-        sqlx::query("UPDATE micropay_platform.outbox SET relayed_at = now() WHERE sequence = ANY($1)")
+        sqlx::query("UPDATE micropay_platform.outbox SET relayed_at = pg_catalog.now() WHERE sequence = ANY($1)")
             .bind(&sequences)
             .execute(&mut *transaction)
             .await?;

@@ -1,5 +1,8 @@
 //! `logging`: component log lines, written to the host's log under the component's name and
 //! the request id of the invocation (both carried by the invocation's tracing span).
+//!
+//! One-time secrets meant for a person (verification codes) come through their own call and
+//! are dropped, unless the host runs with `--dev-log-secrets` for development and tests.
 
 use crate::runtime::bindings::service::micropay::platform::logging::{Host, Level};
 use crate::runtime::state::InvocationState;
@@ -17,6 +20,15 @@ impl Host for InvocationState {
             Level::Info => tracing::info!(target: "component", component, "{message}"),
             Level::Warn => tracing::warn!(target: "component", component, "{message}"),
             Level::Error => tracing::error!(target: "component", component, "{message}"),
+        }
+        Ok(())
+    }
+
+    async fn log_development_secret(&mut self, message: String) -> wasmtime::Result<()> {
+        let component = &*self.component.name;
+        if self.dispatcher.dev_log_secrets {
+            let message = truncate(&message, MAX_MESSAGE_BYTES);
+            tracing::info!(target: "component", component, "development secret: {message}");
         }
         Ok(())
     }

@@ -66,6 +66,7 @@ pub fn router(platform: Platform, body_limit: usize, admin_keys: std::path::Path
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unfit_request_id))
         .with_state(state.clone());
     (router, state)
 }
@@ -86,6 +87,24 @@ pub async fn serve(
     Ok(())
 }
 
+/// Longest request id a client may choose; it travels into logs and every event's trace id.
+const MAX_REQUEST_ID: usize = 100;
+
+/// A client's `x-request-id` that is too long or carries anything but visible ASCII is
+/// dropped, so that a fresh one is made in its place: it reaches logs and events as it is.
+async fn drop_unfit_request_id(mut request: Request, next: Next) -> Response {
+    let fit = |value: &axum::http::HeaderValue| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID && bytes.iter().all(|byte| byte.is_ascii_graphic())
+    };
+    if request.headers().get_all(&REQUEST_ID).iter().any(|value| !fit(value))
+        || request.headers().get_all(&REQUEST_ID).iter().count() > 1
+    {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    next.run(request).await
+}
+
 async fn count_responses(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     state.platform.metrics().record_response(response.status().as_u16());
@@ -99,8 +118,8 @@ async fn healthz() -> impl IntoResponse {
 /// Ready when every service database answers.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     for component in state.platform.registry().all() {
-        if let Some(pool) = &component.pool
-            && let Err(err) = sqlx::query("SELECT 1").execute(pool).await
+        if let Some(database) = &component.database
+            && let Err(err) = sqlx::query("SELECT 1").execute(&database.pool).await
         {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -71,10 +71,15 @@ async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Requ
         headers,
         body: body.to_vec(),
     });
-    match platform.invoke(&component, call, context).await {
-        Ok(Answer::Response(response)) => http_response(response),
-        Ok(_) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "bad_component_response", "unexpected answer")),
-        Err(err) => Err(invoke_error(service, err)),
+    // In a task of its own: a client that goes away does not cut the work (or its commit) off
+    // half-way; the invocation ends as it would have, answered or not.
+    let dispatcher = platform.dispatcher.clone();
+    let invocation = tokio::spawn(async move { dispatcher.invoke(&component, call, context).await });
+    match invocation.await {
+        Ok(Ok(Answer::Response(response))) => http_response(response),
+        Ok(Ok(_)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "bad_component_response", "unexpected answer")),
+        Ok(Err(err)) => Err(invoke_error(service, err)),
+        Err(_) => Err(invoke_error(service, InvokeError::Trap("the invocation's task ended".into()))),
     }
 }
 
@@ -154,7 +159,9 @@ fn invoke_error(service: &str, err: InvokeError) -> ApiError {
     let failed = |code| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, format!("the {service} service failed"));
     match err {
         InvokeError::Trap(_) => failed("component_failed"),
-        InvokeError::OutOfFuel | InvokeError::StackOverflow | InvokeError::Memory(_) => failed("resource_limit"),
+        InvokeError::OutOfFuel | InvokeError::StackOverflow | InvokeError::Memory(_) | InvokeError::QueryLimit(_) => {
+            failed("resource_limit")
+        }
         InvokeError::Deadline(deadline) => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "deadline_exceeded",
@@ -169,10 +176,16 @@ fn invoke_error(service: &str, err: InvokeError) -> ApiError {
             retry_after_secs: Some(1),
             ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", format!("the {service} service is at capacity"))
         },
-        InvokeError::Commit(_) => ApiError::new(
+        InvokeError::NotCommitted(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "commit_failed",
             "the work could not be committed; nothing was written",
+        ),
+        InvokeError::CommitUnknown(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "commit_outcome_unknown",
+            "the connection failed while the work was being committed: it may or may not have been; \
+             look it up before trying again",
         ),
         InvokeError::Instantiate(_) | InvokeError::Inbox(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

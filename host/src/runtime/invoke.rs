@@ -1,13 +1,18 @@
 //! Invocations: a fresh instance per unit of work, admitted within the component's concurrency
 //! limit, cut at its deadline (and fuel, if metered), its answer bounded in size, its
 //! transaction committed only when it succeeded.
+//!
+//! The deadline bounds the component's work up to its answer, not the commit that follows: a
+//! commit under way finishes, so an answer never says nothing was written when something may
+//! have been (a commit whose connection failed is reported as of unknown outcome).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use wasmtime::{Store, Trap};
 
-use crate::capabilities::database::UnitOfWork;
+use crate::capabilities::database::{CommitError, QueryDeadline, QueryLimit, QueryLimits, UnitOfWork};
 use crate::metrics::{Metrics, Outcome};
 use crate::runtime::bindings::{Caller, Event, Request, Response, Route};
 use crate::runtime::engine::{EngineOptions, Runtime};
@@ -61,12 +66,25 @@ pub enum InvokeError {
     ResponseTooLarge { size: usize, limit: usize },
     #[error("the component is at its limit of {0} concurrent instances")]
     Busy(u32),
-    #[error("the component's work could not be committed: {0}")]
-    Commit(sqlx::Error),
+    #[error("the component's queries returned more than its limit of {0}")]
+    QueryLimit(String),
+    #[error("the component's work was not committed: {0}")]
+    NotCommitted(String),
+    #[error("the component's work may or may not have been committed: {0}")]
+    CommitUnknown(String),
     #[error("the component cannot be instantiated: {0}")]
     Instantiate(String),
     #[error("the event could not be recorded in the inbox: {0}")]
     Inbox(String),
+}
+
+impl From<CommitError> for InvokeError {
+    fn from(error: CommitError) -> Self {
+        match error {
+            CommitError::NotCommitted(reason) => InvokeError::NotCommitted(reason),
+            CommitError::Unknown(reason) => InvokeError::CommitUnknown(reason),
+        }
+    }
 }
 
 impl InvokeError {
@@ -79,7 +97,8 @@ impl InvokeError {
             InvokeError::Memory(_) => Outcome::Memory,
             InvokeError::ResponseTooLarge { .. } => Outcome::ResponseTooLarge,
             InvokeError::Busy(_) => Outcome::Busy,
-            InvokeError::Commit(_) | InvokeError::Inbox(_) => Outcome::Error,
+            InvokeError::QueryLimit(_) => Outcome::QueryLimit,
+            InvokeError::NotCommitted(_) | InvokeError::CommitUnknown(_) | InvokeError::Inbox(_) => Outcome::Error,
         }
     }
 }
@@ -91,15 +110,18 @@ pub struct Dispatcher {
     pub options: EngineOptions,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    /// Whether one-time secrets components hand over are logged (`--dev-log-secrets`).
+    pub dev_log_secrets: bool,
 }
 
 impl Dispatcher {
-    pub fn new(runtime: &Runtime, metrics: Metrics) -> Arc<Self> {
+    pub fn new(runtime: &Runtime, metrics: Metrics, dev_log_secrets: bool) -> Arc<Self> {
         Arc::new(Self {
             engine: runtime.engine.clone(),
             options: runtime.options,
             registry: Registry::default(),
             metrics: Arc::new(metrics),
+            dev_log_secrets,
         })
     }
 
@@ -110,13 +132,12 @@ impl Dispatcher {
         call: Call,
         context: InvocationContext,
     ) -> Result<Answer, InvokeError> {
-        let work = async {
-            let unit = UnitOfWork::new(component.pool.clone());
-            let (answer, unit) = self.run(component, call, context, unit).await?;
-            let succeeded = answer.succeeded();
-            let published = unit.published;
-            unit.finish(succeeded).await.map_err(InvokeError::Commit)?;
-            if succeeded && published {
+        let work = |deadline: Instant| async move {
+            let limits = QueryLimits::from(&component.policy.limits);
+            let unit = UnitOfWork::new(component.database.clone(), deadline, limits);
+            let (answer, unit) = self.run_until(deadline, component, call, context, unit).await?;
+            // The answer is in: its commit is not cut at the deadline.
+            if unit.finish(answer.succeeded()).await? {
                 component.outbox_written.notify_one();
             }
             Ok(answer)
@@ -134,17 +155,21 @@ impl Dispatcher {
         context: InvocationContext,
         unit: UnitOfWork,
     ) -> Result<(Answer, UnitOfWork), InvokeError> {
-        self.admitted(component, self.run(component, call, context, unit), |(answer, _)| answer).await
+        let work = |deadline| self.run_until(deadline, component, call, context, unit);
+        self.admitted(component, work, |(answer, _)| answer).await
     }
 
-    /// Runs `work` within the component's concurrency limit and deadline, and records its
-    /// outcome (`answer_of` finds the answer in what it returns).
-    async fn admitted<T>(
+    /// Runs `work` within the component's concurrency limit, handing it the invocation's
+    /// deadline, and records its outcome (`answer_of` finds the answer in what it returns).
+    async fn admitted<T, F>(
         self: &Arc<Self>,
         component: &Arc<LoadedComponent>,
-        work: impl Future<Output = Result<T, InvokeError>>,
+        work: impl FnOnce(Instant) -> F,
         answer_of: fn(&T) -> &Answer,
-    ) -> Result<T, InvokeError> {
+    ) -> Result<T, InvokeError>
+    where
+        F: Future<Output = Result<T, InvokeError>>,
+    {
         let started = Instant::now();
         let limits = &component.policy.limits;
         // A free slot is taken at once; only a full component waits (briefly) on a timer.
@@ -155,14 +180,8 @@ impl Dispatcher {
             }
         };
         let result = match slot {
-            Some(_slot) => {
-                let deadline = limits.deadline();
-                match tokio::time::timeout(deadline + HOST_GRACE, work).await {
-                    Ok(result) => result,
-                    Err(_) => Err(InvokeError::Deadline(deadline)),
-                }
-            }
-            _ => Err(InvokeError::Busy(limits.max_instances)),
+            Some(_slot) => work(Instant::now() + limits.deadline()).await,
+            None => Err(InvokeError::Busy(limits.max_instances)),
         };
         let outcome = match result.as_ref().map(answer_of) {
             Ok(Answer::Response(response)) if response.status >= 500 => Outcome::Error,
@@ -177,7 +196,27 @@ impl Dispatcher {
         result
     }
 
-    /// Instantiates and calls; leaves `unit` open, for the caller to end.
+    /// [`Dispatcher::run`], cut at `deadline`. The epoch deadline interrupts running wasm code
+    /// and the database capability cuts its own calls at the deadline; this only bounds the
+    /// rest of the host's awaits, with a little grace.
+    async fn run_until(
+        self: &Arc<Self>,
+        deadline: Instant,
+        component: &Arc<LoadedComponent>,
+        call: Call,
+        context: InvocationContext,
+        mut unit: UnitOfWork,
+    ) -> Result<(Answer, UnitOfWork), InvokeError> {
+        unit.start_invocation(deadline, QueryLimits::from(&component.policy.limits));
+        let run = self.run(component, call, context, unit);
+        match tokio::time::timeout_at(deadline + HOST_GRACE, run).await {
+            Ok(result) => result,
+            Err(_) => Err(InvokeError::Deadline(component.policy.limits.deadline())),
+        }
+    }
+
+    /// Instantiates and calls; leaves `unit` open, for the caller to end. The store's epoch
+    /// deadline is the policy's (the unit carries the same deadline for its database calls).
     async fn run(
         self: &Arc<Self>,
         component: &Arc<LoadedComponent>,
@@ -218,8 +257,10 @@ impl Dispatcher {
                     .map(Answer::Caller)
             }
             Call::Deliver(event) => {
-                let recorded = store.data_mut().unit.record_in_inbox(&event).await;
-                if !recorded.map_err(|err| InvokeError::Inbox(format!("{}: {}", err.code, err.message)))? {
+                let id = uuid::Uuid::parse_str(&event.id)
+                    .map_err(|_| InvokeError::Inbox(format!("the event id {:?} is not a UUID", event.id)))?;
+                let recorded = store.data_mut().unit.record_in_inbox(&[(id, &event.topic, &event.source)]).await;
+                if !recorded.map_err(|err| inbox_error(err, limits.deadline()))?.contains(&id) {
                     // Nothing was written: the unit may go on (a batch) or end.
                     return Ok((Answer::AlreadyHandled, store.into_data().unit));
                 }
@@ -271,12 +312,26 @@ fn classify_trap(err: wasmtime::Error, deadline: Duration) -> InvokeError {
     if let Some(memory) = err.downcast_ref::<MemoryExceeded>() {
         return InvokeError::Memory(memory.to_string());
     }
+    if err.downcast_ref::<QueryDeadline>().is_some() {
+        return InvokeError::Deadline(deadline);
+    }
+    if let Some(limit) = err.downcast_ref::<QueryLimit>() {
+        return InvokeError::QueryLimit(limit.limit.clone());
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => InvokeError::Deadline(deadline),
         Some(Trap::OutOfFuel) => InvokeError::OutOfFuel,
         Some(Trap::StackOverflow) => InvokeError::StackOverflow,
         _ => InvokeError::Trap(format!("{err:#}")),
     }
+}
+
+/// Recording in the inbox failed: at the deadline, or on the database's error.
+pub fn inbox_error(err: wasmtime::Error, deadline: Duration) -> InvokeError {
+    if err.downcast_ref::<QueryDeadline>().is_some() {
+        return InvokeError::Deadline(deadline);
+    }
+    InvokeError::Inbox(format!("{err:#}"))
 }
 
 fn instantiate_error(err: wasmtime::Error) -> InvokeError {

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
+use crate::capabilities::database::ServiceDatabase;
 use crate::policy::Policy;
 use crate::runtime::bindings::{
     Route, identity::IdentityServicePre, service::ServicePre, subscribing::SubscribingServicePre,
@@ -33,8 +34,8 @@ pub struct LoadedComponent {
     pub identity: Option<IdentityServicePre<InvocationState>>,
     /// Present when the component also exports `subscriber`.
     pub subscriber: Option<SubscribingServicePre<InvocationState>>,
-    /// The pool of the component's own database, if its policy grants one.
-    pub pool: Option<sqlx::PgPool>,
+    /// The component's own database, if its policy grants one.
+    pub database: Option<Arc<ServiceDatabase>>,
     /// The endpoints it serves (asked once, at load).
     pub routes: Vec<Route>,
     /// One permit per instance that may be alive at once (`limits.max_instances`).
@@ -72,9 +73,10 @@ impl Registry {
         all
     }
 
-    /// The component that authenticates callers: the one exporting `authenticator`.
+    /// The component that authenticates callers: the one whose policy names it the identity
+    /// provider (at most one may: see `policy::load_all`).
     pub fn identity(&self) -> Option<Arc<LoadedComponent>> {
-        self.components.read().unwrap().values().find(|c| c.identity.is_some()).cloned()
+        self.components.read().unwrap().values().find(|c| c.policy.component.identity_provider).cloned()
     }
 }
 
@@ -158,7 +160,8 @@ pub struct Prepared {
 }
 
 /// Links a component and checks the worlds it implements: every component must export the
-/// `handler`; one that also exports `authenticator` can authenticate callers; one whose policy
+/// `handler`; one whose policy names it the identity provider must export `authenticator`
+/// (exporting it without that grant gives nothing: it is never asked); one whose policy
 /// subscribes it to topics must export `subscriber`.
 pub fn prepare(linker: &Linker<InvocationState>, policy: &Policy, component: &Component) -> anyhow::Result<Prepared> {
     let instance_pre =
@@ -167,6 +170,12 @@ pub fn prepare(linker: &Linker<InvocationState>, policy: &Policy, component: &Co
         .map_err(anyhow::Error::from)
         .context("the component does not export the service world's handler")?;
     let identity = IdentityServicePre::new(instance_pre.clone()).ok();
+    if identity.is_none() && policy.component.identity_provider {
+        anyhow::bail!(
+            "its policy {} names it the identity provider, but it does not export micropay:platform/authenticator",
+            policy.source.display()
+        );
+    }
     let subscriber = SubscribingServicePre::new(instance_pre).ok();
     if subscriber.is_none() && !policy.events.subscribe.is_empty() {
         anyhow::bail!(

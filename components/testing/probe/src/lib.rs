@@ -9,6 +9,8 @@
 //! - `GET /writes` counts the rows written.
 //! - `GET /foreign` tries to read another service's tables and database from its own handle.
 //! - `GET /catalog` asks PostgreSQL's catalog for the other databases.
+//! - `POST /sql` runs the statements it is given, `{"statements": [...]}`, each in a savepoint
+//!   of its own (unless `"savepoints": false`), and answers how each went: the red team's hand.
 //! - `GET /memory-bomb` allocates until something stops it.
 //! - `GET /recurse` recurses without end.
 //! - `GET /huge-response` answers 100 MB; `GET /big-response?kb=N` answers N KiB.
@@ -50,6 +52,7 @@ impl Service for Probe {
             .get("/foreign", "Tries to reach another service's data", Access::Public, foreign)
             .get("/whoami", "Shows the caller", Access::Authenticated, whoami)
             .get("/catalog", "Lists the server's databases", Access::Public, catalog)
+            .post("/sql", "Runs the statements it is given", Access::Public, run_sql)
             .get("/memory-bomb", "Allocates without end", Access::Public, memory_bomb)
             .get("/recurse", "Recurses without end", Access::Public, recurse)
             .get("/huge-response", "Answers 100 MB", Access::Public, huge_response)
@@ -192,6 +195,54 @@ fn catalog(ctx: &mut Context) -> Result<Response, ApiError> {
     match db.query("SELECT datname FROM pg_database", &[]) {
         Ok(rows) => Ok(Response::ok(&json!({ "reached": true, "databases": rows.len() }))),
         Err(err) => Ok(Response::ok(&json!({ "reached": false, "code": err.code }))),
+    }
+}
+
+/// Runs each statement of the body and reports its outcome: rows (each a list of values as
+/// text) or the error's SQLSTATE and message.
+fn run_sql(ctx: &mut Context) -> Result<Response, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        statements: Vec<String>,
+        #[serde(default = "yes")]
+        savepoints: bool,
+    }
+    fn yes() -> bool {
+        true
+    }
+    let body: Body = ctx.json()?;
+    let db = ctx.db()?;
+    let mut results = Vec::new();
+    for sql in &body.statements {
+        if body.savepoints {
+            db.execute("SAVEPOINT attempt", &[])?;
+        }
+        let result = match db.query(sql, &[]) {
+            Ok(rows) => {
+                let rows: Vec<Vec<serde_json::Value>> =
+                    rows.iter().map(|row| row.values().iter().map(value_json).collect()).collect();
+                json!({ "ok": true, "rows": rows })
+            }
+            Err(err) => json!({ "ok": false, "code": err.code, "message": err.message }),
+        };
+        if body.savepoints {
+            db.execute("ROLLBACK TO SAVEPOINT attempt", &[])?;
+            db.execute("RELEASE SAVEPOINT attempt", &[])?;
+        }
+        results.push(result);
+    }
+    Ok(Response::ok(&json!({ "results": results })))
+}
+
+fn value_json(value: &micropay_sdk::db::Value) -> serde_json::Value {
+    use micropay_sdk::db::Value;
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Boolean(b) => json!(b),
+        Value::Integer(i) => json!(i),
+        Value::Decimal(text) | Value::Text(text) | Value::Uuid(text) | Value::Json(text) => json!(text),
+        Value::Timestamp(micros) => json!(micros),
+        Value::Bytes(bytes) => json!(bytes.len()),
     }
 }
 

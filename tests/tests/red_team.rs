@@ -1,0 +1,573 @@
+//! The red team: a hostile component (the probe, whose `POST /sql` runs whatever SQL it is
+//! given) tries every way we know to escape its database, forge events, exhaust what others
+//! need, or keep state past its invocation; a hostile policy tries to take over who callers
+//! are. Each attempt is refused or has no effect, a bystander on another service sees no error
+//! throughout, and after a restart the service role is still what it was made.
+
+use std::time::{Duration, Instant};
+
+use micropay_tests::{Bystander, HostOptions, TestHost, error_code, signed_in_user};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+/// Runs `statements` through the probe, each in a savepoint of its own (or not), and returns
+/// each one's outcome: `{"ok": true, "rows": [...]}` or `{"ok": false, "code", "message"}`.
+async fn sql(host: &TestHost, statements: &[String], savepoints: bool) -> Vec<Value> {
+    let body = json!({ "statements": statements, "savepoints": savepoints });
+    let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["results"].as_array().unwrap().clone()
+}
+
+/// The first value of the first row a statement returned.
+fn scalar(result: &Value) -> &Value {
+    assert_eq!(result["ok"], true, "{result}");
+    &result["rows"][0][0]
+}
+
+/// Names the attacks need: the probe's database and role, the platform's role.
+struct Names {
+    database: String,
+    role: String,
+    platform: String,
+}
+
+impl Names {
+    fn of(host: &TestHost) -> Self {
+        Self {
+            database: format!("{}micropay_probe_db", host.prefix),
+            role: format!("{}micropay_probe", host.prefix),
+            platform: format!("{}micropay_platform", host.prefix),
+        }
+    }
+}
+
+/// Statements the probe's role must not get away with, and the SQLSTATE each must fail with:
+/// the classic catalogue for PostgreSQL, then the platform's own tables and functions (named
+/// through dynamic SQL, since the host refuses a component's statement that names them).
+fn catalogue(names: &Names) -> Vec<(&'static str, String, &'static str)> {
+    let Names { database, role, platform } = names;
+    // The host refuses a statement naming `micropay_platform.` outright; these reach
+    // PostgreSQL through dynamic SQL, which spells the name only when it runs.
+    let dynamic = |sql: &str| {
+        let disguised = literal(&sql.replace("micropay_platform", "micropay_@platform"));
+        format!("DO $$ BEGIN EXECUTE pg_catalog.replace({disguised}, '@', ''); END $$")
+    };
+    let forged_outbox = "INSERT INTO micropay_platform.outbox (event_id, topic, source, subject, data) \
+                         VALUES (gen_random_uuid(), 'transaction.posted', 'transaction', 'k', '{}')";
+    vec![
+        (
+            "alter own database",
+            format!("ALTER DATABASE \"{database}\" SET search_path = probe_schema, pg_catalog"),
+            "42501",
+        ),
+        ("own database's owner", format!("ALTER DATABASE \"{database}\" OWNER TO CURRENT_USER"), "42501"),
+        ("superuser", "ALTER ROLE CURRENT_USER SUPERUSER".into(), "42501"),
+        ("createrole", "ALTER ROLE CURRENT_USER CREATEROLE".into(), "42501"),
+        ("createdb", "ALTER ROLE CURRENT_USER CREATEDB".into(), "42501"),
+        ("bypassrls", "ALTER ROLE CURRENT_USER BYPASSRLS".into(), "42501"),
+        ("replication", "ALTER ROLE CURRENT_USER REPLICATION".into(), "42501"),
+        ("another role's password", format!("ALTER ROLE \"{platform}\" PASSWORD 'taken'"), "42501"),
+        ("membership", format!("GRANT \"{platform}\" TO \"{role}\""), "42501"),
+        ("set role platform", format!("SET ROLE \"{platform}\""), "42501"),
+        ("set role postgres", "SET ROLE postgres".into(), "42501"),
+        ("session authorization", "SET SESSION AUTHORIZATION postgres".into(), "42501"),
+        ("create role", "CREATE ROLE red_team".into(), "42501"),
+        ("create schema", "CREATE SCHEMA red_team".into(), "42501"),
+        ("create in public", "CREATE TABLE public.red_team (x int)".into(), "42501"),
+        ("temporary table", "CREATE TEMP TABLE red_team (x int)".into(), "42501"),
+        ("dblink", "CREATE EXTENSION dblink".into(), "42501"),
+        ("postgres_fdw", "CREATE EXTENSION postgres_fdw".into(), "42501"),
+        ("a trusted extension", "CREATE EXTENSION pgcrypto".into(), "42501"),
+        ("copy to program", "COPY (SELECT 1) TO PROGRAM 'id'".into(), "42501"),
+        ("copy to file", "COPY (SELECT 1) TO '/tmp/micropay-red-team'".into(), "42501"),
+        ("copy from file", "COPY probe_effects FROM '/etc/passwd'".into(), "42501"),
+        ("read a file", "SELECT pg_read_file('PG_VERSION')".into(), "42501"),
+        ("list a directory", "SELECT pg_ls_dir('.')".into(), "42501"),
+        ("lo_import", "SELECT lo_import('/etc/passwd')".into(), "42501"),
+        ("lo_export", "SELECT lo_export(1, '/tmp/micropay-red-team')".into(), "42501"),
+        ("large object", "SELECT lo_create(0)".into(), "42501"),
+        ("language c", "CREATE FUNCTION red_team() RETURNS int LANGUAGE c AS 'libc.so.6', 'getpid'".into(), "42501"),
+        ("language internal", "CREATE FUNCTION red_team() RETURNS int LANGUAGE internal AS 'int4in'".into(), "42501"),
+        ("cancel a backend", "SELECT pg_cancel_backend(pg_backend_pid())".into(), "42501"),
+        ("terminate a backend", "SELECT pg_terminate_backend(1)".into(), "42501"),
+        ("other sessions", "SELECT count(*) FROM pg_stat_activity".into(), "42501"),
+        ("other sessions' statements", "SELECT count(*) FROM pg_stat_get_activity(NULL)".into(), "42501"),
+        ("locks", "SELECT count(*) FROM pg_locks".into(), "42501"),
+        ("roles", "SELECT count(*) FROM pg_roles".into(), "42501"),
+        ("databases", "SELECT count(*) FROM pg_database".into(), "42501"),
+        ("publication", "CREATE PUBLICATION red_team FOR ALL TABLES".into(), "42501"),
+        (
+            "subscription",
+            "CREATE SUBSCRIPTION red_team CONNECTION 'dbname=postgres' PUBLICATION p WITH (connect = false)".into(),
+            "42501",
+        ),
+        ("event trigger", "CREATE EVENT TRIGGER red_team ON ddl_command_start EXECUTE FUNCTION now()".into(), "42501"),
+        ("load a library", "LOAD 'auto_explain'".into(), "42501"),
+        ("replication role", "SELECT set_config('session_replication_role', 'replica', false)".into(), "42501"),
+        ("name the platform", "SELECT count(*) FROM micropay_platform.outbox".into(), "MP000"),
+        ("forge into the outbox", dynamic(forged_outbox), "42501"),
+        (
+            "forge through the outbox's function",
+            dynamic(
+                "SELECT micropay_platform.append_outbox('\\x00'::bytea, ARRAY[gen_random_uuid()], \
+                 ARRAY['transaction.posted'], ARRAY['transaction'], ARRAY['k'], ARRAY['{}'::jsonb], ARRAY['t'])",
+            ),
+            "42501",
+        ),
+        (
+            "forge through the inbox's function",
+            dynamic(
+                "SELECT micropay_platform.record_inbox('\\x00'::bytea, ARRAY[gen_random_uuid()], \
+                 ARRAY['probe.x'], ARRAY['probe'])",
+            ),
+            "42501",
+        ),
+        (
+            "write the inbox",
+            dynamic(
+                "INSERT INTO micropay_platform.inbox (event_id, topic, source) VALUES (gen_random_uuid(), 'x', 'y')",
+            ),
+            "42501",
+        ),
+        ("change the outbox", dynamic("UPDATE micropay_platform.outbox SET topic = 'transaction.posted'"), "42501"),
+        ("empty the dead letters", dynamic("DELETE FROM micropay_platform.dead_letters"), "42501"),
+        ("read the host key", dynamic("SELECT * FROM micropay_platform.host_key"), "42501"),
+        (
+            "shadow in the platform's schema",
+            dynamic("CREATE FUNCTION micropay_platform.now() RETURNS timestamptz LANGUAGE sql AS 'SELECT now()'"),
+            "42501",
+        ),
+        ("drop the platform's schema", dynamic("DROP SCHEMA micropay_platform CASCADE"), "42501"),
+    ]
+}
+
+/// A quoted SQL string literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The trap the issue describes: functions in the component's schema that shadow what the
+/// host's privileged connections call unqualified, each leaving a mark when called and trying
+/// to make the probe's role a superuser; and the role's own `search_path` pointed at them.
+fn shadowing_trap(names: &Names) -> Vec<String> {
+    let role = &names.role;
+    let trap = |signature: &str, returns: &str, value: &str| {
+        format!(
+            "CREATE FUNCTION probe_schema.{signature} RETURNS {returns} LANGUAGE plpgsql AS $$ BEGIN \
+               INSERT INTO probe_schema.red_team_marks VALUES (session_user, {}); \
+               BEGIN EXECUTE 'ALTER ROLE \"{role}\" SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END; \
+               RETURN {value}; END $$",
+            literal(signature)
+        )
+    };
+    vec![
+        "CREATE TABLE probe_schema.red_team_marks (called_by TEXT, trap TEXT)".into(),
+        trap("pg_try_advisory_xact_lock(integer, integer)", "boolean", "true"),
+        trap("pg_try_advisory_lock(integer, integer)", "boolean", "true"),
+        trap("pg_advisory_unlock(integer, integer)", "boolean", "true"),
+        trap("pg_advisory_xact_lock(integer, integer)", "boolean", "true"),
+        trap("now()", "timestamptz", "pg_catalog.now()"),
+        trap("make_interval(secs double precision)", "interval", "'1 second'::interval"),
+        trap("sha256(bytea)", "bytea", "'\\x00'::bytea"),
+        format!("ALTER ROLE \"{role}\" SET search_path = probe_schema, pg_catalog"),
+    ]
+}
+
+#[tokio::test]
+async fn sql_escapes_are_refused_and_leave_nothing_behind() {
+    let mut host = TestHost::start().await;
+    let user = signed_in_user(&mut host).await;
+    let names = Names::of(&host);
+    let bystander = Bystander::start(&host, &user);
+
+    let attacks = catalogue(&names);
+    let statements: Vec<String> = attacks.iter().map(|(_, sql, _)| sql.clone()).collect();
+    let results = sql(&host, &statements, true).await;
+    for ((attack, statement, code), result) in attacks.iter().zip(&results) {
+        assert_eq!(result["ok"], false, "{attack} was not refused: {statement}: {result}");
+        assert_eq!(result["code"], *code, "{attack}: {statement}: {result}");
+    }
+    // What cannot run in a transaction, after ending the unit's own transaction early.
+    let outside = [
+        "COMMIT",
+        "CREATE DATABASE red_team",
+        "CREATE TABLESPACE red_team LOCATION '/tmp'",
+        "ALTER SYSTEM SET work_mem = '1GB'",
+    ]
+    .map(String::from);
+    let results = sql(&host, &outside, false).await;
+    assert_eq!(results[0]["ok"], true, "{results:?}");
+    for result in &results[1..] {
+        assert_eq!((&result["ok"], &result["code"]), (&json!(false), &json!("42501")), "{results:?}");
+    }
+
+    // The shadowing trap is laid (creating in its own schema, and setting its own role's
+    // defaults, PostgreSQL allows any role), then the host's own connections are put to work
+    // on the probe's database: its relay, its deliveries, its dead letters.
+    for result in sql(&host, &shadowing_trap(&names), false).await {
+        assert_eq!(result["ok"], true, "{result}");
+    }
+    for topic in ["probe.bait", "probe.poison"] {
+        let (status, body) = host.call("POST", &format!("/v1/probe/publish?topic={topic}"), None, None).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    host.wait_for_json("/v1/probe/effects?topic=probe.bait", "count", json!(1), Duration::from_secs(30)).await;
+    let key = host.admin_key("ops");
+    let started = Instant::now();
+    while host.call("GET", "/admin/events/dead-letters", Some(&key), None).await.1["dead_letters"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "probe.poison never reached the dead letters");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bystander.finish().await;
+
+    // After a restart (which provisions again) nothing of it holds.
+    host.restart().await;
+    let bystander = Bystander::start(&host, &user);
+    let (status, body) = host.call("POST", "/v1/probe/publish?topic=probe.after", None, None).await;
+    assert_eq!(status, 201, "{body}");
+    host.wait_for_json("/v1/probe/effects?topic=probe.after", "count", json!(1), Duration::from_secs(30)).await;
+    bystander.finish().await;
+
+    let mut probe_db = host.admin_db("probe").await;
+    let marks: Vec<(String, String)> = sqlx::query_as("SELECT called_by, trap FROM probe_schema.red_team_marks")
+        .fetch_all(&mut probe_db)
+        .await
+        .unwrap();
+    assert!(marks.is_empty(), "the host called the component's functions: {marks:?}");
+    assert_role_is_as_made(&names, &mut probe_db).await;
+
+    // No forged event reached anyone: the probe's outbox holds only what its policy grants,
+    // the balance service applied nothing, the audit trail has no posting.
+    let topics: Vec<String> = sqlx::query_scalar("SELECT DISTINCT topic FROM micropay_platform.outbox")
+        .fetch_all(&mut probe_db)
+        .await
+        .unwrap();
+    assert!(topics.iter().all(|topic| topic.starts_with("probe.")), "{topics:?}");
+    let mut balance_db = host.admin_db("balance").await;
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM balance_events").fetch_one(&mut balance_db).await.unwrap();
+    assert_eq!(applied, 0, "the balance service applied a forged posting");
+    let (status, body) = host.call("GET", "/v1/audit/logs?event_type=transaction.posted", Some(&key), None).await;
+    assert_eq!((status, body["logs"].as_array().map(Vec::len)), (200, Some(0)), "{body}");
+    // What reached the audit trail from the probe names the probe as its source.
+    let (_, body) = host.call("GET", "/v1/audit/logs?event_type=probe.after", Some(&key), None).await;
+    assert_eq!(body["logs"][0]["service_name"], "probe", "{body}");
+}
+
+/// The probe's role is what provisioning made it: no attribute but LOGIN, a member of no role,
+/// not the owner of its database, no CREATE or TEMP there, owning nothing outside its schema
+/// (and the TOAST tables of its own tables);
+/// and the platform's schema is the platform role's alone.
+async fn assert_role_is_as_made(names: &Names, probe_db: &mut sqlx::PgConnection) {
+    let role = sqlx::query(
+        "SELECT rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolreplication, \
+                (SELECT count(*) FROM pg_auth_members WHERE member = r.oid) AS memberships, \
+                has_database_privilege(r.oid, $2, 'CREATE') AS may_create, \
+                has_database_privilege(r.oid, $2, 'TEMP') AS may_temp, \
+                (SELECT d.datdba = r.oid FROM pg_database d WHERE d.datname = $2) AS owns_database \
+         FROM pg_roles r WHERE rolname = $1",
+    )
+    .bind(&names.role)
+    .bind(&names.database)
+    .fetch_one(&mut *probe_db)
+    .await
+    .unwrap();
+    for attribute in [
+        "rolsuper",
+        "rolcreaterole",
+        "rolcreatedb",
+        "rolbypassrls",
+        "rolreplication",
+        "may_create",
+        "may_temp",
+        "owns_database",
+    ] {
+        assert!(!role.get::<bool, _>(attribute), "the probe's role has {attribute}");
+    }
+    assert_eq!(role.get::<i64, _>("memberships"), 0, "the probe's role is a member of a role");
+    let foreign: Vec<String> = sqlx::query_scalar(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relowner = (SELECT oid FROM pg_roles WHERE rolname = $1) \
+           AND n.nspname NOT IN ('probe_schema', 'pg_toast') \
+         UNION ALL SELECT n.nspname || '.' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE p.proowner = (SELECT oid FROM pg_roles WHERE rolname = $1) AND n.nspname <> 'probe_schema' \
+         UNION ALL SELECT nspname FROM pg_namespace \
+         WHERE nspowner = (SELECT oid FROM pg_roles WHERE rolname = $1) AND nspname <> 'probe_schema' \
+         UNION ALL SELECT 'micropay_platform.' || c.relname FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'micropay_platform' AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = $2)",
+    )
+    .bind(&names.role)
+    .bind(&names.platform)
+    .fetch_all(&mut *probe_db)
+    .await
+    .unwrap();
+    assert!(foreign.is_empty(), "owned where it should not: {foreign:?}");
+    let settings: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_db_role_setting WHERE setrole = (SELECT oid FROM pg_roles WHERE rolname = $1) \
+         OR setdatabase = (SELECT oid FROM pg_database WHERE datname = $2)",
+    )
+    .bind(&names.role)
+    .bind(&names.database)
+    .fetch_one(&mut *probe_db)
+    .await
+    .unwrap();
+    assert_eq!(settings, 0, "settings a component set for its role or database survived provisioning");
+}
+
+#[tokio::test]
+async fn resources_are_bounded_and_nothing_outlives_an_invocation() {
+    // `hog` is the probe under a policy of its own: what its queries may return is small.
+    let mut host = TestHost::start_with(with_policy(
+        "hog",
+        "[component]\nname = \"hog\"\nfile = \"probe.wasm\"\n[database]\nname = \"hog\"\n\
+         [services]\ncall = [\"hog\"]\n[events]\npublish = [\"probe.*\"]\n\
+         [limits]\ndeadline_ms = 30000\nmax_query_rows = 1000\nmax_query_mb = 8\n",
+    ))
+    .await;
+    let user = signed_in_user(&mut host).await;
+    let names = Names::of(&host);
+    let bystander = Bystander::start(&host, &user);
+
+    // Rows too large to hold (4 × 4 GB before the first bound): each invocation is cut at its
+    // bound, and the host's memory stays far from what the rows would take.
+    let huge = vec!["SELECT repeat('x', 200000000) FROM generate_series(1, 20)".to_string()];
+    let calls = (0..4).map(|_| host.call("POST", "/v1/hog/sql", None, Some(json!({ "statements": huge }))));
+    for (status, body) in futures_util::future::join_all(calls).await {
+        assert_eq!((status, error_code(&body)), (500, "resource_limit"), "{body}");
+    }
+    let peak = std::fs::read_to_string(format!("/proc/{}/status", host.pid())).unwrap();
+    let peak_kb: u64 = peak
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(peak_kb < 2 << 20, "the host's memory peaked at {peak_kb} kB");
+    // Too many rows, likewise; as many as the policy allows are fine.
+    let many = vec!["SELECT g FROM generate_series(1, 1001) g".to_string()];
+    let (status, body) = host.call("POST", "/v1/hog/sql", None, Some(json!({ "statements": many }))).await;
+    assert_eq!((status, error_code(&body)), (500, "resource_limit"), "{body}");
+    let enough = vec!["SELECT g FROM generate_series(1, 1000) g".to_string()];
+    let (status, body) = host.call("POST", "/v1/hog/sql", None, Some(json!({ "statements": enough }))).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A statement still running at the deadline (500 ms) is cut, on the server too, even when
+    // the component turned its statement timeout off.
+    let started = Instant::now();
+    let sleep = vec!["SET statement_timeout = 0".to_string(), "SELECT pg_sleep(30)".to_string()];
+    let (status, body) =
+        host.call("POST", "/v1/probe/sql", None, Some(json!({ "statements": sleep, "savepoints": false }))).await;
+    assert_eq!((status, error_code(&body)), (504, "deadline_exceeded"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+    let mut admin = host.admin_db("probe").await;
+    let started = Instant::now();
+    loop {
+        let sleeping: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND query LIKE '%pg_sleep(30)%'",
+        )
+        .bind(&names.role)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if sleeping == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the statement still runs on the server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Session state set by one invocation is gone for the next on the same connection.
+    let dirty = [
+        "SET idle_in_transaction_session_timeout = 0",
+        "SET search_path = public",
+        "SET red_team.flag = 'dirty'",
+        "SELECT pg_advisory_lock(4242)",
+        "DECLARE red_team CURSOR WITH HOLD FOR SELECT 1",
+        "LISTEN red_team",
+        "SELECT pg_backend_pid()",
+    ]
+    .map(String::from);
+    let results = sql(&host, &dirty, false).await;
+    let dirty_pid = scalar(&results[6]).clone();
+    let mut admin = host.admin_db("probe").await;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(4242)").fetch_one(&mut admin).await.unwrap();
+    assert!(free, "the session advisory lock outlived its invocation");
+    sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&mut admin).await.unwrap();
+    let check = [
+        "SELECT pg_backend_pid()",
+        "SELECT current_setting('idle_in_transaction_session_timeout') || ' ' || current_setting('search_path') \
+         || ' ' || coalesce(current_setting('red_team.flag', true), '')",
+        "SELECT (SELECT count(*) FROM pg_cursors WHERE is_holdable) + (SELECT count(*) FROM pg_listening_channels())",
+    ]
+    .map(String::from);
+    let started = Instant::now();
+    loop {
+        let results = sql(&host, &check, true).await;
+        if *scalar(&results[0]) == dirty_pid {
+            assert_eq!(*scalar(&results[1]), json!("1min probe_schema "), "{results:?}");
+            assert_eq!(*scalar(&results[2]), json!(0), "{results:?}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the dirty connection never came back");
+    }
+
+    // A connection on which the component prepared a statement of its own is not reused.
+    let prepared = ["PREPARE red_team AS SELECT 1", "SELECT pg_backend_pid()"].map(String::from);
+    let prepared_pid = scalar(&sql(&host, &prepared, false).await[1]).as_i64().unwrap();
+    let started = Instant::now();
+    loop {
+        let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(prepared_pid as i32)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if alive == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the connection with a prepared statement lives on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // However hard the probe holds its connections (those that find none free in time miss
+    // their deadline, or have their statement cut by the server at it, which the probe answers
+    // as its own error), the host stays within its budget, and the bystander is served.
+    let holders = (0..8).map(|_| host.call("GET", "/v1/probe/sleep?ms=400", None, None));
+    let (answers, open) = tokio::join!(futures_util::future::join_all(holders), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pattern = format!("{}%", host.prefix.replace('_', "\\_"));
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_activity WHERE usename LIKE $1")
+            .bind(pattern)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap()
+    });
+    assert!(answers.iter().any(|(status, _)| *status == 200), "{answers:?}");
+    assert!(open <= i64::from(micropay_tests::DB_CONNECTIONS), "{open} connections open");
+    bystander.finish().await;
+}
+
+#[tokio::test]
+async fn a_commit_under_way_at_the_deadline_finishes_and_is_answered_as_such() {
+    let host = TestHost::start().await;
+    // A commit that takes 1.5 s, past the probe's 500 ms deadline: a deferred trigger sleeps.
+    let setup = [
+        "CREATE TABLE slow_commits (id int)",
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON slow_commits DEFERRABLE INITIALLY DEFERRED \
+         FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    ]
+    .map(String::from);
+    for result in sql(&host, &setup, false).await {
+        assert_eq!(result["ok"], true, "{result}");
+    }
+    let started = Instant::now();
+    let insert = json!({ "statements": ["INSERT INTO slow_commits VALUES (1)"], "savepoints": false });
+    let (status, body) = host.call("POST", "/v1/probe/sql", None, Some(insert)).await;
+    assert!(started.elapsed() > Duration::from_millis(1500), "the commit did not take its time");
+    assert_eq!(status, 200, "the work committed, so the answer says so: {body}");
+    let mut probe_db = host.admin_db("probe").await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM slow_commits").fetch_one(&mut probe_db).await.unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn the_identity_provider_and_databases_are_the_policies_to_give() {
+    // A second identity provider, or a second claim on a database, stops the host at start.
+    for (name, policy, refusal) in [
+        (
+            "impostor",
+            "[component]\nname = \"impostor\"\nfile = \"user.wasm\"\nidentity_provider = true\n\
+             [database]\nname = \"impostor\"\n",
+            "there can be only one",
+        ),
+        (
+            "squatter",
+            "[component]\nname = \"squatter\"\nfile = \"probe.wasm\"\n[database]\nname = \"user\"\n",
+            "is already user's",
+        ),
+    ] {
+        let printed = refused_at_start(&with_policy(name, policy));
+        assert!(printed.contains(refusal), "{name}: {printed}");
+    }
+
+    // A component that exports `authenticator` without being named the provider is never
+    // asked: its users' tokens are nobody's. (It is the user service's code on a database of
+    // its own, with the same migrations.)
+    let mut options = with_policy(
+        "lookalike",
+        "[component]\nname = \"lookalike\"\nfile = \"user.wasm\"\n[database]\nname = \"lookalike\"\n\
+         [events]\npublish = [\"user.*\"]\n",
+    );
+    let migrations = options.data_dir.join("migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    for entry in std::fs::read_dir(&options.migrations_dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::os::unix::fs::symlink(&path, migrations.join(path.file_name().unwrap())).unwrap();
+    }
+    std::os::unix::fs::symlink(options.migrations_dir.join("user"), migrations.join("lookalike")).unwrap();
+    options.migrations_dir = migrations;
+    let mut host = TestHost::start_with(options).await;
+    let real = signed_in_user(&mut host).await;
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "correct horse 42 battery";
+    let signed_up =
+        host.call("POST", "/v1/lookalike/users", None, Some(json!({"email": email, "password": password}))).await;
+    assert_eq!(signed_up.0, 201, "{}", signed_up.1);
+    let user_id = signed_up.1["user_id"].as_str().unwrap().to_string();
+    let code = micropay_tests::verification_code(&mut host, "EMAIL", &user_id).await;
+    let verified =
+        host.call("POST", "/v1/lookalike/verifications/email", None, Some(json!({"email": email, "code": code}))).await;
+    assert_eq!(verified.0, 200, "{}", verified.1);
+    let (status, session) =
+        host.call("POST", "/v1/lookalike/sessions", None, Some(json!({"email": email, "password": password}))).await;
+    assert_eq!(status, 201, "{session}");
+    let lookalike_token = session["token"].as_str().unwrap();
+    for _ in 0..5 {
+        let (status, body) = host.call("GET", "/v1/probe/whoami", Some(lookalike_token), None).await;
+        assert_eq!((status, error_code(&body)), (401, "invalid_token"), "{body}");
+        let (status, body) = host.call("GET", "/v1/probe/whoami", Some(&real.token), None).await;
+        assert_eq!((status, body["user_id"].as_str()), (200, Some(real.user_id.as_str())), "{body}");
+    }
+}
+
+/// Host options with one more policy, `{name}.toml`, in a directory of its own.
+fn with_policy(name: &str, policy: &str) -> HostOptions {
+    let mut options = HostOptions::on_test_server();
+    let policies = options.data_dir.join("extra-policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join(format!("{name}.toml")), policy).unwrap();
+    options.extra_args = vec!["--policies".into(), policies.display().to_string()];
+    options
+}
+
+/// Starts a host that must refuse to start; returns what it printed.
+fn refused_at_start(options: &HostOptions) -> String {
+    let mut child = std::process::Command::new(micropay_tests::root().join("target/debug/micropay"))
+        .current_dir(micropay_tests::root())
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &micropay_tests::admin_url()])
+        .args(["--database-prefix", &options.prefix, "--data-dir"])
+        .arg(&options.data_dir)
+        .arg("--policies")
+        .arg(micropay_tests::root().join("policies"))
+        .args(&options.extra_args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().ok();
+            panic!("the host started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
