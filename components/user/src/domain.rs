@@ -13,6 +13,9 @@ use crate::sql;
 /// How many guesses a verification code allows.
 const MAX_CODE_ATTEMPTS: i64 = 5;
 
+/// How many codes one address (an email address, a phone number) may be sent in an hour.
+pub const MAX_CODES_PER_HOUR: i64 = 5;
+
 /// How long a verification code is valid, as an SQL interval.
 const CODE_TTL: &str = "15 minutes";
 
@@ -311,6 +314,23 @@ fn same_hash(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Counts a request for a code sent to `address` on `channel`, or refuses it (429
+/// `too_many_requests`) when the address had [`MAX_CODES_PER_HOUR`] in the last hour. Asked
+/// for every request, whether or not the address belongs to an account, so that the answer
+/// tells nothing of which do; a refusal is rolled back, so it does not count.
+pub fn count_code_request(db: &Db, channel: Channel, address: &str) -> Result<(), ApiError> {
+    let address_sha256 = sha256_hex(address);
+    if sql::recent_code_requests(db, channel.as_str(), &address_sha256)? >= MAX_CODES_PER_HOUR {
+        return Err(ApiError::new(
+            429,
+            "too_many_requests",
+            format!("at most {MAX_CODES_PER_HOUR} codes an hour are sent to one address; try again later"),
+        ));
+    }
+    sql::insert_code_request(db, channel.as_str(), &address_sha256)?;
+    Ok(())
+}
+
 /// Issues a verification code for `channel`, replacing any outstanding one, and delivers it.
 ///
 /// Delivery is a log line until a notification service exists; its shape is relied upon.
@@ -319,7 +339,8 @@ pub fn issue_code(db: &Db, user_id: &str, channel: Channel) -> Result<(), ApiErr
     let code = new_code();
     sql::insert_code(db, user_id, channel.as_str(), &code_hash(user_id, &code), CODE_TTL)?;
     let channel = channel.as_str();
-    micropay_sdk::log_info(&format!("verification code for {channel} of user {user_id}: {code}"));
+    // Until the notification service delivers it: dropped by the host, except in development.
+    micropay_sdk::log_development_secret(&format!("verification code for {channel} of user {user_id}: {code}"));
     Ok(())
 }
 

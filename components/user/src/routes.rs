@@ -293,6 +293,7 @@ pub fn sign_up(ctx: &mut Context) -> Result<Response, ApiError> {
     let user_id = user.text("user_id");
     sql::insert_user_settings(db, &user_id)?;
     record(db, &user_id, Activity::SignedUp, None, ip.as_deref())?;
+    domain::count_code_request(db, Channel::Email, &email)?;
     domain::issue_code(db, &user_id, Channel::Email)?;
     Ok(Response::created(&user_json(&user)))
 }
@@ -313,13 +314,16 @@ pub fn verify_email(ctx: &mut Context) -> Result<Response, ApiError> {
 }
 
 /// `POST /verifications/email/resend`: sends a new code to an unverified account; answers the
-/// same whatever the email, so it reveals nothing.
+/// same whatever the email, so it reveals nothing (the hourly limit too counts every address
+/// asked for, known or not).
 pub fn resend_email_code(ctx: &mut Context) -> Result<Response, ApiError> {
     let body: ResendEmailCode = ctx.json()?;
     let ip = client_ip(ctx);
     let db = ctx.db()?;
 
-    if let Some(user) = sql::find_user_by_email(db, &domain::canonical_email(&body.email))?
+    let email = domain::canonical_email(&body.email);
+    domain::count_code_request(db, Channel::Email, &email)?;
+    if let Some(user) = sql::find_user_by_email(db, &email)?
         && !user.bool("email_verified")
     {
         let user_id = user.text("user_id");
@@ -342,6 +346,7 @@ pub fn request_phone_code(ctx: &mut Context) -> Result<Response, ApiError> {
     if user.bool("phone_verified") {
         return Err(ApiError::conflict("already_verified", "the phone number is already verified"));
     }
+    domain::count_code_request(db, Channel::Phone, &user.text("phone_number"))?;
     domain::issue_code(db, &caller.user_id, Channel::Phone)?;
     record(db, &caller.user_id, Activity::PhoneVerificationSent, None, ip.as_deref())?;
     Ok(sent())

@@ -219,6 +219,31 @@ pub fn consume_open_codes(db: &Db, user_id: &str, channel: &str) -> Result<(), D
     Ok(())
 }
 
+/// Counts the code requests for an address in the last hour, after taking the address's turn
+/// (concurrent requests for one address count one by one) and forgetting older ones.
+pub fn recent_code_requests(db: &Db, channel: &str, address_sha256: &str) -> Result<i64, DbError> {
+    db.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[text(address_sha256)])?;
+    db.execute(
+        "DELETE FROM user_code_requests \
+         WHERE channel = $1 AND address_sha256 = $2 AND requested_at < now() - interval '1 hour'",
+        &[text(channel), text(address_sha256)],
+    )?;
+    let row = db.query_one(
+        "SELECT count(*) AS n FROM user_code_requests WHERE channel = $1 AND address_sha256 = $2",
+        &[text(channel), text(address_sha256)],
+    )?;
+    Ok(row.int("n"))
+}
+
+/// Records a code request for an address.
+pub fn insert_code_request(db: &Db, channel: &str, address_sha256: &str) -> Result<(), DbError> {
+    db.execute(
+        "INSERT INTO user_code_requests (channel, address_sha256) VALUES ($1, $2)",
+        &[text(channel), text(address_sha256)],
+    )?;
+    Ok(())
+}
+
 /// Stores a new code's hash, valid for `ttl` (an SQL interval such as `15 minutes`).
 pub fn insert_code(db: &Db, user_id: &str, channel: &str, code_hash: &str, ttl: &str) -> Result<(), DbError> {
     db.execute(
