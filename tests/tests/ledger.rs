@@ -32,13 +32,22 @@ impl Bank {
         account
     }
 
+    /// Deposits `amount` into `account` with the admin key `key`: the answer as it comes.
+    async fn deposit(&self, key: &str, account: &Value, amount: &str) -> (u16, Value) {
+        let body = json!({"account_id": id(account), "amount": amount, "currency": account["currency"]});
+        self.host.call("POST", "/v1/transaction/deposits", Some(key), Some(body)).await
+    }
+
+    /// Asks to close `account` as `token` (its owner or an admin key).
+    async fn close(&self, token: &str, account: &Value) -> (u16, Value) {
+        self.host.call("POST", &format!("/v1/account/accounts/{}/close", id(account)), Some(token), None).await
+    }
+
     /// Deposits `amount` and waits until the balance service shows it.
     async fn fund(&self, account: &Value, amount: &str) {
         let id = account["account_id"].as_str().unwrap();
         let before = self.balance(&self.platform, id).await["balance"].clone();
-        let body = json!({"account_id": id, "amount": amount, "currency": account["currency"]});
-        let (status, deposit) =
-            self.host.call("POST", "/v1/transaction/deposits", Some(&self.platform), Some(body)).await;
+        let (status, deposit) = self.deposit(&self.platform, account, amount).await;
         assert_eq!(status, 201, "{deposit}");
         assert_eq!(deposit["transaction_type"], "DEPOSIT");
         let expected = money(before.as_str().unwrap()) + money(amount);
@@ -614,4 +623,94 @@ async fn money_movements_reach_the_audit_trail() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+#[tokio::test]
+async fn only_the_platform_key_moves_or_frees_money() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let from = bank.open_account(&user, "USD").await;
+    let to = bank.open_account(&user, "USD").await;
+    let euros = bank.open_account(&user, "EUR").await;
+    bank.fund(&from, "100").await;
+    let (status, deposit) = bank.deposit(&bank.platform, &to, "3").await;
+    assert_eq!(status, 201, "{deposit}");
+    bank.wait_until_settled().await;
+    let body = json!({"account_id": id(&from), "amount": "10", "currency": "USD"});
+    let (status, reservation) = bank.host.call("POST", "/v1/balance/reservations", Some(&user.token), Some(body)).await;
+    assert_eq!(status, 201, "{reservation}");
+    let reservation_id = reservation["reservation_id"].as_str().unwrap();
+
+    let mut transaction_db = bank.host.admin_db("transaction").await;
+    let mut account_db = bank.host.admin_db("account").await;
+    let transactions = "SELECT count(*) FROM transactions";
+    let postings_before: i64 = sqlx::query_scalar(transactions).fetch_one(&mut transaction_db).await.unwrap();
+    let system_accounts = "SELECT count(*) FROM accounts WHERE account_type IN ('FUNDING', 'FEES')";
+    let system_before: i64 = sqlx::query_scalar(system_accounts).fetch_one(&mut account_db).await.unwrap();
+
+    let adjustment = json!({"entries": [
+        {"account_id": id(&from), "entry_type": "DEBIT", "amount": "1", "currency": "USD"},
+        {"account_id": id(&to), "entry_type": "CREDIT", "amount": "1", "currency": "USD"},
+    ]});
+    // In an order the platform's key can then make them all in.
+    let money_moves = [
+        ("/v1/transaction/deposits".to_string(), json!({"account_id": id(&from), "amount": "5", "currency": "USD"})),
+        // A currency without system accounts yet: refused before its funding account is opened.
+        ("/v1/transaction/deposits".to_string(), json!({"account_id": id(&euros), "amount": "5", "currency": "EUR"})),
+        ("/v1/transaction/withdrawals".to_string(), json!({"account_id": id(&from), "amount": "5", "currency": "USD"})),
+        ("/v1/transaction/transactions".to_string(), adjustment),
+        (format!("/v1/transaction/transactions/{}/reverse", id(&deposit)), json!({"reason": "deposited twice"})),
+        (format!("/v1/balance/reservations/{reservation_id}/release"), json!({})),
+    ];
+    for role in ["risk", "ops"] {
+        let key = bank.host.admin_key(role);
+        for (path, body) in &money_moves {
+            let (status, answer) = bank.host.call("POST", path, Some(&key), Some(body.clone())).await;
+            assert_eq!((status, error_code(&answer)), (403, "platform_only"), "{role} POST {path}: {answer}");
+        }
+    }
+    let postings_after: i64 = sqlx::query_scalar(transactions).fetch_one(&mut transaction_db).await.unwrap();
+    assert_eq!(postings_after, postings_before, "no posting written");
+    let system_after: i64 = sqlx::query_scalar(system_accounts).fetch_one(&mut account_db).await.unwrap();
+    assert_eq!(system_after, system_before, "no system account opened");
+    let held = bank.balance(&user.token, id(&from)).await;
+    assert_eq!((held["balance"].as_str(), held["reserved"].as_str()), (Some("100.0000"), Some("10.0000")), "{held}");
+
+    // What changes which money may move: risk and platform, not ops. Freezing, the brake: anyone.
+    let ops = bank.host.admin_key("ops");
+    let risk = bank.host.admin_key("risk");
+    let limits = format!("/v1/account/accounts/{}/limits", id(&to));
+    let raise = json!({"daily_transfer_limit": "20000", "monthly_transfer_limit": "60000"});
+    let (status, body) = bank.host.call("PUT", &limits, Some(&ops), Some(raise.clone())).await;
+    assert_eq!((status, error_code(&body)), (403, "role_not_allowed"), "{body}");
+    let (status, body) = bank.host.call("PUT", &limits, Some(&risk), Some(raise)).await;
+    assert_eq!((status, body["daily_transfer_limit"].as_str()), (200, Some("20000.0000")), "{body}");
+    let (status, body) =
+        bank.host.call("POST", &format!("/v1/account/accounts/{}/freeze", id(&to)), Some(&ops), None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("FROZEN")), "{body}");
+    let unfreeze = format!("/v1/account/accounts/{}/unfreeze", id(&to));
+    let (status, body) = bank.host.call("POST", &unfreeze, Some(&ops), None).await;
+    assert_eq!((status, error_code(&body)), (403, "role_not_allowed"), "{body}");
+    let (status, body) = bank.close(&ops, &euros).await;
+    assert_eq!((status, error_code(&body)), (403, "role_not_allowed"), "{body}");
+    let (status, body) = bank.host.call("POST", &unfreeze, Some(&risk), None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ACTIVE")), "{body}");
+
+    // The platform's key does all of it.
+    for (path, body) in &money_moves {
+        let (status, answer) = bank.host.call("POST", path, Some(&bank.platform), Some(body.clone())).await;
+        assert!(status == 200 || status == 201, "platform POST {path}: {status} {answer}");
+        bank.wait_until_settled().await;
+    }
+    // 100 + 5 - 5 - 1 and nothing reserved; 3 + 1 - 3; 5.
+    for (account, expected) in [(&from, "99.0000"), (&to, "1.0000"), (&euros, "5.0000")] {
+        let after = bank.balance(&user.token, id(account)).await;
+        assert_eq!(
+            (after["balance"].as_str(), after["reserved"].as_str()),
+            (Some(expected), Some("0.0000")),
+            "{after}"
+        );
+    }
+    let (clean, report) = bank.ledger_check();
+    assert!(clean, "{report}");
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime};
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
-use micropay_sdk::{ApiError, Principal};
+use micropay_sdk::{AdminRole, ApiError, Principal};
 
 /// The owner of the system accounts (the nil UUID): no user can ever have this id.
 pub const SYSTEM_USER_ID: &str = "00000000-0000-0000-0000-000000000000";
@@ -48,6 +48,76 @@ pub fn may_post_to(principal: &Principal, owner: &str, system: bool, debited: bo
         Principal::Admin => true,
         Principal::User(_) if system => false,
         Principal::User(_) => !debited || principal.may_act_for(owner),
+    }
+}
+
+/// What an administrator may do to accounts beyond reading them, each allowed to some admin-key
+/// roles only (the table "Administrator roles" in `components/LEDGER.md`). An owner's own
+/// requests (freezing, closing, limits up to the type's defaults) are not administrators' and
+/// do not come here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Setting an account's limits, to any amount: how much may leave it is a risk decision.
+    ChangeLimits,
+    /// Freezing: stops money and moves none, so every role may pull this brake.
+    Freeze,
+    /// Unfreezing: lets money move again, a risk decision.
+    Unfreeze,
+    /// Closing a user's (empty) account for good.
+    Close,
+    /// Opening a currency's FUNDING and FEES accounts, the platform's side of every deposit.
+    OpenSystemAccounts,
+}
+
+impl AdminAction {
+    /// The roles that may.
+    pub fn roles(self) -> &'static [AdminRole] {
+        use AdminRole::{Ops, Platform, Risk};
+        match self {
+            AdminAction::Freeze => &[Ops, Risk, Platform],
+            AdminAction::ChangeLimits | AdminAction::Unfreeze | AdminAction::Close => &[Risk, Platform],
+            AdminAction::OpenSystemAccounts => &[Platform],
+        }
+    }
+
+    /// The action in words, for the refusal.
+    fn describe(self) -> &'static str {
+        match self {
+            AdminAction::ChangeLimits => "changing an account's limits",
+            AdminAction::Freeze => "freezing an account",
+            AdminAction::Unfreeze => "unfreezing an account",
+            AdminAction::Close => "closing a user's account",
+            AdminAction::OpenSystemAccounts => "opening system accounts",
+        }
+    }
+
+    /// Whether an admin key of `role` may: 403 otherwise, `platform_only` when only the
+    /// platform's key may, `role_not_allowed` naming the roles that may otherwise.
+    pub fn check(self, role: AdminRole) -> Result<(), ApiError> {
+        let roles = self.roles();
+        if roles.contains(&role) {
+            return Ok(());
+        }
+        if roles == [AdminRole::Platform] {
+            return Err(ApiError::forbidden(
+                "platform_only",
+                format!("{} takes a platform admin key", self.describe()),
+            ));
+        }
+        let names: Vec<&str> = roles.iter().map(|role| role_name(*role)).collect();
+        Err(ApiError::forbidden(
+            "role_not_allowed",
+            format!("{} takes an admin key of role {}", self.describe(), names.join(" or ")),
+        ))
+    }
+}
+
+/// A role as `micropay admin-key create --role` names it.
+fn role_name(role: AdminRole) -> &'static str {
+    match role {
+        AdminRole::Ops => "ops",
+        AdminRole::Risk => "risk",
+        AdminRole::Platform => "platform",
     }
 }
 
@@ -833,4 +903,32 @@ mod tests {
 
     #[test]
     fn uuids() {}
+
+    #[test]
+    fn administrators_act_by_role() {
+        use AdminRole::{Ops, Platform, Risk};
+        let code = |action: AdminAction, role| action.check(role).map_err(|err| (err.status, err.code)).err();
+        assert_eq!(code(AdminAction::Freeze, Ops), None);
+        assert_eq!(code(AdminAction::Freeze, Risk), None);
+        for action in [AdminAction::ChangeLimits, AdminAction::Unfreeze, AdminAction::Close] {
+            assert_eq!(code(action, Ops), Some((403, "role_not_allowed".to_string())), "{action:?}");
+            assert_eq!(code(action, Risk), None, "{action:?}");
+            assert_eq!(code(action, Platform), None, "{action:?}");
+        }
+        for role in [Ops, Risk] {
+            assert_eq!(code(AdminAction::OpenSystemAccounts, role), Some((403, "platform_only".to_string())));
+        }
+        let refused = AdminAction::Unfreeze.check(Ops).unwrap_err();
+        assert_eq!(refused.message, "unfreezing an account takes an admin key of role risk or platform");
+        // The platform's key may do everything the others may.
+        for action in [
+            AdminAction::ChangeLimits,
+            AdminAction::Freeze,
+            AdminAction::Unfreeze,
+            AdminAction::Close,
+            AdminAction::OpenSystemAccounts,
+        ] {
+            assert!(action.roles().contains(&Platform), "{action:?}");
+        }
+    }
 }

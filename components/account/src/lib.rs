@@ -46,7 +46,8 @@ bindings::export!(AccountService with_types_in bindings);
 
 /// The endpoints, mounted by the host under `/v1/account`.
 /// Each endpoint open to users and administrators alike checks the caller may act on the
-/// account it names.
+/// account it names; each that changes something for an administrator checks the admin key's
+/// role (`domain::AdminAction`).
 fn router() -> Router {
     use Access::{Admin, Authenticated, Service, UserOrAdmin};
     use routes::*;

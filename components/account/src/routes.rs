@@ -6,13 +6,13 @@ use std::str::FromStr;
 
 use micropay_sdk::db::DbError;
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
-use micropay_sdk::{AdminRole, ApiError, Context, Db, Principal, Response, Row};
+use micropay_sdk::{ApiError, Context, Db, Principal, Response, Row};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::bindings::exports::micropay::platform::subscriber::Event;
 use crate::domain::{
-    self, AccountFacts, AccountType, LimitType, LimitUsage, Period, Status, StatusChange, TransferLimits,
+    self, AccountFacts, AccountType, AdminAction, LimitType, LimitUsage, Period, Status, StatusChange, TransferLimits,
 };
 use crate::sql::{self, NewAccount};
 
@@ -166,6 +166,15 @@ fn managed_account(db: &Db, principal: &Principal, account_id: &str, lock: bool)
     }
     let account = if lock { sql::lock_account(db, account_id)? } else { sql::find_account(db, account_id)? };
     account.filter(|account| principal.may_act_for(&account.text("user_id"))).ok_or_else(domain::account_not_found)
+}
+
+/// Refuses an administrator whose admin key's role may not take `action` (see
+/// [`AdminAction`]); a user passes, as the account's owner the handler then checks.
+fn check_administrator(ctx: &Context, principal: &Principal, action: AdminAction) -> Result<(), ApiError> {
+    match principal {
+        Principal::Admin => action.check(ctx.administrator()?),
+        Principal::User(_) => Ok(()),
+    }
 }
 
 /// A uniformly random 64-bit value from the host's secure generator.
@@ -355,6 +364,7 @@ pub fn lookup_account(ctx: &mut Context) -> Result<Response, ApiError> {
 /// owner may set them up to the type's defaults, an administrator to any amount.
 pub fn change_limits(ctx: &mut Context) -> Result<Response, ApiError> {
     let principal = Principal::current()?;
+    check_administrator(ctx, &principal, AdminAction::ChangeLimits)?;
     let body: ChangeLimits = ctx.json()?;
     let daily = optional_amount("daily_transfer_limit", body.daily_transfer_limit.as_deref())?;
     let monthly = optional_amount("monthly_transfer_limit", body.monthly_transfer_limit.as_deref())?;
@@ -382,9 +392,10 @@ pub fn change_limits(ctx: &mut Context) -> Result<Response, ApiError> {
 }
 
 /// Moves the account at the path to the status `change` leads to, for its owner or an
-/// administrator (the route decides which), and announces it.
-fn change_status(ctx: &mut Context, change: StatusChange) -> Result<Response, ApiError> {
+/// administrator whose role may (the route decides who), and announces it.
+fn change_status(ctx: &mut Context, change: StatusChange, action: AdminAction) -> Result<Response, ApiError> {
     let principal = Principal::current()?;
+    check_administrator(ctx, &principal, action)?;
     let account_id = ctx.param("account_id").to_string();
     let now = micropay_sdk::now_micros();
     let db = ctx.db()?;
@@ -406,17 +417,17 @@ fn change_status(ctx: &mut Context, change: StatusChange) -> Result<Response, Ap
 
 /// `POST /accounts/{account_id}/freeze`: stops every posting to or from the account.
 pub fn freeze_account(ctx: &mut Context) -> Result<Response, ApiError> {
-    change_status(ctx, StatusChange::Freeze)
+    change_status(ctx, StatusChange::Freeze, AdminAction::Freeze)
 }
 
 /// `POST /accounts/{account_id}/unfreeze`: lets postings through again (administrators only).
 pub fn unfreeze_account(ctx: &mut Context) -> Result<Response, ApiError> {
-    change_status(ctx, StatusChange::Unfreeze)
+    change_status(ctx, StatusChange::Unfreeze, AdminAction::Unfreeze)
 }
 
 /// `POST /accounts/{account_id}/close`: closes an empty account for good.
 pub fn close_account(ctx: &mut Context) -> Result<Response, ApiError> {
-    change_status(ctx, StatusChange::Close)
+    change_status(ctx, StatusChange::Close, AdminAction::Close)
 }
 
 // ---- system accounts ----
@@ -424,9 +435,7 @@ pub fn close_account(ctx: &mut Context) -> Result<Response, ApiError> {
 /// `POST /system-accounts`: opens the FUNDING and FEES accounts of a currency, or answers the
 /// existing ones (201 when either was opened now, 200 otherwise). Platform administrators only.
 pub fn create_system_accounts(ctx: &mut Context) -> Result<Response, ApiError> {
-    if !matches!(ctx.administrator()?, AdminRole::Platform) {
-        return Err(ApiError::forbidden("platform_only", "system accounts are opened with a platform admin key"));
-    }
+    AdminAction::OpenSystemAccounts.check(ctx.administrator()?)?;
     let body: SystemAccountsFor = ctx.json()?;
     let currency = Currency::parse(&body.currency).map_err(|reason| money::invalid("currency", reason))?;
     let now = micropay_sdk::now_micros();

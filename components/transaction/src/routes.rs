@@ -280,6 +280,10 @@ fn stored_entry(row: &Row) -> Result<Entry, ApiError> {
 /// adjustment. 201 with the transaction, `PENDING` until the balances have applied it.
 pub fn post_transaction(ctx: &mut Context) -> Result<Response, ApiError> {
     let principal = Principal::current()?;
+    if principal == Principal::Admin {
+        // An administrator's posting is an adjustment: it moves money.
+        domain::check_treasury(ctx.administrator()?)?;
+    }
     let request: NewPosting = ctx.json()?;
     let entries = domain::entries(request.entries)?;
     let description = domain::text_field("description", request.description.as_deref())?;
@@ -306,6 +310,7 @@ pub fn withdraw(ctx: &mut Context) -> Result<Response, ApiError> {
 }
 
 fn fund(ctx: &mut Context, transaction_type: TransactionType) -> Result<Response, ApiError> {
+    domain::check_treasury(ctx.administrator()?)?;
     let request: Funding = ctx.json()?;
     let account_id = domain::uuid_field("account_id", &request.account_id)?;
     let amount = Amount::parse(&request.amount).map_err(|reason| money::invalid("amount", reason))?;
@@ -330,6 +335,7 @@ fn fund(ctx: &mut Context, transaction_type: TransactionType) -> Result<Response
 /// transaction and marks it `REVERSED`. 201 with the reversal, which names the original in
 /// `reversal_of`.
 pub fn reverse(ctx: &mut Context) -> Result<Response, ApiError> {
+    domain::check_treasury(ctx.administrator()?)?;
     let original_id = path_transaction_id(ctx)?;
     let request: Reversal = ctx.json()?;
     let reason = domain::reason(&request.reason)?;
