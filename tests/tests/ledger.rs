@@ -714,3 +714,212 @@ async fn only_the_platform_key_moves_or_frees_money() {
     let (clean, report) = bank.ledger_check();
     assert!(clean, "{report}");
 }
+
+#[tokio::test]
+async fn closing_an_account_while_credits_race_into_it_never_strands_money() {
+    const ACCOUNTS: usize = 8;
+    const CREDITS: usize = 4;
+
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let mut accounts = Vec::new();
+    for _ in 0..ACCOUNTS {
+        accounts.push(bank.open_account(&user, "USD").await);
+    }
+    let bank = Arc::new(bank);
+    let token = Arc::new(user.token.clone());
+
+    // Every account at once: credits of 1.00, and its owner closing it again and again until
+    // the close succeeds or the credits have all been answered.
+    let mut races = Vec::new();
+    for account in accounts.iter().cloned() {
+        let (bank, token) = (bank.clone(), token.clone());
+        races.push(tokio::spawn(async move {
+            let answered = Arc::new(AtomicUsize::new(0));
+            let credits: Vec<_> = (0..CREDITS)
+                .map(|_| {
+                    let (bank, account, answered) = (bank.clone(), account.clone(), answered.clone());
+                    tokio::spawn(async move {
+                        let (status, body) = bank.deposit(&bank.platform, &account, "1.00").await;
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        (status, body)
+                    })
+                })
+                .collect();
+            let mut refusals = Vec::new();
+            let closed = loop {
+                let done = answered.load(Ordering::SeqCst) == CREDITS;
+                let (status, body) = bank.close(&token, &account).await;
+                if status == 200 {
+                    break true;
+                }
+                assert_eq!(status, 409, "{body}");
+                refusals.push(error_code(&body).to_string());
+                if done {
+                    break false;
+                }
+            };
+            let mut credited = 0;
+            for credit in credits {
+                let (status, body) = credit.await.unwrap();
+                match status {
+                    201 => credited += 1,
+                    409 => assert_eq!(error_code(&body), "account_not_active", "{body}"),
+                    _ => panic!("a credit: {status} {body}"),
+                }
+            }
+            (account, closed, credited, refusals)
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for race in races {
+        outcomes.push(race.await.unwrap());
+    }
+    bank.wait_until_settled().await;
+
+    let mut closed_count = 0;
+    for (account, closed, credited, refusals) in &outcomes {
+        eprintln!("account {}: closed {closed}, {credited} credits, close refused {refusals:?}", id(account));
+        for code in refusals {
+            assert!(code == "postings_in_flight" || code == "balance_not_zero", "{code}");
+        }
+        let balance = bank.balance(&bank.platform, id(account)).await;
+        let (_, shown) =
+            bank.host.call("GET", &format!("/v1/account/accounts/{}", id(account)), Some(&token), None).await;
+        if *closed {
+            closed_count += 1;
+            // Closed first: every credit after it was refused, and nothing reached it.
+            assert_eq!(*credited, 0, "a CLOSED account took credits: {balance}");
+            assert_eq!(shown["status"], "CLOSED", "{shown}");
+            assert_eq!((balance["balance"].as_str(), balance["reserved"].as_str()), (Some("0.0000"), Some("0.0000")));
+        } else {
+            // A credit first: the close waited for it and then refused; all of it arrived.
+            assert!(*credited > 0, "the close was refused with nothing credited: {refusals:?}");
+            assert_eq!(shown["status"], "ACTIVE", "{shown}");
+            assert_eq!(money(balance["balance"].as_str().unwrap()), Decimal::from(*credited as i64), "{balance}");
+        }
+    }
+    eprintln!("{closed_count} of {ACCOUNTS} accounts closed before any credit");
+    let (clean, report) = bank.ledger_check();
+    assert!(clean, "{report}");
+}
+
+#[tokio::test]
+async fn an_account_does_not_close_while_a_posting_to_it_is_in_flight() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let account = bank.open_account(&user, "USD").await;
+    let other = bank.open_account(&user, "USD").await;
+
+    // The balance service is slow to apply what comes next: the account's balance row is being
+    // written by someone else, uncommitted, so applying a posting to it waits.
+    let mut balance_db = bank.host.admin_db("balance").await;
+    let mut slow = sqlx::Connection::begin(&mut balance_db).await.unwrap();
+    sqlx::query("INSERT INTO balance_accounts (account_id, currency, system) VALUES ($1::uuid, 'USD', false)")
+        .bind(id(&account))
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    let (status, deposit) = bank.deposit(&bank.platform, &account, "50").await;
+    assert_eq!((status, deposit["status"].as_str()), (201, Some("PENDING")), "{deposit}");
+    // The balance is zero and nothing is held, but 50 are on their way.
+    let position = bank.balance(&user.token, id(&account)).await;
+    assert_eq!((position["balance"].as_str(), position["reserved"].as_str()), (Some("0.0000"), Some("0.0000")));
+    let (status, body) = bank.close(&user.token, &account).await;
+    assert_eq!((status, error_code(&body)), (409, "postings_in_flight"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains(id(&deposit)), "{body}");
+    slow.rollback().await.unwrap();
+    bank.wait_for_balance(id(&account), money("50")).await;
+
+    // Applied: the posting is no longer in flight once the account service has heard so.
+    let started = Instant::now();
+    loop {
+        let (status, body) = bank.close(&user.token, &account).await;
+        assert_eq!(status, 409, "{body}");
+        if error_code(&body) == "balance_not_zero" {
+            break;
+        }
+        assert_eq!(error_code(&body), "postings_in_flight");
+        assert!(started.elapsed() < Duration::from_secs(30), "still in flight: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A posting refused after its authorization gives it up at once.
+    let (status, body) = bank.transfer(&user.token, &account, &other, "80", None).await;
+    assert_eq!((status, error_code(&body)), (422, "insufficient_funds"), "{body}");
+    let (status, body) = bank.close(&user.token, &account).await;
+    assert_eq!((status, error_code(&body)), (409, "balance_not_zero"), "{body}");
+
+    // Emptied, it closes once the withdrawal is applied, and takes nothing after.
+    let body = json!({"account_id": id(&account), "amount": "50", "currency": "USD"});
+    let (status, body) = bank.host.call("POST", "/v1/transaction/withdrawals", Some(&bank.platform), Some(body)).await;
+    assert_eq!(status, 201, "{body}");
+    bank.wait_for_balance(id(&account), Decimal::ZERO).await;
+    let started = Instant::now();
+    loop {
+        let (status, body) = bank.close(&user.token, &account).await;
+        if status == 200 {
+            assert_eq!(body["status"], "CLOSED", "{body}");
+            break;
+        }
+        assert_eq!((status, error_code(&body)), (409, "postings_in_flight"), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(30), "still in flight: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = bank.deposit(&bank.platform, &account, "1").await;
+    assert_eq!((status, error_code(&body)), (409, "account_not_active"), "{body}");
+    let (status, body) = bank.transfer(&user.token, &other, &account, "1", None).await;
+    assert_eq!((status, error_code(&body)), (409, "account_not_active"), "{body}");
+    bank.wait_until_settled().await;
+    let (clean, report) = bank.ledger_check();
+    assert!(clean, "{report}");
+}
+
+#[tokio::test]
+async fn the_sweep_clears_postings_in_flight_that_never_committed_or_have_settled() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let account = bank.open_account(&user, "USD").await;
+    let other = bank.open_account(&user, "USD").await;
+    bank.fund(&other, "5").await;
+    bank.wait_until_settled().await;
+    let (_, settled) = bank
+        .host
+        .call("GET", &format!("/v1/transaction/transactions?account_id={}", id(&other)), Some(&bank.platform), None)
+        .await;
+    let settled_id = settled["transactions"][0]["transaction_id"].as_str().unwrap().to_string();
+
+    // Records as an authorization writes them: of a posting whose transaction service failed
+    // before its commit, and of a settled one whose balance.updated never reached this service,
+    // both long ago; and of a posting authorized just now, which may still commit.
+    let never_committed = uuid::Uuid::new_v4().to_string();
+    let just_now = uuid::Uuid::new_v4().to_string();
+    let mut account_db = bank.host.admin_db("account").await;
+    for (transaction_id, age) in [(&never_committed, "10 minutes"), (&settled_id, "10 minutes"), (&just_now, "0")] {
+        sqlx::query(
+            "INSERT INTO account_postings_in_flight (account_id, transaction_id, authorized_at)
+             VALUES ($1::uuid, $2::uuid, now() - $3::interval)",
+        )
+        .bind(id(&account))
+        .bind(transaction_id)
+        .bind(age)
+        .execute(&mut account_db)
+        .await
+        .unwrap();
+    }
+    let (status, body) = bank.close(&user.token, &account).await;
+    assert_eq!((status, error_code(&body)), (409, "postings_in_flight"), "{body}");
+
+    let (status, body) = bank.host.call("POST", "/v1/account/maintenance", Some(&bank.platform), None).await;
+    assert_eq!(status, 200, "{body}");
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT transaction_id::text FROM account_postings_in_flight WHERE account_id = $1::uuid ORDER BY 1",
+    )
+    .bind(id(&account))
+    .fetch_all(&mut account_db)
+    .await
+    .unwrap();
+    assert_eq!(left, vec![just_now.clone()], "only the fresh record stays");
+    let (status, body) = bank.close(&user.token, &account).await;
+    assert_eq!((status, error_code(&body)), (409, "postings_in_flight"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains(&just_now), "{body}");
+}

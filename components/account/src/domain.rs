@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime};
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
 use micropay_sdk::{AdminRole, ApiError, Principal};
+use serde_json::Value as Json;
 
 /// The owner of the system accounts (the nil UUID): no user can ever have this id.
 pub const SYSTEM_USER_ID: &str = "00000000-0000-0000-0000-000000000000";
@@ -632,6 +633,67 @@ pub fn authorize_account(
     Ok(())
 }
 
+// ---- postings in flight ----
+
+/// A record in flight is resolved by the sweep only once it is this old: far beyond the
+/// transaction service's deadline (30 s), so a posting that has not committed by then never
+/// will. The same bound as the balance service's for the holds of such postings.
+pub const IN_FLIGHT_RESOLVE_AFTER_SECONDS: i64 = 120;
+
+/// The most postings one sweep asks the transaction service about (one call each).
+pub const IN_FLIGHT_SWEEP_BATCH: i64 = 50;
+
+/// How many postings in flight a refused close names.
+pub const IN_FLIGHT_NAMED: i64 = 5;
+
+/// Refuses (409 `postings_in_flight`) to close an account while postings authorized against it
+/// have not yet been applied to its balance: what they bring would land on a CLOSED account.
+/// `in_flight` is a few of them, oldest first.
+pub fn check_nothing_in_flight(account_id: &str, in_flight: &[String]) -> Result<(), ApiError> {
+    if in_flight.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
+        "postings_in_flight",
+        format!(
+            "account {account_id} has postings not yet applied to its balance ({}): close it once they are",
+            in_flight.join(", ")
+        ),
+    ))
+}
+
+/// What became of a posting whose record in flight has outlived
+/// [`IN_FLIGHT_RESOLVE_AFTER_SECONDS`], from the transaction service's
+/// `GET /internal/transactions/{id}` answer `{exists, status}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostingFate {
+    /// It does not exist: it never committed, and never will this late.
+    NeverCommitted,
+    /// Settled or reversed: the balance service has applied every entry (a posting is settled
+    /// only once it has, and reversed only once settled).
+    Applied,
+    /// Still `PENDING`: its balance events are still to come.
+    Pending,
+}
+
+impl PostingFate {
+    /// The fate an answer says; `None` for an answer that says nothing sure, which keeps the
+    /// record until a later sweep.
+    pub fn of(answer: &Json) -> Option<Self> {
+        match (answer.get("exists").and_then(Json::as_bool), answer.get("status").and_then(Json::as_str)) {
+            (Some(false), _) => Some(PostingFate::NeverCommitted),
+            (Some(true), Some("PENDING")) => Some(PostingFate::Pending),
+            (Some(true), Some("SETTLED" | "REVERSED")) => Some(PostingFate::Applied),
+            _ => None,
+        }
+    }
+
+    /// Whether its records in flight may go: nothing more of it will reach the balances.
+    pub fn is_resolved(self) -> bool {
+        self != PostingFate::Pending
+    }
+}
+
 // ---- small shapes ----
 
 #[cfg(test)]
@@ -930,5 +992,29 @@ mod tests {
         ] {
             assert!(action.roles().contains(&Platform), "{action:?}");
         }
+    }
+
+    #[test]
+    fn an_account_closes_only_with_nothing_in_flight() {
+        assert!(check_nothing_in_flight(ALICE, &[]).is_ok());
+        let refused = check_nothing_in_flight(ALICE, &[BOB.to_string()]).unwrap_err();
+        assert_eq!((refused.status, refused.code.as_str()), (409, "postings_in_flight"));
+        assert!(refused.message.contains(BOB), "{}", refused.message);
+    }
+
+    #[test]
+    fn the_fate_of_a_posting_long_in_flight() {
+        use serde_json::json;
+        let fate = |answer: Json| PostingFate::of(&answer);
+        assert_eq!(fate(json!({ "exists": false, "status": null })), Some(PostingFate::NeverCommitted));
+        assert_eq!(fate(json!({ "exists": true, "status": "PENDING" })), Some(PostingFate::Pending));
+        assert_eq!(fate(json!({ "exists": true, "status": "SETTLED" })), Some(PostingFate::Applied));
+        assert_eq!(fate(json!({ "exists": true, "status": "REVERSED" })), Some(PostingFate::Applied));
+        // Nothing sure: kept for a later sweep.
+        assert_eq!(fate(json!({ "exists": true, "status": "LOST" })), None);
+        assert_eq!(fate(json!({ "status": "SETTLED" })), None);
+        assert_eq!(fate(json!(null)), None);
+        assert!(PostingFate::NeverCommitted.is_resolved() && PostingFate::Applied.is_resolved());
+        assert!(!PostingFate::Pending.is_resolved());
     }
 }
