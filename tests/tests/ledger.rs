@@ -923,3 +923,80 @@ async fn the_sweep_clears_postings_in_flight_that_never_committed_or_have_settle
     assert_eq!((status, error_code(&body)), (409, "postings_in_flight"), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains(&just_now), "{body}");
 }
+
+#[tokio::test]
+async fn the_ledger_check_names_postings_stuck_pending_and_dead_lettered() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let account = bank.open_account(&user, "USD").await;
+
+    // The balance service holds the account in another currency (a damaged row), so it refuses
+    // every posting to it: the event is retried, then set aside in the dead letters.
+    let mut balance_db = bank.host.admin_db("balance").await;
+    sqlx::query("INSERT INTO balance_accounts (account_id, currency, system) VALUES ($1::uuid, 'EUR', false)")
+        .bind(id(&account))
+        .execute(&mut balance_db)
+        .await
+        .unwrap();
+    let (status, deposit) = bank.deposit(&bank.platform, &account, "10").await;
+    assert_eq!(status, 201, "{deposit}");
+    let transaction_id = id(&deposit).to_string();
+
+    // The balance service's ten attempts back off over about 80 s.
+    let started = Instant::now();
+    let event_id = loop {
+        let (status, body) = bank.host.call("GET", "/admin/events/dead-letters", Some(&bank.platform), None).await;
+        assert_eq!(status, 200, "{body}");
+        let letter = body["dead_letters"].as_array().unwrap().iter().find(|letter| {
+            letter["subscriber"] == "balance"
+                && letter["topic"] == "transaction.posted"
+                && letter["subject"] == *transaction_id
+        });
+        if let Some(letter) = letter {
+            break letter["event_id"].as_str().unwrap().to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(240), "not dead-lettered: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (clean, report) = bank.ledger_check();
+    assert!(!clean, "{report}");
+    assert!(
+        report.contains(&format!(
+            "posting_dead_lettered: transaction {transaction_id}: its transaction.posted event {event_id}"
+        )),
+        "{report}"
+    );
+    assert!(!report.contains("posting_pending_too_long"), "pending for seconds only: {report}");
+
+    // Pending for longer than the bound: named too.
+    let mut transaction_db = bank.host.admin_db("transaction").await;
+    sqlx::query(
+        "UPDATE transactions SET created_at = created_at - interval '6 minutes' WHERE transaction_id = $1::uuid",
+    )
+    .bind(&transaction_id)
+    .execute(&mut transaction_db)
+    .await
+    .unwrap();
+    let (clean, report) = bank.ledger_check();
+    assert!(!clean, "{report}");
+    assert!(
+        report.contains(&format!("posting_pending_too_long: transaction {transaction_id} has been PENDING since")),
+        "{report}"
+    );
+    let (_, answer) =
+        bank.host.call("POST", "/v1/transaction/ledger/check?as_of=now", Some(&bank.platform), None).await;
+    assert_eq!(answer["problems"].as_array().unwrap().len(), 1, "the dead letter is the command's to read: {answer}");
+
+    // Mended and replayed: the posting is applied and the ledger reconciles again.
+    sqlx::query("UPDATE balance_accounts SET currency = 'USD' WHERE account_id = $1::uuid")
+        .bind(id(&account))
+        .execute(&mut balance_db)
+        .await
+        .unwrap();
+    let (replayed, output) = bank.host.command(&bank.platform, &["events", "replay", &event_id]);
+    assert!(replayed, "{output}");
+    bank.wait_until_settled().await;
+    bank.wait_for_balance(id(&account), money("10")).await;
+    let (clean, report) = bank.ledger_check();
+    assert!(clean, "{report}");
+}

@@ -437,7 +437,9 @@ pub fn check_ledger(ctx: &mut Context) -> Result<Response, ApiError> {
     let as_of_text = rfc3339(as_of);
     let db = ctx.db()?;
 
-    let ours = ledger::transaction_side(sql::ledger_side(db, as_of)?).map_err(|err| ApiError::internal(&err))?;
+    let pending_before = as_of - ledger::PENDING_TOO_LONG_MICROS;
+    let ours = ledger::transaction_side(sql::ledger_side(db, as_of, pending_before, ledger::PENDING_TOO_LONG_LISTED)?)
+        .map_err(|err| ApiError::internal(&err))?;
     let request = json!({ "as_of": as_of_text, "exclude_transactions": ours.pending });
     let theirs = ledger::balance_side(services::call_json("balance", "POST", "/internal/ledger", Some(&request))?)
         .map_err(|err| ApiError::internal(&err))?;
