@@ -3,26 +3,52 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use micropay_tests::{TestHost, User, error_code, signed_in_user};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The test server's connections, as this file's tests share them: a test with one host (some
+/// 40 connections at most) holds it shared; the test with two hosts on the same databases
+/// (about 80 of the server's 100) holds it alone, so that no other test of this file starves
+/// it or is starved by it.
+static CONNECTIONS: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
 
 /// A host with the keys the money flows need.
 struct Bank {
     host: TestHost,
     /// Deposits, withdrawals, reversals, system accounts.
     platform: String,
+    /// Its share of the server's connections, given back after the host has stopped (fields
+    /// drop in order).
+    _shared: Option<RwLockReadGuard<'static, ()>>,
+    _alone: Option<RwLockWriteGuard<'static, ()>>,
 }
 
 impl Bank {
     async fn start() -> Self {
+        let shared = CONNECTIONS.read().await;
+        Self::start_holding(Some(shared), None).await
+    }
+
+    /// [`Bank::start`] for a test that starts a second host: while no other test of this file
+    /// runs.
+    async fn start_alone() -> Self {
+        let alone = CONNECTIONS.write().await;
+        Self::start_holding(None, Some(alone)).await
+    }
+
+    async fn start_holding(
+        shared: Option<RwLockReadGuard<'static, ()>>,
+        alone: Option<RwLockWriteGuard<'static, ()>>,
+    ) -> Self {
         let host = TestHost::start().await;
         let platform = host.admin_key("platform");
-        Self { host, platform }
+        Self { host, platform, _shared: shared, _alone: alone }
     }
 
     async fn open_account(&self, user: &User, currency: &str) -> Value {
@@ -32,13 +58,22 @@ impl Bank {
         account
     }
 
+    /// Deposits `amount` into `account` with the admin key `key`: the answer as it comes.
+    async fn deposit(&self, key: &str, account: &Value, amount: &str) -> (u16, Value) {
+        let body = json!({"account_id": id(account), "amount": amount, "currency": account["currency"]});
+        self.host.call("POST", "/v1/transaction/deposits", Some(key), Some(body)).await
+    }
+
+    /// Asks to close `account` as `token` (its owner or an admin key).
+    async fn close(&self, token: &str, account: &Value) -> (u16, Value) {
+        self.host.call("POST", &format!("/v1/account/accounts/{}/close", id(account)), Some(token), None).await
+    }
+
     /// Deposits `amount` and waits until the balance service shows it.
     async fn fund(&self, account: &Value, amount: &str) {
         let id = account["account_id"].as_str().unwrap();
         let before = self.balance(&self.platform, id).await["balance"].clone();
-        let body = json!({"account_id": id, "amount": amount, "currency": account["currency"]});
-        let (status, deposit) =
-            self.host.call("POST", "/v1/transaction/deposits", Some(&self.platform), Some(body)).await;
+        let (status, deposit) = self.deposit(&self.platform, account, amount).await;
         assert_eq!(status, 201, "{deposit}");
         assert_eq!(deposit["transaction_type"], "DEPOSIT");
         let expected = money(before.as_str().unwrap()) + money(amount);
@@ -137,7 +172,7 @@ async fn random_transfers_from_two_hosts_keep_every_invariant() {
     const OPERATIONS_PER_CLIENT: usize = 30;
     const FUNDING: &str = "1000.00";
 
-    let mut bank = Bank::start().await;
+    let mut bank = Bank::start_alone().await;
     let mut users = Vec::new();
     for _ in 0..4 {
         users.push(signed_in_user(&mut bank.host).await);
@@ -614,4 +649,380 @@ async fn money_movements_reach_the_audit_trail() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+#[tokio::test]
+async fn only_the_platform_key_moves_or_frees_money() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let from = bank.open_account(&user, "USD").await;
+    let to = bank.open_account(&user, "USD").await;
+    let euros = bank.open_account(&user, "EUR").await;
+    bank.fund(&from, "100").await;
+    let (status, deposit) = bank.deposit(&bank.platform, &to, "3").await;
+    assert_eq!(status, 201, "{deposit}");
+    bank.wait_until_settled().await;
+    let body = json!({"account_id": id(&from), "amount": "10", "currency": "USD"});
+    let (status, reservation) = bank.host.call("POST", "/v1/balance/reservations", Some(&user.token), Some(body)).await;
+    assert_eq!(status, 201, "{reservation}");
+    let reservation_id = reservation["reservation_id"].as_str().unwrap();
+
+    let mut transaction_db = bank.host.admin_db("transaction").await;
+    let mut account_db = bank.host.admin_db("account").await;
+    let transactions = "SELECT count(*) FROM transactions";
+    let postings_before: i64 = sqlx::query_scalar(transactions).fetch_one(&mut transaction_db).await.unwrap();
+    let system_accounts = "SELECT count(*) FROM accounts WHERE account_type IN ('FUNDING', 'FEES')";
+    let system_before: i64 = sqlx::query_scalar(system_accounts).fetch_one(&mut account_db).await.unwrap();
+
+    let adjustment = json!({"entries": [
+        {"account_id": id(&from), "entry_type": "DEBIT", "amount": "1", "currency": "USD"},
+        {"account_id": id(&to), "entry_type": "CREDIT", "amount": "1", "currency": "USD"},
+    ]});
+    // In an order the platform's key can then make them all in.
+    let money_moves = [
+        ("/v1/transaction/deposits".to_string(), json!({"account_id": id(&from), "amount": "5", "currency": "USD"})),
+        // A currency without system accounts yet: refused before its funding account is opened.
+        ("/v1/transaction/deposits".to_string(), json!({"account_id": id(&euros), "amount": "5", "currency": "EUR"})),
+        ("/v1/transaction/withdrawals".to_string(), json!({"account_id": id(&from), "amount": "5", "currency": "USD"})),
+        ("/v1/transaction/transactions".to_string(), adjustment),
+        (format!("/v1/transaction/transactions/{}/reverse", id(&deposit)), json!({"reason": "deposited twice"})),
+        (format!("/v1/balance/reservations/{reservation_id}/release"), json!({})),
+    ];
+    for role in ["risk", "ops"] {
+        let key = bank.host.admin_key(role);
+        for (path, body) in &money_moves {
+            let (status, answer) = bank.host.call("POST", path, Some(&key), Some(body.clone())).await;
+            assert_eq!((status, error_code(&answer)), (403, "platform_only"), "{role} POST {path}: {answer}");
+        }
+    }
+    let postings_after: i64 = sqlx::query_scalar(transactions).fetch_one(&mut transaction_db).await.unwrap();
+    assert_eq!(postings_after, postings_before, "no posting written");
+    let system_after: i64 = sqlx::query_scalar(system_accounts).fetch_one(&mut account_db).await.unwrap();
+    assert_eq!(system_after, system_before, "no system account opened");
+    let held = bank.balance(&user.token, id(&from)).await;
+    assert_eq!((held["balance"].as_str(), held["reserved"].as_str()), (Some("100.0000"), Some("10.0000")), "{held}");
+
+    // What changes which money may move: risk and platform, not ops. Freezing, the brake: anyone.
+    let ops = bank.host.admin_key("ops");
+    let risk = bank.host.admin_key("risk");
+    let limits = format!("/v1/account/accounts/{}/limits", id(&to));
+    let raise = json!({"daily_transfer_limit": "20000", "monthly_transfer_limit": "60000"});
+    let (status, body) = bank.host.call("PUT", &limits, Some(&ops), Some(raise.clone())).await;
+    assert_eq!((status, error_code(&body)), (403, "role_not_allowed"), "{body}");
+    let (status, body) = bank.host.call("PUT", &limits, Some(&risk), Some(raise)).await;
+    assert_eq!((status, body["daily_transfer_limit"].as_str()), (200, Some("20000.0000")), "{body}");
+    let (status, body) =
+        bank.host.call("POST", &format!("/v1/account/accounts/{}/freeze", id(&to)), Some(&ops), None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("FROZEN")), "{body}");
+    let unfreeze = format!("/v1/account/accounts/{}/unfreeze", id(&to));
+    let (status, body) = bank.host.call("POST", &unfreeze, Some(&ops), None).await;
+    assert_eq!((status, error_code(&body)), (403, "role_not_allowed"), "{body}");
+    let (status, body) = bank.close(&ops, &euros).await;
+    assert_eq!((status, error_code(&body)), (403, "role_not_allowed"), "{body}");
+    let (status, body) = bank.host.call("POST", &unfreeze, Some(&risk), None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ACTIVE")), "{body}");
+
+    // The platform's key does all of it.
+    for (path, body) in &money_moves {
+        let (status, answer) = bank.host.call("POST", path, Some(&bank.platform), Some(body.clone())).await;
+        assert!(status == 200 || status == 201, "platform POST {path}: {status} {answer}");
+        bank.wait_until_settled().await;
+    }
+    // 100 + 5 - 5 - 1 and nothing reserved; 3 + 1 - 3; 5.
+    for (account, expected) in [(&from, "99.0000"), (&to, "1.0000"), (&euros, "5.0000")] {
+        let after = bank.balance(&user.token, id(account)).await;
+        assert_eq!(
+            (after["balance"].as_str(), after["reserved"].as_str()),
+            (Some(expected), Some("0.0000")),
+            "{after}"
+        );
+    }
+    let (clean, report) = bank.ledger_check();
+    assert!(clean, "{report}");
+}
+
+#[tokio::test]
+async fn closing_an_account_while_credits_race_into_it_never_strands_money() {
+    const ACCOUNTS: usize = 8;
+    const CREDITS: usize = 4;
+
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let mut accounts = Vec::new();
+    for _ in 0..ACCOUNTS {
+        accounts.push(bank.open_account(&user, "USD").await);
+    }
+    let bank = Arc::new(bank);
+    let token = Arc::new(user.token.clone());
+
+    // Every account at once: credits of 1.00, and its owner closing it again and again until
+    // the close succeeds or the credits have all been answered.
+    let mut races = Vec::new();
+    for account in accounts.iter().cloned() {
+        let (bank, token) = (bank.clone(), token.clone());
+        races.push(tokio::spawn(async move {
+            let answered = Arc::new(AtomicUsize::new(0));
+            let credits: Vec<_> = (0..CREDITS)
+                .map(|_| {
+                    let (bank, account, answered) = (bank.clone(), account.clone(), answered.clone());
+                    tokio::spawn(async move {
+                        let (status, body) = bank.deposit(&bank.platform, &account, "1.00").await;
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        (status, body)
+                    })
+                })
+                .collect();
+            let mut refusals = Vec::new();
+            let closed = loop {
+                let done = answered.load(Ordering::SeqCst) == CREDITS;
+                let (status, body) = bank.close(&token, &account).await;
+                if status == 200 {
+                    break true;
+                }
+                assert_eq!(status, 409, "{body}");
+                refusals.push(error_code(&body).to_string());
+                if done {
+                    break false;
+                }
+            };
+            let mut credited = 0;
+            for credit in credits {
+                let (status, body) = credit.await.unwrap();
+                match status {
+                    201 => credited += 1,
+                    409 => assert_eq!(error_code(&body), "account_not_active", "{body}"),
+                    _ => panic!("a credit: {status} {body}"),
+                }
+            }
+            (account, closed, credited, refusals)
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for race in races {
+        outcomes.push(race.await.unwrap());
+    }
+    bank.wait_until_settled().await;
+
+    let mut closed_count = 0;
+    for (account, closed, credited, refusals) in &outcomes {
+        eprintln!("account {}: closed {closed}, {credited} credits, close refused {refusals:?}", id(account));
+        for code in refusals {
+            assert!(code == "postings_in_flight" || code == "balance_not_zero", "{code}");
+        }
+        let balance = bank.balance(&bank.platform, id(account)).await;
+        let (_, shown) =
+            bank.host.call("GET", &format!("/v1/account/accounts/{}", id(account)), Some(&token), None).await;
+        if *closed {
+            closed_count += 1;
+            // Closed first: every credit after it was refused, and nothing reached it.
+            assert_eq!(*credited, 0, "a CLOSED account took credits: {balance}");
+            assert_eq!(shown["status"], "CLOSED", "{shown}");
+            assert_eq!((balance["balance"].as_str(), balance["reserved"].as_str()), (Some("0.0000"), Some("0.0000")));
+        } else {
+            // A credit first: the close waited for it and then refused; all of it arrived.
+            assert!(*credited > 0, "the close was refused with nothing credited: {refusals:?}");
+            assert_eq!(shown["status"], "ACTIVE", "{shown}");
+            assert_eq!(money(balance["balance"].as_str().unwrap()), Decimal::from(*credited as i64), "{balance}");
+        }
+    }
+    eprintln!("{closed_count} of {ACCOUNTS} accounts closed before any credit");
+    let (clean, report) = bank.ledger_check();
+    assert!(clean, "{report}");
+}
+
+#[tokio::test]
+async fn an_account_does_not_close_while_a_posting_to_it_is_in_flight() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let account = bank.open_account(&user, "USD").await;
+    let other = bank.open_account(&user, "USD").await;
+
+    // The balance service is slow to apply what comes next: the account's balance row is being
+    // written by someone else, uncommitted, so applying a posting to it waits.
+    let mut balance_db = bank.host.admin_db("balance").await;
+    let mut slow = sqlx::Connection::begin(&mut balance_db).await.unwrap();
+    sqlx::query("INSERT INTO balance_accounts (account_id, currency, system) VALUES ($1::uuid, 'USD', false)")
+        .bind(id(&account))
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    let (status, deposit) = bank.deposit(&bank.platform, &account, "50").await;
+    assert_eq!((status, deposit["status"].as_str()), (201, Some("PENDING")), "{deposit}");
+    // The balance is zero and nothing is held, but 50 are on their way.
+    let position = bank.balance(&user.token, id(&account)).await;
+    assert_eq!((position["balance"].as_str(), position["reserved"].as_str()), (Some("0.0000"), Some("0.0000")));
+    let (status, body) = bank.close(&user.token, &account).await;
+    assert_eq!((status, error_code(&body)), (409, "postings_in_flight"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains(id(&deposit)), "{body}");
+    slow.rollback().await.unwrap();
+    bank.wait_for_balance(id(&account), money("50")).await;
+
+    // Applied: the posting is no longer in flight once the account service has heard so.
+    let started = Instant::now();
+    loop {
+        let (status, body) = bank.close(&user.token, &account).await;
+        assert_eq!(status, 409, "{body}");
+        if error_code(&body) == "balance_not_zero" {
+            break;
+        }
+        assert_eq!(error_code(&body), "postings_in_flight");
+        assert!(started.elapsed() < Duration::from_secs(30), "still in flight: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A posting refused after its authorization gives it up at once.
+    let (status, body) = bank.transfer(&user.token, &account, &other, "80", None).await;
+    assert_eq!((status, error_code(&body)), (422, "insufficient_funds"), "{body}");
+    let (status, body) = bank.close(&user.token, &account).await;
+    assert_eq!((status, error_code(&body)), (409, "balance_not_zero"), "{body}");
+
+    // Emptied, it closes once the withdrawal is applied, and takes nothing after.
+    let body = json!({"account_id": id(&account), "amount": "50", "currency": "USD"});
+    let (status, body) = bank.host.call("POST", "/v1/transaction/withdrawals", Some(&bank.platform), Some(body)).await;
+    assert_eq!(status, 201, "{body}");
+    bank.wait_for_balance(id(&account), Decimal::ZERO).await;
+    let started = Instant::now();
+    loop {
+        let (status, body) = bank.close(&user.token, &account).await;
+        if status == 200 {
+            assert_eq!(body["status"], "CLOSED", "{body}");
+            break;
+        }
+        assert_eq!((status, error_code(&body)), (409, "postings_in_flight"), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(30), "still in flight: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = bank.deposit(&bank.platform, &account, "1").await;
+    assert_eq!((status, error_code(&body)), (409, "account_not_active"), "{body}");
+    let (status, body) = bank.transfer(&user.token, &other, &account, "1", None).await;
+    assert_eq!((status, error_code(&body)), (409, "account_not_active"), "{body}");
+    bank.wait_until_settled().await;
+    let (clean, report) = bank.ledger_check();
+    assert!(clean, "{report}");
+}
+
+#[tokio::test]
+async fn the_sweep_clears_postings_in_flight_that_never_committed_or_have_settled() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let account = bank.open_account(&user, "USD").await;
+    let other = bank.open_account(&user, "USD").await;
+    bank.fund(&other, "5").await;
+    bank.wait_until_settled().await;
+    let (_, settled) = bank
+        .host
+        .call("GET", &format!("/v1/transaction/transactions?account_id={}", id(&other)), Some(&bank.platform), None)
+        .await;
+    let settled_id = settled["transactions"][0]["transaction_id"].as_str().unwrap().to_string();
+
+    // Records as an authorization writes them: of a posting whose transaction service failed
+    // before its commit, and of a settled one whose balance.updated never reached this service,
+    // both long ago; and of a posting authorized just now, which may still commit.
+    let never_committed = uuid::Uuid::new_v4().to_string();
+    let just_now = uuid::Uuid::new_v4().to_string();
+    let mut account_db = bank.host.admin_db("account").await;
+    for (transaction_id, age) in [(&never_committed, "10 minutes"), (&settled_id, "10 minutes"), (&just_now, "0")] {
+        sqlx::query(
+            "INSERT INTO account_postings_in_flight (account_id, transaction_id, authorized_at)
+             VALUES ($1::uuid, $2::uuid, now() - $3::interval)",
+        )
+        .bind(id(&account))
+        .bind(transaction_id)
+        .bind(age)
+        .execute(&mut account_db)
+        .await
+        .unwrap();
+    }
+    let (status, body) = bank.close(&user.token, &account).await;
+    assert_eq!((status, error_code(&body)), (409, "postings_in_flight"), "{body}");
+
+    let (status, body) = bank.host.call("POST", "/v1/account/maintenance", Some(&bank.platform), None).await;
+    assert_eq!(status, 200, "{body}");
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT transaction_id::text FROM account_postings_in_flight WHERE account_id = $1::uuid ORDER BY 1",
+    )
+    .bind(id(&account))
+    .fetch_all(&mut account_db)
+    .await
+    .unwrap();
+    assert_eq!(left, vec![just_now.clone()], "only the fresh record stays");
+    let (status, body) = bank.close(&user.token, &account).await;
+    assert_eq!((status, error_code(&body)), (409, "postings_in_flight"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains(&just_now), "{body}");
+}
+
+#[tokio::test]
+async fn the_ledger_check_names_postings_stuck_pending_and_dead_lettered() {
+    let mut bank = Bank::start().await;
+    let user = signed_in_user(&mut bank.host).await;
+    let account = bank.open_account(&user, "USD").await;
+
+    // The balance service holds the account in another currency (a damaged row), so it refuses
+    // every posting to it: the event is retried, then set aside in the dead letters.
+    let mut balance_db = bank.host.admin_db("balance").await;
+    sqlx::query("INSERT INTO balance_accounts (account_id, currency, system) VALUES ($1::uuid, 'EUR', false)")
+        .bind(id(&account))
+        .execute(&mut balance_db)
+        .await
+        .unwrap();
+    let (status, deposit) = bank.deposit(&bank.platform, &account, "10").await;
+    assert_eq!(status, 201, "{deposit}");
+    let transaction_id = id(&deposit).to_string();
+
+    // The balance service's ten attempts back off over about 80 s.
+    let started = Instant::now();
+    let event_id = loop {
+        let (status, body) = bank.host.call("GET", "/admin/events/dead-letters", Some(&bank.platform), None).await;
+        assert_eq!(status, 200, "{body}");
+        let letter = body["dead_letters"].as_array().unwrap().iter().find(|letter| {
+            letter["subscriber"] == "balance"
+                && letter["topic"] == "transaction.posted"
+                && letter["subject"] == *transaction_id
+        });
+        if let Some(letter) = letter {
+            break letter["event_id"].as_str().unwrap().to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(240), "not dead-lettered: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (clean, report) = bank.ledger_check();
+    assert!(!clean, "{report}");
+    assert!(
+        report.contains(&format!(
+            "posting_dead_lettered: transaction {transaction_id}: its transaction.posted event {event_id}"
+        )),
+        "{report}"
+    );
+    assert!(!report.contains("posting_pending_too_long"), "pending for seconds only: {report}");
+
+    // Pending for longer than the bound: named too.
+    let mut transaction_db = bank.host.admin_db("transaction").await;
+    sqlx::query(
+        "UPDATE transactions SET created_at = created_at - interval '6 minutes' WHERE transaction_id = $1::uuid",
+    )
+    .bind(&transaction_id)
+    .execute(&mut transaction_db)
+    .await
+    .unwrap();
+    let (clean, report) = bank.ledger_check();
+    assert!(!clean, "{report}");
+    assert!(
+        report.contains(&format!("posting_pending_too_long: transaction {transaction_id} has been PENDING since")),
+        "{report}"
+    );
+    let (_, answer) =
+        bank.host.call("POST", "/v1/transaction/ledger/check?as_of=now", Some(&bank.platform), None).await;
+    assert_eq!(answer["problems"].as_array().unwrap().len(), 1, "the dead letter is the command's to read: {answer}");
+
+    // Mended and replayed: the posting is applied and the ledger reconciles again.
+    sqlx::query("UPDATE balance_accounts SET currency = 'USD' WHERE account_id = $1::uuid")
+        .bind(id(&account))
+        .execute(&mut balance_db)
+        .await
+        .unwrap();
+    let (replayed, output) = bank.host.command(&bank.platform, &["events", "replay", &event_id]);
+    assert!(replayed, "{output}");
+    bank.wait_until_settled().await;
+    bank.wait_for_balance(id(&account), money("10")).await;
+    let (clean, report) = bank.ledger_check();
+    assert!(clean, "{report}");
 }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime};
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
-use micropay_sdk::{ApiError, Principal};
+use micropay_sdk::{AdminRole, ApiError, Principal};
+use serde_json::Value as Json;
 
 /// The owner of the system accounts (the nil UUID): no user can ever have this id.
 pub const SYSTEM_USER_ID: &str = "00000000-0000-0000-0000-000000000000";
@@ -48,6 +49,76 @@ pub fn may_post_to(principal: &Principal, owner: &str, system: bool, debited: bo
         Principal::Admin => true,
         Principal::User(_) if system => false,
         Principal::User(_) => !debited || principal.may_act_for(owner),
+    }
+}
+
+/// What an administrator may do to accounts beyond reading them, each allowed to some admin-key
+/// roles only (the table "Administrator roles" in `components/LEDGER.md`). An owner's own
+/// requests (freezing, closing, limits up to the type's defaults) are not administrators' and
+/// do not come here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Setting an account's limits, to any amount: how much may leave it is a risk decision.
+    ChangeLimits,
+    /// Freezing: stops money and moves none, so every role may pull this brake.
+    Freeze,
+    /// Unfreezing: lets money move again, a risk decision.
+    Unfreeze,
+    /// Closing a user's (empty) account for good.
+    Close,
+    /// Opening a currency's FUNDING and FEES accounts, the platform's side of every deposit.
+    OpenSystemAccounts,
+}
+
+impl AdminAction {
+    /// The roles that may.
+    pub fn roles(self) -> &'static [AdminRole] {
+        use AdminRole::{Ops, Platform, Risk};
+        match self {
+            AdminAction::Freeze => &[Ops, Risk, Platform],
+            AdminAction::ChangeLimits | AdminAction::Unfreeze | AdminAction::Close => &[Risk, Platform],
+            AdminAction::OpenSystemAccounts => &[Platform],
+        }
+    }
+
+    /// The action in words, for the refusal.
+    fn describe(self) -> &'static str {
+        match self {
+            AdminAction::ChangeLimits => "changing an account's limits",
+            AdminAction::Freeze => "freezing an account",
+            AdminAction::Unfreeze => "unfreezing an account",
+            AdminAction::Close => "closing a user's account",
+            AdminAction::OpenSystemAccounts => "opening system accounts",
+        }
+    }
+
+    /// Whether an admin key of `role` may: 403 otherwise, `platform_only` when only the
+    /// platform's key may, `role_not_allowed` naming the roles that may otherwise.
+    pub fn check(self, role: AdminRole) -> Result<(), ApiError> {
+        let roles = self.roles();
+        if roles.contains(&role) {
+            return Ok(());
+        }
+        if roles == [AdminRole::Platform] {
+            return Err(ApiError::forbidden(
+                "platform_only",
+                format!("{} takes a platform admin key", self.describe()),
+            ));
+        }
+        let names: Vec<&str> = roles.iter().map(|role| role_name(*role)).collect();
+        Err(ApiError::forbidden(
+            "role_not_allowed",
+            format!("{} takes an admin key of role {}", self.describe(), names.join(" or ")),
+        ))
+    }
+}
+
+/// A role as `micropay admin-key create --role` names it.
+fn role_name(role: AdminRole) -> &'static str {
+    match role {
+        AdminRole::Ops => "ops",
+        AdminRole::Risk => "risk",
+        AdminRole::Platform => "platform",
     }
 }
 
@@ -562,6 +633,67 @@ pub fn authorize_account(
     Ok(())
 }
 
+// ---- postings in flight ----
+
+/// A record in flight is resolved by the sweep only once it is this old: far beyond the
+/// transaction service's deadline (30 s), so a posting that has not committed by then never
+/// will. The same bound as the balance service's for the holds of such postings.
+pub const IN_FLIGHT_RESOLVE_AFTER_SECONDS: i64 = 120;
+
+/// The most postings one sweep asks the transaction service about (one call each).
+pub const IN_FLIGHT_SWEEP_BATCH: i64 = 50;
+
+/// How many postings in flight a refused close names.
+pub const IN_FLIGHT_NAMED: i64 = 5;
+
+/// Refuses (409 `postings_in_flight`) to close an account while postings authorized against it
+/// have not yet been applied to its balance: what they bring would land on a CLOSED account.
+/// `in_flight` is a few of them, oldest first.
+pub fn check_nothing_in_flight(account_id: &str, in_flight: &[String]) -> Result<(), ApiError> {
+    if in_flight.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
+        "postings_in_flight",
+        format!(
+            "account {account_id} has postings not yet applied to its balance ({}): close it once they are",
+            in_flight.join(", ")
+        ),
+    ))
+}
+
+/// What became of a posting whose record in flight has outlived
+/// [`IN_FLIGHT_RESOLVE_AFTER_SECONDS`], from the transaction service's
+/// `GET /internal/transactions/{id}` answer `{exists, status}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostingFate {
+    /// It does not exist: it never committed, and never will this late.
+    NeverCommitted,
+    /// Settled or reversed: the balance service has applied every entry (a posting is settled
+    /// only once it has, and reversed only once settled).
+    Applied,
+    /// Still `PENDING`: its balance events are still to come.
+    Pending,
+}
+
+impl PostingFate {
+    /// The fate an answer says; `None` for an answer that says nothing sure, which keeps the
+    /// record until a later sweep.
+    pub fn of(answer: &Json) -> Option<Self> {
+        match (answer.get("exists").and_then(Json::as_bool), answer.get("status").and_then(Json::as_str)) {
+            (Some(false), _) => Some(PostingFate::NeverCommitted),
+            (Some(true), Some("PENDING")) => Some(PostingFate::Pending),
+            (Some(true), Some("SETTLED" | "REVERSED")) => Some(PostingFate::Applied),
+            _ => None,
+        }
+    }
+
+    /// Whether its records in flight may go: nothing more of it will reach the balances.
+    pub fn is_resolved(self) -> bool {
+        self != PostingFate::Pending
+    }
+}
+
 // ---- small shapes ----
 
 #[cfg(test)]
@@ -833,4 +965,56 @@ mod tests {
 
     #[test]
     fn uuids() {}
+
+    #[test]
+    fn administrators_act_by_role() {
+        use AdminRole::{Ops, Platform, Risk};
+        let code = |action: AdminAction, role| action.check(role).map_err(|err| (err.status, err.code)).err();
+        assert_eq!(code(AdminAction::Freeze, Ops), None);
+        assert_eq!(code(AdminAction::Freeze, Risk), None);
+        for action in [AdminAction::ChangeLimits, AdminAction::Unfreeze, AdminAction::Close] {
+            assert_eq!(code(action, Ops), Some((403, "role_not_allowed".to_string())), "{action:?}");
+            assert_eq!(code(action, Risk), None, "{action:?}");
+            assert_eq!(code(action, Platform), None, "{action:?}");
+        }
+        for role in [Ops, Risk] {
+            assert_eq!(code(AdminAction::OpenSystemAccounts, role), Some((403, "platform_only".to_string())));
+        }
+        let refused = AdminAction::Unfreeze.check(Ops).unwrap_err();
+        assert_eq!(refused.message, "unfreezing an account takes an admin key of role risk or platform");
+        // The platform's key may do everything the others may.
+        for action in [
+            AdminAction::ChangeLimits,
+            AdminAction::Freeze,
+            AdminAction::Unfreeze,
+            AdminAction::Close,
+            AdminAction::OpenSystemAccounts,
+        ] {
+            assert!(action.roles().contains(&Platform), "{action:?}");
+        }
+    }
+
+    #[test]
+    fn an_account_closes_only_with_nothing_in_flight() {
+        assert!(check_nothing_in_flight(ALICE, &[]).is_ok());
+        let refused = check_nothing_in_flight(ALICE, &[BOB.to_string()]).unwrap_err();
+        assert_eq!((refused.status, refused.code.as_str()), (409, "postings_in_flight"));
+        assert!(refused.message.contains(BOB), "{}", refused.message);
+    }
+
+    #[test]
+    fn the_fate_of_a_posting_long_in_flight() {
+        use serde_json::json;
+        let fate = |answer: Json| PostingFate::of(&answer);
+        assert_eq!(fate(json!({ "exists": false, "status": null })), Some(PostingFate::NeverCommitted));
+        assert_eq!(fate(json!({ "exists": true, "status": "PENDING" })), Some(PostingFate::Pending));
+        assert_eq!(fate(json!({ "exists": true, "status": "SETTLED" })), Some(PostingFate::Applied));
+        assert_eq!(fate(json!({ "exists": true, "status": "REVERSED" })), Some(PostingFate::Applied));
+        // Nothing sure: kept for a later sweep.
+        assert_eq!(fate(json!({ "exists": true, "status": "LOST" })), None);
+        assert_eq!(fate(json!({ "status": "SETTLED" })), None);
+        assert_eq!(fate(json!(null)), None);
+        assert!(PostingFate::NeverCommitted.is_resolved() && PostingFate::Applied.is_resolved());
+        assert!(!PostingFate::Pending.is_resolved());
+    }
 }

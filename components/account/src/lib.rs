@@ -2,7 +2,8 @@
 //! monthly transfer limits and the usage counted against them, and the platform's system
 //! accounts (FUNDING and FEES, one of each per currency). The transaction service asks it, for
 //! every posting, whether the accounts may be used and counts the debits against the limits;
-//! the balance service's `balance.updated` events keep each account's balance snapshot.
+//! the balance service's `balance.updated` events keep each account's balance snapshot and
+//! mark the posting applied. A CLOSED account never holds money: see `routes::change_status`.
 //!
 //! - `lib.rs`: the bindings of the `subscribing-service` world, the exports and the route table.
 //! - [`routes`]: the endpoints and the event handler.
@@ -46,7 +47,8 @@ bindings::export!(AccountService with_types_in bindings);
 
 /// The endpoints, mounted by the host under `/v1/account`.
 /// Each endpoint open to users and administrators alike checks the caller may act on the
-/// account it names.
+/// account it names; each that changes something for an administrator checks the admin key's
+/// role (`domain::AdminAction`).
 fn router() -> Router {
     use Access::{Admin, Authenticated, Service, UserOrAdmin};
     use routes::*;
@@ -90,8 +92,14 @@ fn router() -> Router {
             create_system_accounts,
         )
         .get("/system-accounts", "Lists the system accounts", Admin, list_system_accounts)
+        .post("/maintenance", "Resolves records of postings long in flight", Admin, maintain)
         .post("/internal/authorize", "Checks a posting's accounts and counts its debits", TRANSACTION, authorize)
-        .post("/internal/release-limits", "Gives back the usage an authorize counted", TRANSACTION, release_limits)
+        .post(
+            "/internal/release-limits",
+            "Gives up what an authorize took for a posting that failed",
+            TRANSACTION,
+            release_limits,
+        )
         .post(
             "/internal/system-account",
             "The currency's FUNDING account, opened on first use",

@@ -6,13 +6,14 @@ use std::str::FromStr;
 
 use micropay_sdk::db::DbError;
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
-use micropay_sdk::{AdminRole, ApiError, Context, Db, Principal, Response, Row};
+use micropay_sdk::{ApiError, Context, Db, Principal, Response, Row, services};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::bindings::exports::micropay::platform::subscriber::Event;
 use crate::domain::{
-    self, AccountFacts, AccountType, LimitType, LimitUsage, Period, Status, StatusChange, TransferLimits,
+    self, AccountFacts, AccountType, AdminAction, LimitType, LimitUsage, Period, PostingFate, Status, StatusChange,
+    TransferLimits,
 };
 use crate::sql::{self, NewAccount};
 
@@ -42,6 +43,9 @@ struct SystemAccountsFor {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Posting {
+    /// The transaction the posting will be recorded as (its id is drawn before it is
+    /// authorized): what the accounts' records in flight name.
+    transaction_id: String,
     legs: Vec<PostingLeg>,
     /// Whether the debits count toward the accounts' limits; counted unless told otherwise, so
     /// that forgetting the flag never lets a posting past a limit.
@@ -68,6 +72,8 @@ struct BalanceUpdated {
     account_id: String,
     balance: String,
     sequence: i64,
+    /// The posting applied; no longer in flight on the account.
+    transaction_id: Option<String>,
 }
 
 // ---- answers ----
@@ -168,6 +174,15 @@ fn managed_account(db: &Db, principal: &Principal, account_id: &str, lock: bool)
     account.filter(|account| principal.may_act_for(&account.text("user_id"))).ok_or_else(domain::account_not_found)
 }
 
+/// Refuses an administrator whose admin key's role may not take `action` (see
+/// [`AdminAction`]); a user passes, as the account's owner the handler then checks.
+fn check_administrator(ctx: &Context, principal: &Principal, action: AdminAction) -> Result<(), ApiError> {
+    match principal {
+        Principal::Admin => action.check(ctx.administrator()?),
+        Principal::User(_) => Ok(()),
+    }
+}
+
 /// A uniformly random 64-bit value from the host's secure generator.
 fn random_u64() -> u64 {
     let bytes = micropay_sdk::random_bytes(8);
@@ -244,6 +259,14 @@ fn ensure_balance_is_zero(account_id: &str) -> Result<(), ApiError> {
 /// An amount field of a request, when given (422 when it breaks a rule).
 fn optional_amount(field: &str, text: Option<&str>) -> Result<Option<Amount>, ApiError> {
     text.map(|text| Amount::parse(text).map_err(|reason| money::invalid(field, reason))).transpose()
+}
+
+/// A request's transaction id, lower case as PostgreSQL prints it (422 when malformed).
+fn posting_transaction_id(posting: &Posting) -> Result<String, ApiError> {
+    if !micropay_sdk::is_uuid(&posting.transaction_id) {
+        return Err(ApiError::validation("transaction_id: must be a UUID"));
+    }
+    Ok(posting.transaction_id.to_ascii_lowercase())
 }
 
 /// A request's legs, checked (422 `validation_failed` for the first bad field).
@@ -355,6 +378,7 @@ pub fn lookup_account(ctx: &mut Context) -> Result<Response, ApiError> {
 /// owner may set them up to the type's defaults, an administrator to any amount.
 pub fn change_limits(ctx: &mut Context) -> Result<Response, ApiError> {
     let principal = Principal::current()?;
+    check_administrator(ctx, &principal, AdminAction::ChangeLimits)?;
     let body: ChangeLimits = ctx.json()?;
     let daily = optional_amount("daily_transfer_limit", body.daily_transfer_limit.as_deref())?;
     let monthly = optional_amount("monthly_transfer_limit", body.monthly_transfer_limit.as_deref())?;
@@ -382,9 +406,24 @@ pub fn change_limits(ctx: &mut Context) -> Result<Response, ApiError> {
 }
 
 /// Moves the account at the path to the status `change` leads to, for its owner or an
-/// administrator (the route decides which), and announces it.
-fn change_status(ctx: &mut Context, change: StatusChange) -> Result<Response, ApiError> {
+/// administrator whose role may (the route decides who), and announces it.
+///
+/// The account's row is locked `FOR UPDATE` first, which an authorization's `FOR KEY SHARE`
+/// conflicts with ([`sql::authorize_accounts`]): an authorization of the account either
+/// committed before (and its posting is in flight) or waits for this change and finds the
+/// account no longer `ACTIVE`. So once a freeze or a close has answered, no posting authorized
+/// after it touches the account.
+///
+/// **Invariant: a CLOSED account holds no money**, and never comes to. A close is refused
+/// (409 `postings_in_flight`) while a posting authorized against the account has not been
+/// applied to its balance nor given up, then (409 `balance_not_zero`) unless the balance
+/// service says its balance and holds are zero. The records in flight are read after the lock,
+/// and a record goes only once its posting's balance events have committed, was given up, or
+/// never committed ([`maintain`]): with none left, everything authorized before the lock is in
+/// the balance the balance service answers, and nothing can be authorized after it.
+fn change_status(ctx: &mut Context, change: StatusChange, action: AdminAction) -> Result<Response, ApiError> {
     let principal = Principal::current()?;
+    check_administrator(ctx, &principal, action)?;
     let account_id = ctx.param("account_id").to_string();
     let now = micropay_sdk::now_micros();
     let db = ctx.db()?;
@@ -395,7 +434,9 @@ fn change_status(ctx: &mut Context, change: StatusChange) -> Result<Response, Ap
     }
     let status = change.apply(status_of(&account))?;
     if change == StatusChange::Close {
-        // The row stays locked meanwhile, so no other status change slips in between.
+        // The row stays locked meanwhile, so no other status change or authorization slips in.
+        let in_flight = sql::postings_in_flight(db, &account_id, domain::IN_FLIGHT_NAMED)?;
+        domain::check_nothing_in_flight(&account_id, &in_flight)?;
         ensure_balance_is_zero(&account_id)?;
     }
     let account = sql::set_status(db, &account_id, status)?;
@@ -406,17 +447,17 @@ fn change_status(ctx: &mut Context, change: StatusChange) -> Result<Response, Ap
 
 /// `POST /accounts/{account_id}/freeze`: stops every posting to or from the account.
 pub fn freeze_account(ctx: &mut Context) -> Result<Response, ApiError> {
-    change_status(ctx, StatusChange::Freeze)
+    change_status(ctx, StatusChange::Freeze, AdminAction::Freeze)
 }
 
 /// `POST /accounts/{account_id}/unfreeze`: lets postings through again (administrators only).
 pub fn unfreeze_account(ctx: &mut Context) -> Result<Response, ApiError> {
-    change_status(ctx, StatusChange::Unfreeze)
+    change_status(ctx, StatusChange::Unfreeze, AdminAction::Unfreeze)
 }
 
 /// `POST /accounts/{account_id}/close`: closes an empty account for good.
 pub fn close_account(ctx: &mut Context) -> Result<Response, ApiError> {
-    change_status(ctx, StatusChange::Close)
+    change_status(ctx, StatusChange::Close, AdminAction::Close)
 }
 
 // ---- system accounts ----
@@ -424,9 +465,7 @@ pub fn close_account(ctx: &mut Context) -> Result<Response, ApiError> {
 /// `POST /system-accounts`: opens the FUNDING and FEES accounts of a currency, or answers the
 /// existing ones (201 when either was opened now, 200 otherwise). Platform administrators only.
 pub fn create_system_accounts(ctx: &mut Context) -> Result<Response, ApiError> {
-    if !matches!(ctx.administrator()?, AdminRole::Platform) {
-        return Err(ApiError::forbidden("platform_only", "system accounts are opened with a platform admin key"));
-    }
+    AdminAction::OpenSystemAccounts.check(ctx.administrator()?)?;
     let body: SystemAccountsFor = ctx.json()?;
     let currency = Currency::parse(&body.currency).map_err(|reason| money::invalid("currency", reason))?;
     let now = micropay_sdk::now_micros();
@@ -457,17 +496,24 @@ pub fn list_system_accounts(ctx: &mut Context) -> Result<Response, ApiError> {
 /// visible to them, in the legs' currency, `ACTIVE`) and, with `count_toward_limits`, counts
 /// each debited user account's total against both of its limits. Answers each account's owner
 /// and whether it is a system account.
+///
+/// The user accounts are locked (`FOR KEY SHARE`, see [`change_status`]) and the posting is
+/// recorded in flight on each of them, in the same statement that reads them: the accounts,
+/// then their limit rows, each in `account_id` order.
 pub fn authorize(ctx: &mut Context) -> Result<Response, ApiError> {
     let principal = Principal::current()?;
     let posting: Posting = ctx.json()?;
+    let transaction_id = posting_transaction_id(&posting)?;
     let legs = posting_legs(&posting)?;
     let totals = domain::totals_by_account(&legs);
     let now = micropay_sdk::now_micros();
     let db = ctx.db()?;
 
     let ids: Vec<String> = totals.keys().cloned().collect();
-    let accounts: BTreeMap<String, Row> =
-        sql::find_accounts(db, &ids)?.into_iter().map(|account| (account.text("account_id"), account)).collect();
+    let accounts: BTreeMap<String, Row> = sql::authorize_accounts(db, &ids, &transaction_id)?
+        .into_iter()
+        .map(|account| (account.text("account_id"), account))
+        .collect();
     let mut answer = Vec::with_capacity(totals.len());
     // The debited user accounts whose limits count this posting: id -> (currency, total).
     let mut counted: BTreeMap<&str, (String, Decimal)> = BTreeMap::new();
@@ -508,23 +554,28 @@ pub fn authorize(ctx: &mut Context) -> Result<Response, ApiError> {
     Ok(Response::ok(&json!({ "accounts": answer })))
 }
 
-/// `POST /internal/release-limits`: gives back the usage an authorize of the same legs counted,
-/// when the posting failed after it. Only periods still running are changed (an ended one no
-/// longer counts), and never below zero. Answers what was given back per account.
+/// `POST /internal/release-limits`: gives up what an authorize of the same posting took, when
+/// the posting failed after it: its records in flight on the accounts, and the usage counted
+/// (with `count_toward_limits`). Only periods still running are changed (an ended one no longer
+/// counts), and never below zero. Answers what was given back per account.
 pub fn release_limits(ctx: &mut Context) -> Result<Response, ApiError> {
     let posting: Posting = ctx.json()?;
+    let transaction_id = posting_transaction_id(&posting)?;
     let legs = posting_legs(&posting)?;
+    let totals = domain::totals_by_account(&legs);
+    let now = micropay_sdk::now_micros();
+    let db = ctx.db()?;
+
+    let named: Vec<String> = totals.keys().cloned().collect();
+    sql::give_up_in_flight(db, &named, &transaction_id)?;
     if !posting.count_toward_limits {
         return Ok(Response::ok(&json!({ "released": [] })));
     }
-    let debited: BTreeMap<String, Decimal> = domain::totals_by_account(&legs)
+    let debited: BTreeMap<String, Decimal> = totals
         .into_iter()
         .filter(|(_, totals)| totals.is_debited())
         .map(|(account_id, totals)| (account_id, totals.debited))
         .collect();
-    let now = micropay_sdk::now_micros();
-    let db = ctx.db()?;
-
     let ids: Vec<String> = debited.keys().cloned().collect();
     // System accounts have no limit rows: only user accounts come back.
     let mut released: BTreeMap<String, Decimal> = BTreeMap::new();
@@ -559,6 +610,44 @@ pub fn system_account(ctx: &mut Context) -> Result<Response, ApiError> {
     Ok(Response::ok(&json!({ "account_id": funding.text("account_id"), "currency": funding.text("currency") })))
 }
 
+// ---- maintenance ----
+
+/// `POST /maintenance` (every minute, on every host, as the platform administrator): resolves
+/// the records in flight older than [`domain::IN_FLIGHT_RESOLVE_AFTER_SECONDS`], asking the
+/// transaction service about each posting: one that never committed (the transaction service
+/// failed between the authorization and its commit) or is settled (every entry applied, its
+/// `balance.updated` lost to this service) leaves no record; one still `PENDING` keeps them.
+/// Safe to run any number of times and on several hosts at once. The transaction service is
+/// asked while this unit of work holds no lock.
+pub fn maintain(ctx: &mut Context) -> Result<Response, ApiError> {
+    let db = ctx.db()?;
+
+    let bound = domain::IN_FLIGHT_RESOLVE_AFTER_SECONDS;
+    let stale = sql::stale_postings_in_flight(db, bound, domain::IN_FLIGHT_SWEEP_BATCH)?;
+    let resolved: Vec<String> =
+        stale.into_iter().filter(|id| posting_fate(id).is_some_and(PostingFate::is_resolved)).collect();
+    let cleared = sql::clear_postings_in_flight(db, &resolved, bound)?;
+    if cleared > 0 {
+        micropay_sdk::log_info(&format!(
+            "cleared {cleared} records in flight of {} postings that never committed or are settled",
+            resolved.len()
+        ));
+    }
+    Ok(Response::ok(&json!({ "postings_resolved": resolved.len(), "records_cleared": cleared })))
+}
+
+/// What the transaction service says became of a posting; `None` when it cannot say now.
+fn posting_fate(transaction_id: &str) -> Option<PostingFate> {
+    let path = format!("/internal/transactions/{transaction_id}");
+    match services::call_json("transaction", "GET", &path, None) {
+        Ok(answer) => PostingFate::of(&answer),
+        Err(err) => {
+            micropay_sdk::log_warn(&format!("transaction {transaction_id} not checked: {} {}", err.code, err.message));
+            None
+        }
+    }
+}
+
 // ---- events ----
 
 /// Handles `balance.updated`: keeps the account's balance snapshot at the latest sequence the
@@ -580,7 +669,8 @@ pub fn handle_event(event: &Event) -> Result<(), String> {
     };
     let db = Db::open().map_err(describe)?;
 
-    if sql::record_balance(&db, &update.account_id, balance, update.sequence).map_err(describe)? == 0 {
+    let transaction_id = update.transaction_id.as_deref().filter(|id| micropay_sdk::is_uuid(id));
+    if sql::record_balance(&db, &update.account_id, balance, update.sequence, transaction_id).map_err(describe)? == 0 {
         match sql::balance_sequence(&db, &update.account_id).map_err(describe)? {
             None => micropay_sdk::log_warn(&format!(
                 "balance.updated {} names account {}, which does not exist",

@@ -97,17 +97,50 @@ pub fn find_account_by_number(db: &Db, account_number: &str) -> Result<Option<Ro
     )
 }
 
-/// The accounts named by `ids` that exist, in `account_id` order.
-pub fn find_accounts(db: &Db, ids: &[String]) -> Result<Vec<Row>, DbError> {
-    db.query(
-        concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE account_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::uuid)) \
-             ORDER BY account_id"
-        ),
-        &[id_list(ids)],
-    )
+/// The accounts a posting names (`$1`) for `/internal/authorize`, in one statement: the user
+/// accounts among them locked `FOR KEY SHARE` in `account_id` order and read as they are once
+/// locked, the posting `$2` recorded in flight on each of them, and the system accounts (owner
+/// `$3`, never frozen nor closed) read without a lock.
+///
+/// `FOR KEY SHARE` conflicts with the `FOR UPDATE` that freezing and closing take
+/// ([`lock_account`]), so an authorization and a status change of the same account take turns:
+/// one waits for the other's commit, then reads what it wrote (a locking read returns the
+/// latest committed row). It does not conflict with the `UPDATE` of the balance snapshot
+/// ([`record_balance`]), nor with other authorizations. The rows read after the lock come from
+/// the locking CTE itself: another scan in the same statement would see the statement's
+/// snapshot, taken before any wait. The record is written before the rules are checked; a
+/// refusal rolls the unit of work back, record included.
+const AUTHORIZE_ACCOUNTS: &str = concat!(
+    "
+WITH user_accounts AS (
+    SELECT ",
+    account_columns!(),
+    " FROM accounts
+    WHERE account_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::uuid)) AND user_id <> $3
+    ORDER BY account_id
+    FOR KEY SHARE
+),
+system_accounts AS (
+    SELECT ",
+    account_columns!(),
+    " FROM accounts
+    WHERE account_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::uuid)) AND user_id = $3
+),
+in_flight AS (
+    INSERT INTO account_postings_in_flight (account_id, transaction_id)
+    SELECT account_id, $2 FROM user_accounts
+    ON CONFLICT DO NOTHING
+)
+SELECT * FROM user_accounts
+UNION ALL
+SELECT * FROM system_accounts
+ORDER BY account_id"
+);
+
+/// The accounts named by `ids` that exist, in `account_id` order, the user accounts among them
+/// locked and `transaction_id` recorded in flight on each (see [`AUTHORIZE_ACCOUNTS`]).
+pub fn authorize_accounts(db: &Db, ids: &[String], transaction_id: &str) -> Result<Vec<Row>, DbError> {
+    db.query(AUTHORIZE_ACCOUNTS, &[id_list(ids), uuid(transaction_id), uuid(SYSTEM_USER_ID)])
 }
 
 /// Every account, or those of one owner (the nil UUID: the system accounts), newest first.
@@ -174,13 +207,24 @@ pub fn set_limits(db: &Db, account_id: &str, limits: TransferLimits) -> Result<R
     )
 }
 
-/// Records the balance a `balance.updated` event reports, unless the account already shows a
-/// later one (`sequence` not above the stored one). Returns how many rows changed (0 or 1).
-pub fn record_balance(db: &Db, account_id: &str, balance: Decimal, sequence: i64) -> Result<u64, DbError> {
+/// Records what a `balance.updated` event reports, in one statement: the posting it names
+/// (`transaction_id`, when it names one) is no longer in flight on the account, and the
+/// balance is stored unless the account already shows a later one (`sequence` not above the
+/// stored one). The removal happens either way (a statement in `WITH` always runs to
+/// completion). Returns how many account rows changed (0 or 1).
+pub fn record_balance(
+    db: &Db,
+    account_id: &str,
+    balance: Decimal,
+    sequence: i64,
+    transaction_id: Option<&str>,
+) -> Result<u64, DbError> {
     db.execute(
-        "UPDATE accounts SET balance_snapshot = $2, balance_last_updated_at = now(), balance_sequence = $3 \
+        "WITH applied AS ( \
+             DELETE FROM account_postings_in_flight WHERE account_id = $1 AND transaction_id = $4) \
+         UPDATE accounts SET balance_snapshot = $2, balance_last_updated_at = now(), balance_sequence = $3 \
          WHERE account_id = $1 AND balance_sequence < $3",
-        &[uuid(account_id), money_value(balance), int(sequence)],
+        &[uuid(account_id), money_value(balance), int(sequence), transaction_id.map_or(Value::Null, uuid)],
     )
 }
 
@@ -257,4 +301,56 @@ pub fn set_usage(db: &Db, limit_id: &str, usage: &LimitUsage) -> Result<(), DbEr
         &[uuid(limit_id), money_value(usage.current_usage), timestamp(start), timestamp(end)],
     )?;
     Ok(())
+}
+
+// ---- postings in flight ----
+
+/// Up to `limit` postings in flight on an account (authorized, not yet applied to it nor given
+/// up), oldest first.
+pub fn postings_in_flight(db: &Db, account_id: &str, limit: i64) -> Result<Vec<String>, DbError> {
+    Ok(db
+        .query(
+            "SELECT transaction_id FROM account_postings_in_flight WHERE account_id = $1 \
+             ORDER BY authorized_at, transaction_id LIMIT $2",
+            &[uuid(account_id), int(limit)],
+        )?
+        .iter()
+        .map(|row| row.text("transaction_id"))
+        .collect())
+}
+
+/// Gives up the records of a posting that failed after its authorization, on the accounts it
+/// named. Returns how many there were.
+pub fn give_up_in_flight(db: &Db, ids: &[String], transaction_id: &str) -> Result<u64, DbError> {
+    db.execute(
+        "DELETE FROM account_postings_in_flight \
+         WHERE account_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::uuid)) AND transaction_id = $2",
+        &[id_list(ids), uuid(transaction_id)],
+    )
+}
+
+/// Up to `limit` postings with a record in flight written more than `older_than_seconds` ago,
+/// oldest first.
+pub fn stale_postings_in_flight(db: &Db, older_than_seconds: i64, limit: i64) -> Result<Vec<String>, DbError> {
+    Ok(db
+        .query(
+            "SELECT transaction_id FROM account_postings_in_flight \
+             WHERE authorized_at < now() - $1 * interval '1 second' \
+             GROUP BY transaction_id ORDER BY min(authorized_at), transaction_id LIMIT $2",
+            &[int(older_than_seconds), int(limit)],
+        )?
+        .iter()
+        .map(|row| row.text("transaction_id"))
+        .collect())
+}
+
+/// Removes every record in flight of these postings written more than `older_than_seconds`
+/// ago. Returns how many there were.
+pub fn clear_postings_in_flight(db: &Db, transaction_ids: &[String], older_than_seconds: i64) -> Result<u64, DbError> {
+    db.execute(
+        "DELETE FROM account_postings_in_flight \
+         WHERE transaction_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::uuid)) \
+           AND authorized_at < now() - $2 * interval '1 second'",
+        &[id_list(transaction_ids), int(older_than_seconds)],
+    )
 }

@@ -7,8 +7,8 @@ use micropay_sdk::is_uuid;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::DateTime;
-use micropay_sdk::ApiError;
 use micropay_sdk::money::{Amount, Currency, Decimal};
+use micropay_sdk::{AdminRole, ApiError};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
@@ -158,6 +158,19 @@ pub fn account_not_found() -> ApiError {
 /// 404 for a reservation that does not exist or that the caller may not see.
 pub fn reservation_not_found() -> ApiError {
     ApiError::new(404, "reservation_not_found", "no such reservation")
+}
+
+/// Whether an administrator may release a user's reservation: it hands held funds back to be
+/// spent, undoing what a payment counted on, so it is the treasury's call: the platform's admin
+/// key only (403 `platform_only`). The owner releases their own without asking.
+pub fn check_release_by_administrator(role: AdminRole) -> Result<(), ApiError> {
+    match role {
+        AdminRole::Platform => Ok(()),
+        AdminRole::Ops | AdminRole::Risk => Err(ApiError::forbidden(
+            "platform_only",
+            "releasing a user's reservation as an administrator takes a platform admin key",
+        )),
+    }
 }
 
 /// 422: money of one currency named against an account (or reservation) of another.
@@ -518,6 +531,15 @@ mod tests {
 
     const A: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
     const B: &str = "1b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+
+    #[test]
+    fn only_the_treasury_releases_a_users_reservation() {
+        assert!(check_release_by_administrator(AdminRole::Platform).is_ok());
+        for role in [AdminRole::Ops, AdminRole::Risk] {
+            let refused = check_release_by_administrator(role).unwrap_err();
+            assert_eq!((refused.status, refused.code.as_str()), (403, "platform_only"), "{role:?}");
+        }
+    }
     const F: &str = "ffffffff-4f50-6172-8394-a5b6c7d8e9f0";
     const USER: &str = "9c1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
 

@@ -304,6 +304,9 @@ pub fn get_reservation(ctx: &mut Context) -> Result<Response, ApiError> {
 /// released.
 pub fn release_reservation(ctx: &mut Context) -> Result<Response, ApiError> {
     let principal = Principal::current()?;
+    if principal == Principal::Admin {
+        domain::check_release_by_administrator(ctx.administrator()?)?;
+    }
     let reservation_id = domain::path_id(ctx.param("reservation_id")).ok_or_else(reservation_not_found)?;
     let db = ctx.db()?;
 

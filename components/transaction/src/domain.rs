@@ -7,8 +7,8 @@ use micropay_sdk::is_uuid;
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Datelike};
-use micropay_sdk::ApiError;
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
+use micropay_sdk::{AdminRole, ApiError};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
@@ -27,6 +27,16 @@ const MAX_LIMIT: i64 = 200;
 /// How far behind the clock the ledger check's default cut-off lies: far beyond a posting's
 /// deadline, so every posting created before it has committed or never will.
 const DEFAULT_AS_OF_LAG_MICROS: i64 = 60_000_000;
+
+/// Refuses (403 `platform_only`) an administrator whose admin key may not move money: only the
+/// platform's (the treasury's) may deposit, withdraw, adjust or reverse; `ops` and `risk` keys
+/// run and watch the platform, they do not pay.
+pub fn check_treasury(role: AdminRole) -> Result<(), ApiError> {
+    if role == AdminRole::Platform {
+        return Ok(());
+    }
+    Err(ApiError::forbidden("platform_only", "moving money as an administrator takes a platform admin key"))
+}
 
 /// Whether an entry takes from its account's balance (DEBIT) or adds to it (CREDIT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -426,6 +436,15 @@ mod tests {
     const FUNDING: &str = "2b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
     const RESERVATION: &str = "3b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
     const OTHER_RESERVATION: &str = "4b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+
+    #[test]
+    fn only_the_treasury_moves_money_as_an_administrator() {
+        assert!(check_treasury(AdminRole::Platform).is_ok());
+        for role in [AdminRole::Ops, AdminRole::Risk] {
+            let refused = check_treasury(role).unwrap_err();
+            assert_eq!((refused.status, refused.code.as_str()), (403, "platform_only"), "{role:?}");
+        }
+    }
 
     fn request(account_id: &str, entry_type: &str, amount: &str, currency: &str) -> EntryRequest {
         EntryRequest {

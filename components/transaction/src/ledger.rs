@@ -6,8 +6,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use micropay_sdk::money::{self, Decimal};
+use micropay_sdk::time::rfc3339;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value as Json, json};
+
+/// How long before the cut-off a posting may still be `PENDING` without being reported: its
+/// `transaction.posted` is normally applied within seconds, and the balance service's last
+/// retry (10 attempts, backing off from 200 ms) comes about 80 s after the first. A posting
+/// pending this long is stuck: its event is in the dead letters, or the bus is not delivering.
+pub const PENDING_TOO_LONG_MICROS: i64 = 5 * 60 * 1_000_000;
+
+/// The most postings pending too long the report names one by one (the rest are counted).
+pub const PENDING_TOO_LONG_LISTED: i64 = 100;
 
 /// One account's entries in one currency as one side counts them: how many, and their net
 /// effect on the balance (credits − debits).
@@ -40,6 +50,15 @@ pub struct Unbalanced {
     pub credits: Decimal,
 }
 
+/// A posting still `PENDING` that was created [`PENDING_TOO_LONG_MICROS`] or more before the
+/// cut-off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StalePending {
+    pub transaction_id: String,
+    /// Microseconds since the epoch.
+    pub created_at: i64,
+}
+
 /// The transaction side of the check, over the transactions created before the cut-off, all
 /// read in one statement (one snapshot), so the pending ones left out of `accounts` are exactly
 /// the ones the balance side is told to leave out.
@@ -48,6 +67,10 @@ pub struct TransactionSide {
     pub transactions_checked: i64,
     /// The transactions still `PENDING`: their balance events may be in flight.
     pub pending: Vec<String>,
+    /// How many of them were created [`PENDING_TOO_LONG_MICROS`] or more before the cut-off,
+    /// and the oldest of those (at most [`PENDING_TOO_LONG_LISTED`]).
+    pub stale_pending_count: i64,
+    pub stale_pending: Vec<StalePending>,
     pub one_sided: Vec<OneSided>,
     pub unbalanced: Vec<Unbalanced>,
     /// Per account and currency: the entries of the transactions not pending (`entries`,
@@ -159,6 +182,36 @@ pub fn unbalanced_problems(side: &TransactionSide) -> Vec<Problem> {
     one_sided.chain(unbalanced).collect()
 }
 
+/// Step 5: no posting stays `PENDING` [`PENDING_TOO_LONG_MICROS`] or longer before the cut-off
+/// (its balance events never came: the bus is stuck, or its `transaction.posted` was set aside
+/// in the dead letters), one problem per posting named and one for the rest.
+pub fn pending_problems(side: &TransactionSide) -> Vec<Problem> {
+    let minutes = PENDING_TOO_LONG_MICROS / 60_000_000;
+    let mut problems: Vec<Problem> = side
+        .stale_pending
+        .iter()
+        .map(|posting| {
+            Problem::new(
+                "posting_pending_too_long",
+                format!(
+                    "transaction {} has been PENDING since {}, {minutes} minutes or more before the cut-off: \
+                     its balance events have not been written",
+                    posting.transaction_id,
+                    rfc3339(posting.created_at)
+                ),
+            )
+        })
+        .collect();
+    let unnamed = side.stale_pending_count - side.stale_pending.len() as i64;
+    if unnamed > 0 {
+        problems.push(Problem::new(
+            "posting_pending_too_long",
+            format!("{unnamed} more transactions have been PENDING as long"),
+        ));
+    }
+    problems
+}
+
 /// Step 3: account by account (and currency), the entries of the ledger against the balance
 /// events. More entries on the ledger's side, or as many with another net, means an entry
 /// whose balance event is missing; more events means a balance event without its entry, as
@@ -223,6 +276,7 @@ pub fn account_problems(ours: &[AccountSum], known: &BTreeMap<String, String>) -
 pub fn report(as_of: &str, ours: &TransactionSide, theirs: &BalanceSide, known: &BTreeMap<String, String>) -> Json {
     let (accounts_checked, differences) = compare(&ours.accounts, &theirs.accounts);
     let mut problems = unbalanced_problems(ours);
+    problems.extend(pending_problems(ours));
     problems.extend(differences);
     problems.extend(account_problems(&ours.accounts, known));
     problems.extend(theirs.problems.iter().cloned());
@@ -264,6 +318,8 @@ mod tests {
         let ours = TransactionSide {
             transactions_checked: 3,
             pending: vec![TRANSACTION.into()],
+            stale_pending_count: 0,
+            stale_pending: Vec::new(),
             one_sided: Vec::new(),
             unbalanced: Vec::new(),
             accounts: accounts.iter().cloned().chain([sum(BOB, "USD", 0, "0")]).collect(),
@@ -367,6 +423,29 @@ mod tests {
     }
 
     #[test]
+    fn postings_pending_too_long_are_named() {
+        let (mut ours, theirs, known) = whole_ledger();
+        assert!(pending_problems(&ours).is_empty());
+        // Pending, but not for long: in flight, not a problem.
+        assert_eq!(report("t", &ours, &theirs, &known)["ok"], json!(true));
+
+        ours.stale_pending_count = 3;
+        ours.stale_pending =
+            vec![StalePending { transaction_id: TRANSACTION.into(), created_at: 1_767_225_600_000_000 }];
+        let problems = pending_problems(&ours);
+        assert_eq!(kinds(&problems), vec!["posting_pending_too_long", "posting_pending_too_long"]);
+        assert_eq!(
+            problems[0].detail,
+            format!(
+                "transaction {TRANSACTION} has been PENDING since 2026-01-01T00:00:00.000000Z, 5 minutes or more \
+                 before the cut-off: its balance events have not been written"
+            )
+        );
+        assert_eq!(problems[1].detail, "2 more transactions have been PENDING as long");
+        assert_eq!(report("t", &ours, &theirs, &known)["ok"], json!(false));
+    }
+
+    #[test]
     fn the_balance_sides_problems_pass_through() {
         let (ours, mut theirs, known) = whole_ledger();
         theirs.problems.push(Problem::new("chain_broken", "account x: event 3 does not follow event 2".into()));
@@ -398,12 +477,15 @@ mod tests {
         let ours = json!({
             "transactions_checked": 2,
             "pending": [TRANSACTION],
+            "stale_pending_count": 1,
+            "stale_pending": [{ "transaction_id": TRANSACTION, "created_at": 1_767_225_600_000_000_i64 }],
             "one_sided": [],
             "unbalanced": [{ "transaction_id": TRANSACTION, "currency": "USD", "debits": "1.0000", "credits": "2.0000" }],
             "accounts": [{ "account_id": ALICE, "currency": "USD", "entries": 1, "net": "1.0000" }],
         });
         let side = transaction_side(ours).unwrap();
         assert_eq!(side.pending, vec![TRANSACTION.to_string()]);
+        assert_eq!(side.stale_pending[0].created_at, 1_767_225_600_000_000);
         assert_eq!(side.unbalanced[0].credits, Decimal::new(2, 0));
 
         let lists = vec![

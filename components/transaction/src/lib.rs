@@ -70,7 +70,7 @@ fn router() -> Router {
         .get(
             "/internal/transactions/{transaction_id}",
             "Whether a posting committed",
-            Service(&["balance"]),
+            Service(&["balance", "account"]),
             transaction_status,
         )
 }

@@ -141,9 +141,10 @@ struct Posting {
 /// new transaction's id.
 ///
 /// A refusal by either service is the answer as it gave it. When the posting fails after the
-/// limits were counted, they are given back; holds taken for a posting that never commits are
-/// released by the balance service's sweeper once this service says the transaction does not
-/// exist.
+/// authorization, the account service is told to give up what it took (the accounts' records
+/// in flight, and the limits counted); what a posting that fails later still (or whose commit
+/// never comes) leaves behind, the account and balance services' sweepers resolve once this
+/// service says the transaction does not exist.
 fn post(ctx: &mut Context, posting: &Posting) -> Result<String, ApiError> {
     let total = domain::validate_posting(&posting.entries)?;
     let transaction_id = micropay_sdk::new_uuid();
@@ -160,16 +161,12 @@ fn post(ctx: &mut Context, posting: &Posting) -> Result<String, ApiError> {
         })
         .collect();
     let counted = posting.transaction_type.counts_toward_limits();
-    let authorized = services::call_json(
-        "account",
-        "POST",
-        "/internal/authorize",
-        Some(&json!({ "legs": legs, "count_toward_limits": counted })),
-    )?;
+    let authorization = json!({ "transaction_id": transaction_id, "legs": legs, "count_toward_limits": counted });
+    let authorized = services::call_json("account", "POST", "/internal/authorize", Some(&authorization))?;
 
     let recorded = hold_and_record(ctx, posting, &transaction_id, &total, &authorized);
-    if recorded.is_err() && counted {
-        release_limits(&legs);
+    if recorded.is_err() {
+        give_up_authorization(&authorization);
     }
     recorded.map(|()| transaction_id)
 }
@@ -250,14 +247,15 @@ fn hold_and_record(
     Ok(())
 }
 
-/// Gives back the limit usage an authorization counted for a posting that then failed. Its own
-/// failure is logged, not answered: the client needs the posting's error.
-fn release_limits(legs: &[Json]) {
-    let request = json!({ "legs": legs, "count_toward_limits": true });
-    if let Err(err) = services::call_json("account", "POST", "/internal/release-limits", Some(&request)) {
+/// Gives up what an authorization (`authorization`, the request that made it) took for a
+/// posting that then failed: the accounts' records in flight, and the limit usage it counted.
+/// Its own failure is logged, not answered: the client needs the posting's error (the account
+/// service's sweeper clears the records later, the limits stay counted).
+fn give_up_authorization(authorization: &Json) {
+    if let Err(err) = services::call_json("account", "POST", "/internal/release-limits", Some(authorization)) {
         micropay_sdk::log_warn(&format!(
-            "transfer limits of a failed posting not given back: {} {}",
-            err.code, err.message
+            "the authorization of failed posting {} not given up: {} {}",
+            authorization["transaction_id"], err.code, err.message
         ));
     }
 }
@@ -280,6 +278,10 @@ fn stored_entry(row: &Row) -> Result<Entry, ApiError> {
 /// adjustment. 201 with the transaction, `PENDING` until the balances have applied it.
 pub fn post_transaction(ctx: &mut Context) -> Result<Response, ApiError> {
     let principal = Principal::current()?;
+    if principal == Principal::Admin {
+        // An administrator's posting is an adjustment: it moves money.
+        domain::check_treasury(ctx.administrator()?)?;
+    }
     let request: NewPosting = ctx.json()?;
     let entries = domain::entries(request.entries)?;
     let description = domain::text_field("description", request.description.as_deref())?;
@@ -306,6 +308,7 @@ pub fn withdraw(ctx: &mut Context) -> Result<Response, ApiError> {
 }
 
 fn fund(ctx: &mut Context, transaction_type: TransactionType) -> Result<Response, ApiError> {
+    domain::check_treasury(ctx.administrator()?)?;
     let request: Funding = ctx.json()?;
     let account_id = domain::uuid_field("account_id", &request.account_id)?;
     let amount = Amount::parse(&request.amount).map_err(|reason| money::invalid("amount", reason))?;
@@ -330,6 +333,7 @@ fn fund(ctx: &mut Context, transaction_type: TransactionType) -> Result<Response
 /// transaction and marks it `REVERSED`. 201 with the reversal, which names the original in
 /// `reversal_of`.
 pub fn reverse(ctx: &mut Context) -> Result<Response, ApiError> {
+    domain::check_treasury(ctx.administrator()?)?;
     let original_id = path_transaction_id(ctx)?;
     let request: Reversal = ctx.json()?;
     let reason = domain::reason(&request.reason)?;
@@ -415,8 +419,9 @@ pub fn get_transaction(ctx: &mut Context) -> Result<Response, ApiError> {
     Ok(Response::ok(&answer.remove(0)))
 }
 
-/// `GET /internal/transactions/{transaction_id}` (the balance service): whether a posting
-/// committed, and its status, so that holds of postings that never did can be released.
+/// `GET /internal/transactions/{transaction_id}` (the balance and account services): whether a
+/// posting committed, and its status, so that holds and records in flight of postings that
+/// never did (or are settled) can be released.
 pub fn transaction_status(ctx: &mut Context) -> Result<Response, ApiError> {
     let transaction_id = path_transaction_id(ctx)?;
     let db = ctx.db()?;
@@ -432,7 +437,9 @@ pub fn check_ledger(ctx: &mut Context) -> Result<Response, ApiError> {
     let as_of_text = rfc3339(as_of);
     let db = ctx.db()?;
 
-    let ours = ledger::transaction_side(sql::ledger_side(db, as_of)?).map_err(|err| ApiError::internal(&err))?;
+    let pending_before = as_of - ledger::PENDING_TOO_LONG_MICROS;
+    let ours = ledger::transaction_side(sql::ledger_side(db, as_of, pending_before, ledger::PENDING_TOO_LONG_LISTED)?)
+        .map_err(|err| ApiError::internal(&err))?;
     let request = json!({ "as_of": as_of_text, "exclude_transactions": ours.pending });
     let theirs = ledger::balance_side(services::call_json("balance", "POST", "/internal/ledger", Some(&request))?)
         .map_err(|err| ApiError::internal(&err))?;

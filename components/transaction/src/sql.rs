@@ -205,15 +205,20 @@ pub fn mark_reversed(db: &Db, transaction_id: &str, reason: &str) -> Result<(), 
 
 /// The transaction side of the ledger check, over the transactions created before the cut-off
 /// (`$1`), computed by the database in one statement, hence over one snapshot: which
-/// transactions are pending, which lack a DEBIT or a CREDIT, which do not balance in a
-/// currency, and per account and currency the count and net (credits − debits) of the entries
-/// of the transactions not pending. Amounts travel as JSON text, never as JSON numbers.
-/// Answers one row with one `side` document (see [`crate::ledger::TransactionSide`]).
+/// transactions are pending, and which of those were created before `$2` (the oldest `$3` of
+/// them, with their creation in microseconds since the epoch, and how many); which lack a
+/// DEBIT or a CREDIT, which do not balance in a currency, and per account and currency the
+/// count and net (credits − debits) of the entries of the transactions not pending. Amounts
+/// travel as JSON text, never as JSON numbers. Answers one row with one `side` document (see
+/// [`crate::ledger::TransactionSide`]).
 const LEDGER_SIDE: &str = "
 WITH checked AS MATERIALIZED (
-    SELECT transaction_id, status = 'PENDING' AS pending
+    SELECT transaction_id, created_at, status = 'PENDING' AS pending
     FROM transactions
     WHERE created_at < $1
+),
+stale AS (
+    SELECT transaction_id, created_at FROM checked WHERE pending AND created_at < $2
 ),
 entries AS MATERIALIZED (
     SELECT e.transaction_id, e.account_id, e.entry_type, e.amount, e.currency, c.pending
@@ -247,6 +252,12 @@ SELECT jsonb_build_object(
     'transactions_checked', (SELECT count(*) FROM checked),
     'pending', (SELECT coalesce(jsonb_agg(transaction_id ORDER BY transaction_id), '[]')
                 FROM checked WHERE pending),
+    'stale_pending_count', (SELECT count(*) FROM stale),
+    'stale_pending', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                 'transaction_id', transaction_id,
+                                 'created_at', (extract(epoch FROM created_at) * 1000000)::bigint)
+                             ORDER BY created_at, transaction_id), '[]')
+                      FROM (SELECT * FROM stale ORDER BY created_at, transaction_id LIMIT $3) AS oldest),
     'one_sided', (SELECT coalesce(jsonb_agg(jsonb_build_object(
                              'transaction_id', transaction_id,
                              'debit_entries', debit_entries,
@@ -266,7 +277,9 @@ SELECT jsonb_build_object(
                  FROM accounts)
 ) AS side";
 
-/// The transaction side of the ledger check up to `as_of` (microseconds); see [`LEDGER_SIDE`].
-pub fn ledger_side(db: &Db, as_of: i64) -> Result<serde_json::Value, DbError> {
-    Ok(db.query_one(LEDGER_SIDE, &[timestamp(as_of)])?.json("side"))
+/// The transaction side of the ledger check up to `as_of`, naming up to `listed` of the
+/// postings still pending that were created before `pending_before` (both in microseconds);
+/// see [`LEDGER_SIDE`].
+pub fn ledger_side(db: &Db, as_of: i64, pending_before: i64, listed: i64) -> Result<serde_json::Value, DbError> {
+    Ok(db.query_one(LEDGER_SIDE, &[timestamp(as_of), timestamp(pending_before), int(listed)])?.json("side"))
 }
