@@ -3,52 +3,26 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use micropay_tests::{TestHost, User, error_code, signed_in_user};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-
-/// The test server's connections, as this file's tests share them: a test with one host (some
-/// 40 connections at most) holds it shared; the test with two hosts on the same databases
-/// (about 80 of the server's 100) holds it alone, so that no other test of this file starves
-/// it or is starved by it.
-static CONNECTIONS: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
 
 /// A host with the keys the money flows need.
 struct Bank {
     host: TestHost,
     /// Deposits, withdrawals, reversals, system accounts.
     platform: String,
-    /// Its share of the server's connections, given back after the host has stopped (fields
-    /// drop in order).
-    _shared: Option<RwLockReadGuard<'static, ()>>,
-    _alone: Option<RwLockWriteGuard<'static, ()>>,
 }
 
 impl Bank {
     async fn start() -> Self {
-        let shared = CONNECTIONS.read().await;
-        Self::start_holding(Some(shared), None).await
-    }
-
-    /// [`Bank::start`] for a test that starts a second host: while no other test of this file
-    /// runs.
-    async fn start_alone() -> Self {
-        let alone = CONNECTIONS.write().await;
-        Self::start_holding(None, Some(alone)).await
-    }
-
-    async fn start_holding(
-        shared: Option<RwLockReadGuard<'static, ()>>,
-        alone: Option<RwLockWriteGuard<'static, ()>>,
-    ) -> Self {
         let host = TestHost::start().await;
         let platform = host.admin_key("platform");
-        Self { host, platform, _shared: shared, _alone: alone }
+        Self { host, platform }
     }
 
     async fn open_account(&self, user: &User, currency: &str) -> Value {
@@ -172,7 +146,7 @@ async fn random_transfers_from_two_hosts_keep_every_invariant() {
     const OPERATIONS_PER_CLIENT: usize = 30;
     const FUNDING: &str = "1000.00";
 
-    let mut bank = Bank::start_alone().await;
+    let mut bank = Bank::start().await;
     let mut users = Vec::new();
     for _ in 0..4 {
         users.push(signed_in_user(&mut bank.host).await);
