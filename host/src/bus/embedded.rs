@@ -10,11 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use super::{BATCH, Envelope, EnvelopeRow, PARTITIONS, RETENTION_DAYS, locks};
+use super::{BATCH, Envelope, EnvelopeColumns, EnvelopeRow, PARTITIONS, RETENTION_DAYS, locks};
 
 /// The bus tables.
 pub const TABLES: &[&str] = &[
@@ -63,14 +62,7 @@ impl EmbeddedBus {
             .execute(&mut *transaction)
             .await?;
         let partitions: Vec<i16> = events.iter().map(|event| event.partition() as i16).collect();
-        let ids: Vec<uuid::Uuid> = events.iter().map(|event| event.id).collect();
-        let topics: Vec<&str> = events.iter().map(|event| event.topic.as_str()).collect();
-        let sources: Vec<&str> = events.iter().map(|event| event.source.as_str()).collect();
-        let subjects: Vec<&str> = events.iter().map(|event| event.subject.as_str()).collect();
-        let data: Vec<sqlx::types::Json<&serde_json::Value>> =
-            events.iter().map(|event| sqlx::types::Json(&event.data)).collect();
-        let traces: Vec<&str> = events.iter().map(|event| event.trace_id.as_str()).collect();
-        let times: Vec<DateTime<Utc>> = events.iter().map(|event| event.time).collect();
+        let columns = EnvelopeColumns::of(events);
         // WITH ORDINALITY keeps the batch's order in the sequence numbers.
         sqlx::query(
             "INSERT INTO public.events (partition, event_id, topic, source, subject, data, trace_id, occurred_at) \
@@ -82,13 +74,13 @@ impl EmbeddedBus {
              ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(&partitions)
-        .bind(&ids)
-        .bind(&topics)
-        .bind(&sources)
-        .bind(&subjects)
-        .bind(&data)
-        .bind(&traces)
-        .bind(&times)
+        .bind(&columns.ids)
+        .bind(&columns.topics)
+        .bind(&columns.sources)
+        .bind(&columns.subjects)
+        .bind(&columns.data)
+        .bind(&columns.traces)
+        .bind(&columns.times)
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;

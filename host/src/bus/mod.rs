@@ -86,6 +86,32 @@ impl Envelope {
     }
 }
 
+/// A batch of events as the columns of an `UNNEST`, in order: how the outbox and the embedded
+/// bus append them with one statement.
+pub struct EnvelopeColumns<'a> {
+    pub ids: Vec<uuid::Uuid>,
+    pub topics: Vec<&'a str>,
+    pub sources: Vec<&'a str>,
+    pub subjects: Vec<&'a str>,
+    pub data: Vec<sqlx::types::Json<&'a serde_json::Value>>,
+    pub traces: Vec<&'a str>,
+    pub times: Vec<DateTime<Utc>>,
+}
+
+impl<'a> EnvelopeColumns<'a> {
+    pub fn of(events: &'a [Envelope]) -> Self {
+        Self {
+            ids: events.iter().map(|event| event.id).collect(),
+            topics: events.iter().map(|event| event.topic.as_str()).collect(),
+            sources: events.iter().map(|event| event.source.as_str()).collect(),
+            subjects: events.iter().map(|event| event.subject.as_str()).collect(),
+            data: events.iter().map(|event| sqlx::types::Json(&event.data)).collect(),
+            traces: events.iter().map(|event| event.trace_id.as_str()).collect(),
+            times: events.iter().map(|event| event.time).collect(),
+        }
+    }
+}
+
 /// An event as stored in a table (outbox, embedded bus, dead letters): the columns
 /// `event_id, topic, source, subject, data, trace_id, occurred_at`.
 #[derive(sqlx::FromRow)]

@@ -39,6 +39,7 @@ use sqlx::{Arguments, Column, Executor, Postgres, Row, TypeInfo, ValueRef};
 use tokio::time::Instant;
 use wasmtime::component::Resource;
 
+use crate::bus::{Envelope, EnvelopeColumns};
 use crate::policy::Limits;
 use crate::postgres::provision::PLATFORM_SCHEMA;
 use crate::runtime::bindings::service::micropay::platform::database::{Host, HostConnection};
@@ -116,16 +117,6 @@ impl From<DbError> for StatementError {
     }
 }
 
-/// An event published in a unit of work, written to the outbox when the unit commits.
-pub struct StagedEvent {
-    pub id: uuid::Uuid,
-    pub topic: String,
-    pub source: String,
-    pub subject: String,
-    pub data: serde_json::Value,
-    pub trace_id: String,
-}
-
 /// Why a unit of work's end failed, and whether its work may nonetheless have been committed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -161,7 +152,8 @@ pub struct UnitOfWork {
     /// Rows and bytes returned to the current invocation.
     returned: (u64, u64),
     commit_on_error: bool,
-    staged: Vec<StagedEvent>,
+    /// Events published in the unit, written to the outbox when it commits.
+    staged: Vec<Envelope>,
     staged_bytes: usize,
 }
 
@@ -195,7 +187,7 @@ impl UnitOfWork {
 
     /// Keeps `event` for the outbox, to be written if and only if the unit commits. Refuses
     /// (with the reason) once the unit holds too many.
-    pub fn stage(&mut self, event: StagedEvent) -> Result<(), String> {
+    pub fn stage(&mut self, event: Envelope) -> Result<(), String> {
         if self.database.is_none() {
             return Err("this component is granted no database, so no outbox".into());
         }
@@ -212,8 +204,8 @@ impl UnitOfWork {
     }
 
     /// Ends the unit: commits when `succeeded` (or when the component asked to keep its writes
-    /// despite an error answer) and no statement left the transaction failed; rolls back
-    /// otherwise. Returns whether it committed events. A unit that never touched the database
+    /// despite an error answer), rolls back otherwise; a commit asked of a transaction a failed
+    /// statement left aborted is refused. Returns whether it committed events. A unit that never touched the database
     /// costs nothing here. Not bounded by the invocation's deadline: a commit under way
     /// finishes, or its outcome is reported unknown.
     pub async fn finish(mut self, succeeded: bool) -> Result<bool, CommitError> {
@@ -230,12 +222,15 @@ impl UnitOfWork {
         }
         let Some(mut session) = self.session.take() else { return Ok(false) };
         let staged = std::mem::take(&mut self.staged);
-        let commit = commit_requested && !session.failed && !session.busy;
         if session.busy {
             // Only a trap leaves a statement unread, and a trap never commits.
             self.end_backend(session);
             return Err(CommitError::NotCommitted("a statement was cut off".into()));
         }
+        // A COMMIT would roll back a transaction PostgreSQL has aborted: asked to commit one,
+        // the unit says so rather than answer as if its work were kept.
+        let refused = commit_requested && session.failed;
+        let commit = commit_requested && !session.failed;
         let host_key = self.database.as_ref().map(|database| database.host_key.clone()).unwrap_or_default();
         let ended = tokio::time::timeout(END_TIMEOUT, async {
             if commit && !staged.is_empty() {
@@ -251,6 +246,11 @@ impl UnitOfWork {
             Ok(prepared_by_component) => {
                 if prepared_by_component {
                     session.connection.close_on_drop();
+                }
+                if refused {
+                    return Err(CommitError::NotCommitted(
+                        "a statement failed, so PostgreSQL aborted the transaction".into(),
+                    ));
                 }
                 Ok(commit && !staged.is_empty())
             }
@@ -449,27 +449,17 @@ impl Drop for UnitOfWork {
 }
 
 /// Writes the unit's events to the outbox, in the order published, with one call.
-async fn append_outbox(
-    connection: &mut PgConnection,
-    host_key: &[u8],
-    events: &[StagedEvent],
-) -> Result<(), sqlx::Error> {
-    let ids: Vec<uuid::Uuid> = events.iter().map(|event| event.id).collect();
-    let topics: Vec<&str> = events.iter().map(|event| event.topic.as_str()).collect();
-    let sources: Vec<&str> = events.iter().map(|event| event.source.as_str()).collect();
-    let subjects: Vec<&str> = events.iter().map(|event| event.subject.as_str()).collect();
-    let data: Vec<sqlx::types::Json<&serde_json::Value>> =
-        events.iter().map(|event| sqlx::types::Json(&event.data)).collect();
-    let traces: Vec<&str> = events.iter().map(|event| event.trace_id.as_str()).collect();
+async fn append_outbox(connection: &mut PgConnection, host_key: &[u8], events: &[Envelope]) -> Result<(), sqlx::Error> {
+    let columns = EnvelopeColumns::of(events);
     let query = sqlx::query("SELECT micropay_platform.append_outbox($1, $2, $3, $4, $5, $6, $7)")
         .persistent(false)
         .bind(host_key)
-        .bind(&ids)
-        .bind(&topics)
-        .bind(&sources)
-        .bind(&subjects)
-        .bind(&data)
-        .bind(&traces);
+        .bind(&columns.ids)
+        .bind(&columns.topics)
+        .bind(&columns.sources)
+        .bind(&columns.subjects)
+        .bind(&columns.data)
+        .bind(&columns.traces);
     fetch_all(connection, query).await.map(drop)
 }
 

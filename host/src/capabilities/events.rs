@@ -8,7 +8,7 @@
 //!   component's: the outbox belongs to the platform role, and only the host, holding the host
 //!   key, writes it.
 
-use crate::capabilities::database::StagedEvent;
+use crate::bus::Envelope;
 use crate::policy;
 use crate::runtime::bindings::service::micropay::platform::events::{Host, PublishError};
 use crate::runtime::state::InvocationState;
@@ -43,11 +43,12 @@ impl Host for InvocationState {
                 ))));
             }
         };
-        let event = StagedEvent {
+        let event = Envelope {
             id: uuid::Uuid::new_v4(),
             topic,
             source: component.name.to_string(),
             subject: key,
+            time: chrono::Utc::now(),
             data,
             trace_id: self.context.request_id.to_string(),
         };
