@@ -92,33 +92,9 @@ impl AdminAction {
         }
     }
 
-    /// Whether an admin key of `role` may: 403 otherwise, `platform_only` when only the
-    /// platform's key may, `role_not_allowed` naming the roles that may otherwise.
+    /// Whether an admin key of `role` may: 403 otherwise (see `require_admin_role`).
     pub fn check(self, role: AdminRole) -> Result<(), ApiError> {
-        let roles = self.roles();
-        if roles.contains(&role) {
-            return Ok(());
-        }
-        if roles == [AdminRole::Platform] {
-            return Err(ApiError::forbidden(
-                "platform_only",
-                format!("{} takes a platform admin key", self.describe()),
-            ));
-        }
-        let names: Vec<&str> = roles.iter().map(|role| role_name(*role)).collect();
-        Err(ApiError::forbidden(
-            "role_not_allowed",
-            format!("{} takes an admin key of role {}", self.describe(), names.join(" or ")),
-        ))
-    }
-}
-
-/// A role as `micropay admin-key create --role` names it.
-fn role_name(role: AdminRole) -> &'static str {
-    match role {
-        AdminRole::Ops => "ops",
-        AdminRole::Risk => "risk",
-        AdminRole::Platform => "platform",
+        micropay_sdk::principal::require_admin_role(role, self.roles(), self.describe())
     }
 }
 

@@ -164,13 +164,11 @@ pub fn reservation_not_found() -> ApiError {
 /// spent, undoing what a payment counted on, so it is the treasury's call: the platform's admin
 /// key only (403 `platform_only`). The owner releases their own without asking.
 pub fn check_release_by_administrator(role: AdminRole) -> Result<(), ApiError> {
-    match role {
-        AdminRole::Platform => Ok(()),
-        AdminRole::Ops | AdminRole::Risk => Err(ApiError::forbidden(
-            "platform_only",
-            "releasing a user's reservation as an administrator takes a platform admin key",
-        )),
-    }
+    micropay_sdk::principal::require_admin_role(
+        role,
+        &[AdminRole::Platform],
+        "releasing a user's reservation as an administrator",
+    )
 }
 
 /// 422: money of one currency named against an account (or reservation) of another.

@@ -1,5 +1,6 @@
 //! Who a request acts for, on the endpoints open to users and administrators alike.
 
+use crate::AdminRole;
 use crate::http::ApiError;
 use crate::service::micropay::platform::principal;
 
@@ -34,9 +35,44 @@ impl Principal {
     }
 }
 
+/// Refuses (403) an administrator whose role is not among `allowed` for `action` (in words:
+/// "moving money as an administrator"): `platform_only` when only the platform's key may,
+/// `role_not_allowed` naming the roles that may otherwise. Made first in a handler, before
+/// anything is read or written.
+pub fn require_admin_role(role: AdminRole, allowed: &[AdminRole], action: &str) -> Result<(), ApiError> {
+    if allowed.contains(&role) {
+        return Ok(());
+    }
+    if allowed == [AdminRole::Platform] {
+        return Err(ApiError::forbidden("platform_only", format!("{action} takes a platform admin key")));
+    }
+    let names: Vec<&str> = allowed.iter().map(|role| role_name(*role)).collect();
+    Err(ApiError::forbidden("role_not_allowed", format!("{action} takes an admin key of role {}", names.join(" or "))))
+}
+
+/// A role as `micropay admin-key create --role` names it.
+pub fn role_name(role: AdminRole) -> &'static str {
+    match role {
+        AdminRole::Ops => "ops",
+        AdminRole::Risk => "risk",
+        AdminRole::Platform => "platform",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_role_not_allowed_is_refused_by_name() {
+        assert!(require_admin_role(AdminRole::Risk, &[AdminRole::Risk, AdminRole::Platform], "closing").is_ok());
+        let refused = require_admin_role(AdminRole::Ops, &[AdminRole::Platform], "moving money").unwrap_err();
+        assert_eq!((refused.status, refused.code.as_str()), (403, "platform_only"));
+        let refused =
+            require_admin_role(AdminRole::Ops, &[AdminRole::Risk, AdminRole::Platform], "closing").unwrap_err();
+        assert_eq!((refused.status, refused.code.as_str()), (403, "role_not_allowed"));
+        assert!(refused.message.contains("risk or platform"), "{}", refused.message);
+    }
 
     #[test]
     fn an_owner_or_an_administrator_may_act() {

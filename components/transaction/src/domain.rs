@@ -32,10 +32,7 @@ const DEFAULT_AS_OF_LAG_MICROS: i64 = 60_000_000;
 /// platform's (the treasury's) may deposit, withdraw, adjust or reverse; `ops` and `risk` keys
 /// run and watch the platform, they do not pay.
 pub fn check_treasury(role: AdminRole) -> Result<(), ApiError> {
-    if role == AdminRole::Platform {
-        return Ok(());
-    }
-    Err(ApiError::forbidden("platform_only", "moving money as an administrator takes a platform admin key"))
+    micropay_sdk::principal::require_admin_role(role, &[AdminRole::Platform], "moving money as an administrator")
 }
 
 /// Whether an entry takes from its account's balance (DEBIT) or adds to it (CREDIT).
