@@ -61,8 +61,9 @@ enum AuditCommand {
 #[derive(Subcommand)]
 enum LedgerCommand {
     /// Check that every transaction is balanced, every entry has its balance event, the
-    /// balance events replay to the snapshots, and each currency sums to zero; prints what
-    /// differs and exits 1 when anything does.
+    /// balance events replay to the snapshots, each currency sums to zero, no posting stays
+    /// PENDING for 5 minutes and none is in the dead letters; prints what differs and exits 1
+    /// when anything does. Takes an ops or platform key (it reads the dead letters).
     Check {
         /// The cut-off: `now` for a quiet ledger, or an RFC 3339 time. By default a minute
         /// ago, so that every posting made before it has committed or never will.
