@@ -451,7 +451,7 @@ async fn resources_are_bounded_and_nothing_outlives_an_invocation() {
 }
 
 #[tokio::test]
-async fn a_commit_under_way_at_the_deadline_finishes_and_is_answered_as_such() {
+async fn an_answer_says_what_became_of_the_work() {
     let host = TestHost::start().await;
     // A commit that takes 1.5 s, past the probe's 500 ms deadline: a deferred trigger sleeps.
     let setup = [
@@ -469,10 +469,21 @@ async fn a_commit_under_way_at_the_deadline_finishes_and_is_answered_as_such() {
     let insert = json!({ "statements": ["INSERT INTO slow_commits VALUES (1)"], "savepoints": false });
     let (status, body) = host.call("POST", "/v1/probe/sql", None, Some(insert)).await;
     assert!(started.elapsed() > Duration::from_millis(1500), "the commit did not take its time");
-    assert_eq!(status, 200, "the work committed, so the answer says so: {body}");
+    assert_eq!(status, 200, "the commit under way at the deadline finished, so the answer says so: {body}");
     let mut probe_db = host.admin_db("probe").await;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM slow_commits").fetch_one(&mut probe_db).await.unwrap();
-    assert_eq!(rows, 1);
+    let count = "SELECT count(*) FROM slow_commits";
+    assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut probe_db).await.unwrap(), 1);
+
+    // A component that answers success after a statement failed (and PostgreSQL aborted its
+    // transaction) is not answered as if its work were kept: it was not.
+    let aborted = json!({ "statements": ["INSERT INTO slow_commits VALUES (2)", "SELECT 1 / 0"], "savepoints": false });
+    let (status, body) = host.call("POST", "/v1/probe/sql", None, Some(aborted)).await;
+    assert_eq!((status, error_code(&body)), (503, "commit_failed"), "{body}");
+    assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut probe_db).await.unwrap(), 1);
+    // The connection it left is fit for the next invocation.
+    for _ in 0..5 {
+        assert_eq!(host.call("GET", "/v1/probe/writes", None, None).await.0, 200);
+    }
 }
 
 #[tokio::test]

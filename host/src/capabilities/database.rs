@@ -136,9 +136,6 @@ struct Session {
     /// A statement was sent and its answer not read to the end: the connection is mid-result,
     /// and only ending its backend frees it.
     busy: bool,
-    /// The last statement failed, so PostgreSQL has aborted the transaction: a COMMIT would
-    /// roll it back.
-    failed: bool,
 }
 
 /// The database side of one invocation (or of a batch of deliveries, invocation after
@@ -204,13 +201,16 @@ impl UnitOfWork {
     }
 
     /// Ends the unit: commits when `succeeded` (or when the component asked to keep its writes
-    /// despite an error answer), rolls back otherwise; a commit asked of a transaction a failed
-    /// statement left aborted is refused. Returns whether it committed events. A unit that never touched the database
-    /// costs nothing here. Not bounded by the invocation's deadline: a commit under way
-    /// finishes, or its outcome is reported unknown.
+    /// despite an error answer), rolls back otherwise. Returns whether it committed events. A
+    /// unit that never touched the database costs nothing here. Not bounded by the
+    /// invocation's deadline: a commit under way finishes, or its outcome is reported unknown.
+    ///
+    /// A transaction a failed statement left aborted cannot be committed (PostgreSQL would
+    /// answer the COMMIT by rolling back): the first statement of the end fails on it, and the
+    /// unit reports its work not committed rather than answer as if it were kept.
     pub async fn finish(mut self, succeeded: bool) -> Result<bool, CommitError> {
-        let commit_requested = succeeded || self.commit_on_error;
-        if self.session.is_none() && commit_requested && !self.staged.is_empty() {
+        let commit = succeeded || self.commit_on_error;
+        if self.session.is_none() && commit && !self.staged.is_empty() {
             // Events published by work that touched nothing else still need a transaction.
             self.deadline = Instant::now() + END_TIMEOUT;
             if let Err(error) = self.session().await {
@@ -227,39 +227,32 @@ impl UnitOfWork {
             self.end_backend(session);
             return Err(CommitError::NotCommitted("a statement was cut off".into()));
         }
-        // A COMMIT would roll back a transaction PostgreSQL has aborted: asked to commit one,
-        // the unit says so rather than answer as if its work were kept.
-        let refused = commit_requested && session.failed;
-        let commit = commit_requested && !session.failed;
         let host_key = self.database.as_ref().map(|database| database.host_key.clone()).unwrap_or_default();
         let ended = tokio::time::timeout(END_TIMEOUT, async {
             if commit && !staged.is_empty() {
                 append_outbox(&mut session.connection, &host_key, &staged).await.map_err(end_error)?;
             }
             let end = if commit { RESET_AND_COMMIT } else { ROLLBACK_AND_RESET };
-            let rows = simple_query(&mut session.connection, end).await.map_err(end_error)?;
-            Ok(rows.last().and_then(|row| row.try_get::<bool, _>(0).ok()).unwrap_or(true))
+            ended_clean(&simple_query(&mut session.connection, end).await.map_err(end_error)?)
         })
         .await
         .unwrap_or_else(|_| Err(CommitError::Unknown("no answer in time".into())));
-        match ended {
-            Ok(prepared_by_component) => {
-                if prepared_by_component {
-                    session.connection.close_on_drop();
-                }
-                if refused {
-                    return Err(CommitError::NotCommitted(
-                        "a statement failed, so PostgreSQL aborted the transaction".into(),
-                    ));
-                }
-                Ok(commit && !staged.is_empty())
+        let clean = match &ended {
+            Ok(clean) => *clean,
+            // Refused: nothing was committed, and the transaction is still open (aborted).
+            Err(CommitError::NotCommitted(_)) => {
+                let rolled_back =
+                    tokio::time::timeout(END_TIMEOUT, simple_query(&mut session.connection, ROLLBACK_AND_RESET));
+                matches!(rolled_back.await, Ok(Ok(rows)) if ended_clean(&rows).unwrap_or(false))
             }
-            Err(error) => {
-                // The session's state is unknown: it is closed, which rolls back anything open.
-                session.connection.close_on_drop();
-                Err(error)
-            }
+            Err(CommitError::Unknown(_)) => false,
+        };
+        if !clean {
+            // Its state unknown, or the component prepared statements on it: closed, which also
+            // rolls back anything still open.
+            session.connection.close_on_drop();
         }
+        ended.map(|_| commit && !staged.is_empty())
     }
 
     /// Records a batch of delivered events in the inbox, first thing in the unit of work, so
@@ -289,7 +282,6 @@ impl UnitOfWork {
                 .await
                 .map_err(|_| StatementError::Trap(QueryDeadline.into()))?;
             session.busy = false;
-            session.failed = recorded.is_err();
             let recorded = recorded.map_err(db_error)?;
             Ok(recorded
                 .iter()
@@ -335,7 +327,7 @@ impl UnitOfWork {
                     return Err(late());
                 }
             };
-            self.session = Some(Session { connection, pid, busy: false, failed: false });
+            self.session = Some(Session { connection, pid, busy: false });
         }
         Ok(self.session.as_mut().expect("begun above"))
     }
@@ -384,7 +376,6 @@ impl UnitOfWork {
         };
         drop(stream);
         session.busy = false;
-        session.failed = matches!(&outcome, Err(error) if error.code != REFUSED);
         self.returned = (rows_returned, bytes_returned);
         outcome?;
         Ok(RowSet { columns, rows })
@@ -400,7 +391,6 @@ impl UnitOfWork {
             .await
             .map_err(|_| StatementError::Trap(QueryDeadline.into()))?;
         session.busy = false;
-        session.failed = done.is_err();
         Ok(done.map_err(db_error)?.rows_affected())
     }
 
@@ -492,6 +482,13 @@ fn execute<'c>(
 /// A simple-protocol query: several statements in one round trip, no parameters.
 fn simple_query<'c>(connection: &'c mut PgConnection, sql: &'c str) -> BoxFuture<'c, Result<Vec<PgRow>, sqlx::Error>> {
     connection.fetch_all(sqlx::raw_sql(sql))
+}
+
+/// Whether the end of a unit left its session fit to reuse: the last row of the end's
+/// statements says whether the component prepared statements of its own on it.
+fn ended_clean(rows: &[PgRow]) -> Result<bool, CommitError> {
+    let prepared_by_component = rows.last().map(|row| row.try_get::<bool, _>(0)).transpose().map_err(end_error)?;
+    Ok(prepared_by_component == Some(false))
 }
 
 /// An error ending a unit: PostgreSQL's refusal means nothing was committed; anything else
