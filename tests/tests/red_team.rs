@@ -224,6 +224,17 @@ async fn sql_escapes_are_refused_and_leave_nothing_behind() {
     }
     bystander.finish().await;
 
+    // An installation provisioned before these rules let the service role own its database,
+    // and so set its settings: that is what a component could have done to it then.
+    let mut probe_db = host.admin_db("probe").await;
+    for statement in [
+        format!("ALTER DATABASE \"{}\" OWNER TO \"{}\"", names.database, names.role),
+        format!("ALTER DATABASE \"{}\" SET search_path = probe_schema, pg_catalog", names.database),
+    ] {
+        sqlx::query(&statement).execute(&mut probe_db).await.unwrap();
+    }
+    drop(probe_db);
+
     // After a restart (which provisions again) nothing of it holds.
     host.restart().await;
     let bystander = Bystander::start(&host, &user);
