@@ -77,10 +77,11 @@ impl Platform {
         crate::capabilities::add_to_linker(&mut linker)?;
         let compiler = Compiler::new(runtime.engine.clone(), config.cache_dir());
         let dispatcher = Dispatcher::new(&runtime, Metrics::default(), config.dev_log_secrets);
+        let control = provisioner.control_pool(1).await?;
 
         for policy in policies {
-            let component =
-                load_component(config, &dispatcher, &linker, &compiler, &provisioner, &shares, policy).await?;
+            let databases = Databases { provisioner: &provisioner, shares: &shares, control: &control };
+            let component = load_component(config, &dispatcher, &linker, &compiler, &databases, policy).await?;
             tracing::info!(
                 component = %component.name,
                 version = %component.version(),
@@ -144,13 +145,20 @@ impl Platform {
     }
 }
 
+/// Where components' databases come from: provisioning, the shares of the connection budget,
+/// and the pool that ends backends cut off at a deadline.
+struct Databases<'a> {
+    provisioner: &'a Provisioner,
+    shares: &'a Shares,
+    control: &'a sqlx::PgPool,
+}
+
 async fn load_component(
     config: &Config,
     dispatcher: &Arc<Dispatcher>,
     linker: &Linker<InvocationState>,
     compiler: &Compiler,
-    provisioner: &Provisioner,
-    shares: &Shares,
+    databases: &Databases<'_>,
     policy: Policy,
 ) -> anyhow::Result<Arc<LoadedComponent>> {
     let name = policy.component.name.clone();
@@ -163,6 +171,7 @@ async fn load_component(
     let database = match &policy.database {
         Some(database) => {
             let service = database.name.as_str();
+            let Databases { provisioner, shares, control } = databases;
             provisioner
                 .provision(service, &config.migrations_dir.join(service))
                 .await
@@ -170,6 +179,7 @@ async fn load_component(
             Some(Arc::new(ServiceDatabase {
                 pool: provisioner.service_pool(service, shares.per_service).await?,
                 platform: provisioner.platform_pool(service, shares.plumbing.per_database).await?,
+                control: (*control).clone(),
                 host_key: provisioner.host_key(service),
             }))
         }

@@ -6,7 +6,8 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 pub fn init(format: LogFormat) {
-    init_with(format, "info,sqlx=warn");
+    // A component's RAISE NOTICE and WARNING reach sqlx's notice log: not the host's log.
+    init_with(format, "info,sqlx=warn,sqlx::postgres::notice=off");
 }
 
 /// Like [`init`], with another default filter.

@@ -75,7 +75,7 @@ impl HostOptions {
             nats_url: None,
             dev_log_secrets: true,
             db_connections: DB_CONNECTIONS,
-            log_filter: "info,sqlx=warn".into(),
+            log_filter: "info,sqlx=warn,sqlx::postgres::notice=off".into(),
             migrations_dir: root().join("migrations"),
         }
     }

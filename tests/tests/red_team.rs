@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use micropay_tests::{Bystander, HostOptions, TestHost, error_code, signed_in_user};
 use serde_json::{Value, json};
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
 /// Runs `statements` through the probe, each in a savepoint of its own (or not), and returns
 /// each one's outcome: `{"ok": true, "rows": [...]}` or `{"ok": false, "code", "message"}`.
@@ -188,19 +188,36 @@ async fn sql_escapes_are_refused_and_leave_nothing_behind() {
         assert_eq!(result["ok"], false, "{attack} was not refused: {statement}: {result}");
         assert_eq!(result["code"], *code, "{attack}: {statement}: {result}");
     }
-    // What cannot run in a transaction, after ending the unit's own transaction early.
-    let outside = [
-        "COMMIT",
-        "CREATE DATABASE red_team",
-        "CREATE TABLESPACE red_team LOCATION '/tmp'",
-        "ALTER SYSTEM SET work_mem = '1GB'",
+    // What cannot run in a transaction, tried after ending the unit's own transaction: the
+    // invocation stops at the COMMIT, and says its work may or may not have been kept.
+    for statement in ["CREATE DATABASE red_team", "ALTER SYSTEM SET work_mem = '1GB'"] {
+        let body = json!({ "statements": ["COMMIT", statement], "savepoints": false });
+        let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+        assert_eq!((status, error_code(&answer)), (503, "commit_outcome_unknown"), "{statement}: {answer}");
+    }
+    let mut server = sqlx::PgConnection::connect(&micropay_tests::admin_url()).await.unwrap();
+    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = 'red_team'")
+        .fetch_one(&mut server)
+        .await
+        .unwrap();
+    assert_eq!(created, 0);
+
+    // The driver is never led to ask the session's catalog about a type (which a component can
+    // make lie: its own `=` on its search path, or its own statement under the driver's name
+    // for that question; a lie once sent the driver's lookup into a stack overflow that took
+    // the host down). A type that is not built in is simply not carried.
+    let lure = [
+        "CREATE TYPE red_team_kind AS ENUM ('a')",
+        "CREATE FUNCTION red_team_eq(oid, oid) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
+        "CREATE OPERATOR probe_schema.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = red_team_eq)",
+        "SET search_path = probe_schema, pg_catalog",
+        "SELECT 'a'::red_team_kind AS lured",
+        "SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE statement LIKE '%pg_' || 'type%'",
     ]
     .map(String::from);
-    let results = sql(&host, &outside, false).await;
-    assert_eq!(results[0]["ok"], true, "{results:?}");
-    for result in &results[1..] {
-        assert_eq!((&result["ok"], &result["code"]), (&json!(false), &json!("42501")), "{results:?}");
-    }
+    let results = sql(&host, &lure, false).await;
+    assert_eq!((&results[4]["ok"], &results[4]["code"]), (&json!(false), &json!("MP000")), "{results:?}");
+    assert_eq!(*scalar(&results[5]), json!(0), "the driver asked the session's catalog: {results:?}");
 
     // The shadowing trap is laid (creating in its own schema, and setting its own role's
     // defaults, PostgreSQL allows any role), then the host's own connections are put to work
@@ -223,6 +240,17 @@ async fn sql_escapes_are_refused_and_leave_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bystander.finish().await;
+
+    // Whatever a row of the outbox says of its source, an event leaves with its publisher's.
+    let mut probe_db = host.admin_db("probe").await;
+    sqlx::query(
+        "INSERT INTO micropay_platform.outbox (event_id, topic, source, subject, data) \
+         VALUES (gen_random_uuid(), 'probe.stamped', 'transaction', 'stamped-key', '{}')",
+    )
+    .execute(&mut probe_db)
+    .await
+    .unwrap();
+    drop(probe_db);
 
     // An installation provisioned before these rules let the service role own its database,
     // and so set its settings: that is what a component could have done to it then.
@@ -267,6 +295,16 @@ async fn sql_escapes_are_refused_and_leave_nothing_behind() {
     // What reached the audit trail from the probe names the probe as its source.
     let (_, body) = host.call("GET", "/v1/audit/logs?event_type=probe.after", Some(&key), None).await;
     assert_eq!(body["logs"][0]["service_name"], "probe", "{body}");
+    let started = Instant::now();
+    let stamped = loop {
+        let (_, body) = host.call("GET", "/v1/audit/logs?event_type=probe.stamped", Some(&key), None).await;
+        if body["logs"].as_array().is_some_and(|logs| !logs.is_empty()) {
+            break body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "probe.stamped never reached the audit trail");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stamped["logs"][0]["service_name"], "probe", "{stamped}");
 }
 
 /// The probe's role is what provisioning made it: no attribute but LOGIN, a member of no role,
@@ -318,16 +356,18 @@ async fn assert_role_is_as_made(names: &Names, probe_db: &mut sqlx::PgConnection
     .await
     .unwrap();
     assert!(foreign.is_empty(), "owned where it should not: {foreign:?}");
-    let settings: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_db_role_setting WHERE setrole = (SELECT oid FROM pg_roles WHERE rolname = $1) \
+    // The only setting left is the host's own (a bound on temporary files, which only a
+    // superuser may set or change).
+    let settings: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(setconfig) FROM pg_db_role_setting WHERE setrole = (SELECT oid FROM pg_roles WHERE rolname = $1) \
          OR setdatabase = (SELECT oid FROM pg_database WHERE datname = $2)",
     )
     .bind(&names.role)
     .bind(&names.database)
-    .fetch_one(&mut *probe_db)
+    .fetch_all(&mut *probe_db)
     .await
     .unwrap();
-    assert_eq!(settings, 0, "settings a component set for its role or database survived provisioning");
+    assert_eq!(settings, ["temp_file_limit=1GB"], "settings a component set for its role or database survived");
 }
 
 #[tokio::test]
@@ -345,7 +385,8 @@ async fn resources_are_bounded_and_nothing_outlives_an_invocation() {
     let bystander = Bystander::start(&host, &user);
 
     // Rows too large to hold (4 × 4 GB before the first bound): each invocation is cut at its
-    // bound, and the host's memory stays far from what the rows would take.
+    // bound, and the host's memory stays far from what the rows would take: a row over 64 MiB
+    // is refused before it is read.
     let huge = vec!["SELECT repeat('x', 200000000) FROM generate_series(1, 20)".to_string()];
     let calls = (0..4).map(|_| host.call("POST", "/v1/hog/sql", None, Some(json!({ "statements": huge }))));
     for (status, body) in futures_util::future::join_all(calls).await {
@@ -357,7 +398,7 @@ async fn resources_are_bounded_and_nothing_outlives_an_invocation() {
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
         .unwrap();
-    assert!(peak_kb < 2 << 20, "the host's memory peaked at {peak_kb} kB");
+    assert!(peak_kb < 512 << 10, "the host's memory peaked at {peak_kb} kB");
     // Too many rows, likewise; as many as the policy allows are fine.
     let many = vec!["SELECT g FROM generate_series(1, 1001) g".to_string()];
     let (status, body) = host.call("POST", "/v1/hog/sql", None, Some(json!({ "statements": many }))).await;
@@ -375,23 +416,10 @@ async fn resources_are_bounded_and_nothing_outlives_an_invocation() {
     assert_eq!((status, error_code(&body)), (504, "deadline_exceeded"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
     let mut admin = host.admin_db("probe").await;
-    let started = Instant::now();
-    loop {
-        let sleeping: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND query LIKE '%pg_sleep(30)%'",
-        )
-        .bind(&names.role)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-        if sleeping == 0 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "the statement still runs on the server");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_no_statement_like(&mut admin, &names.role, "%pg_sleep(30)%").await;
 
-    // Session state set by one invocation is gone for the next on the same connection.
+    // Session state set by one invocation is gone for the next on the same connection, set by
+    // its statements or by its commit's deferred triggers.
     let dirty = [
         "SET idle_in_transaction_session_timeout = 0",
         "SET search_path = public",
@@ -402,29 +430,37 @@ async fn resources_are_bounded_and_nothing_outlives_an_invocation() {
         "SELECT pg_backend_pid()",
     ]
     .map(String::from);
-    let results = sql(&host, &dirty, false).await;
-    let dirty_pid = scalar(&results[6]).clone();
-    let mut admin = host.admin_db("probe").await;
-    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(4242)").fetch_one(&mut admin).await.unwrap();
-    assert!(free, "the session advisory lock outlived its invocation");
-    sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&mut admin).await.unwrap();
-    let check = [
-        "SELECT pg_backend_pid()",
-        "SELECT current_setting('idle_in_transaction_session_timeout') || ' ' || current_setting('search_path') \
-         || ' ' || coalesce(current_setting('red_team.flag', true), '')",
-        "SELECT (SELECT count(*) FROM pg_cursors WHERE is_holdable) + (SELECT count(*) FROM pg_listening_channels())",
+    let pid = scalar(&sql(&host, &dirty, false).await[6]).clone();
+    assert_clean_when_reused(&host, &mut admin, pid).await;
+    let at_commit = [
+        "CREATE TABLE red_team_dirt (id int)",
+        "CREATE FUNCTION red_team_dirt() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           PERFORM set_config('idle_in_transaction_session_timeout', '0', false); \
+           PERFORM set_config('search_path', 'public', false); \
+           PERFORM set_config('red_team.flag', 'dirty', false); \
+           PERFORM pg_advisory_lock(4242); EXECUTE 'LISTEN red_team'; RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER red_team_dirt AFTER INSERT ON red_team_dirt DEFERRABLE INITIALLY DEFERRED \
+         FOR EACH ROW EXECUTE FUNCTION red_team_dirt()",
     ]
     .map(String::from);
-    let started = Instant::now();
-    loop {
-        let results = sql(&host, &check, true).await;
-        if *scalar(&results[0]) == dirty_pid {
-            assert_eq!(*scalar(&results[1]), json!("1min probe_schema "), "{results:?}");
-            assert_eq!(*scalar(&results[2]), json!(0), "{results:?}");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "the dirty connection never came back");
+    for result in sql(&host, &at_commit, false).await {
+        assert_eq!(result["ok"], true, "{result}");
     }
+    let dirt = ["INSERT INTO red_team_dirt VALUES (1)", "SELECT pg_backend_pid()"].map(String::from);
+    let pid = scalar(&sql(&host, &dirt, false).await[1]).clone();
+    assert_clean_when_reused(&host, &mut admin, pid).await;
+
+    // A result the driver does not read as rows (COPY ... TO STDOUT) is no way to keep a
+    // connection streaming: the invocation is cut, and its statement ended on the server.
+    let copy = [
+        "SET statement_timeout = 0".to_string(),
+        "COPY (SELECT g, repeat('x', 100) FROM generate_series(1, 1000000000000) g) TO STDOUT".to_string(),
+    ];
+    let (status, body) =
+        host.call("POST", "/v1/probe/sql", None, Some(json!({ "statements": copy, "savepoints": false }))).await;
+    assert!([503, 504].contains(&status), "{status} {body}");
+    error_code(&body);
+    assert_no_statement_like(&mut admin, &names.role, "%TO STDOUT%").await;
 
     // A connection on which the component prepared a statement of its own is not reused.
     let prepared = ["PREPARE red_team AS SELECT 1", "SELECT pg_backend_pid()"].map(String::from);
@@ -461,14 +497,60 @@ async fn resources_are_bounded_and_nothing_outlives_an_invocation() {
     bystander.finish().await;
 }
 
+/// Waits until no backend of `role` runs a statement like `pattern`: one cut off was ended.
+async fn assert_no_statement_like(admin: &mut sqlx::PgConnection, role: &str, pattern: &str) {
+    let started = Instant::now();
+    loop {
+        let running: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND query LIKE $2")
+                .bind(role)
+                .bind(pattern)
+                .fetch_one(&mut *admin)
+                .await
+                .unwrap();
+        if running == 0 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{pattern} still runs on the server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Once the connection of backend `pid` is used again, nothing the last unit on it did to the
+/// session is left: its settings are the host's, no cursor is held, nothing listened to, and
+/// its session advisory lock 4242 is free.
+async fn assert_clean_when_reused(host: &TestHost, admin: &mut sqlx::PgConnection, pid: Value) {
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(4242)").fetch_one(&mut *admin).await.unwrap();
+    assert!(free, "the session advisory lock outlived its invocation");
+    sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&mut *admin).await.unwrap();
+    let check = [
+        "SELECT pg_backend_pid()",
+        "SELECT current_setting('idle_in_transaction_session_timeout') || ' ' || current_setting('search_path') \
+         || ' ' || coalesce(current_setting('red_team.flag', true), '')",
+        "SELECT (SELECT count(*) FROM pg_cursors WHERE is_holdable) + (SELECT count(*) FROM pg_listening_channels())",
+    ]
+    .map(String::from);
+    let started = Instant::now();
+    loop {
+        let results = sql(host, &check, true).await;
+        if *scalar(&results[0]) == pid {
+            assert_eq!(*scalar(&results[1]), json!("1min probe_schema "), "{results:?}");
+            assert_eq!(*scalar(&results[2]), json!(0), "{results:?}");
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the dirty connection never came back");
+    }
+}
+
 #[tokio::test]
 async fn an_answer_says_what_became_of_the_work() {
     let host = TestHost::start().await;
-    // A commit that takes 1.5 s, past the probe's 500 ms deadline: a deferred trigger sleeps.
+    let mut probe_db = host.admin_db("probe").await;
+    // Commits that take `slow_commits.seconds`: a deferred trigger sleeps.
     let setup = [
-        "CREATE TABLE slow_commits (id int)",
+        "CREATE TABLE slow_commits (id int, seconds float8)",
         "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$",
+         $$ BEGIN PERFORM pg_sleep(NEW.seconds); RETURN NULL; END $$",
         "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON slow_commits DEFERRABLE INITIALLY DEFERRED \
          FOR EACH ROW EXECUTE FUNCTION slow_commit()",
     ]
@@ -476,22 +558,43 @@ async fn an_answer_says_what_became_of_the_work() {
     for result in sql(&host, &setup, false).await {
         assert_eq!(result["ok"], true, "{result}");
     }
+    let committed = |id: i32| sqlx::query_scalar::<_, i64>("SELECT count(*) FROM slow_commits WHERE id = $1").bind(id);
+
+    // Work of 0.35 s, then a commit of 0.35 s: the probe's 500 ms deadline passes while the
+    // commit is under way, which finishes, and the answer says so.
     let started = Instant::now();
-    let insert = json!({ "statements": ["INSERT INTO slow_commits VALUES (1)"], "savepoints": false });
-    let (status, body) = host.call("POST", "/v1/probe/sql", None, Some(insert)).await;
-    assert!(started.elapsed() > Duration::from_millis(1500), "the commit did not take its time");
-    assert_eq!(status, 200, "the commit under way at the deadline finished, so the answer says so: {body}");
-    let mut probe_db = host.admin_db("probe").await;
-    let count = "SELECT count(*) FROM slow_commits";
-    assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut probe_db).await.unwrap(), 1);
+    let body = json!({ "statements": ["SELECT pg_sleep(0.35)", "INSERT INTO slow_commits VALUES (1, 0.35)"], "savepoints": false });
+    let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+    assert!(started.elapsed() > Duration::from_millis(700), "the work did not take its time");
+    assert_eq!(status, 200, "the commit under way at the deadline finished: {answer}");
+    assert_eq!(committed(1).fetch_one(&mut probe_db).await.unwrap(), 1);
+
+    // A commit that would run for ten minutes is cancelled on the server at its own bound (the
+    // deadline again): nothing was written, and the answer says so.
+    let started = Instant::now();
+    let body = json!({ "statements": ["INSERT INTO slow_commits VALUES (2, 600)"], "savepoints": false });
+    let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+    assert_eq!((status, error_code(&answer)), (503, "commit_failed"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    assert_eq!(committed(2).fetch_one(&mut probe_db).await.unwrap(), 0);
+    assert_no_statement_like(&mut probe_db, &Names::of(&host).role, "%slow_commits%").await;
 
     // A component that answers success after a statement failed (and PostgreSQL aborted its
     // transaction) is not answered as if its work were kept: it was not.
-    let aborted = json!({ "statements": ["INSERT INTO slow_commits VALUES (2)", "SELECT 1 / 0"], "savepoints": false });
-    let (status, body) = host.call("POST", "/v1/probe/sql", None, Some(aborted)).await;
-    assert_eq!((status, error_code(&body)), (503, "commit_failed"), "{body}");
-    assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut probe_db).await.unwrap(), 1);
-    // The connection it left is fit for the next invocation.
+    let body = json!({ "statements": ["INSERT INTO slow_commits VALUES (3, 0)", "SELECT 1 / 0"], "savepoints": false });
+    let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+    assert_eq!((status, error_code(&answer)), (503, "commit_failed"), "{answer}");
+    assert_eq!(committed(3).fetch_one(&mut probe_db).await.unwrap(), 0);
+
+    // A component that commits its unit's transaction itself is stopped there: what it did may
+    // have been kept (here it was), and the answer says it does not know.
+    let body =
+        json!({ "statements": ["INSERT INTO slow_commits VALUES (4, 0)", "COMMIT", "SELECT 1"], "savepoints": false });
+    let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+    assert_eq!((status, error_code(&answer)), (503, "commit_outcome_unknown"), "{answer}");
+    assert_eq!(committed(4).fetch_one(&mut probe_db).await.unwrap(), 1);
+
+    // The connections all this left are fit for the next invocations.
     for _ in 0..5 {
         assert_eq!(host.call("GET", "/v1/probe/writes", None, None).await.0, 200);
     }

@@ -32,7 +32,7 @@ pub async fn record(pool: &PgPool, event: &Envelope, attempts: u32, last_error: 
     .bind(&event.topic)
     .bind(&event.source)
     .bind(&event.subject)
-    .bind(sqlx::types::Json(&event.data))
+    .bind(sqlx::types::Json(&*event.data))
     .bind(&event.trace_id)
     .bind(event.time)
     .bind(attempts as i32)

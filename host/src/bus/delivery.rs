@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use super::dead_letters;
 use super::relay::age_seconds;
 use super::{Envelope, PARTITIONS, SharedBackend, locks};
-use crate::capabilities::database::{QueryLimits, UnitOfWork};
+use crate::capabilities::database::{UnitLimits, UnitOfWork};
 use crate::metrics::DeliveryOutcome;
 use crate::runtime::invoke::{Answer, Call, Dispatcher, inbox_error};
 use crate::runtime::registry::LoadedComponent;
@@ -244,7 +244,7 @@ impl Deliverer {
     /// The batch in one unit of work: every handler succeeded and the commit went through, or
     /// nothing of it happened.
     async fn deliver_together(&self, component: &Arc<LoadedComponent>, events: &[&Envelope]) -> Result<(), String> {
-        let limits = QueryLimits::from(&component.policy.limits);
+        let limits = UnitLimits::from(&component.policy.limits);
         let mut unit =
             UnitOfWork::new(component.database.clone(), tokio::time::Instant::now() + BATCH_START_WAIT, limits);
         let inbox: Vec<_> =

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -60,7 +61,9 @@ pub struct Envelope {
     pub source: String,
     pub subject: String,
     pub time: DateTime<Utc>,
-    pub data: serde_json::Value,
+    /// The payload as the publisher wrote it: JSON text, validated but never parsed into a tree
+    /// (which can take many times its size).
+    pub data: Box<RawValue>,
     #[serde(default)]
     pub trace_id: String,
 }
@@ -79,7 +82,7 @@ impl Envelope {
             source: self.source.clone(),
             subject: self.subject.clone(),
             time: self.time.timestamp_micros(),
-            data: self.data.to_string(),
+            data: self.data.get().to_string(),
             trace_id: self.trace_id.clone(),
             attempt,
         }
@@ -93,7 +96,7 @@ pub struct EnvelopeColumns<'a> {
     pub topics: Vec<&'a str>,
     pub sources: Vec<&'a str>,
     pub subjects: Vec<&'a str>,
-    pub data: Vec<sqlx::types::Json<&'a serde_json::Value>>,
+    pub data: Vec<sqlx::types::Json<&'a RawValue>>,
     pub traces: Vec<&'a str>,
     pub times: Vec<DateTime<Utc>>,
 }
@@ -105,7 +108,7 @@ impl<'a> EnvelopeColumns<'a> {
             topics: events.iter().map(|event| event.topic.as_str()).collect(),
             sources: events.iter().map(|event| event.source.as_str()).collect(),
             subjects: events.iter().map(|event| event.subject.as_str()).collect(),
-            data: events.iter().map(|event| sqlx::types::Json(&event.data)).collect(),
+            data: events.iter().map(|event| sqlx::types::Json(&*event.data)).collect(),
             traces: events.iter().map(|event| event.trace_id.as_str()).collect(),
             times: events.iter().map(|event| event.time).collect(),
         }
@@ -120,7 +123,7 @@ pub struct EnvelopeRow {
     topic: String,
     source: String,
     subject: String,
-    data: sqlx::types::Json<serde_json::Value>,
+    data: sqlx::types::Json<Box<RawValue>>,
     trace_id: Option<String>,
     pub(crate) occurred_at: DateTime<Utc>,
 }

@@ -6,22 +6,34 @@
 //!   another (and PostgreSQL refuses the component's role anywhere else);
 //! - every statement of one invocation runs in one transaction, begun on first use and ended
 //!   by [`UnitOfWork::finish`]: committed only when the invocation succeeded; rolled back in
-//!   every other case, including a trap, a missed deadline, or a unit dropped unfinished;
+//!   every other case, including a trap, a missed deadline, or a unit dropped unfinished. A
+//!   component that ends the transaction itself (its own `COMMIT`) is stopped at once, and its
+//!   answer says its work may or may not have been kept;
 //! - no statement outlives the invocation's deadline: the transaction begins with a
 //!   `statement_timeout` of the time left, and a statement still running at the deadline traps
-//!   the invocation, after which the platform role ends its backend (the component may change
-//!   its own `statement_timeout`; the host does not depend on it);
+//!   the invocation, after which its backend is ended from the platform database (the
+//!   component may change its own `statement_timeout`; the host does not depend on it). The
+//!   commit is not cut at the deadline, but has a bound of its own (the policy's deadline
+//!   again): its deferred triggers run under it and are cancelled past it on the server, and a
+//!   commit that does not answer within it (and a grace) has its backend ended;
 //! - what queries return is bounded per invocation (`limits.max_query_rows`,
-//!   `limits.max_query_mb`): the rows stream in, and the one that crosses a bound traps the
-//!   invocation and ends its backend, so the host holds at most one row past the bound;
-//! - session state never outlives the unit: the statement that ends it resets every setting,
-//!   closes cursors, stops listening and releases session advisory locks, and a connection on
-//!   which the component prepared statements of its own (SQL `PREPARE`) is closed, not reused;
+//!   `limits.max_query_mb`): the rows stream in and the one that crosses a bound traps the
+//!   invocation; no message from the server is buffered past 64 MiB (the driver refuses it),
+//!   and no statement text past 256 KiB is sent;
+//! - a connection whose state is not known (a statement cut off, an answer the driver could
+//!   not read) is never returned to the pool: its backend is ended;
+//! - session state never outlives the unit: after its COMMIT or ROLLBACK the unit resets every
+//!   setting, closes cursors, stops listening and releases session advisory locks, catching
+//!   what the commit's own deferred triggers did too; a connection on which the component
+//!   prepared statements of its own (SQL `PREPARE`) is closed, not reused;
 //! - the platform's tables are written only by the host: the outbox and the inbox through the
 //!   platform's functions, which demand the host key (see `postgres::provision`). The host's
-//!   statements in the component's session are unnamed (never cached) and name
-//!   `micropay_platform`, which the component's own statements may not: so no statement the
-//!   component prepared can stand in for the host's and receive the key.
+//!   statements in the component's session are never cached and name `micropay_platform.`,
+//!   which the component's own statements may not: so no statement the component prepared can
+//!   stand in for the host's and receive the key; and they run with
+//!   `log_parameter_max_length_on_error = 0`, so no error of theirs puts the key in the
+//!   server's log. The driver never asks the session's catalog about types (see
+//!   `vendor/sqlx-postgres/PATCHES.md`): a component's session can make its catalog lie.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -33,8 +45,11 @@ use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use rust_decimal::Decimal;
+use sqlx::Either;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgArguments, PgColumn, PgConnection, PgQueryResult, PgRow, PgTypeInfo, PgValueRef};
+use sqlx::postgres::{
+    PgArguments, PgColumn, PgConnection, PgDatabaseError, PgQueryResult, PgRow, PgSeverity, PgTypeInfo, PgValueRef,
+};
 use sqlx::{Arguments, Column, Executor, Postgres, Row, TypeInfo, ValueRef};
 use tokio::time::Instant;
 use wasmtime::component::Resource;
@@ -49,21 +64,24 @@ use crate::runtime::state::InvocationState;
 /// SQLSTATE-like code for a call the host refused before it reached PostgreSQL.
 const REFUSED: &str = "MP000";
 
+/// The longest statement a component may send.
+const MAX_STATEMENT_BYTES: usize = 256 << 10;
+
 /// The most events one unit of work may publish, and their data's total size.
 const MAX_EVENTS_PER_UNIT: usize = 10_000;
 const MAX_EVENT_BYTES_PER_UNIT: usize = 32 << 20;
 
-/// How long ending a unit (the outbox rows, then the commit) may take before its outcome is
-/// reported unknown. It is not bounded by the invocation's deadline: a commit under way finishes.
-const END_TIMEOUT: Duration = Duration::from_secs(60);
+/// Beyond the commit's own bound on the server, how long the host waits for its answer before
+/// reporting the outcome unknown (and ending the backend).
+const END_GRACE: Duration = Duration::from_secs(5);
 
-/// Ends the unit's transaction and leaves nothing of the session behind. The reset runs inside
-/// the transaction, before its COMMIT, so the commit is the last thing that can fail: an error
-/// anywhere in this string means nothing was committed.
-const RESET_AND_COMMIT: &str = "RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); \
-    SELECT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql); COMMIT";
-const ROLLBACK_AND_RESET: &str = "ROLLBACK; RESET ALL; CLOSE ALL; UNLISTEN *; \
-    SELECT pg_catalog.pg_advisory_unlock_all(); \
+/// How long resetting a session given up by a trap may take before its backend is ended.
+const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the end of a unit runs after its COMMIT or ROLLBACK, in the same round trip: nothing
+/// of the session outlives the unit; the last row says whether the component prepared
+/// statements of its own.
+const RESET: &str = "RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); \
     SELECT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
 
 /// The `connection` resource. It carries nothing: every handle of an invocation shares that
@@ -76,20 +94,28 @@ pub struct ServiceDatabase {
     pub pool: sqlx::PgPool,
     /// The platform role's pool on the same database: the host's own work there.
     pub platform: sqlx::PgPool,
+    /// The platform role's pool on the platform database, shared by every service: ending a
+    /// backend cut off at a deadline (apart from the relay's and the bus's work, so it is free
+    /// when needed).
+    pub control: sqlx::PgPool,
     /// Presented to the platform's functions; the database keeps only its hash.
     pub host_key: Vec<u8>,
 }
 
-/// What an invocation's queries may return.
+/// What one invocation's database work may take, from its policy.
 #[derive(Debug, Clone, Copy)]
-pub struct QueryLimits {
+pub struct UnitLimits {
+    /// Rows all its queries may return.
     pub rows: u64,
+    /// Bytes all its queries may return.
     pub bytes: u64,
+    /// How long its commit may run on the server.
+    pub commit: Duration,
 }
 
-impl From<&Limits> for QueryLimits {
+impl From<&Limits> for UnitLimits {
     fn from(limits: &Limits) -> Self {
-        Self { rows: limits.max_query_rows, bytes: u64::from(limits.max_query_mb) << 20 }
+        Self { rows: limits.max_query_rows, bytes: u64::from(limits.max_query_mb) << 20, commit: limits.deadline() }
     }
 }
 
@@ -105,6 +131,18 @@ pub struct QueryLimit {
     pub limit: String,
 }
 
+/// The component ended its unit's transaction itself (a `COMMIT` or `ROLLBACK` of its own):
+/// the invocation is cut there, and what it did may or may not have been kept.
+#[derive(Debug, thiserror::Error)]
+#[error("the component ended its unit's transaction itself")]
+pub struct EndedTransaction;
+
+/// The connection's state is no longer known (the driver could not read an answer): the
+/// invocation is cut there.
+#[derive(Debug, thiserror::Error)]
+#[error("the database connection failed: {0}")]
+pub struct ConnectionLost(String);
+
 /// Why a statement did not complete: an error the component sees, or a trap.
 enum StatementError {
     Db(DbError),
@@ -117,10 +155,31 @@ impl From<DbError> for StatementError {
     }
 }
 
+/// How a statement of the session ended, as the session must know it: a server's error leaves
+/// the connection between statements; any other (an answer the driver could not read, the
+/// connection lost) leaves it in a state not known, to be ended.
+fn statement_failed(session: &mut Session, err: sqlx::Error) -> StatementError {
+    match err {
+        sqlx::Error::Database(_) if !is_fatal(&err) => {
+            session.busy = false;
+            StatementError::Db(db_error(err))
+        }
+        // The driver refuses a message over its limit before buffering it (a row, say).
+        sqlx::Error::Protocol(message) if message.contains("over the limit") => {
+            StatementError::Trap(QueryLimit { limit: format!("{} MiB in one row", MAX_MESSAGE_MIB) }.into())
+        }
+        other => StatementError::Trap(ConnectionLost(other.to_string()).into()),
+    }
+}
+
+/// The largest message the driver reads (see `vendor/sqlx-postgres/PATCHES.md`), in MiB.
+const MAX_MESSAGE_MIB: usize = 64;
+
 /// Why a unit of work's end failed, and whether its work may nonetheless have been committed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    /// PostgreSQL refused (a deferred constraint, an aborted transaction): nothing was written.
+    /// PostgreSQL refused (a deferred constraint, an aborted transaction, the commit's bound):
+    /// nothing was written.
     #[error("the work was not committed: {0}")]
     NotCommitted(String),
     /// The connection failed while the commit was under way: it may or may not have happened.
@@ -131,11 +190,21 @@ pub enum CommitError {
 /// One connection in use by a unit of work.
 struct Session {
     connection: PoolConnection<Postgres>,
-    /// Its backend, to end it from the platform role's connection.
+    /// Its backend, to end it from the platform database.
     pid: i32,
-    /// A statement was sent and its answer not read to the end: the connection is mid-result,
-    /// and only ending its backend frees it.
+    /// A statement was sent and its answer not read to the end, or could not be read: the
+    /// connection's state is not known, and only ending its backend frees it.
     busy: bool,
+}
+
+/// What becomes of a session once its unit has ended.
+enum Afterwards {
+    /// Back to the pool: reset and clean.
+    Reuse,
+    /// Closed: the component prepared statements of its own on it.
+    Close,
+    /// Its state not known: its backend ended, then closed.
+    End,
 }
 
 /// The database side of one invocation (or of a batch of deliveries, invocation after
@@ -145,7 +214,7 @@ pub struct UnitOfWork {
     session: Option<Session>,
     /// The current invocation's deadline.
     deadline: Instant,
-    limits: QueryLimits,
+    limits: UnitLimits,
     /// Rows and bytes returned to the current invocation.
     returned: (u64, u64),
     commit_on_error: bool,
@@ -157,7 +226,7 @@ pub struct UnitOfWork {
 impl UnitOfWork {
     /// A unit of work on `database`, or one with no database for a component granted none.
     /// Until [`UnitOfWork::start_invocation`], its deadline is `deadline`.
-    pub fn new(database: Option<Arc<ServiceDatabase>>, deadline: Instant, limits: QueryLimits) -> Self {
+    pub fn new(database: Option<Arc<ServiceDatabase>>, deadline: Instant, limits: UnitLimits) -> Self {
         Self {
             database,
             session: None,
@@ -170,8 +239,8 @@ impl UnitOfWork {
         }
     }
 
-    /// An invocation begins in this unit: its deadline and its own query limits.
-    pub fn start_invocation(&mut self, deadline: Instant, limits: QueryLimits) {
+    /// An invocation begins in this unit: its deadline and its own limits.
+    pub fn start_invocation(&mut self, deadline: Instant, limits: UnitLimits) {
         self.deadline = deadline;
         self.limits = limits;
         self.returned = (0, 0);
@@ -188,7 +257,7 @@ impl UnitOfWork {
         if self.database.is_none() {
             return Err("this component is granted no database, so no outbox".into());
         }
-        let size = event.data.to_string().len();
+        let size = event.data.get().len();
         if self.staged.len() >= MAX_EVENTS_PER_UNIT || self.staged_bytes + size > MAX_EVENT_BYTES_PER_UNIT {
             return Err(format!(
                 "one unit of work publishes at most {MAX_EVENTS_PER_UNIT} events of {} MiB in all",
@@ -202,17 +271,18 @@ impl UnitOfWork {
 
     /// Ends the unit: commits when `succeeded` (or when the component asked to keep its writes
     /// despite an error answer), rolls back otherwise. Returns whether it committed events. A
-    /// unit that never touched the database costs nothing here. Not bounded by the
-    /// invocation's deadline: a commit under way finishes, or its outcome is reported unknown.
+    /// unit that never touched the database costs nothing here.
     ///
-    /// A transaction a failed statement left aborted cannot be committed (PostgreSQL would
-    /// answer the COMMIT by rolling back): the first statement of the end fails on it, and the
-    /// unit reports its work not committed rather than answer as if it were kept.
+    /// Not cut at the invocation's deadline: a commit under way finishes (within its own bound
+    /// on the server), and one whose answer never came is reported of unknown outcome. A
+    /// transaction a failed statement left aborted cannot be committed (PostgreSQL would answer
+    /// the COMMIT by rolling back): the first statement of the end fails on it, and the unit
+    /// reports its work not committed rather than answer as if it were kept.
     pub async fn finish(mut self, succeeded: bool) -> Result<bool, CommitError> {
         let commit = succeeded || self.commit_on_error;
         if self.session.is_none() && commit && !self.staged.is_empty() {
             // Events published by work that touched nothing else still need a transaction.
-            self.deadline = Instant::now() + END_TIMEOUT;
+            self.deadline = Instant::now() + self.limits.commit;
             if let Err(error) = self.session().await {
                 return Err(CommitError::NotCommitted(match error {
                     StatementError::Db(error) => error.message,
@@ -221,38 +291,32 @@ impl UnitOfWork {
             }
         }
         let Some(mut session) = self.session.take() else { return Ok(false) };
-        let staged = std::mem::take(&mut self.staged);
         if session.busy {
             // Only a trap leaves a statement unread, and a trap never commits.
             self.end_backend(session);
             return Err(CommitError::NotCommitted("a statement was cut off".into()));
         }
-        let host_key = self.database.as_ref().map(|database| database.host_key.clone()).unwrap_or_default();
-        let ended = tokio::time::timeout(END_TIMEOUT, async {
-            if commit && !staged.is_empty() {
-                append_outbox(&mut session.connection, &host_key, &staged).await.map_err(end_error)?;
+        let staged = std::mem::take(&mut self.staged);
+        let (ended, afterwards) = if commit {
+            let host_key = self.database.as_ref().map(|database| database.host_key.clone()).unwrap_or_default();
+            commit_unit(&mut session.connection, &host_key, &staged, self.limits.commit).await
+        } else {
+            match roll_back(&mut session.connection).await {
+                Ok(afterwards) => (Ok(()), afterwards),
+                Err(error) => (Err(error), Afterwards::End),
             }
-            let end = if commit { RESET_AND_COMMIT } else { ROLLBACK_AND_RESET };
-            ended_clean(&simple_query(&mut session.connection, end).await.map_err(end_error)?)
-        })
-        .await
-        .unwrap_or_else(|_| Err(CommitError::Unknown("no answer in time".into())));
-        let clean = match &ended {
-            Ok(clean) => *clean,
-            // Refused: nothing was committed, and the transaction is still open (aborted).
-            Err(CommitError::NotCommitted(_)) => {
-                let rolled_back =
-                    tokio::time::timeout(END_TIMEOUT, simple_query(&mut session.connection, ROLLBACK_AND_RESET));
-                matches!(rolled_back.await, Ok(Ok(rows)) if ended_clean(&rows).unwrap_or(false))
-            }
-            Err(CommitError::Unknown(_)) => false,
         };
-        if !clean {
-            // Its state unknown, or the component prepared statements on it: closed, which also
-            // rolls back anything still open.
-            session.connection.close_on_drop();
+        self.dispose(session, afterwards);
+        ended.map(|()| commit && !staged.is_empty())
+    }
+
+    /// Puts a session whose unit ended where it belongs: back to the pool, closed, or ended.
+    fn dispose(&self, mut session: Session, afterwards: Afterwards) {
+        match afterwards {
+            Afterwards::Reuse => {}
+            Afterwards::Close => session.connection.close_on_drop(),
+            Afterwards::End => self.end_backend(session),
         }
-        ended.map(|_| commit && !staged.is_empty())
     }
 
     /// Records a batch of delivered events in the inbox, first thing in the unit of work, so
@@ -280,14 +344,11 @@ impl UnitOfWork {
                 .bind(&sources);
             let recorded = tokio::time::timeout_at(deadline, fetch_all(&mut session.connection, query))
                 .await
-                .map_err(|_| StatementError::Trap(QueryDeadline.into()))?;
+                .map_err(|_| StatementError::Trap(QueryDeadline.into()))?
+                .map_err(|err| statement_failed(session, err))?;
             session.busy = false;
-            let recorded = recorded.map_err(db_error)?;
-            Ok(recorded
-                .iter()
-                .map(|row| row.try_get::<uuid::Uuid, _>(0))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db_error)?)
+            let ids = recorded.iter().map(|row| row.try_get::<uuid::Uuid, _>(0)).collect::<Result<Vec<_>, _>>();
+            Ok(ids.map_err(db_error)?)
         }
         .await;
         match result {
@@ -315,9 +376,7 @@ impl UnitOfWork {
             let begin = format!("BEGIN; SET LOCAL statement_timeout = {left}; SELECT pg_catalog.pg_backend_pid()");
             let begun = tokio::time::timeout_at(deadline, simple_query(&mut connection, &begin)).await;
             let pid = match begun {
-                Ok(Ok(rows)) => {
-                    rows.first().map(|row| row.try_get::<i32, _>(0)).transpose().map_err(db_error)?.unwrap_or(0)
-                }
+                Ok(Ok(rows)) => rows.first().map(|row| row.try_get::<i32, _>(0)).transpose().map_err(db_error)?,
                 Ok(Err(err)) => {
                     connection.close_on_drop();
                     return Err(db_error(err).into());
@@ -327,13 +386,14 @@ impl UnitOfWork {
                     return Err(late());
                 }
             };
+            let pid = pid.ok_or_else(|| refused("the session's backend did not say who it is"))?;
             self.session = Some(Session { connection, pid, busy: false });
         }
         Ok(self.session.as_mut().expect("begun above"))
     }
 
     async fn run_query(&mut self, sql: &str, params: Vec<Value>) -> Result<RowSet, StatementError> {
-        refuse_platform_names(sql)?;
+        check_statement(sql)?;
         let arguments = arguments(params)?;
         let (deadline, limits, (mut rows_returned, mut bytes_returned)) = (self.deadline, self.limits, self.returned);
         let session = self.session().await?;
@@ -350,8 +410,8 @@ impl UnitOfWork {
                 .map_err(|_| StatementError::Trap(QueryDeadline.into()))?;
             let row = match next {
                 Ok(Some(row)) => row,
-                Ok(None) => break unconvertible.map_or(Ok(()), Err),
-                Err(err) => break Err(db_error(err)),
+                Ok(None) => break Ok(()),
+                Err(err) => break Err(err),
             };
             rows_returned += 1;
             bytes_returned += raw_size(&row);
@@ -375,38 +435,50 @@ impl UnitOfWork {
             }
         };
         drop(stream);
-        session.busy = false;
         self.returned = (rows_returned, bytes_returned);
-        outcome?;
-        Ok(RowSet { columns, rows })
+        let session = self.session.as_mut().expect("in use above");
+        outcome.map_err(|err| statement_failed(session, err))?;
+        session.busy = false;
+        check_still_in_transaction(session)?;
+        match unconvertible {
+            Some(error) => Err(error.into()),
+            None => Ok(RowSet { columns, rows }),
+        }
     }
 
     async fn run_execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, StatementError> {
-        refuse_platform_names(sql)?;
+        check_statement(sql)?;
         let arguments = arguments(params)?;
         let deadline = self.deadline;
         let session = self.session().await?;
         session.busy = true;
         let done = tokio::time::timeout_at(deadline, execute(&mut session.connection, sql, arguments))
             .await
-            .map_err(|_| StatementError::Trap(QueryDeadline.into()))?;
+            .map_err(|_| StatementError::Trap(QueryDeadline.into()))?
+            .map_err(|err| statement_failed(session, err))?;
         session.busy = false;
-        Ok(done.map_err(db_error)?.rows_affected())
+        check_still_in_transaction(session)?;
+        Ok(done.rows_affected())
     }
 
-    /// Ends the backend of a session cut off mid-statement (its statement stops on the server)
-    /// and closes the connection, from a task of its own: the caller goes on at once.
+    /// Ends the backend of a session whose state is not known (its statement stops on the
+    /// server) and closes the connection, from a task of its own: the caller goes on at once.
+    /// Tried until it is done, from the platform database, whose pool nothing else holds.
     fn end_backend(&self, mut session: Session) {
         session.connection.close_on_drop();
         let Some(database) = self.database.clone() else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
-            let ended = sqlx::query("SELECT pg_catalog.pg_terminate_backend($1)")
-                .bind(session.pid)
-                .execute(&database.platform)
-                .await;
-            if let Err(err) = ended {
-                tracing::warn!(pid = session.pid, "ending a backend cut off at the deadline failed: {err}");
+            for attempt in 1..=5 {
+                let ended = sqlx::query("SELECT pg_catalog.pg_terminate_backend($1, 5000)")
+                    .bind(session.pid)
+                    .execute(&database.control)
+                    .await;
+                match ended {
+                    Ok(_) => break,
+                    Err(err) => tracing::warn!(pid = session.pid, attempt, "ending a backend failed: {err}"),
+                }
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
             drop(session);
         });
@@ -414,9 +486,10 @@ impl UnitOfWork {
 }
 
 impl Drop for UnitOfWork {
-    /// A unit dropped unfinished (a trap, a deadline, a caller gone) rolls back: a statement
-    /// still running has its backend ended; otherwise the session is rolled back and reset in
-    /// a task of its own, and returned to the pool only if that went well.
+    /// A unit dropped unfinished (a trap, a deadline, a caller gone) rolls back: a session
+    /// whose state is not known has its backend ended; otherwise it is rolled back and reset
+    /// in a task of its own, returned to the pool only if that went well, and ended if it did
+    /// not answer in time.
     fn drop(&mut self) {
         let Some(mut session) = self.session.take() else { return };
         if session.busy {
@@ -427,15 +500,135 @@ impl Drop for UnitOfWork {
             session.connection.close_on_drop();
             return;
         };
+        let unit = UnitOfWork::new(self.database.clone(), self.deadline, self.limits);
         runtime.spawn(async move {
-            let reset = simple_query(&mut session.connection, ROLLBACK_AND_RESET).await;
-            let clean =
-                matches!(reset, Ok(rows) if rows.last().and_then(|row| row.try_get::<bool, _>(0).ok()) == Some(false));
-            if !clean {
-                session.connection.close_on_drop();
-            }
+            let afterwards = match tokio::time::timeout(RESET_TIMEOUT, roll_back(&mut session.connection)).await {
+                Ok(Ok(afterwards)) => afterwards,
+                _ => Afterwards::End,
+            };
+            unit.dispose(session, afterwards);
         });
     }
+}
+
+/// A component's statement, before it is sent: not too long, and not naming what is in the
+/// platform's schema the way the host's statements do (`micropay_platform.`), so none can
+/// coincide with a host statement and, in the connection's statement cache, stand in for it.
+/// (Other ways of naming the schema reach PostgreSQL, where the functions demand the key and
+/// the tables are the platform role's.)
+fn check_statement(sql: &str) -> Result<(), DbError> {
+    if sql.len() > MAX_STATEMENT_BYTES {
+        return Err(refused(&format!("a statement may be at most {} KiB", MAX_STATEMENT_BYTES >> 10)));
+    }
+    if sql.to_ascii_lowercase().contains(&format!("{PLATFORM_SCHEMA}.")) {
+        return Err(refused("micropay_platform belongs to the host: a component's statement may not name it"));
+    }
+    Ok(())
+}
+
+/// After a component's statement, the unit's transaction must still be open (in progress or
+/// failed): a component that ended it cannot go on, and what it did may have been kept.
+fn check_still_in_transaction(session: &Session) -> Result<(), StatementError> {
+    if session.connection.in_transaction_block() {
+        return Ok(());
+    }
+    Err(StatementError::Trap(EndedTransaction.into()))
+}
+
+/// Commits a unit: its events to the outbox, then the COMMIT, under the commit's own bound on
+/// the server, then the session's reset, the last two in one round trip. The answer is what
+/// PostgreSQL did: committed; refused (nothing written); or not known (the connection failed
+/// or no answer came in time), whose session is ended.
+async fn commit_unit(
+    connection: &mut PgConnection,
+    host_key: &[u8],
+    staged: &[Envelope],
+    bound: Duration,
+) -> (Result<(), CommitError>, Afterwards) {
+    let bound_ms = bound.as_millis().max(1);
+    let waited = bound + END_GRACE;
+    if !staged.is_empty() {
+        // The host key is a parameter of the next statement: an error of it must not put its
+        // parameters in the server's log, whatever the component set. (This fails, as it
+        // should, on a transaction a failed statement aborted.)
+        let quiet =
+            format!("SET LOCAL log_parameter_max_length_on_error = 0; SET LOCAL statement_timeout = {bound_ms}");
+        let appended = tokio::time::timeout(waited, async {
+            simple_query(connection, &quiet).await?;
+            append_outbox(connection, host_key, staged).await
+        })
+        .await;
+        match appended {
+            Ok(Ok(())) => {}
+            // Refused before any COMMIT was sent: nothing was written.
+            Ok(Err(err)) if matches!(err, sqlx::Error::Database(_)) && !is_fatal(&err) => {
+                return refused_commit(connection, err.to_string()).await;
+            }
+            Ok(Err(err)) => return (Err(CommitError::NotCommitted(err.to_string())), Afterwards::End),
+            Err(_) => return (Err(CommitError::NotCommitted("the outbox did not answer".into())), Afterwards::End),
+        }
+    }
+    // PostgreSQL runs deferred triggers at COMMIT with no statement timeout: they are fired
+    // first, by `SET CONSTRAINTS ALL IMMEDIATE`, under the commit's bound, so that the COMMIT
+    // itself has nothing of the component's left to run. (A trigger that defers more again
+    // runs at the COMMIT unbounded on the server; the host's own wait then ends its backend.)
+    let end = format!("SET LOCAL statement_timeout = {bound_ms}; SET CONSTRAINTS ALL IMMEDIATE; COMMIT; {RESET}");
+    const COMMIT_POSITION: usize = 3;
+    let mut committed = false;
+    let mut prepared_by_component = None;
+    let outcome = tokio::time::timeout(waited, async {
+        let mut results = fetch_many(connection, &end);
+        let mut completed = 0;
+        while let Some(result) = results.try_next().await? {
+            match result {
+                Either::Left(_) => {
+                    completed += 1;
+                    committed |= completed == COMMIT_POSITION;
+                }
+                Either::Right(row) => prepared_by_component = row.try_get::<bool, _>(0).ok(),
+            }
+        }
+        Ok::<(), sqlx::Error>(())
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) if prepared_by_component == Some(false) => (Ok(()), Afterwards::Reuse),
+        Ok(Ok(())) => (Ok(()), Afterwards::Close),
+        // The commit went through; only the reset after it failed.
+        Ok(Err(_)) if committed => (Ok(()), Afterwards::End),
+        Ok(Err(err)) if matches!(err, sqlx::Error::Database(_)) && !is_fatal(&err) => {
+            refused_commit(connection, err.to_string()).await
+        }
+        Ok(Err(err)) => (Err(CommitError::Unknown(err.to_string())), Afterwards::End),
+        Err(_) if committed => (Ok(()), Afterwards::End),
+        Err(_) => (Err(CommitError::Unknown("no answer in time".into())), Afterwards::End),
+    }
+}
+
+/// PostgreSQL refused the commit (or what precedes it): nothing was written; the session is
+/// rolled back and reset for the next unit.
+async fn refused_commit(connection: &mut PgConnection, reason: String) -> (Result<(), CommitError>, Afterwards) {
+    let afterwards = match tokio::time::timeout(RESET_TIMEOUT, roll_back(connection)).await {
+        Ok(Ok(afterwards)) => afterwards,
+        _ => Afterwards::End,
+    };
+    (Err(CommitError::NotCommitted(reason)), afterwards)
+}
+
+/// Rolls the session's transaction back (if any) and resets the session.
+async fn roll_back(connection: &mut PgConnection) -> Result<Afterwards, CommitError> {
+    let rows = simple_query(connection, &format!("ROLLBACK; {RESET}"))
+        .await
+        .map_err(|err| CommitError::NotCommitted(format!("rolling back: {err}")))?;
+    let prepared_by_component = rows.last().map(|row| row.try_get::<bool, _>(0)).transpose().ok().flatten();
+    Ok(if prepared_by_component == Some(false) { Afterwards::Reuse } else { Afterwards::Close })
+}
+
+/// Whether a server's error ended the session (FATAL, PANIC): what was under way is not known.
+fn is_fatal(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.try_downcast_ref::<PgDatabaseError>())
+        .is_some_and(|db| matches!(db.severity(), PgSeverity::Fatal | PgSeverity::Panic))
 }
 
 /// Writes the unit's events to the outbox, in the order published, with one call.
@@ -484,31 +677,12 @@ fn simple_query<'c>(connection: &'c mut PgConnection, sql: &'c str) -> BoxFuture
     connection.fetch_all(sqlx::raw_sql(sql))
 }
 
-/// Whether the end of a unit left its session fit to reuse: the last row of the end's
-/// statements says whether the component prepared statements of its own on it.
-fn ended_clean(rows: &[PgRow]) -> Result<bool, CommitError> {
-    let prepared_by_component = rows.last().map(|row| row.try_get::<bool, _>(0)).transpose().map_err(end_error)?;
-    Ok(prepared_by_component == Some(false))
-}
-
-/// An error ending a unit: PostgreSQL's refusal means nothing was committed; anything else
-/// (the connection lost) leaves the outcome unknown.
-fn end_error(err: sqlx::Error) -> CommitError {
-    match err {
-        sqlx::Error::Database(db) => CommitError::NotCommitted(db.message().to_string()),
-        other => CommitError::Unknown(other.to_string()),
-    }
-}
-
-/// A component's statement may not name what is in the platform's schema the way the host's
-/// statements do (`micropay_platform.`), so none can coincide with a host statement, and in the
-/// connection's statement cache stand in for it. (Any other way of naming it is PostgreSQL's to
-/// refuse: the schema is the platform role's.)
-fn refuse_platform_names(sql: &str) -> Result<(), DbError> {
-    if sql.to_ascii_lowercase().contains(&format!("{PLATFORM_SCHEMA}.")) {
-        return Err(refused("micropay_platform belongs to the host: a component's statement may not name it"));
-    }
-    Ok(())
+/// A simple-protocol query whose statements' results are told apart, in order.
+fn fetch_many<'c>(
+    connection: &'c mut PgConnection,
+    sql: &'c str,
+) -> BoxStream<'c, Result<Either<PgQueryResult, PgRow>, sqlx::Error>> {
+    connection.fetch_many(sqlx::raw_sql(sql))
 }
 
 impl Host for InvocationState {

@@ -58,6 +58,12 @@ impl Default for PoolSettings {
     }
 }
 
+/// Statements a service connection keeps prepared (at most 256 KiB of text each).
+const SERVICE_STATEMENT_CACHE: usize = 32;
+
+/// A service role's temporary files, at most (`temp_file_limit`, which only a superuser sets).
+const SERVICE_TEMP_FILES: &str = "1GB";
+
 /// The platform's schema in a service database.
 pub const PLATFORM_SCHEMA: &str = "micropay_platform";
 
@@ -91,6 +97,16 @@ impl Provisioner {
         let mut lock = provisioner.provisioning_lock().await?;
         provisioner.secret = provisioner.installation_secret(&mut lock).await?;
         provisioner.provision_platform(&mut lock).await?;
+        let prepared: i32 = sqlx::query_scalar("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
+            .fetch_one(&mut lock)
+            .await?;
+        if prepared > 0 {
+            tracing::warn!(
+                max_prepared_transactions = prepared,
+                "the server allows prepared transactions: a component's PREPARE TRANSACTION would outlive its \
+                 unit (the host stops the unit, but not what was prepared); set max_prepared_transactions = 0"
+            );
+        }
         lock.close().await.ok();
         Ok(provisioner)
     }
@@ -131,10 +147,14 @@ impl Provisioner {
         capacity
     }
 
-    /// Connection options of `service`'s own role on its own database, its schema first.
+    /// Connection options of `service`'s own role on its own database, its schema first. Its
+    /// statement cache is small: a component's statements are cached by their text, on the host
+    /// and on the server, for the connection's life.
     pub fn service_options(&self, service: &str) -> PgConnectOptions {
         let role = self.role_name(service);
         pinned(self.admin.clone(), &format!("{service}_schema"))
+            .options([("log_parameter_max_length_on_error", "0")])
+            .statement_cache_capacity(SERVICE_STATEMENT_CACHE)
             .log_statements(tracing::log::LevelFilter::Trace)
             .username(&role)
             .password(&self.password(&role))
@@ -154,6 +174,20 @@ impl Provisioner {
     /// The platform role on the platform database: for coordinating the hosts.
     pub fn coordination_options(&self) -> PgConnectOptions {
         self.platform_options(&self.database_name("platform"), "pg_catalog")
+    }
+
+    /// The platform role's pool on the platform database for ending backends cut off at a
+    /// deadline (the platform role may end its service roles' backends from anywhere): apart
+    /// from everything else, so it is free when a deadline needs it.
+    pub async fn control_pool(&self, max: u32) -> anyhow::Result<PgPool> {
+        PgPoolOptions::new()
+            .min_connections(0)
+            .max_connections(max)
+            .idle_timeout(Duration::from_secs(60))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(self.coordination_options())
+            .await
+            .context("connecting to the platform database as the platform role")
     }
 
     /// The pool of `service`'s own role on its own database, for its components' units of
@@ -263,7 +297,9 @@ impl Provisioner {
         let mut admin = self.provisioning_lock().await?;
         ensure_role(&mut admin, &role, &self.password(&role)).await?;
         ensure_database(&mut admin, &database).await?;
-        for statement in [
+        // One transaction: hosts already running never see a privilege revoked and not yet
+        // granted again.
+        let statements = [
             // Older installations let the service role own its database, and so set its
             // settings: take both back.
             format!("ALTER DATABASE {database_ident} OWNER TO CURRENT_USER"),
@@ -271,12 +307,12 @@ impl Provisioner {
             format!("ALTER ROLE ALL IN DATABASE {database_ident} RESET ALL"),
             format!("ALTER ROLE {role_ident} IN DATABASE {database_ident} RESET ALL"),
             format!("ALTER ROLE {role_ident} RESET ALL"),
+            format!("ALTER ROLE {role_ident} SET temp_file_limit = {}", literal(SERVICE_TEMP_FILES)),
             format!("REVOKE ALL ON DATABASE {database_ident} FROM PUBLIC, {role_ident}"),
             format!("GRANT CONNECT ON DATABASE {database_ident} TO {role_ident}, {platform_ident}"),
             format!("GRANT {role_ident} TO {platform_ident}"),
-        ] {
-            admin_exec(&mut admin, &statement).await.with_context(|| format!("provisioning {database}"))?;
-        }
+        ];
+        in_one_transaction(&mut admin, &statements).await.with_context(|| format!("provisioning {database}"))?;
 
         let mut in_database = self.admin_in(&database).await?;
         let schema = ident(&format!("{service}_schema"));
@@ -287,30 +323,27 @@ impl Provisioner {
             // sessions or locks.
             "REVOKE SELECT ON pg_catalog.pg_database, pg_catalog.pg_roles, pg_catalog.pg_user, \
              pg_catalog.pg_auth_members, pg_catalog.pg_db_role_setting, pg_catalog.pg_stat_activity, \
-             pg_catalog.pg_stat_database, pg_catalog.pg_locks FROM PUBLIC"
+             pg_catalog.pg_stat_database, pg_catalog.pg_stat_database_conflicts, pg_catalog.pg_locks FROM PUBLIC"
                 .to_string(),
             revoke_functions_from_public(REVOKED_FUNCTIONS),
             grant_functions(&["pg_terminate_backend"], &platform_ident),
         ];
         statements.extend(platform_objects(&role_ident, &platform_ident));
-        for statement in &statements {
-            admin_exec(&mut in_database, statement).await.with_context(|| format!("provisioning {database}"))?;
-        }
-        let host_key: &[u8] = &Sha256::digest(self.host_key(service));
-        sqlx::query("DELETE FROM micropay_platform.host_key WHERE key_sha256 <> $1")
-            .bind(host_key)
-            .execute(&mut in_database)
-            .await?;
-        sqlx::query("INSERT INTO micropay_platform.host_key (key_sha256) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(host_key)
-            .execute(&mut in_database)
-            .await?;
+        let host_key = hex::encode(Sha256::digest(self.host_key(service)));
+        statements.extend([
+            format!("DELETE FROM micropay_platform.host_key WHERE key_sha256 <> '\\x{host_key}'::bytea"),
+            format!("INSERT INTO micropay_platform.host_key (key_sha256) VALUES ('\\x{host_key}'::bytea) ON CONFLICT DO NOTHING"),
+        ]);
+        in_one_transaction(&mut in_database, &statements).await.with_context(|| format!("provisioning {database}"))?;
         in_database.close().await.ok();
 
         if migrations.is_dir() {
-            let migrator = sqlx::migrate::Migrator::new(migrations)
+            let mut migrator = sqlx::migrate::Migrator::new(migrations)
                 .await
                 .with_context(|| format!("reading migrations in {}", migrations.display()))?;
+            // Hosts take turns under the provisioning lock already; the migrator's own lock is
+            // an advisory lock in the service's database, which its component could hold.
+            migrator.set_locking(false);
             let mut connection = self
                 .service_options(service)
                 .connect()
@@ -535,6 +568,19 @@ fn platform_objects(role: &str, platform: &str) -> Vec<String> {
         ),
     ]);
     statements
+}
+
+/// Runs `statements` in one transaction.
+async fn in_one_transaction(conn: &mut PgConnection, statements: &[String]) -> anyhow::Result<()> {
+    admin_exec(conn, "BEGIN").await?;
+    for statement in statements {
+        if let Err(err) = admin_exec(conn, statement).await {
+            admin_exec(conn, "ROLLBACK").await.ok();
+            return Err(anyhow::Error::from(err).context(format!("running {}", statement.lines().next().unwrap_or(""))));
+        }
+    }
+    admin_exec(conn, "COMMIT").await?;
+    Ok(())
 }
 
 /// Creates `role` if missing and (re)sets what it may do: log in with `password`, nothing more.

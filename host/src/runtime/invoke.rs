@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use wasmtime::{Store, Trap};
 
-use crate::capabilities::database::{CommitError, QueryDeadline, QueryLimit, QueryLimits, UnitOfWork};
+use crate::capabilities::database::{
+    CommitError, ConnectionLost, EndedTransaction, QueryDeadline, QueryLimit, UnitLimits, UnitOfWork,
+};
 use crate::metrics::{Metrics, Outcome};
 use crate::runtime::bindings::{Caller, Event, Request, Response, Route};
 use crate::runtime::engine::{EngineOptions, Runtime};
@@ -133,7 +135,7 @@ impl Dispatcher {
         context: InvocationContext,
     ) -> Result<Answer, InvokeError> {
         let work = |deadline: Instant| async move {
-            let limits = QueryLimits::from(&component.policy.limits);
+            let limits = UnitLimits::from(&component.policy.limits);
             let unit = UnitOfWork::new(component.database.clone(), deadline, limits);
             let (answer, unit) = self.run_until(deadline, component, call, context, unit).await?;
             // The answer is in: its commit is not cut at the deadline.
@@ -207,7 +209,7 @@ impl Dispatcher {
         context: InvocationContext,
         mut unit: UnitOfWork,
     ) -> Result<(Answer, UnitOfWork), InvokeError> {
-        unit.start_invocation(deadline, QueryLimits::from(&component.policy.limits));
+        unit.start_invocation(deadline, UnitLimits::from(&component.policy.limits));
         let run = self.run(component, call, context, unit);
         match tokio::time::timeout_at(deadline + HOST_GRACE, run).await {
             Ok(result) => result,
@@ -317,6 +319,12 @@ fn classify_trap(err: wasmtime::Error, deadline: Duration) -> InvokeError {
     }
     if let Some(limit) = err.downcast_ref::<QueryLimit>() {
         return InvokeError::QueryLimit(limit.limit.clone());
+    }
+    if let Some(ended) = err.downcast_ref::<EndedTransaction>() {
+        return InvokeError::CommitUnknown(ended.to_string());
+    }
+    if let Some(lost) = err.downcast_ref::<ConnectionLost>() {
+        return InvokeError::NotCommitted(lost.to_string());
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => InvokeError::Deadline(deadline),
