@@ -267,12 +267,11 @@ impl Provisioner {
         let (role, database) = (self.platform_role(), self.database_name("platform"));
         let role_ident = ident(&role);
         ensure_role(admin, &role, &self.password(&role)).await?;
-        for statement in [
+        let grants = [
             format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", ident(&database)),
             format!("GRANT CONNECT ON DATABASE {} TO {role_ident}", ident(&database)),
-        ] {
-            admin_exec(admin, &statement).await?;
-        }
+        ];
+        in_one_transaction(admin, &grants).await?;
         let mut in_database = self.admin_in(&database).await?;
         for statement in [
             format!("CREATE SCHEMA IF NOT EXISTS {PLATFORM_SCHEMA} AUTHORIZATION {role_ident}"),
@@ -367,12 +366,11 @@ impl Provisioner {
         let platform_ident = ident(&self.platform_role());
         let mut admin = self.provisioning_lock().await?;
         ensure_database(&mut admin, &database).await?;
-        for statement in [
+        let grants = [
             format!("ALTER DATABASE {} OWNER TO {platform_ident}", ident(&database)),
             format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", ident(&database)),
-        ] {
-            admin_exec(&mut admin, &statement).await?;
-        }
+        ];
+        in_one_transaction(&mut admin, &grants).await?;
         let mut in_database = self.admin_in(&database).await?;
         for statement in tables {
             admin_exec(&mut in_database, statement)
