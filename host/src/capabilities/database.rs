@@ -293,7 +293,7 @@ impl UnitOfWork {
         let Some(mut session) = self.session.take() else { return Ok(false) };
         if session.busy {
             // Only a trap leaves a statement unread, and a trap never commits.
-            self.end_backend(session);
+            session.end_backend(self.database.as_ref());
             return Err(CommitError::NotCommitted("a statement was cut off".into()));
         }
         let staged = std::mem::take(&mut self.staged);
@@ -306,17 +306,8 @@ impl UnitOfWork {
                 Err(error) => (Err(error), Afterwards::End),
             }
         };
-        self.dispose(session, afterwards);
+        session.dispose(self.database.as_ref(), afterwards);
         ended.map(|()| commit && !staged.is_empty())
-    }
-
-    /// Puts a session whose unit ended where it belongs: back to the pool, closed, or ended.
-    fn dispose(&self, mut session: Session, afterwards: Afterwards) {
-        match afterwards {
-            Afterwards::Reuse => {}
-            Afterwards::Close => session.connection.close_on_drop(),
-            Afterwards::End => self.end_backend(session),
-        }
     }
 
     /// Records a batch of delivered events in the inbox, first thing in the unit of work, so
@@ -460,27 +451,38 @@ impl UnitOfWork {
         check_still_in_transaction(session)?;
         Ok(done.rows_affected())
     }
+}
+
+impl Session {
+    /// Puts a session whose unit ended where it belongs: back to the pool, closed, or ended.
+    fn dispose(mut self, database: Option<&Arc<ServiceDatabase>>, afterwards: Afterwards) {
+        match afterwards {
+            Afterwards::Reuse => {}
+            Afterwards::Close => self.connection.close_on_drop(),
+            Afterwards::End => self.end_backend(database),
+        }
+    }
 
     /// Ends the backend of a session whose state is not known (its statement stops on the
     /// server) and closes the connection, from a task of its own: the caller goes on at once.
     /// Tried until it is done, from the platform database, whose pool nothing else holds.
-    fn end_backend(&self, mut session: Session) {
-        session.connection.close_on_drop();
-        let Some(database) = self.database.clone() else { return };
+    fn end_backend(mut self, database: Option<&Arc<ServiceDatabase>>) {
+        self.connection.close_on_drop();
+        let Some(database) = database.cloned() else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
             for attempt in 1..=5 {
                 let ended = sqlx::query("SELECT pg_catalog.pg_terminate_backend($1, 5000)")
-                    .bind(session.pid)
+                    .bind(self.pid)
                     .execute(&database.control)
                     .await;
                 match ended {
                     Ok(_) => break,
-                    Err(err) => tracing::warn!(pid = session.pid, attempt, "ending a backend failed: {err}"),
+                    Err(err) => tracing::warn!(pid = self.pid, attempt, "ending a backend failed: {err}"),
                 }
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
-            drop(session);
+            drop(self);
         });
     }
 }
@@ -493,20 +495,20 @@ impl Drop for UnitOfWork {
     fn drop(&mut self) {
         let Some(mut session) = self.session.take() else { return };
         if session.busy {
-            self.end_backend(session);
+            session.end_backend(self.database.as_ref());
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             session.connection.close_on_drop();
             return;
         };
-        let unit = UnitOfWork::new(self.database.clone(), self.deadline, self.limits);
+        let database = self.database.clone();
         runtime.spawn(async move {
             let afterwards = match tokio::time::timeout(RESET_TIMEOUT, roll_back(&mut session.connection)).await {
                 Ok(Ok(afterwards)) => afterwards,
                 _ => Afterwards::End,
             };
-            unit.dispose(session, afterwards);
+            session.dispose(database.as_ref(), afterwards);
         });
     }
 }
