@@ -87,6 +87,21 @@ pub struct Config {
     #[arg(long, env = "MICROPAY_ADMIN_KEYS")]
     pub admin_keys: Option<PathBuf>,
 
+    /// Deploy a component or policy file of the components and policies directories when it
+    /// changes, with the checks of any deploy.
+    #[arg(long, env = "MICROPAY_WATCH")]
+    pub watch: bool,
+
+    /// Public keys trusted to sign deployed components: `ID=PUBLIC_KEY@role+role` entries
+    /// (`micropay keygen` prints one), separated by commas. With none here or in the file,
+    /// unsigned deploys are accepted.
+    #[arg(long, env = "MICROPAY_TRUSTED_KEYS")]
+    pub trusted_keys: Option<String>,
+
+    /// A file of trusted keys, one entry per line (see `--trusted-keys`).
+    #[arg(long, env = "MICROPAY_TRUSTED_KEYS_FILE")]
+    pub trusted_keys_file: Option<PathBuf>,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "MICROPAY_BODY_LIMIT", default_value_t = 1 << 20)]
     pub body_limit: usize,

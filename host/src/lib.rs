@@ -1,12 +1,13 @@
 //! MicroPay's host: serves sandboxed payment-service components, each on its own PostgreSQL
 //! database, behind one HTTP gateway.
 //!
-//! - [`runtime`]: the wasmtime engine, the component registry, invocations;
+//! - [`runtime`]: the wasmtime engine, the services and their versions, invocations;
 //! - [`capabilities`]: what a component may import (database, logging, clock, random, principal);
 //! - [`postgres`]: the embedded cluster and the per-service databases, roles, pools, migrations;
 //! - [`bus`]: the event bus: outbox relay, backends (embedded, NATS JetStream), delivery;
 //! - [`gateway`]: the HTTP API;
 //! - [`policy`]: what each component is granted;
+//! - [`deploy`]: new versions checked, stored and swapped in on every host; signed artifacts;
 //! - [`admin`]: admin API keys and the `/admin` routes;
 //! - [`schedule`]: requests made to components on a timer (maintenance jobs);
 //! - [`platform`]: all of the above started together.
@@ -16,6 +17,7 @@ pub mod bench;
 pub mod bus;
 pub mod capabilities;
 pub mod config;
+pub mod deploy;
 pub mod gateway;
 pub mod metrics;
 pub mod platform;

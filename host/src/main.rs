@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use micropay::admin::client::{HostAddress, error_message};
 use micropay::admin::keys::KeyFile;
 use micropay::config::Config;
+use micropay::deploy::cli;
 use micropay::policy::Role;
 use micropay::{bench, gateway, platform::Platform, telemetry};
 use reqwest::Method;
@@ -35,6 +36,41 @@ enum Command {
     /// running host).
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Deploy a new version of a service, checked, then swapped in on every host (asks a
+    /// running host).
+    Deploy(cli::DeployArgs),
+    /// List every service with its active version, who deployed it and when, and its counts.
+    Components(HostAddress),
+    /// List every stored version of a service; `*` marks the active one.
+    Versions {
+        name: String,
+        #[command(flatten)]
+        host: HostAddress,
+    },
+    /// Activate an earlier stored version of a service: by default the one before the active.
+    Rollback {
+        name: String,
+        /// The version to activate.
+        #[arg(long)]
+        to: Option<i64>,
+        #[command(flatten)]
+        host: HostAddress,
+    },
+    /// Make an Ed25519 signing key for components; prints the line that trusts it.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long, default_value = "micropay-signing.key")]
+        out: std::path::PathBuf,
+        /// The roles whose deploys the key may sign.
+        #[arg(long = "role", value_enum, required = true)]
+        roles: Vec<Role>,
+    },
+    /// Sign a component file with a key from `micropay keygen`: writes FILE.sig.
+    Sign {
+        file: std::path::PathBuf,
+        #[arg(long, default_value = "micropay-signing.key")]
+        key: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +132,12 @@ fn main() -> std::process::ExitCode {
             Command::Events(command) => events(command).await,
             Command::Audit(command) => audit(command).await,
             Command::Ledger(LedgerCommand::Check { as_of, host }) => ledger_check(&host, as_of.as_deref()).await,
+            Command::Deploy(args) => cli::deploy(args).await,
+            Command::Components(host) => cli::components(&host).await,
+            Command::Versions { name, host } => cli::versions(&host, &name).await,
+            Command::Rollback { name, to, host } => cli::rollback(&host, &name, to).await,
+            Command::Keygen { out, roles } => cli::keygen(&out, &roles),
+            Command::Sign { file, key } => cli::sign(&file, &key),
             Command::AdminKey(AdminKeyCommand::Create { role, admin_keys }) => {
                 let key = KeyFile::create(&admin_keys, role)?;
                 println!("{key}");

@@ -75,12 +75,33 @@ type SecondsGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InvocationLabels {
     component: String,
+    /// The version's number in the version store.
+    version: i64,
     outcome: Outcome,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ComponentLabels {
     component: String,
+}
+
+/// What became of a deploy or a rollback.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum DeployOutcome {
+    /// A new version stored and active.
+    Deployed,
+    /// An earlier version active again.
+    RolledBack,
+    /// A check refused it; nothing changed.
+    Refused,
+    /// This host swapped to the store's active version (its own deploy, or another host's).
+    Swapped,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeployLabels {
+    component: String,
+    outcome: DeployOutcome,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +124,7 @@ pub struct Metrics {
     undelivered_age: Family<PartitionLabels, SecondsGauge>,
     partitions_owned: Family<SubscriberLabels, Gauge>,
     batch_rollbacks: Family<SubscriberLabels, Counter>,
+    deploys: Family<DeployLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -111,7 +133,7 @@ impl Default for Metrics {
         let invocations = Family::<InvocationLabels, Counter>::default();
         registry.register(
             "invocations",
-            "Component invocations by component and outcome (Ok, Error, Trap, Deadline, Fuel, Stack, Memory, ResponseTooLarge, Busy)",
+            "Component invocations by component, version and outcome (Ok, Error, Trap, Deadline, Fuel, Stack, Memory, ResponseTooLarge, Busy)",
             invocations.clone(),
         );
         let latency = Family::<ComponentLabels, Histogram>::new_with_constructor(|| {
@@ -172,8 +194,15 @@ impl Default for Metrics {
             "Batches of deliveries rolled back (a handler failed) and delivered again one by one",
             batch_rollbacks.clone(),
         );
+        let deploys = Family::<DeployLabels, Counter>::default();
+        registry.register(
+            "deploys",
+            "Deploys and rollbacks by component and outcome (Deployed, RolledBack, Refused), and this host's swaps (Swapped)",
+            deploys.clone(),
+        );
         Self {
             registry,
+            deploys,
             batch_rollbacks,
             invocations,
             latency,
@@ -191,11 +220,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn record_invocation(&self, component: &str, outcome: Outcome, elapsed: Duration) {
-        self.invocations.get_or_create(&InvocationLabels { component: component.to_string(), outcome }).inc();
+    pub fn record_invocation(&self, component: &str, version: i64, outcome: Outcome, elapsed: Duration) {
+        self.invocations.get_or_create(&InvocationLabels { component: component.to_string(), version, outcome }).inc();
         self.latency
             .get_or_create(&ComponentLabels { component: component.to_string() })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_deploy(&self, component: &str, outcome: DeployOutcome) {
+        self.deploys.get_or_create(&DeployLabels { component: component.to_string(), outcome }).inc();
     }
 
     pub fn record_refused_call(&self, component: &str) {

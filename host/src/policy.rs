@@ -8,8 +8,19 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::postgres::provision::RESERVED_NAMES;
-use crate::runtime::engine::{MAX_MEMORY_BYTES, POOLED_COMPONENT_INSTANCES};
+/// Names no service or database may take: the platform's own databases
+/// (`micropay_platform_db`, `micropay_bus_db`).
+pub const RESERVED_NAMES: &[&str] = &["platform", "bus"];
+
+/// The largest linear memory any policy may grant (the engine reserves this much per instance).
+pub const MAX_MEMORY_BYTES: usize = 256 << 20;
+
+/// The most instances alive at once across all components (the engine's pool); no policy may
+/// grant one component more.
+pub const MAX_INSTANCES: u32 = 512;
+
+/// The most events relayed or delivered in one batch; no policy may ask for larger batches.
+pub const MAX_BATCH: usize = 256;
 
 /// One component's policy.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +46,9 @@ pub struct Policy {
     /// Where the policy was read from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
+    /// The policy as written: what the version store keeps.
+    #[serde(skip)]
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,13 +90,7 @@ pub struct EventsSection {
 
 impl Default for EventsSection {
     fn default() -> Self {
-        Self {
-            publish: Vec::new(),
-            subscribe: Vec::new(),
-            max_attempts: 5,
-            retry_base_ms: 200,
-            batch: crate::bus::BATCH,
-        }
+        Self { publish: Vec::new(), subscribe: Vec::new(), max_attempts: 5, retry_base_ms: 200, batch: MAX_BATCH }
     }
 }
 
@@ -126,7 +134,7 @@ pub fn is_topic(topic: &str) -> bool {
 /// A request the host makes to the component every `every_secs` seconds, as the `platform`
 /// administrator, e.g. `POST /maintenance` once a day. Each host makes it, so the job must be
 /// idempotent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduledRequest {
     /// Upper-case HTTP method.
@@ -157,16 +165,28 @@ pub enum Role {
     Platform,
 }
 
+impl Role {
+    /// The role as written in policies and keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Ops => "ops",
+            Role::Risk => "risk",
+            Role::Platform => "platform",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploySection {
-    /// Roles whose admin keys may deploy or roll back this component.
+    /// Roles whose admin keys may deploy or roll back this component (by default `ops` and
+    /// `platform`). A new version whose policy grants more takes a `platform` key as well.
     pub roles: Vec<Role>,
 }
 
 impl Default for DeploySection {
     fn default() -> Self {
-        Self { roles: vec![Role::Ops] }
+        Self { roles: vec![Role::Ops, Role::Platform] }
     }
 }
 
@@ -225,9 +245,16 @@ impl Policy {
     /// Reads and validates one policy file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading policy {}", path.display()))?;
-        let mut policy: Policy = toml::from_str(&text).with_context(|| format!("invalid policy {}", path.display()))?;
-        policy.source = path.to_path_buf();
-        policy.validate().with_context(|| format!("invalid policy {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates a policy's text; `source` names where it came from in errors.
+    pub fn parse(text: &str, source: &Path) -> anyhow::Result<Self> {
+        let mut policy: Policy =
+            toml::from_str(text).with_context(|| format!("invalid policy {}", source.display()))?;
+        policy.source = source.to_path_buf();
+        policy.text = text.to_string();
+        policy.validate().with_context(|| format!("invalid policy {}", source.display()))?;
         Ok(policy)
     }
 
@@ -256,8 +283,8 @@ impl Policy {
         if self.limits.fuel == Some(0) {
             bail!("limits.fuel: 0 would refuse every invocation; omit it for unmetered");
         }
-        if !(1..=POOLED_COMPONENT_INSTANCES).contains(&self.limits.max_instances) {
-            bail!("limits.max_instances: {} is outside 1..={POOLED_COMPONENT_INSTANCES}", self.limits.max_instances);
+        if !(1..=MAX_INSTANCES).contains(&self.limits.max_instances) {
+            bail!("limits.max_instances: {} is outside 1..={MAX_INSTANCES}", self.limits.max_instances);
         }
         if self.limits.queue_ms > 10_000 {
             bail!("limits.queue_ms: {} is over 10000", self.limits.queue_ms);
@@ -283,8 +310,8 @@ impl Policy {
         if !self.events.subscribe.is_empty() && self.database.is_none() {
             bail!("events.subscribe: subscribing needs a database ([database]): its inbox lives there");
         }
-        if !(1..=crate::bus::BATCH).contains(&self.events.batch) {
-            bail!("events.batch: {} is outside 1..={}", self.events.batch, crate::bus::BATCH);
+        if !(1..=MAX_BATCH).contains(&self.events.batch) {
+            bail!("events.batch: {} is outside 1..={}", self.events.batch, MAX_BATCH);
         }
         if !(1..=100).contains(&self.events.max_attempts) {
             bail!("events.max_attempts: {} is outside 1..=100", self.events.max_attempts);

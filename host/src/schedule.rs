@@ -10,15 +10,15 @@ use tokio::task::JoinHandle;
 
 use crate::policy::{Role, ScheduledRequest};
 use crate::runtime::bindings::Request;
-use crate::runtime::invoke::{Answer, Call, Dispatcher};
+use crate::runtime::invoke::Dispatcher;
 use crate::runtime::state::InvocationContext;
 
 /// Starts the scheduled requests of every loaded component. Abort the tasks to stop them.
 pub fn start(dispatcher: &Arc<Dispatcher>) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
-    for component in dispatcher.registry.all() {
-        for job in &component.policy.schedule {
-            tasks.push(tokio::spawn(run(dispatcher.clone(), component.name.clone(), job.clone())));
+    for service in dispatcher.registry.all() {
+        for job in &service.active().policy.schedule {
+            tasks.push(tokio::spawn(run(dispatcher.clone(), service.name.clone(), job.clone())));
         }
     }
     tasks
@@ -29,8 +29,7 @@ async fn run(dispatcher: Arc<Dispatcher>, name: Arc<str>, job: ScheduledRequest)
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        // The live version of the component at each run.
-        let Some(component) = dispatcher.registry.get(&name) else { return };
+        let Some(service) = dispatcher.registry.get(&name) else { return };
         let request = Request {
             method: job.method.clone(),
             path: job.path.clone(),
@@ -40,16 +39,15 @@ async fn run(dispatcher: Arc<Dispatcher>, name: Arc<str>, job: ScheduledRequest)
         };
         let request_id = format!("schedule-{}", uuid::Uuid::new_v4().simple());
         let context = InvocationContext::administrator(Role::Platform, &request_id);
-        match dispatcher.invoke(&component, Call::Handle(request), context).await {
-            Ok(Answer::Response(response)) if response.status < 400 => tracing::info!(
+        match dispatcher.handle(&service, request, context).await {
+            Ok(response) if response.status < 400 => tracing::info!(
                 component = %name, method = %job.method, path = %job.path, status = response.status,
                 body = %String::from_utf8_lossy(&response.body), "scheduled request done"
             ),
-            Ok(Answer::Response(response)) => tracing::warn!(
+            Ok(response) => tracing::warn!(
                 component = %name, method = %job.method, path = %job.path, status = response.status,
                 body = %String::from_utf8_lossy(&response.body), "scheduled request refused"
             ),
-            Ok(_) => {}
             Err(err) => {
                 tracing::warn!(component = %name, method = %job.method, path = %job.path, "scheduled request failed: {err}")
             }

@@ -58,6 +58,10 @@ pub struct HostOptions {
     pub log_filter: String,
     /// The services' migrations.
     pub migrations_dir: PathBuf,
+    /// The policies' directories.
+    pub policies: Vec<PathBuf>,
+    /// The components' directory.
+    pub components_dir: PathBuf,
 }
 
 impl HostOptions {
@@ -77,6 +81,8 @@ impl HostOptions {
             db_connections: DB_CONNECTIONS,
             log_filter: "info,sqlx=warn,sqlx::postgres::notice=off".into(),
             migrations_dir: root().join("migrations"),
+            policies: vec![root().join("policies"), root().join("tests/policies")],
+            components_dir: root().join("target/components"),
         }
     }
 
@@ -181,9 +187,9 @@ fn spawn(options: &HostOptions) -> (Child, Arc<Mutex<Vec<String>>>) {
         .arg("--cache-dir")
         .arg(&options.cache_dir)
         .arg("--policies")
-        .arg(format!("{},{}", root.join("policies").display(), root.join("tests/policies").display()))
+        .arg(options.policies.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>().join(","))
         .arg("--components-dir")
-        .arg(root.join("target/components"))
+        .arg(&options.components_dir)
         .arg("--migrations-dir")
         .arg(&options.migrations_dir)
         // Several hosts run at once on a server of 100 connections.

@@ -16,7 +16,10 @@ async fn health_readiness_metrics_openapi_and_request_ids() {
     assert_eq!(response.headers()["x-request-id"], "req-123");
 
     let metrics = host.http.get(host.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("micropay_invocations_total{component=\"probe\",outcome=\"Ok\"}"), "{metrics}");
+    assert!(
+        metrics.contains("micropay_invocations_total{component=\"probe\",version=\"1\",outcome=\"Ok\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("micropay_invocation_seconds_bucket"), "{metrics}");
 
     let (status, document) = host.call("GET", "/openapi.json", None, None).await;

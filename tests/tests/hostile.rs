@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use micropay_tests::{Bystander, TestHost, error_code, signed_in_user};
 
-/// Reads `micropay_invocations_total{component="probe",outcome="..."}`.
+/// Reads `micropay_invocations_total{component="probe",version="1",outcome="..."}`.
 async fn invocations(host: &TestHost, outcome: &str) -> f64 {
     let metrics = host.http.get(host.url("/metrics")).send().await.unwrap().text().await.unwrap();
     metrics
@@ -104,7 +104,10 @@ async fn fuel_cuts_a_loop_when_the_policy_meters_it() {
     assert_eq!((status, error_code(&body)), (500, "resource_limit"), "{body}");
     assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
     let metrics = host.http.get(host.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("micropay_invocations_total{component=\"metered\",outcome=\"Fuel\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("micropay_invocations_total{component=\"metered\",version=\"1\",outcome=\"Fuel\"} 1"),
+        "{metrics}"
+    );
 
     // Ordinary work fits in the budget.
     let (status, _) = host.call("GET", "/v1/metered/ping", None, None).await;

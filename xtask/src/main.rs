@@ -112,16 +112,34 @@ fn build_components(root: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(&release).with_context(|| format!("reading {}", release.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|ext| ext == "wasm") {
-            let core = std::fs::read(&path)?;
-            let component = wit_component::ComponentEncoder::default()
-                .module(&core)
-                .and_then(|encoder| encoder.validate(true).encode())
-                .with_context(|| format!("encoding {} as a component", path.display()))?;
-            let name = path.file_name().expect("a file");
-            std::fs::write(out_dir.join(name), component)?;
+            let name = path.file_name().expect("a file").to_owned();
+            encode_component(&path, &out_dir.join(name))?;
         }
     }
+    build_second_probe(root, &out_dir)?;
     build_wasip2_components(root)
+}
+
+/// The probe built with its `second-build` feature, as `probe_second.wasm`: a second version
+/// for the deploy tests. In a target directory of its own, so that neither build undoes the
+/// other's features.
+fn build_second_probe(root: &Path, out_dir: &Path) -> anyhow::Result<()> {
+    let target_dir = root.join("target/wasm-second");
+    let mut build = wasm_build(root, &root.join("components"), "wasm32-unknown-unknown", &target_dir);
+    build.args(["--package", "probe", "--features", "probe/second-build"]);
+    build.env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", "/usr/bin/wasm-ld-19");
+    run(&mut build).context("building the second probe")?;
+    encode_component(&target_dir.join("wasm32-unknown-unknown/release/probe.wasm"), &out_dir.join("probe_second.wasm"))
+}
+
+/// Encodes the core module at `core` as a component at `out`.
+fn encode_component(core: &Path, out: &Path) -> anyhow::Result<()> {
+    let module = std::fs::read(core).with_context(|| format!("reading {}", core.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .and_then(|encoder| encoder.validate(true).encode())
+        .with_context(|| format!("encoding {} as a component", core.display()))?;
+    std::fs::write(out, component).with_context(|| format!("writing {}", out.display()))
 }
 
 /// `wasm-component-ld`, the linker with which the standard `wasm32-wasip2` target makes a

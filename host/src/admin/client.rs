@@ -1,5 +1,5 @@
-//! The operator commands' side of the admin API: `micropay events ...` and `micropay audit ...`
-//! ask a running host, with an admin API key, so that they act exactly as the API does.
+//! The operator commands' side of the admin API: `micropay events ...`, `micropay audit ...`,
+//! `micropay deploy ...` ask a running host, with an admin API key, so that they act exactly as the API does.
 
 use anyhow::Context as _;
 use serde_json::Value;
@@ -19,13 +19,22 @@ impl HostAddress {
     /// Sends `method path` and returns the status and the JSON body. A JSON error answer is
     /// returned too (the caller decides); an unreachable host or a non-JSON answer is an error.
     pub async fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.send(method, path, None).await
+    }
+
+    /// [`HostAddress::request`] with a JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let response = reqwest::Client::new()
-            .request(method, &url)
-            .bearer_auth(&self.admin_key)
-            .send()
-            .await
-            .with_context(|| format!("reaching the host at {}", self.url))?;
+        let mut request = reqwest::Client::new().request(method, &url).bearer_auth(&self.admin_key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.with_context(|| format!("reaching the host at {}", self.url))?;
         let status = response.status().as_u16();
         let body = response.json().await.with_context(|| format!("reading the answer of {url}"))?;
         Ok((status, body))

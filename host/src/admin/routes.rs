@@ -1,17 +1,24 @@
 //! `/admin/...`: every route checks an admin API key (`Authorization: Bearer mpk_...`).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::Path;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::keys::{Admin, KeyFile};
 use crate::bus::dead_letters;
+use crate::deploy::signing::Signature;
+use crate::deploy::{DeployError, DeployRequest};
 use crate::gateway::{ApiError, AppState};
 use crate::policy::Role;
 
@@ -27,11 +34,16 @@ impl AppState {
     }
 }
 
+/// The largest deploy request: a component of up to 48 MiB, in base64.
+const MAX_DEPLOY_BYTES: usize = 64 << 20;
+
 /// The admin routes, to be nested under `/admin`.
 pub fn router() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/whoami", get(whoami))
         .route("/components", get(components))
+        .route("/components/{name}/versions", get(versions).post(deploy).layer(DefaultBodyLimit::max(MAX_DEPLOY_BYTES)))
+        .route("/components/{name}/rollback", post(rollback))
         .route("/events/dead-letters", get(dead_letters))
         .route("/events/dead-letters/{event_id}/replay", post(replay_dead_letter))
 }
@@ -102,20 +114,27 @@ async fn whoami(admin: Admin) -> Json<Value> {
     Json(json!({ "key_id": admin.key_id, "role": admin.role }))
 }
 
-/// Every loaded component: version, where its artifact came from, what its policy grants.
-async fn components(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
-    let components: Vec<Value> = state
-        .platform
+/// Every service: its active version (who deployed it, when), what its policy grants, and
+/// each live version's invocations in flight, requests and errors on this host.
+async fn components(_: Admin, State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let platform = &state.platform;
+    let stored = platform.deployer.store.active().await.map_err(store_unavailable)?;
+    let components: Vec<Value> = platform
         .registry()
         .all()
         .iter()
-        .map(|component| {
-            let policy = &component.policy;
+        .map(|service| {
+            let version = service.active();
+            let policy = &version.policy;
+            let record = stored.iter().find(|stored| stored.component == *service.name);
             json!({
-                "name": &*component.name,
-                "version": component.version(),
-                "digest": component.digest,
-                "from_cache": component.from_cache,
+                "name": &*service.name,
+                "version": version.number,
+                "digest": version.digest,
+                "from_cache": version.from_cache,
+                "deployed_by": record.map(|record| &record.deployed_by),
+                "deployed_at": record.map(|record| record.deployed_at),
+                "note": record.and_then(|record| record.note.as_ref()),
                 "database": policy.database.as_ref().map(|database| &database.name),
                 "calls": policy.services.call,
                 "publishes": policy.events.publish,
@@ -128,10 +147,111 @@ async fn components(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value>
                     "max_instances": policy.limits.max_instances,
                     "max_response_kb": policy.limits.max_response_kb,
                 },
-                "in_flight": policy.limits.max_instances as usize - component.slots.available_permits(),
-                "routes": component.routes.len(),
+                "in_flight": service.in_flight(),
+                "requests": version.stats.requests.load(Ordering::Relaxed),
+                "errors": version.stats.errors.load(Ordering::Relaxed),
+                "routes": version.routes.len(),
             })
         })
         .collect();
-    Json(json!({ "components": components }))
+    Ok(Json(json!({ "components": components })))
+}
+
+/// Every stored version of a service, newest first, and this host's counts of the active one.
+async fn versions(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let platform = &state.platform;
+    let versions = platform.deployer.store.versions(&name).await.map_err(store_unavailable)?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!("no component named {name:?}")));
+    }
+    let serving = platform.registry().get(&name).map(|service| service.active());
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|stored| {
+            let mut record = json!(stored);
+            if let Some(version) = serving.as_ref().filter(|version| version.number == stored.version) {
+                record["in_flight"] = json!(version.stats.in_flight.load(Ordering::Relaxed));
+                record["requests"] = json!(version.stats.requests.load(Ordering::Relaxed));
+                record["errors"] = json!(version.stats.errors.load(Ordering::Relaxed));
+            }
+            record
+        })
+        .collect();
+    Ok(Json(json!({ "component": name, "versions": versions })))
+}
+
+/// A deploy: the component's bytes (base64) with, optionally, its policy's text, a note and
+/// a signature.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    wasm: String,
+    policy: Option<String>,
+    note: Option<String>,
+    signature: Option<Signature>,
+}
+
+/// Deploys a new version of a service: 201 with the stored version once it serves on this
+/// host (and the others follow within a second); a refused check is a 4xx naming it.
+async fn deploy(
+    admin: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Result<Json<DeployBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body.map_err(|rejection| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the deploy is not understood: {rejection}"))
+    })?;
+    let wasm = BASE64.decode(body.wasm.as_bytes()).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "wasm must be the component's bytes in base64")
+    })?;
+    if body.note.as_ref().is_some_and(|note| note.len() > 1000) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "the note is over 1000 bytes"));
+    }
+    let request =
+        DeployRequest { name: name.clone(), wasm, policy: body.policy, note: body.note, signature: body.signature };
+    let result = state.platform.deployer.deploy(&admin, request).await;
+    let stored = result.map_err(|err| deploy_error(&name, &admin, "deploy", err))?;
+    Ok((StatusCode::CREATED, Json(json!(stored))))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    /// The version to activate; by default the newest one older than the active.
+    to: Option<i64>,
+}
+
+/// Activates an earlier stored version of a service.
+async fn rollback(
+    admin: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Option<Json<RollbackBody>>,
+) -> Result<Json<Value>, ApiError> {
+    let to = body.map(|Json(body)| body.to).unwrap_or_default();
+    let result = state.platform.deployer.rollback(&admin, &name, to).await;
+    let stored = result.map_err(|err| deploy_error(&name, &admin, "rollback", err))?;
+    Ok(Json(json!(stored)))
+}
+
+/// A refused deploy or rollback as an API error; logged, since nothing else records it.
+fn deploy_error(name: &str, admin: &Admin, what: &str, err: DeployError) -> ApiError {
+    tracing::warn!(component = %name, key_id = %admin.key_id, role = admin.role.name(), "{what} refused: {err}");
+    match err {
+        DeployError::Refused { code, message } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
+        DeployError::Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),
+        DeployError::NotFound(message) => ApiError::not_found(message),
+        DeployError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "deploy_conflict", message),
+        DeployError::Store(err) => store_unavailable(err),
+    }
+}
+
+fn store_unavailable(err: anyhow::Error) -> ApiError {
+    tracing::error!("the version store is unavailable: {err:#}");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the version store cannot be reached now")
 }

@@ -12,7 +12,6 @@ use anyhow::Context as _;
 
 use crate::platform::Platform;
 use crate::runtime::bindings::Request;
-use crate::runtime::invoke::{Answer, Call};
 use crate::runtime::state::InvocationContext;
 
 /// Events published per unit of work.
@@ -86,10 +85,8 @@ pub async fn run(platform: &Platform, events: usize) -> anyhow::Result<EventRun>
                     headers: Vec::new(),
                     body: Vec::new(),
                 };
-                match dispatcher.invoke(&probe, Call::Handle(request), InvocationContext::new(None, "bench")).await? {
-                    Answer::Response(response) if response.status == 201 => {}
-                    _ => anyhow::bail!("the probe did not publish"),
-                }
+                let response = dispatcher.handle(&probe, request, InvocationContext::new(None, "bench")).await?;
+                anyhow::ensure!(response.status == 201, "the probe did not publish");
             }
             anyhow::Ok(())
         });

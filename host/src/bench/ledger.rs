@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use crate::platform::Platform;
 use crate::policy::Role;
 use crate::runtime::bindings::{Caller, Request};
-use crate::runtime::invoke::{Answer, Call, Dispatcher};
-use crate::runtime::registry::LoadedComponent;
+use crate::runtime::invoke::Dispatcher;
+use crate::runtime::service::Service;
 use crate::runtime::state::InvocationContext;
 
 /// Accounts the transfers run among: enough that clients rarely queue on one account's lock.
@@ -63,7 +63,7 @@ impl std::fmt::Display for LedgerRun {
 /// The accounts of the run, funded, and the way to invoke the services.
 pub struct Ledger {
     platform: Platform,
-    transaction: Arc<LoadedComponent>,
+    transaction: Arc<Service>,
     user: Caller,
     accounts: Vec<String>,
 }
@@ -153,11 +153,11 @@ impl Ledger {
     }
 }
 
-/// Invokes `method path` on a component as `user` (or as the platform administrator) and
+/// Invokes `method path` on a service as `user` (or as the platform administrator) and
 /// returns the JSON answer of a 2xx.
 async fn call(
     dispatcher: &Arc<Dispatcher>,
-    component: &Arc<LoadedComponent>,
+    service: &Arc<Service>,
     user: Option<Caller>,
     method: &str,
     path: &str,
@@ -174,15 +174,11 @@ async fn call(
         Some(user) => InvocationContext::new(Some(user), "bench"),
         None => InvocationContext::administrator(Role::Platform, "bench"),
     };
-    match dispatcher.invoke(component, Call::Handle(request), context).await? {
-        Answer::Response(response) if (200..300).contains(&response.status) => {
-            Ok(serde_json::from_slice(&response.body)?)
-        }
-        Answer::Response(response) => {
-            anyhow::bail!("{method} {path}: {} {}", response.status, String::from_utf8_lossy(&response.body))
-        }
-        _ => anyhow::bail!("{method} {path}: not a response"),
+    let response = dispatcher.handle(service, request, context).await?;
+    if !(200..300).contains(&response.status) {
+        anyhow::bail!("{method} {path}: {} {}", response.status, String::from_utf8_lossy(&response.body));
     }
+    Ok(serde_json::from_slice(&response.body)?)
 }
 
 /// `pgbench`'s TPC-B-like transaction on its own scratch database of `server_url`'s server:

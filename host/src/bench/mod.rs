@@ -23,7 +23,6 @@ use crate::gateway;
 use crate::platform::Platform;
 use crate::runtime::bindings::Request;
 use crate::runtime::engine::EngineOptions;
-use crate::runtime::invoke::{Answer, Call};
 use crate::runtime::state::InvocationContext;
 
 /// The component and path measured.
@@ -203,10 +202,8 @@ async fn invocations(platform: &Platform, count: usize, samples: &mut Vec<Durati
             body: Vec::new(),
         };
         let one = Instant::now();
-        match platform.invoke(&probe, Call::Handle(request), InvocationContext::new(None, "bench")).await? {
-            Answer::Response(response) if response.status == 200 => {}
-            _ => anyhow::bail!("the probe did not answer 200"),
-        }
+        let response = platform.dispatcher.handle(&probe, request, InvocationContext::new(None, "bench")).await?;
+        anyhow::ensure!(response.status == 200, "the probe did not answer 200");
         samples.push(one.elapsed());
     }
     Ok(())

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::delivery::{Subscription, attempt_delivery};
+use super::delivery::{Subscription, deliver_together};
 use super::{Envelope, EnvelopeRow};
 use crate::metrics::DeliveryOutcome;
 use crate::runtime::invoke::Dispatcher;
@@ -112,17 +112,18 @@ pub async fn replay(
         let Some(ReplayRow { attempts, event }) = row else { continue };
         let event = Envelope::from(event);
         let subscriber = subscription.name.to_string();
-        let Some(component) = dispatcher.registry.get(&subscription.name) else {
-            replays.push(Replay { subscriber, outcome: "failed", error: Some("the subscriber is not loaded".into()) });
+        let Some(service) = dispatcher.registry.get(&subscription.name) else {
+            replays.push(Replay { subscriber, outcome: "failed", error: Some("the subscriber is not served".into()) });
             continue;
         };
-        let replay = match attempt_delivery(dispatcher, &component, &event, attempts as u32 + 1).await {
-            Ok(outcome) => {
+        let replay = match deliver_together(dispatcher, &service, &[&event], attempts as u32 + 1).await {
+            Ok(outcomes) => {
                 sqlx::query("DELETE FROM micropay_platform.dead_letters WHERE event_id = $1")
                     .bind(event_id)
                     .execute(&subscription.pool)
                     .await?;
-                let outcome = if outcome == DeliveryOutcome::Handled { "handled" } else { "already_handled" };
+                let handled = outcomes.first() == Some(&DeliveryOutcome::Handled);
+                let outcome = if handled { "handled" } else { "already_handled" };
                 Replay { subscriber, outcome, error: None }
             }
             Err(error) => {

@@ -21,13 +21,13 @@ use sqlx::{ConnectOptions, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::dead_letters;
 use super::relay::age_seconds;
-use super::{Envelope, PARTITIONS, SharedBackend, locks};
+use super::{Envelope, PARTITIONS, SharedBackend, dead_letters, inbox, locks};
 use crate::capabilities::database::{UnitLimits, UnitOfWork};
 use crate::metrics::DeliveryOutcome;
-use crate::runtime::invoke::{Answer, Call, Dispatcher, inbox_error};
-use crate::runtime::registry::LoadedComponent;
+use crate::policy::EventsSection;
+use crate::runtime::invoke::Dispatcher;
+use crate::runtime::service::Service;
 use crate::runtime::state::InvocationContext;
 
 /// How often a host renews its presence and rebalances partitions.
@@ -215,19 +215,23 @@ impl Deliverer {
     }
 
     /// Delivers a batch, in order, in chunks of at most the policy's `events.batch`. First a
-    /// whole chunk in one transaction, each event's handler and inbox record in turn, committed
-    /// once (the commit is what an event costs most); if any handler fails, that transaction is
-    /// rolled back whole, so none of its effects happened, and the chunk is delivered again one
-    /// event per unit of work, with retries.
+    /// whole chunk in one unit of work (the commit is what an event costs most); if any
+    /// handler fails, that unit is rolled back whole, so none of its effects happened, and the
+    /// chunk is delivered again one event per unit of work, with retries.
     async fn deliver_batch(&self, batch: &[Envelope]) -> anyhow::Result<()> {
         let name = &self.subscription.name;
-        let component = self.dispatcher.registry.get(name).with_context(|| format!("{name} is no longer loaded"))?;
-        let events: Vec<&Envelope> =
-            batch.iter().filter(|event| component.policy.events.subscribes_to(&event.topic)).collect();
-        for chunk in events.chunks(component.policy.events.batch) {
+        let service = self.dispatcher.registry.get(name).with_context(|| format!("{name} is no longer served"))?;
+        let policy = service.active().policy.clone();
+        let events: Vec<&Envelope> = batch.iter().filter(|event| policy.events.subscribes_to(&event.topic)).collect();
+        for chunk in events.chunks(policy.events.batch) {
             if chunk.len() > 1 {
-                match self.deliver_together(&component, chunk).await {
-                    Ok(()) => continue,
+                match deliver_together(&self.dispatcher, &service, chunk, 1).await {
+                    Ok(outcomes) => {
+                        for (event, outcome) in chunk.iter().zip(outcomes) {
+                            self.dispatcher.metrics.record_delivery(name, outcome, age_seconds(event.time));
+                        }
+                        continue;
+                    }
                     Err(error) => {
                         self.dispatcher.metrics.record_batch_rollback(name);
                         tracing::debug!(subscriber = %name, "batch rolled back, delivering one by one: {error}")
@@ -235,66 +239,31 @@ impl Deliverer {
                 }
             }
             for event in chunk {
-                self.deliver(&component, event).await?;
+                self.deliver(&service, &policy.events, event).await?;
             }
         }
         Ok(())
     }
 
-    /// The batch in one unit of work: every handler succeeded and the commit went through, or
-    /// nothing of it happened.
-    async fn deliver_together(&self, component: &Arc<LoadedComponent>, events: &[&Envelope]) -> Result<(), String> {
-        let limits = UnitLimits::from(&component.policy.limits);
-        let mut unit =
-            UnitOfWork::new(component.database.clone(), tokio::time::Instant::now() + BATCH_START_WAIT, limits);
-        let inbox: Vec<_> =
-            events.iter().map(|event| (event.id, event.topic.as_str(), event.source.as_str())).collect();
-        let mut fresh = unit.record_in_inbox(&inbox).await.map_err(|err| {
-            let err = inbox_error(err, BATCH_START_WAIT);
-            tracing::warn!(subscriber = %component.name, "recording a batch in the inbox failed: {err}");
-            err.to_string()
-        })?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        for event in events {
-            // Recorded now, and not handed out earlier in this batch (a copy in the batch).
-            if !fresh.remove(&event.id) {
-                outcomes.push(DeliveryOutcome::AlreadyHandled);
-                continue;
-            }
-            let context = InvocationContext::new(None, &event.trace_id);
-            let call = Call::DeliverRecorded(event.to_event(1));
-            let (answer, continued) =
-                self.dispatcher.invoke_within(component, call, context, unit).await.map_err(|err| err.to_string())?;
-            unit = continued;
-            outcomes.push(match answer {
-                Answer::Handled(Ok(())) => DeliveryOutcome::Handled,
-                Answer::Handled(Err(error)) => return Err(error),
-                _ => return Err("the subscriber answered something other than a delivery result".into()),
-            });
-        }
-        if unit.finish(true).await.map_err(|err| err.to_string())? {
-            component.outbox_written.notify_one();
-        }
-        for (event, outcome) in events.iter().zip(outcomes) {
-            self.dispatcher.metrics.record_delivery(&component.name, outcome, age_seconds(event.time));
-        }
-        Ok(())
-    }
-
-    /// Delivers one event in its own unit of work: handled, found handled already, or
-    /// dead-lettered after its last attempt. An error means none of these could be recorded;
-    /// the event stays unacknowledged.
-    async fn deliver(&self, component: &Arc<LoadedComponent>, event: &Envelope) -> anyhow::Result<()> {
+    /// Delivers one event (a batch of one): handled, found handled already, or dead-lettered
+    /// after its last attempt. An error means none of these could be recorded; the event stays
+    /// unacknowledged.
+    async fn deliver(&self, service: &Arc<Service>, events: &EventsSection, event: &Envelope) -> anyhow::Result<()> {
         let name = &self.subscription.name;
-        let events = &component.policy.events;
         let mut last_error = String::new();
         for attempt in 1..=events.max_attempts {
-            match attempt_delivery(&self.dispatcher, component, event, attempt).await {
-                Ok(outcome) => {
-                    self.dispatcher.metrics.record_delivery(name, outcome, age_seconds(event.time));
+            let started = Instant::now();
+            match deliver_together(&self.dispatcher, service, &[event], attempt).await {
+                Ok(outcomes) => {
+                    for outcome in outcomes {
+                        self.dispatcher.metrics.record_delivery(name, outcome, age_seconds(event.time));
+                    }
                     return Ok(());
                 }
-                Err(error) => last_error = error,
+                Err(error) => {
+                    tracing::info!(subscriber = %name, event_id = %event.id, attempt, elapsed = ?started.elapsed(), "delivery failed: {error}");
+                    last_error = error;
+                }
             }
             self.dispatcher.metrics.record_delivery(name, DeliveryOutcome::Failed, 0.0);
             if attempt < events.max_attempts {
@@ -311,27 +280,42 @@ impl Deliverer {
     }
 }
 
-/// One attempt: the subscriber's handler as one unit of work, inbox record included. Answers
-/// how it ended, or the error of a failed attempt.
-pub async fn attempt_delivery(
+/// Delivers `events` to `service` in one unit of work, as delivery attempt `attempt`: every
+/// event recorded in the inbox first, then each one not handled before handed to the handler
+/// in order, and one commit. Either every handler succeeded and the commit went through, or
+/// nothing of it happened (the error says why).
+pub async fn deliver_together(
     dispatcher: &Arc<Dispatcher>,
-    component: &Arc<LoadedComponent>,
-    event: &Envelope,
+    service: &Arc<Service>,
+    events: &[&Envelope],
     attempt: u32,
-) -> Result<DeliveryOutcome, String> {
-    let started = Instant::now();
-    let context = InvocationContext::new(None, &event.trace_id);
-    let answer = dispatcher.invoke(component, Call::Deliver(event.to_event(attempt)), context).await;
-    match answer {
-        Ok(Answer::Handled(Ok(()))) => Ok(DeliveryOutcome::Handled),
-        Ok(Answer::AlreadyHandled) => Ok(DeliveryOutcome::AlreadyHandled),
-        Ok(Answer::Handled(Err(error))) => {
-            tracing::info!(subscriber = %component.name, event_id = %event.id, attempt, elapsed = ?started.elapsed(), "handler failed: {error}");
-            Err(error)
+) -> Result<Vec<DeliveryOutcome>, String> {
+    let limits = UnitLimits::from(&service.active().policy.limits);
+    let mut unit = UnitOfWork::new(service.database.clone(), tokio::time::Instant::now() + BATCH_START_WAIT, limits);
+    let mut fresh = inbox::record(&mut unit, events).await?;
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        // Recorded now, and not handed out earlier in this batch (a copy in the batch).
+        if !fresh.remove(&event.id) {
+            outcomes.push(DeliveryOutcome::AlreadyHandled);
+            continue;
         }
-        Ok(_) => Err("the subscriber answered something other than a delivery result".into()),
-        Err(err) => Err(err.to_string()),
+        let context = InvocationContext::new(None, &event.trace_id);
+        let (handled, continued) = dispatcher
+            .handle_event(service, event.to_event(attempt), context, unit)
+            .await
+            .map_err(|err| err.to_string())?;
+        unit = continued;
+        if let Err(error) = handled {
+            unit.finish(false).await.ok();
+            return Err(error);
+        }
+        outcomes.push(DeliveryOutcome::Handled);
     }
+    if unit.finish(true).await.map_err(|err| err.to_string())? {
+        service.outbox_written.notify_one();
+    }
+    Ok(outcomes)
 }
 
 /// Stops every partition task after its batch in hand. (Their locks go with the connection.)

@@ -20,6 +20,7 @@
 pub mod dead_letters;
 pub mod delivery;
 pub mod embedded;
+pub mod inbox;
 pub mod nats;
 pub mod relay;
 
@@ -42,7 +43,7 @@ use delivery::{Coordinator, Deliverer, Subscription};
 pub const PARTITIONS: u16 = 8;
 
 /// The most events relayed or delivered in one batch.
-pub const BATCH: usize = 256;
+pub const BATCH: usize = crate::policy::MAX_BATCH;
 
 /// How long the bus keeps an event, in days: a subscriber down for longer misses it. Inbox
 /// records are kept a day longer, since an event can be redelivered only while the bus has it;
@@ -282,25 +283,26 @@ impl EventBus {
         let mut deliverers = Vec::new();
         let mut outboxes = Vec::new();
         let mut tasks = Vec::new();
-        for component in dispatcher.registry.all() {
-            let Some(database) = &component.database else { continue };
-            let events = &component.policy.events;
+        for service in dispatcher.registry.all() {
+            let Some(database) = &service.database else { continue };
+            let policy = service.active().policy.clone();
+            let events = &policy.events;
             let pool = database.platform.clone();
             if !events.publish.is_empty() {
-                outboxes.push((component.name.clone(), pool.clone()));
+                outboxes.push((service.name.clone(), pool.clone()));
             }
             if !events.publish.is_empty() && settings.relay {
                 let relay = relay::Relay {
-                    source: component.name.clone(),
+                    source: service.name.clone(),
                     pool: pool.clone(),
                     backend: backend.clone(),
                     dispatcher: dispatcher.clone(),
-                    wake: component.outbox_written.clone(),
+                    wake: service.outbox_written.clone(),
                 };
                 tasks.push(tokio::spawn(relay.run(stopping.clone())));
             }
             if !events.subscribe.is_empty() {
-                let subscription = Subscription { name: component.name.clone(), pool };
+                let subscription = Subscription { name: service.name.clone(), pool };
                 deliverers.push(Deliverer {
                     subscription: subscription.clone(),
                     backend: backend.clone(),

@@ -35,7 +35,6 @@
 //!   server's log. The driver never asks the session's catalog about types (see
 //!   `vendor/sqlx-postgres/PATCHES.md`): a component's session can make its catalog lie.
 
-use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -310,43 +309,37 @@ impl UnitOfWork {
         ended.map(|()| commit && !staged.is_empty())
     }
 
-    /// Records a batch of delivered events in the inbox, first thing in the unit of work, so
-    /// each record commits if and only if the handlers' work does; returns the ids recorded
-    /// now (the others were there already: handled before, and must not take effect again).
-    /// A concurrent delivery of the same event waits on the inbox's unique key until the first
-    /// one commits or rolls back.
-    pub async fn record_in_inbox(
+    /// Runs `sql`, a call of one of the platform's functions (`micropay_platform.*`), in the
+    /// unit's transaction, with the host key bound as its first parameter and `bind` binding
+    /// the rest: how the bus records deliveries in the inbox, so that they commit if and only
+    /// if the handlers' work does. Cut at the unit's deadline (the error is then a
+    /// [`QueryDeadline`]).
+    pub async fn call_platform(
         &mut self,
-        events: &[(uuid::Uuid, &str, &str)],
-    ) -> Result<HashSet<uuid::Uuid>, wasmtime::Error> {
-        let ids: Vec<uuid::Uuid> = events.iter().map(|(id, _, _)| *id).collect();
-        let topics: Vec<&str> = events.iter().map(|(_, topic, _)| *topic).collect();
-        let sources: Vec<&str> = events.iter().map(|(_, _, source)| *source).collect();
+        sql: &str,
+        bind: impl FnOnce(&mut PgArguments) -> Result<(), sqlx::error::BoxDynError>,
+    ) -> Result<Vec<PgRow>, wasmtime::Error> {
+        debug_assert!(sql.contains(PLATFORM_SCHEMA), "only the platform's functions take the host key");
         let host_key = self.database.as_ref().map(|database| database.host_key.clone()).unwrap_or_default();
         let deadline = self.deadline;
         let result = async {
             let session = self.session().await?;
             session.busy = true;
-            let query = sqlx::query("SELECT * FROM micropay_platform.record_inbox($1, $2, $3, $4)")
-                .persistent(false)
-                .bind(&host_key)
-                .bind(&ids)
-                .bind(&topics)
-                .bind(&sources);
-            let recorded = tokio::time::timeout_at(deadline, fetch_all(&mut session.connection, query))
+            let mut arguments = PgArguments::default();
+            arguments.add(host_key).map_err(|err| refused(&err.to_string()))?;
+            bind(&mut arguments).map_err(|err| refused(&err.to_string()))?;
+            let query = sqlx::query_with(sql, arguments).persistent(false);
+            let rows = tokio::time::timeout_at(deadline, fetch_all(&mut session.connection, query))
                 .await
                 .map_err(|_| StatementError::Trap(QueryDeadline.into()))?
                 .map_err(|err| statement_failed(session, err))?;
             session.busy = false;
-            let ids = recorded.iter().map(|row| row.try_get::<uuid::Uuid, _>(0)).collect::<Result<Vec<_>, _>>();
-            Ok(ids.map_err(db_error)?)
+            Ok(rows)
         }
         .await;
         match result {
-            Ok(recorded) => Ok(recorded.into_iter().collect()),
-            Err(StatementError::Db(error)) => {
-                Err(wasmtime::Error::msg(format!("recording in the inbox failed: {}: {}", error.code, error.message)))
-            }
+            Ok(rows) => Ok(rows),
+            Err(StatementError::Db(error)) => Err(wasmtime::Error::msg(format!("{}: {}", error.code, error.message))),
             Err(StatementError::Trap(trap)) => Err(trap),
         }
     }

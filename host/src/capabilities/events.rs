@@ -23,13 +23,13 @@ impl Host for InvocationState {
         key: String,
         data: String,
     ) -> wasmtime::Result<Result<String, PublishError>> {
-        let component = self.component.clone();
+        let component = &self.component;
         if !policy::is_topic(&topic) {
             return Ok(Err(PublishError::Invalid(format!("{topic:?} is not a topic"))));
         }
         if !component.policy.events.may_publish(&topic) {
-            tracing::warn!(component = %component.name, version = %component.version(), %topic, "publish refused: not granted");
-            self.dispatcher.metrics.record_refused_publish(&component.name);
+            tracing::warn!(component = %component.name, version = component.version, %topic, "publish refused: not granted");
+            self.metrics.record_refused_publish(&component.name);
             return Ok(Err(PublishError::NotGranted(format!("{} may not publish {topic}", component.name))));
         }
         if key.is_empty() || key.len() > 255 {

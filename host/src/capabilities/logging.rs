@@ -26,7 +26,7 @@ impl Host for InvocationState {
 
     async fn log_development_secret(&mut self, message: String) -> wasmtime::Result<()> {
         let component = &*self.component.name;
-        if self.dispatcher.dev_log_secrets {
+        if self.dev_log_secrets {
             let message = truncate(&message, MAX_MESSAGE_BYTES);
             tracing::info!(target: "component", component, "development secret: {message}");
         }

@@ -31,13 +31,11 @@ pub struct AppState {
     pub body_limit: usize,
     /// The admin keys file.
     pub admin_keys: std::path::PathBuf,
-    openapi: serde_json::Value,
 }
 
 /// The gateway's router over a started platform.
 pub fn router(platform: Platform, body_limit: usize, admin_keys: std::path::PathBuf) -> (Router, Arc<AppState>) {
-    let openapi = openapi::document(platform.registry());
-    let state = Arc::new(AppState { platform, body_limit, admin_keys, openapi });
+    let state = Arc::new(AppState { platform, body_limit, admin_keys });
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -117,14 +115,14 @@ async fn healthz() -> impl IntoResponse {
 
 /// Ready when every service database answers.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    for component in state.platform.registry().all() {
-        if let Some(database) = &component.database
+    for service in state.platform.registry().all() {
+        if let Some(database) = &service.database
             && let Err(err) = sqlx::query("SELECT 1").execute(&database.pool).await
         {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
-                format!("the {} database does not answer: {err}", component.name),
+                format!("the {} database does not answer: {err}", service.name),
             )
             .into_response();
         }
@@ -137,7 +135,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn openapi_json(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    axum::Json(state.openapi.clone())
+    axum::Json(openapi::document(state.platform.registry()))
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {

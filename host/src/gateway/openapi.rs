@@ -1,5 +1,6 @@
-//! `GET /openapi.json`: the host's own endpoints plus every component's routes under its mount
-//! point, as the components declare them.
+//! `GET /openapi.json`: the host's own endpoints plus every service's routes under its mount
+//! point, as its active version declares them (built on each request, so a deploy shows at
+//! once).
 
 use serde_json::{Map, Value, json};
 
@@ -16,11 +17,11 @@ pub fn document(registry: &Registry) -> Value {
     ] {
         paths.insert(path.to_string(), json!({ "get": operation(summary, "host", false) }));
     }
-    for component in registry.all() {
-        for route in &component.routes {
-            let path = format!("/v1/{}{}", component.name, route.path);
+    for service in registry.all() {
+        for route in &service.active().routes {
+            let path = format!("/v1/{}{}", service.name, route.path);
             let item = paths.entry(path).or_insert_with(|| json!({}));
-            item[route.method.to_lowercase()] = operation(&route.summary, &component.name, route.authenticated);
+            item[route.method.to_lowercase()] = operation(&route.summary, &service.name, route.authenticated);
         }
     }
     json!({

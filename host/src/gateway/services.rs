@@ -13,7 +13,7 @@ use tower_http::request_id::RequestId;
 use super::{ApiError, AppState};
 use crate::admin::keys::ADMIN_KEY_PREFIX;
 use crate::runtime::bindings::Request as ComponentRequest;
-use crate::runtime::invoke::{Answer, Call, InvokeError};
+use crate::runtime::invoke::InvokeError;
 use crate::runtime::state::InvocationContext;
 
 /// The header carrying the client's address to components (any incoming one is replaced).
@@ -41,7 +41,7 @@ pub async fn invoke(
 
 async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Request) -> Result<Response, ApiError> {
     let platform = &state.platform;
-    let component =
+    let target =
         platform.registry().get(service).ok_or_else(|| ApiError::not_found(format!("no service named {service:?}")))?;
 
     let (parts, body) = request.into_parts();
@@ -64,20 +64,19 @@ async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Requ
     headers.push((CLIENT_IP.to_string(), peer.ip().to_string()));
     headers.push((super::REQUEST_ID.as_str().to_string(), request_id.to_string()));
 
-    let call = Call::Handle(ComponentRequest {
+    let request = ComponentRequest {
         method: parts.method.as_str().to_string(),
         path,
         query: parts.uri.query().unwrap_or_default().to_string(),
         headers,
         body: body.to_vec(),
-    });
+    };
     // In a task of its own: a client that goes away does not cut the work (or its commit) off
     // half-way; the invocation ends as it would have, answered or not.
     let dispatcher = platform.dispatcher.clone();
-    let invocation = tokio::spawn(async move { dispatcher.invoke(&component, call, context).await });
+    let invocation = tokio::spawn(async move { dispatcher.handle(&target, request, context).await });
     match invocation.await {
-        Ok(Ok(Answer::Response(response))) => http_response(response),
-        Ok(Ok(_)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "bad_component_response", "unexpected answer")),
+        Ok(Ok(response)) => http_response(response),
         Ok(Err(err)) => Err(invoke_error(service, err)),
         Err(_) => Err(invoke_error(service, InvokeError::Trap("the invocation's task ended".into()))),
     }
@@ -108,7 +107,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap, request_id: &str) -
         let admin = state.verify_admin_key(token)?.ok_or_else(invalid)?;
         return Ok(InvocationContext::administrator(admin.role, request_id));
     }
-    match state.platform.authenticate(token, request_id).await {
+    match state.platform.dispatcher.authenticate(token, request_id).await {
         Ok(Some(caller)) => Ok(InvocationContext::new(Some(caller), request_id)),
         Ok(None) => Err(invalid()),
         Err(err) => Err(invoke_error("authentication", err)),
@@ -187,7 +186,7 @@ fn invoke_error(service: &str, err: InvokeError) -> ApiError {
             "the connection failed while the work was being committed: it may or may not have been; \
              look it up before trying again",
         ),
-        InvokeError::Instantiate(_) | InvokeError::Inbox(_) => ApiError::new(
+        InvokeError::Instantiate(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "component_unavailable",
             format!("the {service} service is unavailable"),

@@ -71,9 +71,6 @@ pub const PLATFORM_SCHEMA: &str = "micropay_platform";
 /// hosts of one installation take turns provisioning.
 const PROVISIONING_LOCK: i32 = 0x4d50_0004;
 
-/// Service names that would collide with the platform's own databases and roles.
-pub const RESERVED_NAMES: &[&str] = &["platform", "bus"];
-
 /// Where services' databases live, how they are named, and the installation's secret.
 #[derive(Clone)]
 pub struct Provisioner {

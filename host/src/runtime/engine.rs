@@ -4,20 +4,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::policy::{MAX_INSTANCES, MAX_MEMORY_BYTES};
 use anyhow::Context as _;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances: the granularity of every invocation deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The largest linear memory any policy may grant; policies set lower limits per component.
-pub const MAX_MEMORY_BYTES: usize = 256 << 20;
-
 /// How much of a freed instance slot is kept resident (see `runtime::engine::Runtime::new`).
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
 /// Instances that can be alive at once across all components (the pool's size).
-pub const POOLED_COMPONENT_INSTANCES: u32 = 512;
+const POOLED_COMPONENT_INSTANCES: u32 = MAX_INSTANCES;
 
 /// What the engine enforces.
 #[derive(Debug, Clone, Copy)]

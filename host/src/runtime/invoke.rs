@@ -7,49 +7,29 @@
 //! have been (a commit whose connection failed is reported as of unknown outcome).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 use wasmtime::{Store, Trap};
 
 use crate::capabilities::database::{
     CommitError, ConnectionLost, EndedTransaction, QueryDeadline, QueryLimit, UnitLimits, UnitOfWork,
 };
+use crate::capabilities::services::CallService;
 use crate::metrics::{Metrics, Outcome};
+use crate::policy::Limits;
+use crate::runtime::bindings::service::micropay::platform::services::CallError;
 use crate::runtime::bindings::{Caller, Event, Request, Response, Route};
 use crate::runtime::engine::{EngineOptions, Runtime};
-use crate::runtime::registry::{LoadedComponent, Registry};
+use crate::runtime::registry::Registry;
+use crate::runtime::service::{Service, Version};
 use crate::runtime::state::{InvocationContext, InvocationState, MemoryExceeded};
 
 /// Time allowed beyond the deadline for the host's own awaits (a query in flight) before the
 /// whole invocation is dropped; the epoch deadline only interrupts running wasm code.
 const HOST_GRACE: Duration = Duration::from_secs(1);
-
-/// What to call in the component.
-pub enum Call {
-    /// `handler.handle`.
-    Handle(Request),
-    /// `handler.routes`.
-    Routes,
-    /// `authenticator.authenticate`.
-    Authenticate(String),
-    /// `subscriber.handle-event`, after recording the event in the subscriber's inbox.
-    Deliver(Event),
-    /// `subscriber.handle-event` of an event the caller has just recorded in the inbox, in
-    /// the same (continuing) unit of work: a batch records all of its events at once.
-    DeliverRecorded(Event),
-}
-
-/// What the component answered.
-pub enum Answer {
-    Response(Response),
-    Routes(Vec<Route>),
-    Caller(Option<Caller>),
-    /// What the event handler returned.
-    Handled(Result<(), String>),
-    /// The inbox already holds the event: it was handled before, nothing ran.
-    AlreadyHandled,
-}
 
 /// Why an invocation produced no answer. Every case has rolled back the unit of work.
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +56,6 @@ pub enum InvokeError {
     CommitUnknown(String),
     #[error("the component cannot be instantiated: {0}")]
     Instantiate(String),
-    #[error("the event could not be recorded in the inbox: {0}")]
-    Inbox(String),
 }
 
 impl From<CommitError> for InvokeError {
@@ -90,7 +68,7 @@ impl From<CommitError> for InvokeError {
 }
 
 impl InvokeError {
-    fn outcome(&self) -> Outcome {
+    pub fn outcome(&self) -> Outcome {
         match self {
             InvokeError::Trap(_) | InvokeError::Instantiate(_) => Outcome::Trap,
             InvokeError::Deadline(_) => Outcome::Deadline,
@@ -100,13 +78,149 @@ impl InvokeError {
             InvokeError::ResponseTooLarge { .. } => Outcome::ResponseTooLarge,
             InvokeError::Busy(_) => Outcome::Busy,
             InvokeError::QueryLimit(_) => Outcome::QueryLimit,
-            InvokeError::NotCommitted(_) | InvokeError::CommitUnknown(_) | InvokeError::Inbox(_) => Outcome::Error,
+            InvokeError::NotCommitted(_) | InvokeError::CommitUnknown(_) => Outcome::Error,
         }
     }
 }
 
-/// Runs invocations: the engine, the loaded components and the metrics, shared by the gateway
-/// and by components calling each other.
+/// One kind of call into a component: the world it instantiates, the export it calls, and
+/// what its answer means for the unit of work. Each public method of [`Dispatcher`] makes one.
+trait Call: Send {
+    type Answer: Send;
+
+    /// Instantiates `version` in `store` and calls. The outer error is the instantiation's, the
+    /// inner one the call's (a trap, the deadline).
+    fn call<'a>(
+        self,
+        version: &'a Version,
+        store: &'a mut Store<InvocationState>,
+    ) -> BoxFuture<'a, Result<wasmtime::Result<Self::Answer>, InvokeError>>;
+
+    /// How the answer counts in the metrics: an error answer (a 5xx, a failed handler) is an
+    /// error of the version.
+    fn outcome(_answer: &Self::Answer) -> Outcome {
+        Outcome::Ok
+    }
+
+    /// Whether the work the answer stands for is committed.
+    fn commits(_answer: &Self::Answer) -> bool {
+        true
+    }
+
+    /// Refuses an answer over the version's limits.
+    fn check(_answer: &Self::Answer, _limits: &Limits) -> Result<(), InvokeError> {
+        Ok(())
+    }
+}
+
+/// `handler.handle`: an HTTP request.
+struct Handle(Request);
+
+impl Call for Handle {
+    type Answer = Response;
+
+    fn call<'a>(
+        self,
+        version: &'a Version,
+        store: &'a mut Store<InvocationState>,
+    ) -> BoxFuture<'a, Result<wasmtime::Result<Response>, InvokeError>> {
+        Box::pin(async move {
+            let instance = version.service.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
+            Ok(instance.micropay_platform_handler().call_handle(&mut *store, &self.0).await)
+        })
+    }
+
+    fn outcome(response: &Response) -> Outcome {
+        if response.status >= 500 { Outcome::Error } else { Outcome::Ok }
+    }
+
+    fn commits(response: &Response) -> bool {
+        response.status < 400
+    }
+
+    fn check(response: &Response, limits: &Limits) -> Result<(), InvokeError> {
+        match response.body.len() > limits.max_response_bytes() {
+            true => {
+                Err(InvokeError::ResponseTooLarge { size: response.body.len(), limit: limits.max_response_bytes() })
+            }
+            false => Ok(()),
+        }
+    }
+}
+
+/// `handler.routes`: the endpoints a version serves.
+struct Routes;
+
+impl Call for Routes {
+    type Answer = Vec<Route>;
+
+    fn call<'a>(
+        self,
+        version: &'a Version,
+        store: &'a mut Store<InvocationState>,
+    ) -> BoxFuture<'a, Result<wasmtime::Result<Vec<Route>>, InvokeError>> {
+        Box::pin(async move {
+            let instance = version.service.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
+            Ok(instance.micropay_platform_handler().call_routes(&mut *store).await)
+        })
+    }
+}
+
+/// `authenticator.authenticate`: a bearer token to its caller.
+struct Authenticate(String);
+
+impl Call for Authenticate {
+    type Answer = Option<Caller>;
+
+    fn call<'a>(
+        self,
+        version: &'a Version,
+        store: &'a mut Store<InvocationState>,
+    ) -> BoxFuture<'a, Result<wasmtime::Result<Option<Caller>>, InvokeError>> {
+        Box::pin(async move {
+            let pre = version
+                .identity
+                .as_ref()
+                .ok_or_else(|| InvokeError::Instantiate(format!("{} does not export authenticator", version.name)))?;
+            let instance = pre.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
+            Ok(instance.micropay_platform_authenticator().call_authenticate(&mut *store, &self.0).await)
+        })
+    }
+}
+
+/// `subscriber.handle-event`: one event, in a unit of work the bus began (and recorded the
+/// event's delivery in).
+struct HandleEvent(Event);
+
+impl Call for HandleEvent {
+    type Answer = Result<(), String>;
+
+    fn call<'a>(
+        self,
+        version: &'a Version,
+        store: &'a mut Store<InvocationState>,
+    ) -> BoxFuture<'a, Result<wasmtime::Result<Result<(), String>>, InvokeError>> {
+        Box::pin(async move {
+            let pre = version
+                .subscriber
+                .as_ref()
+                .ok_or_else(|| InvokeError::Instantiate(format!("{} does not export subscriber", version.name)))?;
+            let instance = pre.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
+            Ok(instance.micropay_platform_subscriber().call_handle_event(&mut *store, &self.0).await)
+        })
+    }
+
+    fn outcome(handled: &Result<(), String>) -> Outcome {
+        if handled.is_err() { Outcome::Error } else { Outcome::Ok }
+    }
+
+    fn commits(handled: &Result<(), String>) -> bool {
+        handled.is_ok()
+    }
+}
+
+/// Runs invocations: the engine, the services and the metrics, shared by the gateway, the bus,
+/// the schedules and components calling each other.
 pub struct Dispatcher {
     pub engine: wasmtime::Engine,
     pub options: EngineOptions,
@@ -127,73 +241,113 @@ impl Dispatcher {
         })
     }
 
-    /// Runs `call` on `component` as one unit of work.
-    pub async fn invoke(
+    /// An HTTP request to `service`, as one unit of work.
+    pub async fn handle(
         self: &Arc<Self>,
-        component: &Arc<LoadedComponent>,
-        call: Call,
+        service: &Arc<Service>,
+        request: Request,
         context: InvocationContext,
-    ) -> Result<Answer, InvokeError> {
+    ) -> Result<Response, InvokeError> {
+        self.unit_of_work(service, Handle(request), context).await
+    }
+
+    /// Resolves a bearer token through the identity provider, as one unit of work. No identity
+    /// provider means no token can be valid.
+    pub async fn authenticate(self: &Arc<Self>, token: &str, request_id: &str) -> Result<Option<Caller>, InvokeError> {
+        let Some(identity) = self.registry.identity() else { return Ok(None) };
+        let context = InvocationContext::new(None, request_id);
+        self.unit_of_work(&identity, Authenticate(token.to_string()), context).await
+    }
+
+    /// The endpoints `version` serves: asked once, before it is activated, without a
+    /// database.
+    pub async fn routes(self: &Arc<Self>, version: &Arc<Version>) -> Result<Vec<Route>, InvokeError> {
+        let limits = &version.policy.limits;
+        let deadline = Instant::now() + limits.deadline();
+        let unit = UnitOfWork::new(None, deadline, UnitLimits::from(limits));
+        let context = InvocationContext::new(None, "routes");
+        let (routes, _) = self.run_until(deadline, version, Routes, context, unit).await?;
+        Ok(routes)
+    }
+
+    /// Hands `event` to `service`'s subscriber inside `unit`, a unit of work the bus goes on
+    /// with and ends itself (the events of a batch share one commit). Answers what the handler
+    /// returned; on an error the unit is gone, rolled back.
+    pub async fn handle_event(
+        self: &Arc<Self>,
+        service: &Arc<Service>,
+        event: Event,
+        context: InvocationContext,
+        unit: UnitOfWork,
+    ) -> Result<(Result<(), String>, UnitOfWork), InvokeError> {
+        let version = service.active();
+        let work = |deadline| self.run_until(deadline, &version, HandleEvent(event), context, unit);
+        self.admitted(service, &version, work, |(handled, _)| HandleEvent::outcome(handled)).await
+    }
+
+    /// Runs `call` on the service's active version as one unit of work: committed when the
+    /// answer says so, rolled back otherwise.
+    async fn unit_of_work<C: Call>(
+        self: &Arc<Self>,
+        service: &Arc<Service>,
+        call: C,
+        context: InvocationContext,
+    ) -> Result<C::Answer, InvokeError> {
+        let version = &service.active();
         let work = |deadline: Instant| async move {
-            let limits = UnitLimits::from(&component.policy.limits);
-            let unit = UnitOfWork::new(component.database.clone(), deadline, limits);
-            let (answer, unit) = self.run_until(deadline, component, call, context, unit).await?;
+            let unit = UnitOfWork::new(service.database.clone(), deadline, UnitLimits::from(&version.policy.limits));
+            let (answer, unit) = self.run_until(deadline, version, call, context, unit).await?;
             // The answer is in: its commit is not cut at the deadline.
-            if unit.finish(answer.succeeded()).await? {
-                component.outbox_written.notify_one();
+            if unit.finish(C::commits(&answer)).await? {
+                service.outbox_written.notify_one();
             }
             Ok(answer)
         };
-        self.admitted(component, work, |answer| answer).await
+        self.admitted(service, version, work, C::outcome).await
     }
 
-    /// Runs `call` on `component` inside `unit`, a unit of work the caller goes on with and
-    /// ends itself: deliveries of a batch of events share one commit this way. On an error the
-    /// unit is gone, rolled back.
-    pub async fn invoke_within(
-        self: &Arc<Self>,
-        component: &Arc<LoadedComponent>,
-        call: Call,
-        context: InvocationContext,
-        unit: UnitOfWork,
-    ) -> Result<(Answer, UnitOfWork), InvokeError> {
-        let work = |deadline| self.run_until(deadline, component, call, context, unit);
-        self.admitted(component, work, |(answer, _)| answer).await
-    }
-
-    /// Runs `work` within the component's concurrency limit, handing it the invocation's
-    /// deadline, and records its outcome (`answer_of` finds the answer in what it returns).
+    /// Runs `work` within the service's concurrency limit, handing it the invocation's
+    /// deadline, and records its outcome for the version (`outcome` reads it off what `work`
+    /// returns).
     async fn admitted<T, F>(
-        self: &Arc<Self>,
-        component: &Arc<LoadedComponent>,
+        &self,
+        service: &Service,
+        version: &Version,
         work: impl FnOnce(Instant) -> F,
-        answer_of: fn(&T) -> &Answer,
+        outcome: impl FnOnce(&T) -> Outcome,
     ) -> Result<T, InvokeError>
     where
         F: Future<Output = Result<T, InvokeError>>,
     {
         let started = Instant::now();
-        let limits = &component.policy.limits;
-        // A free slot is taken at once; only a full component waits (briefly) on a timer.
-        let slot = match component.slots.try_acquire() {
+        let limits = &version.policy.limits;
+        // A free slot is taken at once; only a full service waits (briefly) on a timer.
+        let slot = match service.slots.try_acquire() {
             Ok(slot) => Some(slot),
             Err(_) => {
-                tokio::time::timeout(limits.queue_wait(), component.slots.acquire()).await.ok().and_then(Result::ok)
+                tokio::time::timeout(limits.queue_wait(), service.slots.acquire()).await.ok().and_then(Result::ok)
             }
         };
         let result = match slot {
-            Some(_slot) => work(Instant::now() + limits.deadline()).await,
+            Some(_slot) => {
+                version.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                let result = work(Instant::now() + limits.deadline()).await;
+                version.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                result
+            }
             None => Err(InvokeError::Busy(limits.max_instances)),
         };
-        let outcome = match result.as_ref().map(answer_of) {
-            Ok(Answer::Response(response)) if response.status >= 500 => Outcome::Error,
-            Ok(Answer::Handled(Err(_))) => Outcome::Error,
-            Ok(_) => Outcome::Ok,
+        let outcome = match &result {
+            Ok(answer) => outcome(answer),
             Err(err) => err.outcome(),
         };
-        self.metrics.record_invocation(&component.name, outcome, started.elapsed());
+        version.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if !matches!(outcome, Outcome::Ok) {
+            version.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics.record_invocation(&service.name, version.number, outcome, started.elapsed());
         if let Err(err) = &result {
-            tracing::warn!(component = %component.name, version = %component.version(), "invocation failed: {err}");
+            tracing::warn!(component = %service.name, version = version.number, "invocation failed: {err}");
         }
         result
     }
@@ -201,33 +355,34 @@ impl Dispatcher {
     /// [`Dispatcher::run`], cut at `deadline`. The epoch deadline interrupts running wasm code
     /// and the database capability cuts its own calls at the deadline; this only bounds the
     /// rest of the host's awaits, with a little grace.
-    async fn run_until(
+    async fn run_until<C: Call>(
         self: &Arc<Self>,
         deadline: Instant,
-        component: &Arc<LoadedComponent>,
-        call: Call,
+        version: &Arc<Version>,
+        call: C,
         context: InvocationContext,
         mut unit: UnitOfWork,
-    ) -> Result<(Answer, UnitOfWork), InvokeError> {
-        unit.start_invocation(deadline, UnitLimits::from(&component.policy.limits));
-        let run = self.run(component, call, context, unit);
+    ) -> Result<(C::Answer, UnitOfWork), InvokeError> {
+        unit.start_invocation(deadline, UnitLimits::from(&version.policy.limits));
+        let run = self.run(version, call, context, unit);
         match tokio::time::timeout_at(deadline + HOST_GRACE, run).await {
             Ok(result) => result,
-            Err(_) => Err(InvokeError::Deadline(component.policy.limits.deadline())),
+            Err(_) => Err(InvokeError::Deadline(version.policy.limits.deadline())),
         }
     }
 
     /// Instantiates and calls; leaves `unit` open, for the caller to end. The store's epoch
     /// deadline is the policy's (the unit carries the same deadline for its database calls).
-    async fn run(
+    async fn run<C: Call>(
         self: &Arc<Self>,
-        component: &Arc<LoadedComponent>,
-        call: Call,
+        version: &Arc<Version>,
+        call: C,
         context: InvocationContext,
         unit: UnitOfWork,
-    ) -> Result<(Answer, UnitOfWork), InvokeError> {
-        let limits = &component.policy.limits;
-        let state = InvocationState::new(component.clone(), context, unit, self.clone());
+    ) -> Result<(C::Answer, UnitOfWork), InvokeError> {
+        let limits = &version.policy.limits;
+        let state =
+            InvocationState::new(version, context, unit, self.clone(), self.metrics.clone(), self.dev_log_secrets);
         let mut store = Store::new(&self.engine, state);
         if self.options.limits {
             store.limiter(|state| &mut state.limits);
@@ -237,77 +392,27 @@ impl Dispatcher {
         if self.options.fuel {
             store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).expect("fuel is enabled");
         }
-
-        let called = match call {
-            Call::Handle(request) => {
-                let instance = component.service.instantiate_async(&mut store).await.map_err(instantiate_error)?;
-                instance.micropay_platform_handler().call_handle(&mut store, &request).await.map(Answer::Response)
-            }
-            Call::Routes => {
-                let instance = component.service.instantiate_async(&mut store).await.map_err(instantiate_error)?;
-                instance.micropay_platform_handler().call_routes(&mut store).await.map(Answer::Routes)
-            }
-            Call::Authenticate(token) => {
-                let pre = component.identity.as_ref().ok_or_else(|| {
-                    InvokeError::Instantiate(format!("{} does not export authenticator", component.name))
-                })?;
-                let instance = pre.instantiate_async(&mut store).await.map_err(instantiate_error)?;
-                instance
-                    .micropay_platform_authenticator()
-                    .call_authenticate(&mut store, &token)
-                    .await
-                    .map(Answer::Caller)
-            }
-            Call::Deliver(event) => {
-                let id = uuid::Uuid::parse_str(&event.id)
-                    .map_err(|_| InvokeError::Inbox(format!("the event id {:?} is not a UUID", event.id)))?;
-                let recorded = store.data_mut().unit.record_in_inbox(&[(id, &event.topic, &event.source)]).await;
-                if !recorded.map_err(|err| inbox_error(err, limits.deadline()))?.contains(&id) {
-                    // Nothing was written: the unit may go on (a batch) or end.
-                    return Ok((Answer::AlreadyHandled, store.into_data().unit));
-                }
-                handle_event(component, &mut store, &event).await?
-            }
-            Call::DeliverRecorded(event) => handle_event(component, &mut store, &event).await?,
-        };
+        let called = call.call(version, &mut store).await?;
         let answer = called.map_err(|err| classify_trap(err, limits.deadline()))?;
-        if let Answer::Response(response) = &answer
-            && response.body.len() > limits.max_response_bytes()
-        {
-            return Err(InvokeError::ResponseTooLarge {
-                size: response.body.len(),
-                limit: limits.max_response_bytes(),
-            });
-        }
+        C::check(&answer, limits)?;
         Ok((answer, store.into_data().unit))
     }
 }
 
-impl Answer {
-    /// Whether the work it answers for is to be committed: not a 4xx/5xx response, not a
-    /// failed event handler.
-    pub fn succeeded(&self) -> bool {
-        match self {
-            Answer::Response(response) => response.status < 400,
-            Answer::Handled(result) => result.is_ok(),
-            _ => true,
-        }
+impl CallService for Dispatcher {
+    fn call_service(
+        self: Arc<Self>,
+        callee: String,
+        request: Request,
+        context: InvocationContext,
+    ) -> BoxFuture<'static, Result<Response, CallError>> {
+        Box::pin(async move {
+            let Some(service) = self.registry.get(&callee) else {
+                return Err(CallError::UnknownService(format!("no service named {callee}")));
+            };
+            self.handle(&service, request, context).await.map_err(|err| CallError::Failed(err.to_string()))
+        })
     }
-}
-
-/// Instantiates a subscriber and calls `handle-event`; the outer error is the instantiation's,
-/// the inner one the call's (a trap, the deadline).
-async fn handle_event(
-    component: &LoadedComponent,
-    store: &mut Store<InvocationState>,
-    event: &Event,
-) -> Result<wasmtime::Result<Answer>, InvokeError> {
-    let pre = component
-        .subscriber
-        .as_ref()
-        .ok_or_else(|| InvokeError::Instantiate(format!("{} does not export subscriber", component.name)))?;
-    let instance = pre.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
-    Ok(instance.micropay_platform_subscriber().call_handle_event(&mut *store, event).await.map(Answer::Handled))
 }
 
 fn classify_trap(err: wasmtime::Error, deadline: Duration) -> InvokeError {
@@ -332,14 +437,6 @@ fn classify_trap(err: wasmtime::Error, deadline: Duration) -> InvokeError {
         Some(Trap::StackOverflow) => InvokeError::StackOverflow,
         _ => InvokeError::Trap(format!("{err:#}")),
     }
-}
-
-/// Recording in the inbox failed: at the deadline, or on the database's error.
-pub fn inbox_error(err: wasmtime::Error, deadline: Duration) -> InvokeError {
-    if err.downcast_ref::<QueryDeadline>().is_some() {
-        return InvokeError::Deadline(deadline);
-    }
-    InvokeError::Inbox(format!("{err:#}"))
 }
 
 fn instantiate_error(err: wasmtime::Error) -> InvokeError {

@@ -1,8 +1,9 @@
-//! The component registry: each component compiled once (precompiled artifacts cached by
-//! content hash, so a restart only deserializes), linked against its capabilities and kept as
-//! an `InstancePre` from which every invocation instantiates.
+//! The registry of services, and how a component becomes a version: compiled once
+//! (precompiled artifacts cached by content hash, so a restart only deserializes), checked
+//! against its policy, linked against its capabilities and kept as an `InstancePre` from
+//! which every invocation instantiates.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -12,75 +13,51 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use crate::capabilities::database::ServiceDatabase;
 use crate::policy::Policy;
-use crate::runtime::bindings::{
-    Route, identity::IdentityServicePre, service::ServicePre, subscribing::SubscribingServicePre,
-};
+use crate::runtime::bindings::{identity::IdentityServicePre, service::ServicePre, subscribing::SubscribingServicePre};
+use crate::runtime::service::Service;
 use crate::runtime::state::InvocationState;
 
-/// A component ready to be invoked.
-pub struct LoadedComponent {
-    /// The service name and mount point.
-    pub name: Arc<str>,
-    /// SHA-256 of the component file: its version.
-    pub digest: String,
-    /// Whether its compiled artifact came from the cache.
-    pub from_cache: bool,
-    pub policy: Policy,
-    /// The handler world, for HTTP invocations.
-    pub service: ServicePre<InvocationState>,
-    /// Present when the component also exports `authenticator`.
-    pub identity: Option<IdentityServicePre<InvocationState>>,
-    /// Present when the component also exports `subscriber`.
-    pub subscriber: Option<SubscribingServicePre<InvocationState>>,
-    /// The component's own database, if its policy grants one.
-    pub database: Option<Arc<ServiceDatabase>>,
-    /// The endpoints it serves (asked once, at load).
-    pub routes: Vec<Route>,
-    /// One permit per instance that may be alive at once (`limits.max_instances`).
-    pub slots: tokio::sync::Semaphore,
-    /// Signalled when one of its units of work committed events, to wake its outbox relay.
-    pub outbox_written: Arc<tokio::sync::Notify>,
-}
-
-impl LoadedComponent {
-    /// The short form of its digest, for logs.
-    pub fn version(&self) -> &str {
-        &self.digest[..12]
-    }
-}
-
-/// The loaded components by service name.
+/// The services of the host, by name.
 #[derive(Default)]
 pub struct Registry {
-    components: RwLock<HashMap<String, Arc<LoadedComponent>>>,
+    services: RwLock<HashMap<String, Arc<Service>>>,
 }
 
 impl Registry {
-    pub fn insert(&self, component: Arc<LoadedComponent>) {
-        self.components.write().unwrap().insert(component.name.to_string(), component);
+    pub fn insert(&self, service: Arc<Service>) {
+        self.services.write().unwrap().insert(service.name.to_string(), service);
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<LoadedComponent>> {
-        self.components.read().unwrap().get(name).cloned()
+    pub fn get(&self, name: &str) -> Option<Arc<Service>> {
+        self.services.read().unwrap().get(name).cloned()
     }
 
-    /// Every component, sorted by name.
-    pub fn all(&self) -> Vec<Arc<LoadedComponent>> {
-        let mut all: Vec<_> = self.components.read().unwrap().values().cloned().collect();
+    /// Stops serving `name`; its data stays.
+    pub fn remove(&self, name: &str) -> Option<Arc<Service>> {
+        self.services.write().unwrap().remove(name)
+    }
+
+    /// Every service, sorted by name.
+    pub fn all(&self) -> Vec<Arc<Service>> {
+        let mut all: Vec<_> = self.services.read().unwrap().values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
-    /// The component that authenticates callers: the one whose policy names it the identity
-    /// provider (at most one may: see `policy::load_all`).
-    pub fn identity(&self) -> Option<Arc<LoadedComponent>> {
-        self.components.read().unwrap().values().find(|c| c.policy.component.identity_provider).cloned()
+    /// The service that authenticates callers: the one whose active version's policy names it
+    /// the identity provider (at most one may: see `policy::load_all` and the deploy checks).
+    pub fn identity(&self) -> Option<Arc<Service>> {
+        self.services.read().unwrap().values().find(|s| s.active().policy.component.identity_provider).cloned()
     }
 }
 
-/// A loaded component file.
+/// SHA-256 of a component's bytes (hex): its identity in the version store and the cache.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A compiled component.
 pub struct Compiled {
     pub component: Component,
     /// SHA-256 of the file: the component's version.
@@ -100,15 +77,39 @@ impl Compiler {
         Self { engine, cache_dir }
     }
 
-    /// Loads `path`: from the cache when an artifact for these bytes and this engine exists,
-    /// otherwise compiled with Cranelift and then cached.
+    /// Loads the component file at `path` (see [`Compiler::compile`]).
     pub fn load(&self, path: &Path) -> anyhow::Result<Compiled> {
         let bytes = std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
-        let digest = hex::encode(Sha256::digest(&bytes));
+        self.compile(&bytes)
+    }
+
+    /// Whether an artifact of the component with this digest is in the cache.
+    pub fn is_cached(&self, digest: &str) -> bool {
+        self.artifact(digest).exists()
+    }
+
+    /// The cached artifact of the component with `digest` (see [`Compiler::is_cached`]).
+    pub fn load_cached(&self, digest: &str) -> anyhow::Result<Compiled> {
+        let artifact = self.artifact(digest);
+        // SAFETY: as in `compile`: written by an engine of the same compatibility hash into
+        // the host's own cache directory.
+        let component = unsafe { Component::deserialize_file(&self.engine, &artifact) }
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("loading {}", artifact.display()))?;
+        Ok(Compiled { component, digest: digest.to_string(), from_cache: true })
+    }
+
+    fn artifact(&self, digest: &str) -> PathBuf {
         let mut engine_hash = DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
-        let artifact = self.cache_dir.join(format!("{digest}-{:016x}.cwasm", engine_hash.finish()));
+        self.cache_dir.join(format!("{digest}-{:016x}.cwasm", engine_hash.finish()))
+    }
 
+    /// Compiles a component's bytes: from the cache when an artifact for these bytes and this
+    /// engine exists, otherwise with Cranelift, and then cached.
+    pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Compiled> {
+        let digest = digest(bytes);
+        let artifact = self.artifact(&digest);
         if artifact.exists() {
             // SAFETY: the artifact was written by `Engine::precompile_component` of an engine
             // with the same compatibility hash (it is in the file name), into the host's own
@@ -120,11 +121,8 @@ impl Compiler {
                 }
             }
         }
-        let precompiled = self
-            .engine
-            .precompile_component(&bytes)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("compiling component {}", path.display()))?;
+        let precompiled =
+            self.engine.precompile_component(bytes).map_err(anyhow::Error::from).context("compiling the component")?;
         std::fs::create_dir_all(&self.cache_dir)
             .with_context(|| format!("creating cache directory {}", self.cache_dir.display()))?;
         let partial = artifact.with_extension(format!("partial-{}", std::process::id()));
@@ -150,6 +148,16 @@ pub fn check_imports(engine: &Engine, policy: &Policy, component: &Component) ->
         anyhow::bail!("the component imports {import}, but its policy {} grants no {refusal}", policy.source.display());
     }
     Ok(())
+}
+
+/// The interfaces a component exports: its world, as far as the host calls it. A new version
+/// of a service must export the same.
+pub fn exports(engine: &Engine, component: &Component) -> BTreeSet<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.split('@').next().unwrap_or(name).to_string())
+        .collect()
 }
 
 /// A linked component, by the worlds it implements.

@@ -6,11 +6,12 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 
 use crate::capabilities::database::UnitOfWork;
+use crate::capabilities::services::CallService;
 use crate::capabilities::wasi::LockedWasi;
-use crate::policy::Role;
+use crate::metrics::Metrics;
+use crate::policy::{Policy, Role};
 use crate::runtime::bindings::Caller;
-use crate::runtime::invoke::Dispatcher;
-use crate::runtime::registry::LoadedComponent;
+use crate::runtime::service::Version;
 
 /// Who is calling and on behalf of which request: carried into nested service calls.
 #[derive(Clone)]
@@ -41,39 +42,57 @@ impl InvocationContext {
 }
 
 /// The store data of one invocation. It lives exactly as long as the invocation: instances
-/// are never reused, so nothing one request does is visible to the next.
+/// are never reused, so nothing one request does is visible to the next. It holds each
+/// capability's own state, and reaches the rest of the host only through a service caller.
 pub struct InvocationState {
     /// Handles the component holds (database connections, WASI streams).
     pub table: ResourceTable,
-    /// The invoked component (its name and policy).
-    pub component: Arc<LoadedComponent>,
-    /// Caller, request id, depth.
+    /// Who runs: logs, the events' source, and what its policy grants.
+    pub component: Running,
+    /// Caller, request id, depth (the `principal` capability).
     pub context: InvocationContext,
-    /// The invocation's transaction on the component's own database.
+    /// The invocation's transaction on the component's own database, and the events it
+    /// publishes (the `database` and `events` capabilities).
     pub unit: UnitOfWork,
     /// The memory limit from the component's policy.
     pub limits: MemoryLimit,
-    /// For service calls.
-    pub dispatcher: Arc<Dispatcher>,
+    /// The `services` capability's way to the other services.
+    pub services: Arc<dyn CallService>,
+    /// Refused calls and publishes are counted.
+    pub metrics: Arc<Metrics>,
+    /// Whether one-time secrets are logged (`--dev-log-secrets`).
+    pub dev_log_secrets: bool,
     /// WASI, created on first use (most components never import it).
     pub wasi: Option<LockedWasi>,
 }
 
+/// The component an invocation runs: its service's name, its version, its policy.
+pub struct Running {
+    pub name: Arc<str>,
+    /// The version's number in the store.
+    pub version: i64,
+    pub policy: Arc<Policy>,
+}
+
 impl InvocationState {
     pub fn new(
-        component: Arc<LoadedComponent>,
+        version: &Version,
         context: InvocationContext,
         unit: UnitOfWork,
-        dispatcher: Arc<Dispatcher>,
+        services: Arc<dyn CallService>,
+        metrics: Arc<Metrics>,
+        dev_log_secrets: bool,
     ) -> Self {
-        let memory_bytes = component.policy.limits.memory_bytes();
+        let policy = version.policy.clone();
         Self {
             table: ResourceTable::new(),
-            unit,
-            component,
+            limits: MemoryLimit { max_bytes: policy.limits.memory_bytes() },
+            component: Running { name: version.name.clone(), version: version.number, policy },
             context,
-            limits: MemoryLimit { max_bytes: memory_bytes },
-            dispatcher,
+            unit,
+            services,
+            metrics,
+            dev_log_secrets,
             wasi: None,
         }
     }

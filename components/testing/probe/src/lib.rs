@@ -1,6 +1,8 @@
 //! The probe: a component that misbehaves on request, to prove the host contains it.
 //!
 //! - `GET /ping` answers without touching the database (the invocation-cost benchmark).
+//! - `GET /version` answers which build this is: `first`, or `second` when built with the
+//!   `second-build` feature (`probe_second.wasm`), for the deploy tests.
 //! - `GET /loop` never returns: the epoch deadline must cut it.
 //! - `GET /trap` panics: the invocation fails with a 5xx, the host keeps serving.
 //! - `POST /write-then-fail` writes a row and then answers 500: the write must be rolled back.
@@ -43,6 +45,7 @@ impl Service for Probe {
     fn router() -> Router {
         Router::new()
             .get("/ping", "Answers pong without touching the database", Access::Public, ping)
+            .get("/version", "Answers which build of the probe this is", Access::Public, version)
             .get("/loop", "Loops forever", Access::Public, spin)
             .get("/trap", "Panics", Access::Public, trap)
             .post("/write", "Writes one row", Access::Public, write)
@@ -117,6 +120,13 @@ fn table_has_rows(db: &Db, table: &str) -> Result<bool, String> {
 
 fn ping(_: &mut Context) -> Result<Response, ApiError> {
     Ok(Response::ok(&json!({ "pong": true })))
+}
+
+/// Which build of the probe this is: the deploy tests swap one for the other.
+const BUILD: &str = if cfg!(feature = "second-build") { "second" } else { "first" };
+
+fn version(_: &mut Context) -> Result<Response, ApiError> {
+    Ok(Response::ok(&json!({ "build": BUILD })))
 }
 
 #[allow(clippy::empty_loop)]

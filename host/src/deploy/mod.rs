@@ -1,0 +1,556 @@
+//! Deploys: new versions of a running service, checked, stored, and swapped in on every host
+//! sharing the installation's platform database.
+//!
+//! A deploy, in order:
+//! 1. **checks**, each refusing with its own error code while the active version keeps
+//!    serving: the deployer's role is in the active policy's `[deploy] roles` (a new service,
+//!    or a policy granting more, takes the `platform` role); the policy is valid, names this
+//!    service, keeps its database and fits beside the other services; the bytes are a
+//!    component, signed by a trusted key when keys are trusted; it compiles; it exports the
+//!    same world as the active version; it imports nothing its policy does not grant; it
+//!    links, and answers its routes;
+//! 2. **the store**: the version and the pointer to it, in one transaction ([`store`]);
+//! 3. **the swap**, on this host before the deploy answers ([`Deployer::converge`]), and on
+//!    every other host when the platform database's notification reaches it
+//!    ([`Deployer::listen`]); a host that missed notifications catches up when it
+//!    reconnects, and every few seconds besides.
+//!
+//! Invariants kept here:
+//! - a host serves, for each service, the version the store says is active, or the one it
+//!   served before while it loads that one: never none (a version that fails to load on a
+//!   host leaves the previous one serving there, and says so in the log);
+//! - the checks a deploy passed hold for what is swapped in: the swap loads exactly the bytes
+//!   and policy the checks saw, by digest.
+
+pub mod cli;
+pub mod signing;
+pub mod store;
+pub mod watch;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Mutex;
+use wasmtime::component::Linker;
+
+use crate::admin::keys::Admin;
+use crate::metrics::DeployOutcome;
+use crate::policy::{self, Policy, Role};
+use crate::runtime::invoke::Dispatcher;
+use crate::runtime::registry::{self, Compiler};
+use crate::runtime::service::{Version, VersionStats};
+use crate::runtime::state::InvocationState;
+use signing::{Signature, TrustedKeys};
+use store::{NewVersion, StoredVersion, VersionStore};
+
+/// How often a host compares its versions with the store even without a notification.
+const RESYNC: Duration = Duration::from_secs(5);
+
+/// Why a deploy or a rollback was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// A check failed (422), with its code.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+    /// The deployer's role may not do this (403).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    /// Another deploy of the service went first (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The version store could not be reached (503).
+    #[error("the version store is unavailable: {0:#}")]
+    Store(anyhow::Error),
+}
+
+fn refused(code: &'static str, message: impl Into<String>) -> DeployError {
+    DeployError::Refused { code, message: message.into() }
+}
+
+/// A deploy as asked.
+pub struct DeployRequest {
+    /// The service.
+    pub name: String,
+    /// The component's bytes.
+    pub wasm: Vec<u8>,
+    /// The policy's text; none keeps the active version's.
+    pub policy: Option<String>,
+    pub note: Option<String>,
+    pub signature: Option<Signature>,
+}
+
+/// Checks, stores and swaps versions.
+pub struct Deployer {
+    dispatcher: Arc<Dispatcher>,
+    linker: Linker<InvocationState>,
+    compiler: Compiler,
+    pub store: VersionStore,
+    trusted: TrustedKeys,
+    /// One swap at a time on this host.
+    swapping: Mutex<()>,
+}
+
+impl Deployer {
+    pub fn new(
+        dispatcher: Arc<Dispatcher>,
+        linker: Linker<InvocationState>,
+        compiler: Compiler,
+        store: VersionStore,
+        trusted: TrustedKeys,
+    ) -> Self {
+        if trusted.is_empty() {
+            tracing::warn!("no signing keys are trusted: unsigned deploys are accepted");
+        }
+        Self { dispatcher, linker, compiler, store, trusted, swapping: Mutex::new(()) }
+    }
+
+    /// Loads a stored version: compiled (from the cache when its artifact is there, without
+    /// reading its bytes from the store), checked against its policy, linked, and asked for
+    /// its routes.
+    pub async fn load(&self, stored: &StoredVersion) -> anyhow::Result<Arc<Version>> {
+        let source = format!("{}/v{} in the version store", stored.component, stored.version);
+        let policy = Policy::parse(&stored.policy, Path::new(&source))?;
+        let bytes = match self.compiler.is_cached(&stored.digest) {
+            true => None,
+            false => Some(self.store.bytes(&stored.digest).await?),
+        };
+        let compiled = match bytes {
+            Some(bytes) => self.compiler.compile(&bytes)?,
+            None => self.compiler.load_cached(&stored.digest)?,
+        };
+        let version = self.prepare(stored.version, compiled, policy).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        Ok(Arc::new(version))
+    }
+
+    /// A compiled component with its policy, as a version: imports checked, linked, routes
+    /// asked.
+    async fn prepare(&self, number: i64, compiled: registry::Compiled, policy: Policy) -> Result<Version, DeployError> {
+        registry::check_imports(&self.dispatcher.engine, &policy, &compiled.component)
+            .map_err(|err| refused("imports_not_granted", format!("{err:#}")))?;
+        let prepared = registry::prepare(&self.linker, &policy, &compiled.component)
+            .map_err(|err| refused("does_not_link", format!("{err:#}")))?;
+        let mut version = Version {
+            name: policy.component.name.as_str().into(),
+            number,
+            digest: compiled.digest,
+            from_cache: compiled.from_cache,
+            exports: registry::exports(&self.dispatcher.engine, &compiled.component),
+            policy: Arc::new(policy),
+            service: prepared.service,
+            identity: prepared.identity,
+            subscriber: prepared.subscriber,
+            routes: Vec::new(),
+            stats: VersionStats::default(),
+        };
+        let shared = Arc::new(version);
+        let routes = self
+            .dispatcher
+            .routes(&shared)
+            .await
+            .map_err(|err| refused("does_not_start", format!("the component failed to list its routes: {err}")))?;
+        version = Arc::into_inner(shared).expect("no invocation keeps the version");
+        version.routes = routes;
+        Ok(version)
+    }
+
+    /// Deploys a new version of a served service, after every check; answers it as stored.
+    pub async fn deploy(&self, admin: &Admin, request: DeployRequest) -> Result<StoredVersion, DeployError> {
+        let name = request.name.clone();
+        let deployed = self.checked_deploy(admin, request).await;
+        let outcome = if deployed.is_ok() { DeployOutcome::Deployed } else { DeployOutcome::Refused };
+        self.dispatcher.metrics.record_deploy(&name, outcome);
+        deployed
+    }
+
+    async fn checked_deploy(&self, admin: &Admin, request: DeployRequest) -> Result<StoredVersion, DeployError> {
+        let DeployRequest { name, wasm, policy, note, signature } = request;
+        let service = self
+            .dispatcher
+            .registry
+            .get(&name)
+            .ok_or_else(|| DeployError::NotFound(format!("no service named {name:?} is served")))?;
+        let active = service.active();
+        allowed(admin, &active.policy, "deploy")?;
+
+        let policy = match policy {
+            Some(text) => Policy::parse(&text, Path::new("the deployed policy"))
+                .map_err(|err| refused("invalid_policy", format!("{err:#}")))?,
+            None => (*active.policy).clone(),
+        };
+        if policy.component.name != name {
+            return Err(refused(
+                "name_mismatch",
+                format!("the policy is for {:?}, not {name:?}", policy.component.name),
+            ));
+        }
+        if policy.database.as_ref().map(|d| &d.name) != active.policy.database.as_ref().map(|d| &d.name) {
+            return Err(refused("database_changed", "a new version keeps its service's database"));
+        }
+        let (old, new) = (&active.policy.events, &policy.events);
+        if (old.publish.is_empty() && !new.publish.is_empty())
+            || (old.subscribe.is_empty() && !new.subscribe.is_empty())
+        {
+            return Err(refused(
+                "events_need_restart",
+                "the service's relay and deliveries start with the host: a first published or subscribed topic \
+                 takes effect after a restart, so deploy it with the host's policy files",
+            ));
+        }
+        let more = grants_more(&active.policy, &policy);
+        if !more.is_empty() && admin.role != Role::Platform {
+            return Err(DeployError::Forbidden {
+                code: "grant_needs_platform",
+                message: format!("the policy grants more ({}): that takes a platform key", more.join(", ")),
+            });
+        }
+        if policy.limits.fuel.is_some() && !self.dispatcher.options.fuel {
+            return Err(refused(
+                "fuel_unavailable",
+                "this host meters no fuel (no policy asked for it when it started): limits.fuel takes a restart",
+            ));
+        }
+        for other in self.dispatcher.registry.all().iter().filter(|other| other.name != service.name) {
+            policy::check_compatible(&other.active().policy, &policy)
+                .map_err(|err| refused("incompatible_policy", format!("{err:#}")))?;
+        }
+        if !is_component(&wasm) {
+            return Err(refused("not_a_component", "the file is not a WebAssembly component"));
+        }
+        let digest = registry::digest(&wasm);
+        let signed_by = self.trusted.check(&digest, signature.as_ref(), admin.role)?;
+        let compiled = self
+            .compiler
+            .compile(&wasm)
+            .map_err(|err| refused("does_not_compile", format!("the component does not compile: {err:#}")))?;
+        let exports = registry::exports(&self.dispatcher.engine, &compiled.component);
+        if exports != active.exports {
+            return Err(refused(
+                "different_world",
+                format!(
+                    "the component exports {} where the active version exports {}",
+                    list(&exports),
+                    list(&active.exports)
+                ),
+            ));
+        }
+        // Checked, linked and started now; numbered once stored.
+        let mut version = self.prepare(0, compiled, policy.clone()).await?;
+
+        let role = admin.role.name();
+        let new = NewVersion {
+            component: &name,
+            bytes: &wasm,
+            digest: &digest,
+            policy: &policy.text,
+            signature: signature.as_ref().map(|signature| signature.signature.as_str()),
+            signed_by: signed_by.as_deref(),
+            deployed_by: &admin.key_id,
+            deployer_role: Some(role),
+            note: note.as_deref(),
+        };
+        let number = match self.store.deploy(&new, Some(active.number)).await.map_err(DeployError::Store)? {
+            Ok(number) => number,
+            Err(now) => {
+                return Err(DeployError::Conflict(format!(
+                    "another deploy went first: version {} is active now, not {}",
+                    now.unwrap_or_default(),
+                    active.number
+                )));
+            }
+        };
+        tracing::info!(component = %name, version = number, %digest, deployed_by = %admin.key_id, role, "version deployed");
+        version.number = number;
+        self.converge_to(&name, Some(Arc::new(version))).await;
+        let stored = self.store.version(&name, number).await.map_err(DeployError::Store)?;
+        stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {number} of {name} vanished")))
+    }
+
+    /// Activates an earlier stored version: `to`, or the newest one older than the active.
+    pub async fn rollback(&self, admin: &Admin, name: &str, to: Option<i64>) -> Result<StoredVersion, DeployError> {
+        let rolled_back = self.checked_rollback(admin, name, to).await;
+        let outcome = if rolled_back.is_ok() { DeployOutcome::RolledBack } else { DeployOutcome::Refused };
+        self.dispatcher.metrics.record_deploy(name, outcome);
+        rolled_back
+    }
+
+    async fn checked_rollback(&self, admin: &Admin, name: &str, to: Option<i64>) -> Result<StoredVersion, DeployError> {
+        let service = self
+            .dispatcher
+            .registry
+            .get(name)
+            .ok_or_else(|| DeployError::NotFound(format!("no service named {name:?} is served")))?;
+        let active = service.active();
+        allowed(admin, &active.policy, "roll back")?;
+        let versions = self.store.versions(name).await.map_err(DeployError::Store)?;
+        let target = match to {
+            Some(to) => versions.into_iter().find(|version| version.version == to),
+            None => versions.into_iter().find(|version| version.version < active.number),
+        };
+        let target = target.ok_or_else(|| match to {
+            Some(to) => DeployError::NotFound(format!("{name} has no version {to}")),
+            None => DeployError::NotFound(format!("{name} has no version older than {}", active.number)),
+        })?;
+        if target.version == active.number {
+            return Err(refused("already_active", format!("version {} of {name} is the active one", target.version)));
+        }
+        // The earlier version's policy passed its own deploy's checks; what it grants beyond
+        // the active one's still takes a platform key.
+        let policy = Policy::parse(&target.policy, Path::new("the stored policy"))
+            .map_err(|err| refused("invalid_policy", format!("{err:#}")))?;
+        let more = grants_more(&active.policy, &policy);
+        if !more.is_empty() && admin.role != Role::Platform {
+            return Err(DeployError::Forbidden {
+                code: "grant_needs_platform",
+                message: format!(
+                    "version {} grants more ({}): that takes a platform key",
+                    target.version,
+                    more.join(", ")
+                ),
+            });
+        }
+        let version = self.load(&target).await.map_err(|err| refused("does_not_load", format!("{err:#}")))?;
+        if version.exports != active.exports {
+            return Err(refused("different_world", "the stored version exports another world"));
+        }
+        self.store.activate(name, target.version, &admin.key_id).await.map_err(DeployError::Store)?;
+        tracing::info!(component = %name, version = target.version, by = %admin.key_id, "version rolled back to");
+        self.converge(name).await;
+        let stored = self.store.version(name, target.version).await.map_err(DeployError::Store)?;
+        stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {} of {name} vanished", target.version)))
+    }
+
+    /// Brings `name` on this host to the version the store says is active. A version that
+    /// fails to load leaves the one serving in place (and is logged).
+    pub async fn converge(&self, name: &str) {
+        self.converge_to(name, None).await
+    }
+
+    /// [`Deployer::converge`], with a version already loaded that is used if it is the one.
+    async fn converge_to(&self, name: &str, ready: Option<Arc<Version>>) {
+        let _one_at_a_time = self.swapping.lock().await;
+        let result = async {
+            let stored = self.store.active_of(name).await?;
+            let service = self.dispatcher.registry.get(name);
+            match (stored, service) {
+                (Some(stored), Some(service)) if service.active().number != stored.version => {
+                    let version = match ready {
+                        Some(ready) if ready.number == stored.version && ready.digest == stored.digest => ready,
+                        _ => self.load(&stored).await?,
+                    };
+                    let previous = service.activate(version);
+                    self.dispatcher.metrics.record_deploy(name, DeployOutcome::Swapped);
+                    tracing::info!(component = %name, from = previous.number, to = stored.version, "version swapped");
+                }
+                (Some(stored), None) => {
+                    tracing::warn!(component = %name, version = stored.version, "a service not served by this host was deployed; it is served after a restart");
+                }
+                (None, Some(_)) => {
+                    self.dispatcher.registry.remove(name);
+                    tracing::info!(component = %name, "service undeployed: no longer served");
+                }
+                _ => {}
+            }
+            anyhow::Ok(())
+        };
+        if let Err(err) = result.await {
+            tracing::error!(component = %name, "loading the active version failed; the previous one keeps serving: {err:#}");
+        }
+    }
+
+    /// Stores, as the next version, each component file and policy of the host's that the
+    /// store does not hold yet (a new installation's first versions; a file changed since),
+    /// by `files`, after checking it as at a deploy: it compiles, imports only what its
+    /// policy grants, and links. A file refused stops the host, naming the policy file.
+    pub async fn store_files(&self, components_dir: &Path, policies: &[Policy]) -> anyhow::Result<()> {
+        for policy in policies {
+            let name = &policy.component.name;
+            let path = components_dir.join(&policy.component.file);
+            let bytes = std::fs::read(&path).with_context(|| format!("reading component {}", path.display()))?;
+            let digest = registry::digest(&bytes);
+            if self.store.holds(name, &digest, &policy.text).await? {
+                continue;
+            }
+            let compiled = self.compiler.compile(&bytes).with_context(|| format!("loading component {name}"))?;
+            registry::check_imports(&self.dispatcher.engine, policy, &compiled.component)
+                .with_context(|| format!("refusing component {name}"))?;
+            registry::prepare(&self.linker, policy, &compiled.component)
+                .with_context(|| format!("refusing component {name}"))?;
+            let active = self.store.active_of(name).await?.map(|version| version.version);
+            let new = NewVersion {
+                component: name,
+                bytes: &bytes,
+                digest: &digest,
+                policy: &policy.text,
+                signature: None,
+                signed_by: None,
+                deployed_by: "files",
+                deployer_role: None,
+                note: Some("read from the host's files"),
+            };
+            // Another host storing the same files at once went first: theirs is as good.
+            if let Ok(version) = self.store.deploy(&new, active).await? {
+                tracing::info!(component = %name, version, %digest, file = %path.display(), "version stored from the files");
+            }
+        }
+        Ok(())
+    }
+
+    /// Converges every service this host serves, and every one the store holds.
+    async fn converge_all(&self) -> anyhow::Result<()> {
+        let mut names: BTreeSet<String> = self.store.active().await?.into_iter().map(|v| v.component).collect();
+        names.extend(self.dispatcher.registry.all().iter().map(|service| service.name.to_string()));
+        for name in names {
+            self.converge(&name).await;
+        }
+        Ok(())
+    }
+
+    /// Follows the store's notifications until `shutdown`: each one converges its service.
+    /// After a lost connection, and every [`RESYNC`], every service is compared.
+    pub async fn listen(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut listener = None;
+        while !*shutdown.borrow() {
+            if listener.is_none() {
+                match self.store.listen().await {
+                    Ok(connected) => {
+                        listener = Some(connected);
+                        // Whatever was deployed while this host did not listen.
+                        if let Err(err) = self.converge_all().await {
+                            tracing::warn!("comparing versions with the store failed: {err:#}");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!("listening for deploys failed, retrying: {err:#}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let connected = listener.as_mut().expect("connected above");
+            tokio::select! {
+                notification = connected.try_recv() => match notification {
+                    Ok(Some(notification)) => self.converge(notification.payload()).await,
+                    Ok(None) | Err(_) => listener = None,
+                },
+                _ = tokio::time::sleep(RESYNC) => {
+                    if let Err(err) = self.converge_all().await {
+                        tracing::warn!("comparing versions with the store failed: {err:#}");
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+/// Refuses a deployer whose role the active policy's `[deploy] roles` does not list.
+fn allowed(admin: &Admin, policy: &Policy, what: &str) -> Result<(), DeployError> {
+    match policy.deploy.roles.contains(&admin.role) {
+        true => Ok(()),
+        false => Err(DeployError::Forbidden {
+            code: "role_not_allowed",
+            message: format!(
+                "the {} role may not {what} {} (its policy's deploy.roles)",
+                admin.role.name(),
+                policy.component.name
+            ),
+        }),
+    }
+}
+
+/// What `new` grants that `old` does not, by field.
+pub fn grants_more(old: &Policy, new: &Policy) -> Vec<&'static str> {
+    let widens = |old: &[String], new: &[String]| new.iter().any(|item| !old.contains(item));
+    let (a, b) = (&old.limits, &new.limits);
+    let more_fuel = match (a.fuel, b.fuel) {
+        (Some(old), Some(new)) => new > old,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    [
+        ("a database", old.database.is_none() && new.database.is_some()),
+        ("identity_provider", !old.component.identity_provider && new.component.identity_provider),
+        ("events.publish", widens(&old.events.publish, &new.events.publish)),
+        ("events.subscribe", widens(&old.events.subscribe, &new.events.subscribe)),
+        ("services.call", widens(&old.services.call, &new.services.call)),
+        ("deploy.roles", new.deploy.roles.iter().any(|role| !old.deploy.roles.contains(role))),
+        ("schedule", new.schedule.iter().any(|job| !old.schedule.contains(job))),
+        ("limits.memory_mb", b.memory_mb > a.memory_mb),
+        ("limits.deadline_ms", b.deadline_ms > a.deadline_ms),
+        ("limits.fuel", more_fuel),
+        ("limits.max_instances", b.max_instances > a.max_instances),
+        ("limits.queue_ms", b.queue_ms > a.queue_ms),
+        ("limits.max_response_kb", b.max_response_kb > a.max_response_kb),
+        ("limits.max_query_rows", b.max_query_rows > a.max_query_rows),
+        ("limits.max_query_mb", b.max_query_mb > a.max_query_mb),
+    ]
+    .into_iter()
+    .filter(|(_, more)| *more)
+    .map(|(field, _)| field)
+    .collect()
+}
+
+/// Whether `bytes` begin as a WebAssembly component does (a core module, or anything else,
+/// does not).
+fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() > 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
+}
+
+fn list(exports: &BTreeSet<String>) -> String {
+    let names: Vec<&str> = exports.iter().map(String::as_str).collect();
+    if names.is_empty() { "nothing".into() } else { names.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(extra: &str) -> Policy {
+        let text =
+            format!("[component]\nname = \"probe\"\nfile = \"probe.wasm\"\n[database]\nname = \"probe\"\n{extra}");
+        Policy::parse(&text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_policy_that_widens_anything_grants_more() {
+        let base = policy("[events]\npublish = [\"probe.*\"]\n[limits]\nmemory_mb = 16\nfuel = 1000\n");
+        assert!(grants_more(&base, &base).is_empty());
+        let cases = [
+            (
+                "[events]\npublish = [\"probe.*\", \"user.*\"]\n[limits]\nmemory_mb = 16\nfuel = 1000\n",
+                "events.publish",
+            ),
+            ("[events]\npublish = [\"probe.*\"]\n[limits]\nmemory_mb = 17\nfuel = 1000\n", "limits.memory_mb"),
+            ("[events]\npublish = [\"probe.*\"]\n[limits]\nmemory_mb = 16\n", "limits.fuel"),
+            (
+                "[events]\npublish = [\"probe.*\"]\n[services]\ncall = [\"user\"]\n[limits]\nmemory_mb = 16\nfuel = 1000\n",
+                "services.call",
+            ),
+            (
+                "[events]\npublish = [\"probe.*\"]\n[deploy]\nroles = [\"risk\"]\n[limits]\nmemory_mb = 16\nfuel = 1000\n",
+                "deploy.roles",
+            ),
+        ];
+        for (extra, field) in cases {
+            assert_eq!(grants_more(&base, &policy(extra)), vec![field], "{extra}");
+        }
+        // Narrowing grants nothing more.
+        let narrower = policy("[events]\npublish = []\n[limits]\nmemory_mb = 8\nfuel = 10\n");
+        assert!(grants_more(&base, &narrower).is_empty());
+    }
+
+    #[test]
+    fn only_a_component_is_a_component() {
+        assert!(is_component(b"\0asm\x0d\0\x01\0more"));
+        assert!(!is_component(b"\0asm\x01\0\0\0more"));
+        assert!(!is_component(b"hello, world"));
+    }
+}

@@ -1,0 +1,277 @@
+//! The version store, in the platform database: every version of every component (its bytes,
+//! content-addressed; its policy; who deployed it, when, why, signed by whom) and which
+//! version of each is active.
+//!
+//! Invariants kept here:
+//! - a component that has versions and is served has exactly one active version: the pointer
+//!   in `active_versions` changes in the same transaction that adds the version it points to,
+//!   so a host killed during a deploy leaves the old version active or the new one, never
+//!   none;
+//! - a version, once stored, never changes: a rollback moves the pointer back, a redeploy of
+//!   the same bytes and policy is a new number;
+//! - deploys of one component are serialised (the pointer's row lock), so version numbers
+//!   follow one another;
+//! - every change of a pointer notifies [`CHANNEL`] in its transaction, with the component's
+//!   name: every host listening hears of it once it has committed.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// The channel on which the platform database announces a change of active version.
+pub const CHANNEL: &str = "micropay_versions";
+
+/// Serialises creating the store's tables when hosts start at once.
+const SCHEMA_LOCK: i64 = 0x4d50_0005;
+
+/// A stored version, without its bytes.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StoredVersion {
+    pub component: String,
+    pub version: i64,
+    /// SHA-256 of the component's bytes.
+    pub digest: String,
+    /// The policy's text.
+    pub policy: String,
+    /// The Ed25519 signature over the digest (base64), if the deploy was signed.
+    pub signature: Option<String>,
+    /// The id of the key that signed it.
+    pub signed_by: Option<String>,
+    /// The admin key id of the deployer (`files` for a version read from the host's files).
+    pub deployed_by: String,
+    /// The deployer's role.
+    pub deployer_role: Option<String>,
+    pub deployed_at: DateTime<Utc>,
+    pub note: Option<String>,
+    /// Whether it is the component's active version.
+    pub active: bool,
+}
+
+/// What a deploy adds.
+pub struct NewVersion<'a> {
+    pub component: &'a str,
+    pub bytes: &'a [u8],
+    pub digest: &'a str,
+    pub policy: &'a str,
+    pub signature: Option<&'a str>,
+    pub signed_by: Option<&'a str>,
+    pub deployed_by: &'a str,
+    pub deployer_role: Option<&'a str>,
+    pub note: Option<&'a str>,
+}
+
+const COLUMNS: &str = "v.component, v.version, v.digest, v.policy, v.signature, v.signed_by, v.deployed_by, \
+     v.deployer_role, v.deployed_at, v.note, (a.version IS NOT DISTINCT FROM v.version) AS active";
+
+/// The store, through the platform role's pool on the platform database.
+#[derive(Clone)]
+pub struct VersionStore {
+    pool: PgPool,
+}
+
+impl VersionStore {
+    /// Opens the store, creating its tables if the installation is new.
+    pub async fn open(pool: PgPool) -> anyhow::Result<Self> {
+        let mut transaction = pool.begin().await?;
+        sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock($1)").bind(SCHEMA_LOCK).execute(&mut *transaction).await?;
+        for statement in [
+            "CREATE TABLE IF NOT EXISTS micropay_platform.artifacts (
+                digest TEXT PRIMARY KEY CHECK (digest ~ '^[0-9a-f]{64}$'),
+                bytes BYTEA NOT NULL,
+                stored_at TIMESTAMPTZ NOT NULL DEFAULT pg_catalog.now()
+            )",
+            "CREATE TABLE IF NOT EXISTS micropay_platform.component_versions (
+                component TEXT NOT NULL,
+                version BIGINT NOT NULL CHECK (version > 0),
+                digest TEXT NOT NULL REFERENCES micropay_platform.artifacts (digest),
+                policy TEXT NOT NULL,
+                signature TEXT,
+                signed_by TEXT,
+                deployed_by TEXT NOT NULL,
+                deployer_role TEXT,
+                deployed_at TIMESTAMPTZ NOT NULL DEFAULT pg_catalog.now(),
+                note TEXT,
+                PRIMARY KEY (component, version)
+            )",
+            "CREATE TABLE IF NOT EXISTS micropay_platform.active_versions (
+                component TEXT PRIMARY KEY,
+                version BIGINT NOT NULL,
+                activated_by TEXT NOT NULL,
+                activated_at TIMESTAMPTZ NOT NULL DEFAULT pg_catalog.now(),
+                FOREIGN KEY (component, version) REFERENCES micropay_platform.component_versions
+            )",
+        ] {
+            sqlx::query(statement).execute(&mut *transaction).await?;
+        }
+        transaction.commit().await?;
+        Ok(Self { pool })
+    }
+
+    /// Every component's active version.
+    pub async fn active(&self) -> anyhow::Result<Vec<StoredVersion>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM micropay_platform.active_versions a \
+             JOIN micropay_platform.component_versions v USING (component, version) ORDER BY v.component"
+        );
+        Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
+    }
+
+    /// The active version of `component`, if it is served.
+    pub async fn active_of(&self, component: &str) -> anyhow::Result<Option<StoredVersion>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM micropay_platform.active_versions a \
+             JOIN micropay_platform.component_versions v USING (component, version) WHERE v.component = $1"
+        );
+        Ok(sqlx::query_as(&sql).bind(component).fetch_optional(&self.pool).await?)
+    }
+
+    /// Every version of `component`, newest first.
+    pub async fn versions(&self, component: &str) -> anyhow::Result<Vec<StoredVersion>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM micropay_platform.component_versions v \
+             LEFT JOIN micropay_platform.active_versions a USING (component) \
+             WHERE v.component = $1 ORDER BY v.version DESC"
+        );
+        Ok(sqlx::query_as(&sql).bind(component).fetch_all(&self.pool).await?)
+    }
+
+    /// One version of `component`.
+    pub async fn version(&self, component: &str, version: i64) -> anyhow::Result<Option<StoredVersion>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM micropay_platform.component_versions v \
+             LEFT JOIN micropay_platform.active_versions a USING (component) \
+             WHERE v.component = $1 AND v.version = $2"
+        );
+        Ok(sqlx::query_as(&sql).bind(component).bind(version).fetch_optional(&self.pool).await?)
+    }
+
+    /// Whether some version of `component` has these bytes and this policy.
+    pub async fn holds(&self, component: &str, digest: &str, policy: &str) -> anyhow::Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM micropay_platform.component_versions \
+             WHERE component = $1 AND digest = $2 AND policy = $3 LIMIT 1",
+        )
+        .bind(component)
+        .bind(digest)
+        .bind(policy)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// The bytes of the component with `digest`.
+    pub async fn bytes(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+        let bytes = sqlx::query_scalar("SELECT bytes FROM micropay_platform.artifacts WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?;
+        bytes.ok_or_else(|| anyhow::anyhow!("the version store holds no component with digest {digest}"))
+    }
+
+    /// Stores `new` as the next version of its component and makes it the active one, in one
+    /// transaction, unless `expected` (the version the deployer checked against) is no longer
+    /// the active one: then nothing is stored and the active version is returned as the error.
+    pub async fn deploy(
+        &self,
+        new: &NewVersion<'_>,
+        expected: Option<i64>,
+    ) -> anyhow::Result<Result<i64, Option<i64>>> {
+        let mut transaction = self.pool.begin().await?;
+        // Deploys of one component take turns on its pointer (created first if need be).
+        let active = lock_pointer(&mut transaction, new.component).await?;
+        if active != expected {
+            return Ok(Err(active));
+        }
+        sqlx::query(
+            "INSERT INTO micropay_platform.artifacts (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(new.digest)
+        .bind(new.bytes)
+        .execute(&mut *transaction)
+        .await?;
+        let version: i64 = sqlx::query_scalar(
+            "INSERT INTO micropay_platform.component_versions \
+                 (component, version, digest, policy, signature, signed_by, deployed_by, deployer_role, note) \
+             SELECT $1, COALESCE(pg_catalog.max(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8 \
+             FROM micropay_platform.component_versions WHERE component = $1 \
+             RETURNING version",
+        )
+        .bind(new.component)
+        .bind(new.digest)
+        .bind(new.policy)
+        .bind(new.signature)
+        .bind(new.signed_by)
+        .bind(new.deployed_by)
+        .bind(new.deployer_role)
+        .bind(new.note)
+        .fetch_one(&mut *transaction)
+        .await?;
+        point(&mut transaction, new.component, version, new.deployed_by).await?;
+        transaction.commit().await?;
+        Ok(Ok(version))
+    }
+
+    /// Makes stored `version` of `component` the active one (a rollback), by `who`.
+    pub async fn activate(&self, component: &str, version: i64, who: &str) -> anyhow::Result<()> {
+        let mut transaction = self.pool.begin().await?;
+        lock_pointer(&mut transaction, component).await?;
+        point(&mut transaction, component, version, who).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Stops serving `component`: no version is active any more (they all stay stored).
+    pub async fn deactivate(&self, component: &str) -> anyhow::Result<bool> {
+        let mut transaction = self.pool.begin().await?;
+        let removed = sqlx::query("DELETE FROM micropay_platform.active_versions WHERE component = $1")
+            .bind(component)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        notify(&mut transaction, component).await?;
+        transaction.commit().await?;
+        Ok(removed > 0)
+    }
+
+    /// A connection listening on [`CHANNEL`], taken from the pool for as long as it listens.
+    pub async fn listen(&self) -> anyhow::Result<sqlx::postgres::PgListener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(listener)
+    }
+}
+
+/// Locks `component`'s pointer row for the transaction (taking turns with other deploys of
+/// it) and returns the version it points to. A component never deployed has no row: the lock
+/// is then an advisory one on its name.
+async fn lock_pointer(transaction: &mut sqlx::PgConnection, component: &str) -> anyhow::Result<Option<i64>> {
+    sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))")
+        .bind((SCHEMA_LOCK + 1) as i32)
+        .bind(component)
+        .execute(&mut *transaction)
+        .await?;
+    let active = sqlx::query_scalar("SELECT version FROM micropay_platform.active_versions WHERE component = $1")
+        .bind(component)
+        .fetch_optional(&mut *transaction)
+        .await?;
+    Ok(active)
+}
+
+async fn point(transaction: &mut sqlx::PgConnection, component: &str, version: i64, who: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO micropay_platform.active_versions (component, version, activated_by) VALUES ($1, $2, $3) \
+         ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, \
+             activated_by = EXCLUDED.activated_by, activated_at = pg_catalog.now()",
+    )
+    .bind(component)
+    .bind(version)
+    .bind(who)
+    .execute(&mut *transaction)
+    .await?;
+    notify(transaction, component).await
+}
+
+async fn notify(transaction: &mut sqlx::PgConnection, component: &str) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_catalog.pg_notify($1, $2)").bind(CHANNEL).bind(component).execute(&mut *transaction).await?;
+    Ok(())
+}

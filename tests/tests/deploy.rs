@@ -1,0 +1,328 @@
+//! Deploys: a new version swapped in under load with no failed request, on every host within a
+//! second; rollback; the store surviving restarts and `kill -9`; every check refusing while
+//! the running version keeps serving; signed artifacts.
+//!
+//! The probe has two builds: `probe.wasm` answers `{"build":"first"}` on `/version`,
+//! `probe_second.wasm` answers `{"build":"second"}`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use micropay_tests::{Bus, HostOptions, TestHost, error_code, root};
+use serde_json::{Value, json};
+
+/// How long a second host may take to serve a deployed version.
+const CONVERGENCE: Duration = Duration::from_secs(1);
+
+fn component(file: &str) -> Vec<u8> {
+    std::fs::read(root().join("target/components").join(file)).unwrap()
+}
+
+fn probe_policy() -> String {
+    std::fs::read_to_string(root().join("tests/policies/probe.toml")).unwrap()
+}
+
+/// The probe's policy with room for the swap test's clients: more instances, a longer queue.
+fn roomy_probe_policy() -> String {
+    probe_policy().replace("max_instances = 8", "max_instances = 32").replace("queue_ms = 20", "queue_ms = 2000")
+}
+
+/// `POST /admin/components/{name}/versions`.
+async fn deploy(host: &TestHost, key: &str, name: &str, wasm: &[u8], policy: Option<&str>) -> (u16, Value) {
+    let body = json!({ "wasm": BASE64.encode(wasm), "policy": policy, "note": "from the tests" });
+    host.call("POST", &format!("/admin/components/{name}/versions"), Some(key), Some(body)).await
+}
+
+async fn build(host: &TestHost) -> String {
+    let (status, body) = host.call("GET", "/v1/probe/version", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    body["build"].as_str().unwrap().to_string()
+}
+
+/// Waits until `host` serves `expected` on `/v1/probe/version`; answers how long it took.
+async fn until_serving(host: &TestHost, expected: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if build(host).await == expected {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{} did not serve the {expected} build within {within:?}", host.base_url);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn swaps_under_load_fail_no_request_and_reach_the_other_host_within_a_second_embedded() {
+    swaps_under_load(Bus::Embedded).await
+}
+
+#[tokio::test]
+async fn swaps_under_load_fail_no_request_and_reach_the_other_host_within_a_second_nats() {
+    swaps_under_load(Bus::Nats).await
+}
+
+/// 16 clients call `/version` on the first host while 20 deploys alternate the two builds
+/// there. Every answer is a 200; every request made wholly after a deploy returned and before
+/// the next began is answered by the deployed build; the second host serves each deployed
+/// build within a second.
+async fn swaps_under_load(bus: Bus) {
+    let first = TestHost::start_with(HostOptions::with_bus(bus)).await;
+    let second = TestHost::start_with(first.options.clone()).await;
+    let platform = first.admin_key("platform");
+    let builds = [("probe.wasm", "first"), ("probe_second.wasm", "second")];
+    let wasm = [component(builds[0].0), component(builds[1].0)];
+    let (status, body) = deploy(&first, &platform, "probe", &wasm[0], Some(&roomy_probe_policy())).await;
+    assert_eq!(status, 201, "{body}");
+    until_serving(&second, "first", CONVERGENCE * 5).await;
+
+    // Even: deploy number state/2 has returned and no other is under way; odd: one is.
+    let state = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (state, stop, http, url) =
+            (state.clone(), stop.clone(), first.http.clone(), first.url("/v1/probe/version"));
+        clients.spawn(async move {
+            let (mut answered, mut checked) = (0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                let before = state.load(Ordering::SeqCst);
+                let response = http.get(&url).send().await.unwrap();
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let after = state.load(Ordering::SeqCst);
+                assert_eq!(status, 200, "a request failed during the deploys: {body}");
+                answered += 1;
+                if before == after && before % 2 == 0 {
+                    let expected = ["first", "second"][(before / 2 % 2) as usize];
+                    assert_eq!(body["build"], expected, "answered by the old version after the deploy returned");
+                    checked += 1;
+                }
+            }
+            (answered, checked)
+        });
+    }
+    let mut convergence = Vec::new();
+    for deploy_number in 1..=20u64 {
+        let (file, name) = builds[(deploy_number % 2) as usize];
+        state.fetch_add(1, Ordering::SeqCst);
+        let (status, body) = deploy(&first, &platform, "probe", &wasm[(deploy_number % 2) as usize], None).await;
+        assert_eq!(status, 201, "deploying {file}: {body}");
+        state.fetch_add(1, Ordering::SeqCst);
+        convergence.push(until_serving(&second, name, CONVERGENCE).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut answered, mut checked) = (0, 0);
+    while let Some(counts) = clients.join_next().await {
+        let (a, c) = counts.unwrap();
+        answered += a;
+        checked += c;
+    }
+    assert!(checked > 100, "too few requests fell between deploys to check: {checked} of {answered}");
+    convergence.sort();
+    eprintln!("{answered} requests, {checked} checked; second host converged in at most {:?}", convergence.last());
+    let (status, body) = first.call("GET", "/admin/components/probe/versions", Some(&platform), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["versions"][0]["version"], 22, "{body}");
+    assert_eq!(body["versions"][0]["active"], true, "{body}");
+}
+
+#[tokio::test]
+async fn rollback_restores_the_previous_version_and_a_restarted_host_serves_the_active_one() {
+    let mut host = TestHost::start().await;
+    let ops = host.admin_key("ops");
+    let second = root().join("target/components/probe_second.wasm");
+    let second = second.to_str().unwrap();
+
+    let (ok, printed) = host.command(&ops, &["deploy", second, "--name", "probe", "--note", "the second build"]);
+    assert!(ok, "{printed}");
+    assert!(printed.contains("probe version 2 deployed"), "{printed}");
+    assert_eq!(build(&host).await, "second");
+
+    let (ok, printed) = host.command(&ops, &["rollback", "probe"]);
+    assert!(ok, "{printed}");
+    assert!(printed.contains("rolled back to version 1"), "{printed}");
+    assert_eq!(build(&host).await, "first");
+
+    let (ok, printed) = host.command(&ops, &["rollback", "probe", "--to", "2"]);
+    assert!(ok, "{printed}");
+    assert_eq!(build(&host).await, "second");
+    let (ok, printed) = host.command(&ops, &["versions", "probe"]);
+    assert!(ok, "{printed}");
+    assert!(printed.contains("* v2") && printed.contains("the second build"), "{printed}");
+    let (ok, printed) = host.command(&ops, &["components"]);
+    assert!(ok, "{printed}");
+    let probe = printed.lines().find(|line| line.starts_with("probe ")).unwrap();
+    assert!(probe.split_whitespace().nth(1) == Some("2"), "{printed}");
+
+    // The files still say the first build: the store, not the files, decides after a restart.
+    host.restart().await;
+    assert_eq!(build(&host).await, "second");
+    host.wait_for_log("version=2", Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn every_refused_deploy_names_its_check_and_the_running_version_keeps_serving() {
+    let host = TestHost::start().await;
+    let (ops, risk, platform) = (host.admin_key("ops"), host.admin_key("risk"), host.admin_key("platform"));
+    let probe = component("probe.wasm");
+    let mut garbage = b"\0asm\x0d\0\x01\0".to_vec();
+    garbage.extend_from_slice(&[0xff; 64]);
+    let without_calls = probe_policy().replace("call = [\"probe\"]", "call = []");
+    assert_ne!(without_calls, probe_policy());
+    let more_memory = probe_policy().replace("memory_mb = 16", "memory_mb = 32");
+    let other_name = probe_policy().replace("name = \"probe\"\nfile", "name = \"probe_two\"\nfile");
+    // What is sent, by whom, and the refusal expected.
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, Option<String>, u16, &'a str);
+    let cases: [Case; 9] = [
+        ("not wasm", &ops, b"hello".to_vec(), None, 422, "not_a_component"),
+        ("a core module", &ops, b"\0asm\x01\0\0\0".to_vec(), None, 422, "not_a_component"),
+        ("does not compile", &ops, garbage, None, 422, "does_not_compile"),
+        ("another world", &ops, component("wasi_probe.wasm"), None, 422, "different_world"),
+        ("imports beyond its policy", &ops, probe.clone(), Some(without_calls), 422, "imports_not_granted"),
+        ("a role not in deploy.roles", &risk, component("probe_second.wasm"), None, 403, "role_not_allowed"),
+        (
+            "a grant without the platform role",
+            &ops,
+            probe.clone(),
+            Some(more_memory.clone()),
+            403,
+            "grant_needs_platform",
+        ),
+        ("an invalid policy", &ops, probe.clone(), Some("[component]\nname = 1".into()), 422, "invalid_policy"),
+        ("another service's policy", &ops, probe.clone(), Some(other_name), 422, "name_mismatch"),
+    ];
+    for (case, key, wasm, policy, status, code) in cases {
+        let (answered, body) = deploy(&host, key, "probe", &wasm, policy.as_deref()).await;
+        assert_eq!((answered, error_code(&body)), (status, code), "{case}: {body}");
+        assert_eq!(build(&host).await, "first", "{case}");
+    }
+    let (status, body) = deploy(&host, &ops, "nothing", &probe, None).await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"), "{body}");
+    let (status, body) = host.call("GET", "/admin/components/probe/versions", Some(&ops), None).await;
+    assert_eq!((status, body["versions"].as_array().unwrap().len()), (200, 1), "nothing was stored: {body}");
+    let refusals = host.metric(r#"micropay_deploys_total{component="probe",outcome="Refused"}"#).await;
+    assert_eq!(refusals, 9.0, "every refusal is counted");
+
+    // What ops may not grant, platform may.
+    let (status, body) = deploy(&host, &platform, "probe", &probe, Some(&more_memory)).await;
+    assert_eq!(status, 201, "{body}");
+    // The CLI says why in one line.
+    let (ok, printed) = host.command(
+        &ops,
+        &["deploy", root().join("target/components/wasi_probe.wasm").to_str().unwrap(), "--name", "probe"],
+    );
+    assert!(!ok && printed.contains("422 different_world"), "{printed}");
+    assert_eq!(printed.trim().lines().count(), 1, "{printed}");
+}
+
+#[tokio::test]
+async fn only_components_signed_by_a_trusted_key_deploy_where_keys_are_trusted() {
+    let mut options = HostOptions::on_test_server();
+    std::fs::create_dir_all(&options.data_dir).unwrap();
+    let key_file = options.data_dir.join("signing.key");
+    let micropay = |args: &[&str]| {
+        let output = std::process::Command::new(root().join("target/debug/micropay")).args(args).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let trusted = micropay(&["keygen", "--out", key_file.to_str().unwrap(), "--role", "ops"]);
+    let other_key = options.data_dir.join("other.key");
+    micropay(&["keygen", "--out", other_key.to_str().unwrap(), "--role", "ops"]);
+    options.extra_args = vec!["--trusted-keys".into(), trusted];
+    let host = TestHost::start_with(options.clone()).await;
+    let ops = host.admin_key("ops");
+
+    // Unsigned: refused.
+    let (status, body) = deploy(&host, &ops, "probe", &component("probe_second.wasm"), None).await;
+    assert_eq!((status, error_code(&body)), (422, "signature_missing"), "{body}");
+
+    // Signed by a key the host does not trust: refused.
+    let file = options.data_dir.join("probe_second.wasm");
+    std::fs::write(&file, component("probe_second.wasm")).unwrap();
+    micropay(&["sign", file.to_str().unwrap(), "--key", other_key.to_str().unwrap()]);
+    let (ok, printed) = host.command(&ops, &["deploy", file.to_str().unwrap(), "--name", "probe"]);
+    assert!(!ok && printed.contains("signature_untrusted"), "{printed}");
+
+    // A signature of other bytes: refused.
+    micropay(&["sign", file.to_str().unwrap(), "--key", key_file.to_str().unwrap()]);
+    let signature = std::fs::read_to_string(options.data_dir.join("probe_second.wasm.sig")).unwrap();
+    let tampered = options.data_dir.join("tampered.wasm");
+    std::fs::write(&tampered, component("probe.wasm")).unwrap();
+    std::fs::write(options.data_dir.join("tampered.wasm.sig"), &signature).unwrap();
+    let (ok, printed) = host.command(&ops, &["deploy", tampered.to_str().unwrap(), "--name", "probe"]);
+    assert!(!ok && printed.contains("does not match"), "{printed}");
+    assert_eq!(build(&host).await, "first");
+
+    // Signed by the trusted key: deployed, and the signer is on record.
+    let (ok, printed) = host.command(&ops, &["deploy", file.to_str().unwrap(), "--name", "probe"]);
+    assert!(ok, "{printed}");
+    assert_eq!(build(&host).await, "second");
+    let (_, body) = host.call("GET", "/admin/components/probe/versions", Some(&ops), None).await;
+    assert!(body["versions"][0]["signed_by"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn a_host_killed_during_deploys_restarts_with_one_active_version() {
+    let mut host = TestHost::start().await;
+    let ops = host.admin_key("ops");
+    let wasm = component("probe_second.wasm");
+    for delay_ms in [0u64, 5, 20, 60] {
+        let (http, url, key) = (host.http.clone(), host.url("/admin/components/probe/versions"), ops.clone());
+        let body = json!({ "wasm": BASE64.encode(&wasm) });
+        let deploying = tokio::spawn(async move { http.post(url).bearer_auth(key).json(&body).send().await });
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        host.kill();
+        let _ = deploying.await;
+        host.restart().await;
+        let mut platform = host.admin_db("platform").await;
+        let active: Vec<(i64,)> =
+            sqlx::query_as("SELECT version FROM micropay_platform.active_versions WHERE component = 'probe'")
+                .fetch_all(&mut platform)
+                .await
+                .unwrap();
+        assert_eq!(active.len(), 1, "after a kill {delay_ms} ms into a deploy: {active:?}");
+        let served = build(&host).await;
+        let expected = if active[0].0 == 1 { "first" } else { "second" };
+        assert_eq!(served, expected, "the restarted host serves the active version");
+    }
+}
+
+#[tokio::test]
+async fn a_watching_host_deploys_a_changed_file_within_a_second_and_refuses_a_broken_one() {
+    let mut options = HostOptions::on_test_server();
+    let (policies, components) = (options.data_dir.join("policies"), options.data_dir.join("components"));
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::create_dir_all(&components).unwrap();
+    std::fs::write(policies.join("probe.toml"), probe_policy()).unwrap();
+    std::fs::write(components.join("probe.wasm"), component("probe.wasm")).unwrap();
+    options.policies = vec![policies.clone()];
+    options.components_dir = components.clone();
+    options.extra_args = vec!["--watch".into()];
+    let mut host = TestHost::start_with(options).await;
+    assert_eq!(build(&host).await, "first");
+
+    // Written aside and renamed, as a build would leave it: never read half-written.
+    let replace = |bytes: Vec<u8>| {
+        let partial = components.join("probe.wasm.partial");
+        std::fs::write(&partial, bytes).unwrap();
+        std::fs::rename(&partial, components.join("probe.wasm")).unwrap();
+    };
+    replace(component("probe_second.wasm"));
+    let took = until_serving(&host, "second", Duration::from_secs(1)).await;
+    eprintln!("the changed file served after {took:?}");
+
+    replace(b"\0asm\x0d\0\x01\0 not a component at all".to_vec());
+    host.wait_for_log("watched change refused", Duration::from_secs(5)).await;
+    assert_eq!(build(&host).await, "second");
+
+    // A policy change is a deploy too.
+    std::fs::write(policies.join("probe.toml"), probe_policy().replace("memory_mb = 16", "memory_mb = 24")).unwrap();
+    replace(component("probe.wasm"));
+    until_serving(&host, "first", Duration::from_secs(1)).await;
+    let (_, body) = host.call("GET", "/admin/components/probe/versions", Some(&host.admin_key("ops")), None).await;
+    assert_eq!(body["versions"][0]["deployed_by"], "watch", "{body}");
+}
