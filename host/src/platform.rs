@@ -9,7 +9,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::sync::watch;
 use wasmtime::component::Linker;
 
-use crate::bus::EventBus;
+use crate::bus::{EventBus, PlatformOutbox};
 use crate::capabilities::database::ServiceDatabase;
 use crate::config::Config;
 use crate::deploy::signing::TrustedKeys;
@@ -70,8 +70,9 @@ impl Platform {
             }
         };
         let provisioner = Provisioner::open(admin, config.database_prefix.clone(), config.pool_settings()).await?;
-        // Two connections: one listens for deploys, one reads and writes versions.
-        let store = VersionStore::open(provisioner.control_pool(2).await?).await?;
+        // Three connections: one listens for deploys, one reads and writes versions, one relays
+        // the platform's events.
+        let store = VersionStore::open(provisioner.control_pool(3).await?).await?;
         let stored_policies = store.active().await?.iter().map(stored_policy).collect::<anyhow::Result<Vec<_>>>()?;
         options.fuel |= files.iter().chain(&stored_policies).any(|policy| policy.limits.fuel.is_some());
 
@@ -134,7 +135,10 @@ impl Platform {
             );
             dispatcher.registry.insert(Arc::new(Service::new(database, version)));
         }
-        let bus = EventBus::start(&config.bus_settings(), &provisioner, &dispatcher, shares.plumbing.bus).await?;
+        let platform_outbox = PlatformOutbox { pool: deployer.store.pool().clone(), wake: deployer.outbox_written.clone() };
+        let bus =
+            EventBus::start(&config.bus_settings(), &provisioner, &dispatcher, platform_outbox, shares.plumbing.bus)
+                .await?;
         let mut tasks = crate::schedule::start(&dispatcher);
         let (shutdown, stopping) = watch::channel(false);
         if config.watch {

@@ -206,10 +206,34 @@ async fn every_refused_deploy_names_its_check_and_the_running_version_keeps_serv
     assert_eq!((status, body["versions"].as_array().unwrap().len()), (200, 1), "nothing was stored: {body}");
     let refusals = host.metric(r#"micropay_deploys_total{component="probe",outcome="Refused"}"#).await;
     assert_eq!(refusals, 9.0, "every refusal is counted");
+    // ... and in the audit trail, with its code and who tried.
+    let started = Instant::now();
+    let logs = loop {
+        let path = "/v1/audit/logs?event_type=platform.component_refused&entity_id=probe&limit=50";
+        let (status, body) = host.call("GET", path, Some(&ops), None).await;
+        assert_eq!(status, 200, "{body}");
+        if body["logs"].as_array().unwrap().len() == 9 {
+            break body["logs"].as_array().unwrap().clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the refusals did not reach the audit trail: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(logs.iter().all(|log| log["service_name"] == "platform"), "{logs:?}");
+    assert!(logs.iter().any(|log| log["new_values"]["code"] == "role_not_allowed" && log["new_values"]["role"] == "risk"), "{logs:?}");
 
-    // What ops may not grant, platform may.
+    // What ops may not grant, platform may; the deploy is in the audit trail too.
     let (status, body) = deploy(&host, &platform, "probe", &probe, Some(&more_memory)).await;
     assert_eq!(status, 201, "{body}");
+    let path = "/v1/audit/logs?event_type=platform.component_deployed&entity_id=probe";
+    let started = Instant::now();
+    loop {
+        let (_, body) = host.call("GET", path, Some(&ops), None).await;
+        if body["logs"].as_array().is_some_and(|logs| logs.iter().any(|log| log["new_values"]["version"] == 2)) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the deploy did not reach the audit trail: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The CLI says why in one line.
     let (ok, printed) = host.command(
         &ops,

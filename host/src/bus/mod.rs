@@ -240,6 +240,18 @@ impl Feed {
     }
 }
 
+/// The platform's own outbox, in the platform database: deploys and rollbacks.
+pub struct PlatformOutbox {
+    /// The platform role's pool on the platform database.
+    pub pool: sqlx::PgPool,
+    /// Signalled when events were written to it.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+/// How often the platform outbox's relay looks without being woken: deploys are rare, and the
+/// host that makes one wakes its relay.
+const PLATFORM_IDLE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Shared by the relay and delivery tasks.
 pub type SharedBackend = Arc<Backend>;
 
@@ -270,6 +282,7 @@ impl EventBus {
         settings: &BusSettings,
         provisioner: &Provisioner,
         dispatcher: &Arc<Dispatcher>,
+        platform: PlatformOutbox,
         bus_connections: u32,
     ) -> anyhow::Result<Self> {
         let backend = Arc::new(match &settings.nats_url {
@@ -283,6 +296,18 @@ impl EventBus {
         let mut deliverers = Vec::new();
         let mut outboxes = Vec::new();
         let mut tasks = Vec::new();
+        outboxes.push(("platform".into(), platform.pool.clone()));
+        if settings.relay {
+            let relay = relay::Relay {
+                source: "platform".into(),
+                pool: platform.pool,
+                backend: backend.clone(),
+                dispatcher: dispatcher.clone(),
+                wake: platform.wake,
+                idle_poll: PLATFORM_IDLE_POLL,
+            };
+            tasks.push(tokio::spawn(relay.run(stopping.clone())));
+        }
         for service in dispatcher.registry.all() {
             let Some(database) = &service.database else { continue };
             let policy = service.active().policy.clone();
@@ -298,6 +323,7 @@ impl EventBus {
                     backend: backend.clone(),
                     dispatcher: dispatcher.clone(),
                     wake: service.outbox_written.clone(),
+                    idle_poll: relay::IDLE_POLL,
                 };
                 tasks.push(tokio::spawn(relay.run(stopping.clone())));
             }

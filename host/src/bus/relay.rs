@@ -22,9 +22,9 @@ use tokio::sync::{Notify, watch};
 use super::{BATCH, Envelope, EnvelopeRow, SharedBackend, locks};
 use crate::runtime::invoke::Dispatcher;
 
-/// How often an idle relay looks at its outbox without being woken (rows written by other
-/// hosts, or a wake-up missed).
-const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How often an idle service relay looks at its outbox without being woken (rows written by
+/// other hosts, or a wake-up missed).
+pub const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// One publisher's relay.
 pub struct Relay {
@@ -37,6 +37,8 @@ pub struct Relay {
     pub dispatcher: Arc<Dispatcher>,
     /// Signalled when a unit of work of this publisher committed events.
     pub wake: Arc<Notify>,
+    /// How often it looks without being woken.
+    pub idle_poll: Duration,
 }
 
 impl Relay {
@@ -46,7 +48,7 @@ impl Relay {
             let wake = self.wake.notified();
             let pause = match self.relay_once().await {
                 Ok(relayed) if relayed == BATCH => continue,
-                Ok(_) => IDLE_POLL,
+                Ok(_) => self.idle_poll,
                 Err(err) => {
                     tracing::warn!(source = %self.source, "relaying the outbox failed, retrying: {err:#}");
                     Duration::from_secs(1)

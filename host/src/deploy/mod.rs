@@ -44,7 +44,8 @@ use crate::runtime::registry::{self, Compiler};
 use crate::runtime::service::{Version, VersionStats};
 use crate::runtime::state::InvocationState;
 use signing::{Signature, TrustedKeys};
-use store::{NewVersion, StoredVersion, VersionStore};
+use serde_json::json;
+use store::{NewVersion, PlatformEvent, StoredVersion, VersionStore};
 
 /// How often a host compares its versions with the store even without a notification.
 const RESYNC: Duration = Duration::from_secs(5);
@@ -93,6 +94,8 @@ pub struct Deployer {
     trusted: TrustedKeys,
     /// One swap at a time on this host.
     swapping: Mutex<()>,
+    /// Signalled when the platform's outbox has new events, to wake its relay.
+    pub outbox_written: Arc<tokio::sync::Notify>,
 }
 
 impl Deployer {
@@ -106,7 +109,7 @@ impl Deployer {
         if trusted.is_empty() {
             tracing::warn!("no signing keys are trusted: unsigned deploys are accepted");
         }
-        Self { dispatcher, linker, compiler, store, trusted, swapping: Mutex::new(()) }
+        Self { dispatcher, linker, compiler, store, trusted, swapping: Mutex::new(()), outbox_written: Arc::default() }
     }
 
     /// Loads a stored version: compiled (from the cache when its artifact is there, without
@@ -162,9 +165,38 @@ impl Deployer {
     pub async fn deploy(&self, admin: &Admin, request: DeployRequest) -> Result<StoredVersion, DeployError> {
         let name = request.name.clone();
         let deployed = self.checked_deploy(admin, request).await;
-        let outcome = if deployed.is_ok() { DeployOutcome::Deployed } else { DeployOutcome::Refused };
-        self.dispatcher.metrics.record_deploy(&name, outcome);
+        self.record(&name, admin, "deploy", deployed.as_ref().err(), DeployOutcome::Deployed).await;
         deployed
+    }
+
+    /// Counts a deploy or rollback, and records a refused one as the platform's event (the
+    /// others' events are written with them).
+    async fn record(&self, name: &str, admin: &Admin, what: &str, refusal: Option<&DeployError>, done: DeployOutcome) {
+        let Some(refusal) = refusal else {
+            self.dispatcher.metrics.record_deploy(name, done);
+            self.outbox_written.notify_one();
+            return;
+        };
+        self.dispatcher.metrics.record_deploy(name, DeployOutcome::Refused);
+        let code = match refusal {
+            DeployError::Refused { code, .. } | DeployError::Forbidden { code, .. } => *code,
+            DeployError::NotFound(_) => "not_found",
+            DeployError::Conflict(_) => "deploy_conflict",
+            // Nothing can be recorded where the store cannot be reached.
+            DeployError::Store(_) => return,
+        };
+        let event = PlatformEvent {
+            topic: "platform.component_refused",
+            component: name.to_string(),
+            data: json!({
+                "entity_type": "component", "component": name, "refused": what, "code": code,
+                "message": refusal.to_string(), "by": admin.key_id, "role": admin.role.name(),
+            }),
+        };
+        match self.store.record(&event).await {
+            Ok(()) => self.outbox_written.notify_one(),
+            Err(err) => tracing::warn!(component = %name, "recording the refusal failed: {err:#}"),
+        }
     }
 
     async fn checked_deploy(&self, admin: &Admin, request: DeployRequest) -> Result<StoredVersion, DeployError> {
@@ -253,7 +285,8 @@ impl Deployer {
             deployer_role: Some(role),
             note: note.as_deref(),
         };
-        let number = match self.store.deploy(&new, Some(active.number)).await.map_err(DeployError::Store)? {
+        let event = |version| deployed_event(&new, version);
+        let number = match self.store.deploy(&new, Some(active.number), event).await.map_err(DeployError::Store)? {
             Ok(number) => number,
             Err(now) => {
                 return Err(DeployError::Conflict(format!(
@@ -273,8 +306,7 @@ impl Deployer {
     /// Activates an earlier stored version: `to`, or the newest one older than the active.
     pub async fn rollback(&self, admin: &Admin, name: &str, to: Option<i64>) -> Result<StoredVersion, DeployError> {
         let rolled_back = self.checked_rollback(admin, name, to).await;
-        let outcome = if rolled_back.is_ok() { DeployOutcome::RolledBack } else { DeployOutcome::Refused };
-        self.dispatcher.metrics.record_deploy(name, outcome);
+        self.record(name, admin, "rollback", rolled_back.as_ref().err(), DeployOutcome::RolledBack).await;
         rolled_back
     }
 
@@ -317,7 +349,15 @@ impl Deployer {
         if version.exports != active.exports {
             return Err(refused("different_world", "the stored version exports another world"));
         }
-        self.store.activate(name, target.version, &admin.key_id).await.map_err(DeployError::Store)?;
+        let event = PlatformEvent {
+            topic: "platform.component_rolled_back",
+            component: name.to_string(),
+            data: json!({
+                "entity_type": "component", "component": name, "version": target.version, "from": active.number,
+                "digest": target.digest, "by": admin.key_id, "role": admin.role.name(),
+            }),
+        };
+        self.store.activate(name, target.version, &admin.key_id, &event).await.map_err(DeployError::Store)?;
         tracing::info!(component = %name, version = target.version, by = %admin.key_id, "version rolled back to");
         self.converge(name).await;
         let stored = self.store.version(name, target.version).await.map_err(DeployError::Store)?;
@@ -393,7 +433,8 @@ impl Deployer {
                 note: Some("read from the host's files"),
             };
             // Another host storing the same files at once went first: theirs is as good.
-            if let Ok(version) = self.store.deploy(&new, active).await? {
+            let event = |version| deployed_event(&new, version);
+            if let Ok(version) = self.store.deploy(&new, active, event).await? {
                 tracing::info!(component = %name, version, %digest, file = %path.display(), "version stored from the files");
             }
         }
@@ -448,6 +489,18 @@ impl Deployer {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+}
+
+/// The event of a stored deploy.
+fn deployed_event(new: &NewVersion<'_>, version: i64) -> PlatformEvent {
+    PlatformEvent {
+        topic: "platform.component_deployed",
+        component: new.component.to_string(),
+        data: json!({
+            "entity_type": "component", "component": new.component, "version": version, "digest": new.digest,
+            "by": new.deployed_by, "role": new.deployer_role, "signed_by": new.signed_by, "note": new.note,
+        }),
     }
 }
 

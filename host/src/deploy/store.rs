@@ -12,7 +12,10 @@
 //! - deploys of one component are serialised (the pointer's row lock), so version numbers
 //!   follow one another;
 //! - every change of a pointer notifies [`CHANNEL`] in its transaction, with the component's
-//!   name: every host listening hears of it once it has committed.
+//!   name: every host listening hears of it once it has committed;
+//! - every change of a pointer, and every refusal, is a `platform.component_*` event in the
+//!   platform database's outbox, written in the same transaction as the change: the relay
+//!   takes it to the bus, and the audit trail records it.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -23,6 +26,14 @@ pub const CHANNEL: &str = "micropay_versions";
 
 /// Serialises creating the store's tables when hosts start at once.
 const SCHEMA_LOCK: i64 = 0x4d50_0005;
+
+/// What happened to a component, as the platform's event says: its topic, and its data.
+pub struct PlatformEvent {
+    /// `platform.component_deployed`, `..._rolled_back`, `..._refused`, ...
+    pub topic: &'static str,
+    pub component: String,
+    pub data: serde_json::Value,
+}
 
 /// A stored version, without its bytes.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -171,10 +182,12 @@ impl VersionStore {
     /// Stores `new` as the next version of its component and makes it the active one, in one
     /// transaction, unless `expected` (the version the deployer checked against) is no longer
     /// the active one: then nothing is stored and the active version is returned as the error.
+    /// `event` makes the platform's event of the new version, stored with it.
     pub async fn deploy(
         &self,
         new: &NewVersion<'_>,
         expected: Option<i64>,
+        event: impl FnOnce(i64) -> PlatformEvent,
     ) -> anyhow::Result<Result<i64, Option<i64>>> {
         let mut transaction = self.pool.begin().await?;
         // Deploys of one component take turns on its pointer (created first if need be).
@@ -207,21 +220,34 @@ impl VersionStore {
         .fetch_one(&mut *transaction)
         .await?;
         point(&mut transaction, new.component, version, new.deployed_by).await?;
+        append_event(&mut transaction, &event(version)).await?;
         transaction.commit().await?;
         Ok(Ok(version))
     }
 
     /// Makes stored `version` of `component` the active one (a rollback), by `who`.
-    pub async fn activate(&self, component: &str, version: i64, who: &str) -> anyhow::Result<()> {
+    pub async fn activate(&self, component: &str, version: i64, who: &str, event: &PlatformEvent) -> anyhow::Result<()> {
         let mut transaction = self.pool.begin().await?;
         lock_pointer(&mut transaction, component).await?;
         point(&mut transaction, component, version, who).await?;
+        append_event(&mut transaction, event).await?;
         transaction.commit().await?;
         Ok(())
     }
 
+    /// Records `event` (a refusal: nothing else changed).
+    pub async fn record(&self, event: &PlatformEvent) -> anyhow::Result<()> {
+        let mut connection = self.pool.acquire().await?;
+        append_event(&mut connection, event).await
+    }
+
+    /// The platform role's pool on the platform database (the relay of its outbox shares it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Stops serving `component`: no version is active any more (they all stay stored).
-    pub async fn deactivate(&self, component: &str) -> anyhow::Result<bool> {
+    pub async fn deactivate(&self, component: &str, event: &PlatformEvent) -> anyhow::Result<bool> {
         let mut transaction = self.pool.begin().await?;
         let removed = sqlx::query("DELETE FROM micropay_platform.active_versions WHERE component = $1")
             .bind(component)
@@ -229,6 +255,9 @@ impl VersionStore {
             .await?
             .rows_affected();
         notify(&mut transaction, component).await?;
+        if removed > 0 {
+            append_event(&mut transaction, event).await?;
+        }
         transaction.commit().await?;
         Ok(removed > 0)
     }
@@ -273,5 +302,20 @@ async fn point(transaction: &mut sqlx::PgConnection, component: &str, version: i
 
 async fn notify(transaction: &mut sqlx::PgConnection, component: &str) -> anyhow::Result<()> {
     sqlx::query("SELECT pg_catalog.pg_notify($1, $2)").bind(CHANNEL).bind(component).execute(&mut *transaction).await?;
+    Ok(())
+}
+
+/// Appends `event` to the platform database's outbox, as the platform's.
+async fn append_event(connection: &mut sqlx::PgConnection, event: &PlatformEvent) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO micropay_platform.outbox (event_id, topic, source, subject, data) \
+         VALUES ($1, $2, 'platform', $3, $4)",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(event.topic)
+    .bind(&event.component)
+    .bind(&event.data)
+    .execute(connection)
+    .await?;
     Ok(())
 }

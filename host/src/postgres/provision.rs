@@ -259,7 +259,8 @@ impl Provisioner {
         Ok(secret)
     }
 
-    /// The platform role, and its schema in the platform database: the hosts' presence.
+    /// The platform role, and its schema in the platform database: the hosts' presence and the
+    /// platform's own outbox.
     async fn provision_platform(&self, admin: &mut PgConnection) -> anyhow::Result<()> {
         let (role, database) = (self.platform_role(), self.database_name("platform"));
         let role_ident = ident(&role);
@@ -278,6 +279,9 @@ impl Provisioner {
             )"
             .to_string(),
             format!("ALTER TABLE micropay_platform.delivery_hosts OWNER TO {role_ident}"),
+            OUTBOX_TABLE.to_string(),
+            OUTBOX_INDEX.to_string(),
+            format!("ALTER TABLE micropay_platform.outbox OWNER TO {role_ident}"),
         ] {
             admin_exec(&mut in_database, &statement).await?;
         }
@@ -462,24 +466,30 @@ fn for_each_function(names: &[&str], template: &str) -> String {
 /// - the SHA-256 of the host key.
 ///
 /// The service role may use the schema (to call the functions) and nothing else in it.
+/// The outbox: events committed with the work that published them, for the relay to send.
+/// Every service database has one, and so has the platform database (the platform's own
+/// events: deploys, rollbacks).
+const OUTBOX_TABLE: &str = "CREATE TABLE IF NOT EXISTS micropay_platform.outbox (
+    sequence BIGSERIAL PRIMARY KEY,
+    event_id UUID NOT NULL UNIQUE,
+    topic VARCHAR(200) NOT NULL,
+    source VARCHAR(100) NOT NULL,
+    subject VARCHAR(255) NOT NULL,
+    data JSONB NOT NULL,
+    trace_id VARCHAR(100),
+    occurred_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    relayed_at TIMESTAMPTZ
+)";
+
+const OUTBOX_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS outbox_unrelayed ON micropay_platform.outbox (sequence) WHERE relayed_at IS NULL";
+
 fn platform_objects(role: &str, platform: &str) -> Vec<String> {
     let mut statements = vec![
         format!("CREATE SCHEMA IF NOT EXISTS {PLATFORM_SCHEMA} AUTHORIZATION {platform}"),
         format!("ALTER SCHEMA {PLATFORM_SCHEMA} OWNER TO {platform}"),
-        "CREATE TABLE IF NOT EXISTS micropay_platform.outbox (
-            sequence BIGSERIAL PRIMARY KEY,
-            event_id UUID NOT NULL UNIQUE,
-            topic VARCHAR(200) NOT NULL,
-            source VARCHAR(100) NOT NULL,
-            subject VARCHAR(255) NOT NULL,
-            data JSONB NOT NULL,
-            trace_id VARCHAR(100),
-            occurred_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-            relayed_at TIMESTAMPTZ
-        )"
-        .to_string(),
-        "CREATE INDEX IF NOT EXISTS outbox_unrelayed ON micropay_platform.outbox (sequence) WHERE relayed_at IS NULL"
-            .to_string(),
+        OUTBOX_TABLE.to_string(),
+        OUTBOX_INDEX.to_string(),
         "CREATE TABLE IF NOT EXISTS micropay_platform.inbox (
             event_id UUID PRIMARY KEY,
             topic VARCHAR(200) NOT NULL,
