@@ -41,18 +41,25 @@ enum Command {
     Deploy(cli::DeployArgs),
     /// List every service with its active version, who deployed it and when, and its counts.
     Components(HostAddress),
-    /// List every stored version of a service; `*` marks the active one.
+    /// List every stored version of a service; `*` marks the active one, `~` one on trial.
     Versions {
         name: String,
         #[command(flatten)]
         host: HostAddress,
     },
-    /// Activate an earlier stored version of a service: by default the one before the active.
+    /// Activate an earlier stored version of a service: by default end the trial of a canary,
+    /// or else the version before the active one.
     Rollback {
         name: String,
         /// The version to activate.
         #[arg(long)]
         to: Option<i64>,
+        #[command(flatten)]
+        host: HostAddress,
+    },
+    /// Make a service's version on trial (`deploy --canary`) its active version.
+    Promote {
+        name: String,
         #[command(flatten)]
         host: HostAddress,
     },
@@ -136,6 +143,7 @@ fn main() -> std::process::ExitCode {
             Command::Components(host) => cli::components(&host).await,
             Command::Versions { name, host } => cli::versions(&host, &name).await,
             Command::Rollback { name, to, host } => cli::rollback(&host, &name, to).await,
+            Command::Promote { name, host } => cli::promote(&host, &name).await,
             Command::Keygen { out, roles } => cli::keygen(&out, &roles),
             Command::Sign { file, key } => cli::sign(&file, &key),
             Command::AdminKey(AdminKeyCommand::Create { role, admin_keys }) => {

@@ -94,6 +94,10 @@ pub enum DeployOutcome {
     RolledBack,
     /// A check refused it; nothing changed.
     Refused,
+    /// A version on trial made the active one.
+    Promoted,
+    /// A version on trial rolled back by the host, its error rate too high.
+    CanaryRolledBack,
     /// This host swapped to the store's active version (its own deploy, or another host's).
     Swapped,
 }
@@ -197,7 +201,7 @@ impl Default for Metrics {
         let deploys = Family::<DeployLabels, Counter>::default();
         registry.register(
             "deploys",
-            "Deploys and rollbacks by component and outcome (Deployed, RolledBack, Refused), and this host's swaps (Swapped)",
+            "Deploys, rollbacks and promotions by component and outcome (Deployed, RolledBack, Promoted, Refused, CanaryRolledBack), and this host's swaps (Swapped)",
             deploys.clone(),
         );
         Self {

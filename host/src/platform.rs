@@ -135,7 +135,8 @@ impl Platform {
             );
             dispatcher.registry.insert(Arc::new(Service::new(database, version)));
         }
-        let platform_outbox = PlatformOutbox { pool: deployer.store.pool().clone(), wake: deployer.outbox_written.clone() };
+        let platform_outbox =
+            PlatformOutbox { pool: deployer.store.pool().clone(), wake: deployer.outbox_written.clone() };
         let bus =
             EventBus::start(&config.bus_settings(), &provisioner, &dispatcher, platform_outbox, shares.plumbing.bus)
                 .await?;
@@ -145,6 +146,7 @@ impl Platform {
             let (policies, components) = (config.policies.clone(), config.components_dir.clone());
             tasks.push(tokio::spawn(deploy::watch::run(deployer.clone(), policies, components, stopping.clone())));
         }
+        tasks.push(tokio::spawn(deployer.clone().judge_canaries(stopping.clone())));
         tasks.push(tokio::spawn(deployer.clone().listen(stopping)));
         Ok(Self { dispatcher, bus, deployer, tasks, shutdown, _runtime: runtime, embedded })
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use micropay_tests::{Bus, HostOptions, TestHost, error_code, root};
+use micropay_tests::{Bus, HostOptions, TestHost, User, error_code, root, signed_in_user};
 use serde_json::{Value, json};
 
 /// How long a second host may take to serve a deployed version.
@@ -219,7 +219,10 @@ async fn every_refused_deploy_names_its_check_and_the_running_version_keeps_serv
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(logs.iter().all(|log| log["service_name"] == "platform"), "{logs:?}");
-    assert!(logs.iter().any(|log| log["new_values"]["code"] == "role_not_allowed" && log["new_values"]["role"] == "risk"), "{logs:?}");
+    assert!(
+        logs.iter().any(|log| log["new_values"]["code"] == "role_not_allowed" && log["new_values"]["role"] == "risk"),
+        "{logs:?}"
+    );
 
     // What ops may not grant, platform may; the deploy is in the audit trail too.
     let (status, body) = deploy(&host, &platform, "probe", &probe, Some(&more_memory)).await;
@@ -349,4 +352,92 @@ async fn a_watching_host_deploys_a_changed_file_within_a_second_and_refuses_a_br
     until_serving(&host, "first", Duration::from_secs(1)).await;
     let (_, body) = host.call("GET", "/admin/components/probe/versions", Some(&host.admin_key("ops")), None).await;
     assert_eq!(body["versions"][0]["deployed_by"], "watch", "{body}");
+}
+
+/// The builds the `users` are served, each asked `times` times: one build per user, always the
+/// same.
+async fn builds_by_user(host: &TestHost, users: &[User], times: usize) -> Vec<String> {
+    let mut builds = Vec::new();
+    for user in users {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..times {
+            let (status, body) = host.call("GET", "/v1/probe/version", Some(&user.token), None).await;
+            assert_eq!(status, 200, "{body}");
+            seen.insert(body["build"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "a caller was served by both versions: {seen:?}");
+        builds.extend(seen);
+    }
+    builds
+}
+
+#[tokio::test]
+async fn a_canary_serves_its_share_of_callers_and_is_promoted_or_rolled_back_by_the_host() {
+    let mut host = TestHost::start().await;
+    let ops = host.admin_key("ops");
+    let mut users = Vec::new();
+    for _ in 0..12 {
+        users.push(signed_in_user(&mut host).await);
+    }
+    let file = |name: &str| root().join("target/components").join(name).display().to_string();
+
+    // A healthy canary: half the callers, each always on the same version; then promoted.
+    let (ok, printed) =
+        host.command(&ops, &["deploy", &file("probe_second.wasm"), "--name", "probe", "--canary", "50"]);
+    assert!(ok, "{printed}");
+    assert!(printed.contains("on trial for 50%"), "{printed}");
+    let builds = builds_by_user(&host, &users, 3).await;
+    assert!(builds.contains(&"first".to_string()) && builds.contains(&"second".to_string()), "{builds:?}");
+    let anonymous = build(&host).await;
+    for _ in 0..5 {
+        assert_eq!(build(&host).await, anonymous, "an anonymous caller is kept on one version too (by address)");
+    }
+    let (ok, printed) = host.command(&ops, &["promote", "probe"]);
+    assert!(ok, "{printed}");
+    assert!(builds_by_user(&host, &users, 1).await.iter().all(|build| build == "second"));
+
+    // A failing canary: its deadline is too short for /sleep?ms=30. The host rolls it back.
+    let (status, body) = host
+        .call(
+            "POST",
+            "/admin/components/probe/versions",
+            Some(&ops),
+            Some(json!({
+                "wasm": BASE64.encode(component("probe.wasm")),
+                "policy": probe_policy().replace("deadline_ms = 500", "deadline_ms = 10"),
+                "canary": { "percent": 50, "margin": 0.05, "min_requests": 10 },
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let started = Instant::now();
+    loop {
+        let mut failed = 0;
+        for user in &users {
+            let (status, _) = host.call("GET", "/v1/probe/sleep?ms=30", Some(&user.token), None).await;
+            failed += usize::from(status != 200);
+        }
+        if failed == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the failing canary still serves: {failed} failed");
+    }
+    host.wait_for_log("version on trial rolled back", Duration::from_secs(1)).await;
+    let (_, body) = host.call("GET", "/admin/components", Some(&ops), None).await;
+    let probe = body["components"].as_array().unwrap().iter().find(|c| c["name"] == "probe").unwrap().clone();
+    assert_eq!((probe["version"].clone(), probe["canary"].clone()), (json!(2), Value::Null), "{probe}");
+    let rolled_back = host.metric(r#"micropay_deploys_total{component="probe",outcome="CanaryRolledBack"}"#).await;
+    assert_eq!(rolled_back, 1.0);
+    let path = "/v1/audit/logs?event_type=platform.component_canary_rolled_back&entity_id=probe";
+    let started = Instant::now();
+    loop {
+        let (_, body) = host.call("GET", path, Some(&ops), None).await;
+        if let Some(log) = body["logs"].as_array().and_then(|logs| logs.first()) {
+            assert_eq!(log["new_values"]["version"], 3, "{log}");
+            assert!(log["new_values"]["reason"].as_str().unwrap().contains("errors in"), "{log}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the rollback did not reach the audit trail");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::keys::{Admin, KeyFile};
 use crate::bus::dead_letters;
 use crate::deploy::signing::Signature;
+use crate::deploy::store::CanaryPlan;
 use crate::deploy::{DeployError, DeployRequest};
 use crate::gateway::{ApiError, AppState};
 use crate::policy::Role;
@@ -44,6 +45,7 @@ pub fn router() -> axum::Router<Arc<AppState>> {
         .route("/components", get(components))
         .route("/components/{name}/versions", get(versions).post(deploy).layer(DefaultBodyLimit::max(MAX_DEPLOY_BYTES)))
         .route("/components/{name}/rollback", post(rollback))
+        .route("/components/{name}/promote", post(promote))
         .route("/events/dead-letters", get(dead_letters))
         .route("/events/dead-letters/{event_id}/replay", post(replay_dead_letter))
 }
@@ -151,6 +153,13 @@ async fn components(_: Admin, State(state): State<Arc<AppState>>) -> Result<Json
                 "requests": version.stats.requests.load(Ordering::Relaxed),
                 "errors": version.stats.errors.load(Ordering::Relaxed),
                 "routes": version.routes.len(),
+                "canary": service.canary().map(|canary| json!({
+                    "version": canary.version.number,
+                    "percent": canary.percent,
+                    "margin": canary.margin,
+                    "requests": canary.version.stats.requests.load(Ordering::Relaxed),
+                    "errors": canary.version.stats.errors.load(Ordering::Relaxed),
+                })),
             })
         })
         .collect();
@@ -193,6 +202,28 @@ struct DeployBody {
     policy: Option<String>,
     note: Option<String>,
     signature: Option<Signature>,
+    /// On trial: the share of callers it serves, and how it is judged.
+    canary: Option<CanaryBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryBody {
+    percent: i32,
+    /// How much higher its error rate may be than the active version's (0 to 1).
+    #[serde(default = "default_margin")]
+    margin: f64,
+    /// Its invocations before its error rate counts.
+    #[serde(default = "default_min_requests")]
+    min_requests: i64,
+}
+
+fn default_margin() -> f64 {
+    0.05
+}
+
+fn default_min_requests() -> i64 {
+    20
 }
 
 /// Deploys a new version of a service: 201 with the stored version once it serves on this
@@ -212,8 +243,19 @@ async fn deploy(
     if body.note.as_ref().is_some_and(|note| note.len() > 1000) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "the note is over 1000 bytes"));
     }
-    let request =
-        DeployRequest { name: name.clone(), wasm, policy: body.policy, note: body.note, signature: body.signature };
+    let canary = body.canary.map(|canary| CanaryPlan {
+        percent: canary.percent,
+        margin: canary.margin,
+        min_requests: canary.min_requests,
+    });
+    let request = DeployRequest {
+        name: name.clone(),
+        wasm,
+        policy: body.policy,
+        note: body.note,
+        signature: body.signature,
+        canary,
+    };
     let result = state.platform.deployer.deploy(&admin, request).await;
     let stored = result.map_err(|err| deploy_error(&name, &admin, "deploy", err))?;
     Ok((StatusCode::CREATED, Json(json!(stored))))
@@ -236,6 +278,17 @@ async fn rollback(
     let to = body.map(|Json(body)| body.to).unwrap_or_default();
     let result = state.platform.deployer.rollback(&admin, &name, to).await;
     let stored = result.map_err(|err| deploy_error(&name, &admin, "rollback", err))?;
+    Ok(Json(json!(stored)))
+}
+
+/// Makes the version on trial the active one.
+async fn promote(
+    admin: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let result = state.platform.deployer.promote(&admin, &name).await;
+    let stored = result.map_err(|err| deploy_error(&name, &admin, "promotion", err))?;
     Ok(Json(json!(stored)))
 }
 

@@ -1,5 +1,5 @@
-//! The operator's deploy commands: `micropay deploy`, `components`, `versions`, `rollback`
-//! ask a running host's admin API; `keygen` and `sign` work on local files.
+//! The operator's deploy commands: `micropay deploy`, `components`, `versions`, `rollback`,
+//! `promote` ask a running host's admin API; `keygen` and `sign` work on local files.
 
 use std::path::PathBuf;
 
@@ -31,6 +31,14 @@ pub struct DeployArgs {
     /// The signature (`micropay sign`); by default `FILE.sig` when it exists.
     #[arg(long)]
     pub signature: Option<PathBuf>,
+    /// Deploy it on trial for this share of callers (1 to 99), the active version serving the
+    /// rest, until `micropay promote` or a rollback; the host rolls it back by itself when its
+    /// error rate exceeds the active version's by `--canary-margin`.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=99))]
+    pub canary: Option<i32>,
+    /// How much higher the trial's error rate may be (0 to 1).
+    #[arg(long, default_value_t = 0.05)]
+    pub canary_margin: f64,
     #[command(flatten)]
     pub host: HostAddress,
 }
@@ -58,11 +66,29 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         Err(_) if args.signature.is_none() => None,
         Err(err) => return Err(err).with_context(|| format!("reading {}", signature_path.display())),
     };
-    let body = json!({ "wasm": BASE64.encode(&wasm), "policy": policy, "note": args.note, "signature": signature });
+    let canary = args.canary.map(|percent| json!({ "percent": percent, "margin": args.canary_margin }));
+    let body = json!({
+        "wasm": BASE64.encode(&wasm), "policy": policy, "note": args.note, "signature": signature, "canary": canary,
+    });
     let path = format!("/admin/components/{name}/versions");
     let (status, answer) = args.host.send(Method::POST, &path, Some(&body)).await?;
     anyhow::ensure!(status == 201, "deploy of {name} refused: {}", error_message(status, &answer));
-    println!("{name} version {} deployed and active ({})", answer["version"], short(&answer["digest"]));
+    match args.canary {
+        Some(percent) => println!(
+            "{name} version {} deployed on trial for {percent}% of callers ({})",
+            answer["version"],
+            short(&answer["digest"])
+        ),
+        None => println!("{name} version {} deployed and active ({})", answer["version"], short(&answer["digest"])),
+    }
+    Ok(())
+}
+
+/// Makes the version on trial the active one.
+pub async fn promote(host: &HostAddress, name: &str) -> anyhow::Result<()> {
+    let (status, body) = host.request(Method::POST, &format!("/admin/components/{name}/promote")).await?;
+    anyhow::ensure!(status == 200, "promotion of {name} refused: {}", error_message(status, &body));
+    println!("{name} version {} promoted: active", body["version"]);
     Ok(())
 }
 
@@ -75,8 +101,16 @@ pub async fn components(host: &HostAddress) -> anyhow::Result<()> {
         "NAME", "VERSION", "DEPLOYED BY", "DEPLOYED AT", "IN FLIGHT", "REQUESTS", "ERRORS"
     );
     for component in body["components"].as_array().into_iter().flatten() {
+        let canary = &component["canary"];
+        let trial = match canary.is_object() {
+            true => format!(
+                "v{} for {}%: {} requests, {} errors",
+                canary["version"], canary["percent"], canary["requests"], canary["errors"]
+            ),
+            false => "-".into(),
+        };
         println!(
-            "{:<14} {:>7}  {:<14} {:<25} {:>9} {:>9} {:>7}",
+            "{:<14} {:>7}  {:<14} {:<32} {:>9} {:>9} {:>7}  {trial}",
             component["name"].as_str().unwrap_or_default(),
             component["version"],
             component["deployed_by"].as_str().unwrap_or("-"),
@@ -94,7 +128,11 @@ pub async fn versions(host: &HostAddress, name: &str) -> anyhow::Result<()> {
     let (status, body) = host.request(Method::GET, &format!("/admin/components/{name}/versions")).await?;
     anyhow::ensure!(status == 200, "{}", error_message(status, &body));
     for version in body["versions"].as_array().into_iter().flatten() {
-        let active = if version["active"] == true { "*" } else { " " };
+        let active = match (&version["active"], &version["canary"]) {
+            (Value::Bool(true), _) => "*",
+            (_, Value::Bool(true)) => "~",
+            _ => " ",
+        };
         let counts = match version.get("requests") {
             Some(requests) => format!("  {requests} requests, {} errors here", version["errors"]),
             None => String::new(),

@@ -41,11 +41,11 @@ use crate::metrics::DeployOutcome;
 use crate::policy::{self, Policy, Role};
 use crate::runtime::invoke::Dispatcher;
 use crate::runtime::registry::{self, Compiler};
-use crate::runtime::service::{Version, VersionStats};
+use crate::runtime::service::{Canary, Version, VersionStats};
 use crate::runtime::state::InvocationState;
-use signing::{Signature, TrustedKeys};
 use serde_json::json;
-use store::{NewVersion, PlatformEvent, StoredVersion, VersionStore};
+use signing::{Signature, TrustedKeys};
+use store::{CanaryPlan, NewVersion, PlatformEvent, StoredCanary, StoredVersion, VersionStore};
 
 /// How often a host compares its versions with the store even without a notification.
 const RESYNC: Duration = Duration::from_secs(5);
@@ -83,6 +83,8 @@ pub struct DeployRequest {
     pub policy: Option<String>,
     pub note: Option<String>,
     pub signature: Option<Signature>,
+    /// Deploy it on trial beside the active version rather than in its place.
+    pub canary: Option<CanaryPlan>,
 }
 
 /// Checks, stores and swaps versions.
@@ -200,7 +202,15 @@ impl Deployer {
     }
 
     async fn checked_deploy(&self, admin: &Admin, request: DeployRequest) -> Result<StoredVersion, DeployError> {
-        let DeployRequest { name, wasm, policy, note, signature } = request;
+        let DeployRequest { name, wasm, policy, note, signature, canary } = request;
+        if let Some(plan) = canary
+            && (!(1..=99).contains(&plan.percent) || !(0.0..=1.0).contains(&plan.margin) || plan.min_requests < 1)
+        {
+            return Err(refused(
+                "invalid_canary",
+                "a canary serves 1 to 99 percent of callers, with a margin of 0 to 1 and at least 1 request",
+            ));
+        }
         let service = self
             .dispatcher
             .registry
@@ -285,8 +295,17 @@ impl Deployer {
             deployer_role: Some(role),
             note: note.as_deref(),
         };
-        let event = |version| deployed_event(&new, version);
-        let number = match self.store.deploy(&new, Some(active.number), event).await.map_err(DeployError::Store)? {
+        let event = |version| {
+            let mut event = deployed_event(&new, version);
+            if let Some(plan) = canary {
+                event.topic = "platform.component_canary_started";
+                event.data["canary"] = json!(plan);
+                event.data["active_version"] = json!(active.number);
+            }
+            event
+        };
+        let stored = self.store.deploy(&new, Some(active.number), canary, event).await.map_err(DeployError::Store)?;
+        let number = match stored {
             Ok(number) => number,
             Err(now) => {
                 return Err(DeployError::Conflict(format!(
@@ -318,6 +337,14 @@ impl Deployer {
             .ok_or_else(|| DeployError::NotFound(format!("no service named {name:?} is served")))?;
         let active = service.active();
         allowed(admin, &active.policy, "roll back")?;
+        // A version on trial is what a plain rollback takes back first.
+        if let (Some(canary), None) = (service.canary(), to) {
+            let reason = format!("rolled back by {}", admin.key_id);
+            self.end_canary(name, &canary, &reason).await.map_err(DeployError::Store)?;
+            let stored = self.store.version(name, active.number).await.map_err(DeployError::Store)?;
+            return stored
+                .ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {} of {name} vanished", active.number)));
+        }
         let versions = self.store.versions(name).await.map_err(DeployError::Store)?;
         let target = match to {
             Some(to) => versions.into_iter().find(|version| version.version == to),
@@ -364,6 +391,84 @@ impl Deployer {
         stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {} of {name} vanished", target.version)))
     }
 
+    /// Makes the version on trial of a service its active version.
+    pub async fn promote(&self, admin: &Admin, name: &str) -> Result<StoredVersion, DeployError> {
+        let promoted = self.checked_promote(admin, name).await;
+        self.record(name, admin, "promote", promoted.as_ref().err(), DeployOutcome::Promoted).await;
+        promoted
+    }
+
+    async fn checked_promote(&self, admin: &Admin, name: &str) -> Result<StoredVersion, DeployError> {
+        let service = self
+            .dispatcher
+            .registry
+            .get(name)
+            .ok_or_else(|| DeployError::NotFound(format!("no service named {name:?} is served")))?;
+        let active = service.active();
+        allowed(admin, &active.policy, "promote")?;
+        let event = |version| PlatformEvent {
+            topic: "platform.component_promoted",
+            component: name.to_string(),
+            data: json!({
+                "entity_type": "component", "component": name, "version": version, "from": active.number,
+                "by": admin.key_id, "role": admin.role.name(),
+            }),
+        };
+        let promoted = self.store.promote(name, &admin.key_id, event).await.map_err(DeployError::Store)?;
+        let version = promoted.ok_or_else(|| DeployError::NotFound(format!("{name} has no version on trial")))?;
+        tracing::info!(component = %name, version, by = %admin.key_id, "version on trial promoted");
+        self.converge(name).await;
+        let stored = self.store.version(name, version).await.map_err(DeployError::Store)?;
+        stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {version} of {name} vanished")))
+    }
+
+    /// Ends a trial, the active version staying, with `reason` in the log and the audit trail.
+    async fn end_canary(&self, name: &str, canary: &Canary, reason: &str) -> anyhow::Result<()> {
+        let (requests, errors) = canary.version.stats.counts();
+        let event = PlatformEvent {
+            topic: "platform.component_canary_rolled_back",
+            component: name.to_string(),
+            data: json!({
+                "entity_type": "component", "component": name, "version": canary.version.number,
+                "reason": reason, "requests": requests, "errors": errors,
+            }),
+        };
+        if self.store.end_canary(name, canary.version.number, &event).await? {
+            self.outbox_written.notify_one();
+            tracing::warn!(component = %name, version = canary.version.number, requests, errors, "version on trial rolled back: {reason}");
+        }
+        self.converge(name).await;
+        Ok(())
+    }
+
+    /// Judges every version on trial each second until `shutdown`: one whose error rate
+    /// exceeds the active version's by more than its margin is rolled back (by whichever host
+    /// sees it first; the others follow the store).
+    pub async fn judge_canaries(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            for service in self.dispatcher.registry.all() {
+                let Some(canary) = service.canary() else { continue };
+                if !canary.failing(&service.active()) {
+                    continue;
+                }
+                let (requests, errors) = canary.version.stats.counts();
+                let reason = format!(
+                    "{errors} errors in {requests} requests, over the active version's rate by more than {}",
+                    canary.margin
+                );
+                if let Err(err) = self.end_canary(&service.name, &canary, &reason).await {
+                    tracing::warn!(component = %service.name, "rolling the version on trial back failed: {err:#}");
+                } else {
+                    self.dispatcher.metrics.record_deploy(&service.name, DeployOutcome::CanaryRolledBack);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
     /// Brings `name` on this host to the version the store says is active. A version that
     /// fails to load leaves the one serving in place (and is logged).
     pub async fn converge(&self, name: &str) {
@@ -376,15 +481,41 @@ impl Deployer {
         let result = async {
             let stored = self.store.active_of(name).await?;
             let service = self.dispatcher.registry.get(name);
+            let ready_for = |stored: &StoredVersion| match &ready {
+                Some(ready) if ready.number == stored.version && ready.digest == stored.digest => Some(ready.clone()),
+                _ => None,
+            };
             match (stored, service) {
-                (Some(stored), Some(service)) if service.active().number != stored.version => {
-                    let version = match ready {
-                        Some(ready) if ready.number == stored.version && ready.digest == stored.digest => ready,
-                        _ => self.load(&stored).await?,
-                    };
-                    let previous = service.activate(version);
-                    self.dispatcher.metrics.record_deploy(name, DeployOutcome::Swapped);
-                    tracing::info!(component = %name, from = previous.number, to = stored.version, "version swapped");
+                (Some(stored), Some(service)) => {
+                    if service.active().number != stored.version {
+                        let version = match ready_for(&stored) {
+                            Some(ready) => ready,
+                            None => self.load(&stored).await?,
+                        };
+                        let previous = service.activate(version);
+                        self.dispatcher.metrics.record_deploy(name, DeployOutcome::Swapped);
+                        tracing::info!(component = %name, from = previous.number, to = stored.version, "version swapped");
+                    }
+                    let trial = self.store.canary_of(name).await?;
+                    let serving = service.canary().map(|canary| canary.version.number);
+                    if trial.as_ref().map(|trial| trial.version.version) != serving {
+                        let canary = match trial {
+                            Some(StoredCanary { version: stored, plan }) => Some(Canary {
+                                version: match ready_for(&stored) {
+                                    Some(ready) => ready,
+                                    None => self.load(&stored).await?,
+                                },
+                                percent: plan.percent.clamp(1, 99) as u8,
+                                margin: plan.margin,
+                                min_requests: plan.min_requests.max(1) as u64,
+                                baseline: service.active().stats.counts(),
+                            }),
+                            None => None,
+                        };
+                        let on_trial = canary.as_ref().map(|canary| (canary.version.number, canary.percent));
+                        service.set_canary(canary);
+                        tracing::info!(component = %name, canary = ?on_trial, "version on trial changed");
+                    }
                 }
                 (Some(stored), None) => {
                     tracing::warn!(component = %name, version = stored.version, "a service not served by this host was deployed; it is served after a restart");
@@ -393,7 +524,7 @@ impl Deployer {
                     self.dispatcher.registry.remove(name);
                     tracing::info!(component = %name, "service undeployed: no longer served");
                 }
-                _ => {}
+                (None, None) => {}
             }
             anyhow::Ok(())
         };
@@ -434,7 +565,7 @@ impl Deployer {
             };
             // Another host storing the same files at once went first: theirs is as good.
             let event = |version| deployed_event(&new, version);
-            if let Ok(version) = self.store.deploy(&new, active, event).await? {
+            if let Ok(version) = self.store.deploy(&new, active, None, event).await? {
                 tracing::info!(component = %name, version, %digest, file = %path.display(), "version stored from the files");
             }
         }

@@ -56,6 +56,29 @@ pub struct StoredVersion {
     pub note: Option<String>,
     /// Whether it is the component's active version.
     pub active: bool,
+    /// Whether it is the component's version on trial.
+    pub canary: bool,
+}
+
+/// How a version on trial is judged: the share of callers it serves, how much higher its
+/// error rate may be than the active version's, and after how many of its invocations.
+#[derive(Debug, Clone, Copy, Serialize, sqlx::FromRow)]
+pub struct CanaryPlan {
+    #[sqlx(rename = "canary_percent")]
+    pub percent: i32,
+    #[sqlx(rename = "canary_margin")]
+    pub margin: f64,
+    #[sqlx(rename = "canary_min_requests")]
+    pub min_requests: i64,
+}
+
+/// A component's version on trial.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredCanary {
+    #[sqlx(flatten)]
+    pub version: StoredVersion,
+    #[sqlx(flatten)]
+    pub plan: CanaryPlan,
 }
 
 /// What a deploy adds.
@@ -72,7 +95,8 @@ pub struct NewVersion<'a> {
 }
 
 const COLUMNS: &str = "v.component, v.version, v.digest, v.policy, v.signature, v.signed_by, v.deployed_by, \
-     v.deployer_role, v.deployed_at, v.note, (a.version IS NOT DISTINCT FROM v.version) AS active";
+     v.deployer_role, v.deployed_at, v.note, (a.version IS NOT DISTINCT FROM v.version) AS active, \
+     (a.canary_version IS NOT DISTINCT FROM v.version) AS canary";
 
 /// The store, through the platform role's pool on the platform database.
 #[derive(Clone)]
@@ -111,6 +135,12 @@ impl VersionStore {
                 activated_at TIMESTAMPTZ NOT NULL DEFAULT pg_catalog.now(),
                 FOREIGN KEY (component, version) REFERENCES micropay_platform.component_versions
             )",
+            // A version on trial beside the active one, and how it is judged.
+            "ALTER TABLE micropay_platform.active_versions
+                ADD COLUMN IF NOT EXISTS canary_version BIGINT,
+                ADD COLUMN IF NOT EXISTS canary_percent INT CHECK (canary_percent BETWEEN 1 AND 99),
+                ADD COLUMN IF NOT EXISTS canary_margin DOUBLE PRECISION,
+                ADD COLUMN IF NOT EXISTS canary_min_requests BIGINT",
         ] {
             sqlx::query(statement).execute(&mut *transaction).await?;
         }
@@ -132,6 +162,17 @@ impl VersionStore {
         let sql = format!(
             "SELECT {COLUMNS} FROM micropay_platform.active_versions a \
              JOIN micropay_platform.component_versions v USING (component, version) WHERE v.component = $1"
+        );
+        Ok(sqlx::query_as(&sql).bind(component).fetch_optional(&self.pool).await?)
+    }
+
+    /// The version of `component` on trial, if any.
+    pub async fn canary_of(&self, component: &str) -> anyhow::Result<Option<StoredCanary>> {
+        let sql = format!(
+            "SELECT {COLUMNS}, a.canary_percent, a.canary_margin, a.canary_min_requests \
+             FROM micropay_platform.active_versions a \
+             JOIN micropay_platform.component_versions v ON v.component = a.component AND v.version = a.canary_version \
+             WHERE a.component = $1"
         );
         Ok(sqlx::query_as(&sql).bind(component).fetch_optional(&self.pool).await?)
     }
@@ -187,6 +228,7 @@ impl VersionStore {
         &self,
         new: &NewVersion<'_>,
         expected: Option<i64>,
+        canary: Option<CanaryPlan>,
         event: impl FnOnce(i64) -> PlatformEvent,
     ) -> anyhow::Result<Result<i64, Option<i64>>> {
         let mut transaction = self.pool.begin().await?;
@@ -219,20 +261,92 @@ impl VersionStore {
         .bind(new.note)
         .fetch_one(&mut *transaction)
         .await?;
-        point(&mut transaction, new.component, version, new.deployed_by).await?;
+        match canary {
+            None => point(&mut transaction, new.component, version, new.deployed_by).await?,
+            Some(plan) => {
+                sqlx::query(
+                    "UPDATE micropay_platform.active_versions SET canary_version = $2, canary_percent = $3, \
+                         canary_margin = $4, canary_min_requests = $5 WHERE component = $1",
+                )
+                .bind(new.component)
+                .bind(version)
+                .bind(plan.percent)
+                .bind(plan.margin)
+                .bind(plan.min_requests)
+                .execute(&mut *transaction)
+                .await?;
+                notify(&mut transaction, new.component).await?;
+            }
+        }
         append_event(&mut transaction, &event(version)).await?;
         transaction.commit().await?;
         Ok(Ok(version))
     }
 
     /// Makes stored `version` of `component` the active one (a rollback), by `who`.
-    pub async fn activate(&self, component: &str, version: i64, who: &str, event: &PlatformEvent) -> anyhow::Result<()> {
+    pub async fn activate(
+        &self,
+        component: &str,
+        version: i64,
+        who: &str,
+        event: &PlatformEvent,
+    ) -> anyhow::Result<()> {
         let mut transaction = self.pool.begin().await?;
         lock_pointer(&mut transaction, component).await?;
         point(&mut transaction, component, version, who).await?;
         append_event(&mut transaction, event).await?;
         transaction.commit().await?;
         Ok(())
+    }
+
+    /// Makes the version on trial the active one; answers it, or none when no trial runs.
+    pub async fn promote(
+        &self,
+        component: &str,
+        who: &str,
+        event: impl FnOnce(i64) -> PlatformEvent,
+    ) -> anyhow::Result<Option<i64>> {
+        let mut transaction = self.pool.begin().await?;
+        lock_pointer(&mut transaction, component).await?;
+        let promoted: Option<i64> = sqlx::query_scalar(
+            "UPDATE micropay_platform.active_versions SET version = canary_version, activated_by = $2, \
+                 activated_at = pg_catalog.now(), canary_version = NULL, canary_percent = NULL, \
+                 canary_margin = NULL, canary_min_requests = NULL \
+             WHERE component = $1 AND canary_version IS NOT NULL RETURNING version",
+        )
+        .bind(component)
+        .bind(who)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if let Some(version) = promoted {
+            notify(&mut transaction, component).await?;
+            append_event(&mut transaction, &event(version)).await?;
+        }
+        transaction.commit().await?;
+        Ok(promoted)
+    }
+
+    /// Ends the trial of `version` of `component`, the active version staying; false when that
+    /// trial was over already (another host, or the operator, ended it).
+    pub async fn end_canary(&self, component: &str, version: i64, event: &PlatformEvent) -> anyhow::Result<bool> {
+        let mut transaction = self.pool.begin().await?;
+        let ended = sqlx::query(
+            "UPDATE micropay_platform.active_versions SET canary_version = NULL, canary_percent = NULL, \
+                 canary_margin = NULL, canary_min_requests = NULL \
+             WHERE component = $1 AND canary_version = $2",
+        )
+        .bind(component)
+        .bind(version)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected()
+            > 0;
+        if ended {
+            notify(&mut transaction, component).await?;
+            append_event(&mut transaction, event).await?;
+        }
+        transaction.commit().await?;
+        Ok(ended)
     }
 
     /// Records `event` (a refusal: nothing else changed).
@@ -286,11 +400,13 @@ async fn lock_pointer(transaction: &mut sqlx::PgConnection, component: &str) -> 
     Ok(active)
 }
 
+/// Points `component` at `version`, ending any trial.
 async fn point(transaction: &mut sqlx::PgConnection, component: &str, version: i64, who: &str) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO micropay_platform.active_versions (component, version, activated_by) VALUES ($1, $2, $3) \
          ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, \
-             activated_by = EXCLUDED.activated_by, activated_at = pg_catalog.now()",
+             activated_by = EXCLUDED.activated_by, activated_at = pg_catalog.now(), canary_version = NULL, \
+             canary_percent = NULL, canary_margin = NULL, canary_min_requests = NULL",
     )
     .bind(component)
     .bind(version)

@@ -61,6 +61,7 @@ pub async fn run(
                 policy: Some(policy.text.clone()),
                 note: Some(format!("changed on disk: {}", wasm.display())),
                 signature,
+                canary: None,
             };
             match deployer.deploy(&watcher, request).await {
                 Ok(stored) => tracing::info!(component = %name, version = stored.version, "watched change deployed"),

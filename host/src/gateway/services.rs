@@ -13,11 +13,8 @@ use tower_http::request_id::RequestId;
 use super::{ApiError, AppState};
 use crate::admin::keys::ADMIN_KEY_PREFIX;
 use crate::runtime::bindings::Request as ComponentRequest;
-use crate::runtime::invoke::InvokeError;
+use crate::runtime::invoke::{CLIENT_IP, InvokeError};
 use crate::runtime::state::InvocationContext;
-
-/// The header carrying the client's address to components (any incoming one is replaced).
-const CLIENT_IP: &str = "x-micropay-client-ip";
 
 pub async fn invoke(
     State(state): State<Arc<AppState>>,

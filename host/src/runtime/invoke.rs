@@ -27,6 +27,10 @@ use crate::runtime::registry::Registry;
 use crate::runtime::service::{Service, Version};
 use crate::runtime::state::{InvocationContext, InvocationState, MemoryExceeded};
 
+/// The header in which the gateway hands a component its client's address (one a client
+/// sends is dropped).
+pub const CLIENT_IP: &str = "x-micropay-client-ip";
+
 /// Time allowed beyond the deadline for the host's own awaits (a query in flight) before the
 /// whole invocation is dropped; the epoch deadline only interrupts running wasm code.
 const HOST_GRACE: Duration = Duration::from_secs(1);
@@ -241,14 +245,24 @@ impl Dispatcher {
         })
     }
 
-    /// An HTTP request to `service`, as one unit of work.
+    /// An HTTP request to `service`, as one unit of work, on the version that serves this
+    /// caller (the canary's share of callers is stable: by user, else by client address).
     pub async fn handle(
         self: &Arc<Self>,
         service: &Arc<Service>,
         request: Request,
         context: InvocationContext,
     ) -> Result<Response, InvokeError> {
-        self.unit_of_work(service, Handle(request), context).await
+        let caller = match &context.caller {
+            Some(caller) => caller.user_id.as_str(),
+            None => request
+                .headers
+                .iter()
+                .find(|(name, _)| name == CLIENT_IP)
+                .map_or(&*context.request_id, |(_, address)| address.as_str()),
+        };
+        let version = service.pick(caller);
+        self.unit_of_work(service, version, Handle(request), context).await
     }
 
     /// Resolves a bearer token through the identity provider, as one unit of work. No identity
@@ -256,7 +270,7 @@ impl Dispatcher {
     pub async fn authenticate(self: &Arc<Self>, token: &str, request_id: &str) -> Result<Option<Caller>, InvokeError> {
         let Some(identity) = self.registry.identity() else { return Ok(None) };
         let context = InvocationContext::new(None, request_id);
-        self.unit_of_work(&identity, Authenticate(token.to_string()), context).await
+        self.unit_of_work(&identity, identity.active(), Authenticate(token.to_string()), context).await
     }
 
     /// The endpoints `version` serves: asked once, before it is activated, without a
@@ -285,15 +299,16 @@ impl Dispatcher {
         self.admitted(service, &version, work, |(handled, _)| HandleEvent::outcome(handled)).await
     }
 
-    /// Runs `call` on the service's active version as one unit of work: committed when the
-    /// answer says so, rolled back otherwise.
+    /// Runs `call` on `version` of `service` as one unit of work: committed when the answer
+    /// says so, rolled back otherwise.
     async fn unit_of_work<C: Call>(
         self: &Arc<Self>,
         service: &Arc<Service>,
+        version: Arc<Version>,
         call: C,
         context: InvocationContext,
     ) -> Result<C::Answer, InvokeError> {
-        let version = &service.active();
+        let version = &version;
         let work = |deadline: Instant| async move {
             let unit = UnitOfWork::new(service.database.clone(), deadline, UnitLimits::from(&version.policy.limits));
             let (answer, unit) = self.run_until(deadline, version, call, context, unit).await?;

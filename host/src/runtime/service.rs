@@ -37,6 +37,36 @@ pub struct Service {
     /// Signalled when one of its units of work committed events, to wake its outbox relay.
     pub outbox_written: Arc<Notify>,
     active: RwLock<Arc<Version>>,
+    /// A version serving a share of the callers beside the active one, if one is on trial.
+    canary: RwLock<Option<Arc<Canary>>>,
+}
+
+/// A version on trial: it serves `percent` of the callers (the same callers all along), and
+/// is rolled back by the host when its error rate exceeds the active version's by `margin`.
+pub struct Canary {
+    pub version: Arc<Version>,
+    pub percent: u8,
+    /// How much higher its error rate (errors per invocation, 0 to 1) may be.
+    pub margin: f64,
+    /// Invocations it serves before its error rate counts.
+    pub min_requests: u64,
+    /// The active version's requests and errors when the trial began on this host.
+    pub baseline: (u64, u64),
+}
+
+impl Canary {
+    /// Whether its error rate exceeds the active version's (since the trial began) by more
+    /// than its margin, once it has served enough invocations to tell.
+    pub fn failing(&self, active: &Version) -> bool {
+        let (requests, errors) = self.version.stats.counts();
+        if requests < self.min_requests {
+            return false;
+        }
+        let (active_requests, active_errors) = active.stats.counts();
+        let rate = |errors: u64, requests: u64| if requests == 0 { 0.0 } else { errors as f64 / requests as f64 };
+        let active_rate = rate(active_errors - self.baseline.1, active_requests - self.baseline.0);
+        rate(errors, requests) > active_rate + self.margin
+    }
 }
 
 impl Service {
@@ -49,7 +79,29 @@ impl Service {
             slot_count: AtomicU32::new(slots),
             outbox_written: Arc::default(),
             active: RwLock::new(version),
+            canary: RwLock::new(None),
         }
+    }
+
+    /// The version that serves the caller known by `caller`: the canary's, for its share of
+    /// callers, the active one otherwise.
+    pub fn pick(&self, caller: &str) -> Arc<Version> {
+        if let Some(canary) = &*self.canary.read().unwrap()
+            && crate::fnv1a(caller.as_bytes()) % 100 < u32::from(canary.percent)
+        {
+            return canary.version.clone();
+        }
+        self.active()
+    }
+
+    /// The version on trial, if any.
+    pub fn canary(&self) -> Option<Arc<Canary>> {
+        self.canary.read().unwrap().clone()
+    }
+
+    /// Puts a version on trial (or ends the trial, with none).
+    pub fn set_canary(&self, canary: Option<Canary>) {
+        *self.canary.write().unwrap() = canary.map(Arc::new);
     }
 
     /// The version new invocations start on.
@@ -117,11 +169,6 @@ impl Version {
     pub fn short_digest(&self) -> &str {
         &self.digest[..12]
     }
-
-    /// How it is named in logs and metrics: `v{number}`.
-    pub fn label(&self) -> String {
-        format!("v{}", self.number)
-    }
 }
 
 /// Counts of one version's invocations.
@@ -133,4 +180,11 @@ pub struct VersionStats {
     pub requests: AtomicU64,
     /// Invocations that failed (a 5xx answer, a failed handler, a trap or a limit).
     pub errors: AtomicU64,
+}
+
+impl VersionStats {
+    /// Requests and errors so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.requests.load(Ordering::Relaxed), self.errors.load(Ordering::Relaxed))
+    }
 }
