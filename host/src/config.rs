@@ -92,6 +92,11 @@ pub struct Config {
     #[arg(long, env = "MICROPAY_WATCH")]
     pub watch: bool,
 
+    /// Services the connection budget keeps room for beyond those served at start: each one
+    /// deployed while the host runs takes one (their pools are as large as the others').
+    #[arg(long, env = "MICROPAY_SPARE_SERVICES", default_value_t = 2)]
+    pub spare_services: u32,
+
     /// Public keys trusted to sign deployed components: `ID=PUBLIC_KEY@role+role` entries
     /// (`micropay keygen` prints one), separated by commas. With none here or in the file,
     /// unsigned deploys are accepted.

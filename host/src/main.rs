@@ -57,6 +57,13 @@ enum Command {
         #[command(flatten)]
         host: HostAddress,
     },
+    /// Stop serving a service on every host; its versions and its data are kept, and
+    /// deploying it again serves it again (a platform key).
+    Undeploy {
+        name: String,
+        #[command(flatten)]
+        host: HostAddress,
+    },
     /// Make a service's version on trial (`deploy --canary`) its active version.
     Promote {
         name: String,
@@ -144,6 +151,7 @@ fn main() -> std::process::ExitCode {
             Command::Versions { name, host } => cli::versions(&host, &name).await,
             Command::Rollback { name, to, host } => cli::rollback(&host, &name, to).await,
             Command::Promote { name, host } => cli::promote(&host, &name).await,
+            Command::Undeploy { name, host } => cli::undeploy(&host, &name).await,
             Command::Keygen { out, roles } => cli::keygen(&out, &roles),
             Command::Sign { file, key } => cli::sign(&file, &key),
             Command::AdminKey(AdminKeyCommand::Create { role, admin_keys }) => {

@@ -96,6 +96,8 @@ pub enum DeployOutcome {
     Refused,
     /// A version on trial made the active one.
     Promoted,
+    /// A service no longer served.
+    Undeployed,
     /// A version on trial rolled back by the host, its error rate too high.
     CanaryRolledBack,
     /// This host swapped to the store's active version (its own deploy, or another host's).

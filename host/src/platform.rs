@@ -1,10 +1,13 @@
 //! The platform: PostgreSQL (embedded or a server), one provisioned database per service, the
 //! engine, the services with their active versions, and deploys. `micropay serve` and `micropay bench` both start one.
 
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
+use futures_util::future::BoxFuture;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::watch;
 use wasmtime::component::Linker;
@@ -14,7 +17,7 @@ use crate::capabilities::database::ServiceDatabase;
 use crate::config::Config;
 use crate::deploy::signing::TrustedKeys;
 use crate::deploy::store::{StoredVersion, VersionStore};
-use crate::deploy::{self, Deployer};
+use crate::deploy::{self, Deployer, StartService};
 use crate::metrics::Metrics;
 use crate::policy::{self, Policy};
 use crate::postgres::budget::Shares;
@@ -23,16 +26,18 @@ use crate::postgres::provision::Provisioner;
 use crate::runtime::engine::{EngineOptions, Runtime};
 use crate::runtime::invoke::Dispatcher;
 use crate::runtime::registry::Compiler;
-use crate::runtime::service::Service;
+use crate::runtime::service::{Service, Version};
 use crate::runtime::state::InvocationState;
 
 /// A running platform.
 pub struct Platform {
     pub dispatcher: Arc<Dispatcher>,
     /// The event bus: relays and deliveries.
-    pub bus: EventBus,
+    pub bus: Arc<EventBus>,
     /// Deploys, rollbacks, and the versions' store.
     pub deployer: Arc<Deployer>,
+    /// Starts and stops services: at start, and deployed or undeployed while running.
+    starter: Arc<ServiceStarter>,
     /// The scheduled requests' tasks, and the task that follows deploys.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
@@ -70,9 +75,9 @@ impl Platform {
             }
         };
         let provisioner = Provisioner::open(admin, config.database_prefix.clone(), config.pool_settings()).await?;
-        // Three connections: one listens for deploys, one reads and writes versions, one relays
-        // the platform's events.
-        let store = VersionStore::open(provisioner.control_pool(3).await?).await?;
+        // Two connections: one listens for deploys; the other reads and writes versions, and
+        // relays the platform's events (both rare and short).
+        let store = VersionStore::open(provisioner.control_pool(2).await?).await?;
         let stored_policies = store.active().await?.iter().map(stored_policy).collect::<anyhow::Result<Vec<_>>>()?;
         options.fuel |= files.iter().chain(&stored_policies).any(|policy| policy.limits.fuel.is_some());
 
@@ -97,34 +102,36 @@ impl Platform {
             Some(budget) => budget,
             None => provisioner.capacity().await?.default_budget(),
         };
-        let shares = Shares::of(budget, databases, config.nats_url.is_none(), config.pool_max)?;
+        // Shared as if there were a few more services: room for those deployed while it runs.
+        let room = databases + config.spare_services;
+        let shares = Shares::of(budget, room, config.nats_url.is_none(), config.pool_max)?;
         tracing::info!(
             budget,
             per_service = shares.per_service,
-            at_most = shares.total(databases),
+            at_most = shares.total(room),
+            spare_services = config.spare_services,
             "database connections shared"
         );
+        let platform_outbox =
+            PlatformOutbox { pool: deployer.store.pool().clone(), wake: deployer.outbox_written.clone() };
+        let bus = Arc::new(
+            EventBus::start(&config.bus_settings(), &provisioner, &dispatcher, platform_outbox, shares.plumbing.bus)
+                .await?,
+        );
+        let starter = Arc::new(ServiceStarter {
+            control: provisioner.control_pool(1).await?,
+            provisioner,
+            databases_left: AtomicU32::new(room),
+            shares,
+            migrations_dir: config.migrations_dir.clone(),
+            dispatcher: dispatcher.clone(),
+            bus: bus.clone(),
+            schedules: Mutex::default(),
+        });
+        deployer.serve_with(starter.clone());
 
-        let control = provisioner.control_pool(1).await?;
-
-        for (stored, policy) in active {
+        for (stored, _) in active {
             let name = stored.component.clone();
-            let database = match &policy.database {
-                Some(database) => {
-                    let service = database.name.as_str();
-                    provisioner
-                        .provision(service, &config.migrations_dir.join(service))
-                        .await
-                        .with_context(|| format!("provisioning the database of {name}"))?;
-                    Some(Arc::new(ServiceDatabase {
-                        pool: provisioner.service_pool(service, shares.per_service).await?,
-                        platform: provisioner.platform_pool(service, shares.plumbing.per_database).await?,
-                        control: control.clone(),
-                        host_key: provisioner.host_key(service),
-                    }))
-                }
-                None => None,
-            };
             let version = deployer.load(&stored).await.with_context(|| format!("loading component {name}"))?;
             tracing::info!(
                 component = %name,
@@ -133,14 +140,9 @@ impl Platform {
                 from_cache = version.from_cache,
                 "component loaded"
             );
-            dispatcher.registry.insert(Arc::new(Service::new(database, version)));
+            starter.start_service(version).await?;
         }
-        let platform_outbox =
-            PlatformOutbox { pool: deployer.store.pool().clone(), wake: deployer.outbox_written.clone() };
-        let bus =
-            EventBus::start(&config.bus_settings(), &provisioner, &dispatcher, platform_outbox, shares.plumbing.bus)
-                .await?;
-        let mut tasks = crate::schedule::start(&dispatcher);
+        let mut tasks = Vec::new();
         let (shutdown, stopping) = watch::channel(false);
         if config.watch {
             let (policies, components) = (config.policies.clone(), config.components_dir.clone());
@@ -148,7 +150,7 @@ impl Platform {
         }
         tasks.push(tokio::spawn(deployer.clone().judge_canaries(stopping.clone())));
         tasks.push(tokio::spawn(deployer.clone().listen(stopping)));
-        Ok(Self { dispatcher, bus, deployer, tasks, shutdown, _runtime: runtime, embedded })
+        Ok(Self { dispatcher, bus, deployer, starter, tasks, shutdown, _runtime: runtime, embedded })
     }
 
     /// The services.
@@ -164,7 +166,7 @@ impl Platform {
     /// Stops the bus, then the embedded cluster (if any) after closing every pool.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(std::mem::take(&mut *self.starter.schedules.lock().unwrap()).iter()) {
             task.abort();
         }
         self.bus.stop().await;
@@ -174,6 +176,7 @@ impl Platform {
                 database.platform.close().await;
             }
         }
+        drop(self.starter);
         drop(self.deployer);
         drop(self.dispatcher);
         if let Some(embedded) = self.embedded {
@@ -186,4 +189,80 @@ impl Platform {
 fn stored_policy(stored: &StoredVersion) -> anyhow::Result<Policy> {
     let source = format!("{}/v{} in the version store", stored.component, stored.version);
     Policy::parse(&stored.policy, std::path::Path::new(&source))
+}
+
+/// Brings services to life on this host, and ends them: their databases provisioned and
+/// migrated, their pools within the connection budget, their place on the bus, their
+/// schedules.
+struct ServiceStarter {
+    provisioner: Provisioner,
+    shares: Shares,
+    /// Service databases the budget still has room for.
+    databases_left: AtomicU32,
+    /// The pool that ends backends cut off at a deadline, shared by every service.
+    control: sqlx::PgPool,
+    migrations_dir: PathBuf,
+    dispatcher: Arc<Dispatcher>,
+    bus: Arc<EventBus>,
+    schedules: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl ServiceStarter {
+    async fn start_service(&self, version: Arc<Version>) -> anyhow::Result<Arc<Service>> {
+        let name = version.name.clone();
+        let database = match &version.policy.database {
+            Some(database) => {
+                let taken =
+                    self.databases_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1));
+                anyhow::ensure!(
+                    taken.is_ok(),
+                    "the host's connection budget has no room for another service's pool; restart it to share \
+                     the budget anew"
+                );
+                let service = database.name.as_str();
+                self.provisioner
+                    .provision(service, &self.migrations_dir.join(service))
+                    .await
+                    .with_context(|| format!("provisioning the database of {name}"))?;
+                Some(Arc::new(ServiceDatabase {
+                    pool: self.provisioner.service_pool(service, self.shares.per_service).await?,
+                    platform: self.provisioner.platform_pool(service, self.shares.plumbing.per_database).await?,
+                    control: self.control.clone(),
+                    host_key: self.provisioner.host_key(service),
+                }))
+            }
+            None => None,
+        };
+        let service = Arc::new(Service::new(database, version));
+        self.dispatcher.registry.insert(service.clone());
+        self.bus.attach(&service);
+        self.schedules.lock().unwrap().extend(crate::schedule::start(&self.dispatcher, &service));
+        Ok(service)
+    }
+}
+
+impl StartService for ServiceStarter {
+    fn start(self: Arc<Self>, version: Arc<Version>) -> BoxFuture<'static, anyhow::Result<()>> {
+        // Provisioning's future is not one the compiler can prove `Send` for every lifetime
+        // it borrows, and a deploy runs on a task: it runs on a blocking thread of its own
+        // (deploying a new service is rare, and the thread waits only on the database).
+        let runtime = tokio::runtime::Handle::current();
+        Box::pin(async move {
+            let started = tokio::task::spawn_blocking(move || runtime.block_on(self.start_service(version)));
+            started.await.context("starting the service")?.map(|_| ())
+        })
+    }
+
+    fn stop(&self, name: &str) {
+        let Some(service) = self.dispatcher.registry.remove(name) else { return };
+        self.bus.detach(name);
+        if let Some(database) = service.database.clone() {
+            self.databases_left.fetch_add(1, Ordering::SeqCst);
+            // In-flight invocations keep their connections until they end.
+            tokio::spawn(async move {
+                database.pool.close().await;
+                database.platform.close().await;
+            });
+        }
+    }
 }

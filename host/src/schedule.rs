@@ -11,17 +11,14 @@ use tokio::task::JoinHandle;
 use crate::policy::{Role, ScheduledRequest};
 use crate::runtime::bindings::Request;
 use crate::runtime::invoke::Dispatcher;
+use crate::runtime::service::Service;
 use crate::runtime::state::InvocationContext;
 
-/// Starts the scheduled requests of every loaded component. Abort the tasks to stop them.
-pub fn start(dispatcher: &Arc<Dispatcher>) -> Vec<JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for service in dispatcher.registry.all() {
-        for job in &service.active().policy.schedule {
-            tasks.push(tokio::spawn(run(dispatcher.clone(), service.name.clone(), job.clone())));
-        }
-    }
-    tasks
+/// Starts the scheduled requests of `service`. They end when it is no longer served; abort the
+/// tasks to stop them sooner.
+pub fn start(dispatcher: &Arc<Dispatcher>, service: &Service) -> Vec<JoinHandle<()>> {
+    let jobs = service.active().policy.schedule.clone();
+    jobs.into_iter().map(|job| tokio::spawn(run(dispatcher.clone(), service.name.clone(), job))).collect()
 }
 
 async fn run(dispatcher: Arc<Dispatcher>, name: Arc<str>, job: ScheduledRequest) {

@@ -62,6 +62,10 @@ pub struct HostOptions {
     pub policies: Vec<PathBuf>,
     /// The components' directory.
     pub components_dir: PathBuf,
+    /// Services deployed while it runs that its connection budget keeps room for
+    /// (`--spare-services`): none but where a test deploys one, so that every pool keeps its
+    /// share of the test budget.
+    pub spare_services: u32,
 }
 
 impl HostOptions {
@@ -83,6 +87,7 @@ impl HostOptions {
             migrations_dir: root().join("migrations"),
             policies: vec![root().join("policies"), root().join("tests/policies")],
             components_dir: root().join("target/components"),
+            spare_services: 0,
         }
     }
 
@@ -194,6 +199,7 @@ fn spawn(options: &HostOptions) -> (Child, Arc<Mutex<Vec<String>>>) {
         .arg(&options.migrations_dir)
         // Several hosts run at once on a server of 100 connections.
         .args(["--pool-min", "1", "--db-connections", &options.db_connections.to_string()])
+        .args(["--spare-services", &options.spare_services.to_string()])
         .args(options.dev_log_secrets.then_some("--dev-log-secrets"))
         .args(&options.extra_args)
         .env_remove("MICROPAY_DATABASE_URL")

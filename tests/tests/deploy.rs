@@ -201,7 +201,7 @@ async fn every_refused_deploy_names_its_check_and_the_running_version_keeps_serv
         assert_eq!(build(&host).await, "first", "{case}");
     }
     let (status, body) = deploy(&host, &ops, "nothing", &probe, None).await;
-    assert_eq!((status, error_code(&body)), (404, "not_found"), "{body}");
+    assert_eq!((status, error_code(&body)), (403, "new_service_needs_platform"), "{body}");
     let (status, body) = host.call("GET", "/admin/components/probe/versions", Some(&ops), None).await;
     assert_eq!((status, body["versions"].as_array().unwrap().len()), (200, 1), "nothing was stored: {body}");
     let refusals = host.metric(r#"micropay_deploys_total{component="probe",outcome="Refused"}"#).await;
@@ -440,4 +440,69 @@ async fn a_canary_serves_its_share_of_callers_and_is_promoted_or_rolled_back_by_
         assert!(started.elapsed() < Duration::from_secs(10), "the rollback did not reach the audit trail");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_service_deployed_at_runtime_is_provisioned_and_served_on_every_host_and_undeployed_keeping_its_data() {
+    // The new service's migrations beside the others'.
+    let mut options = HostOptions::on_test_server();
+    let migrations = options.data_dir.join("migrations");
+    for service in std::fs::read_dir(root().join("migrations")).unwrap() {
+        let service = service.unwrap().path();
+        let name = service.file_name().unwrap().to_owned();
+        for target in [migrations.join(&name), migrations.join(name.to_str().unwrap().replace("probe", "probe_two"))] {
+            std::fs::create_dir_all(&target).unwrap();
+            for file in std::fs::read_dir(&service).unwrap() {
+                let file = file.unwrap().path();
+                std::fs::copy(&file, target.join(file.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    options.migrations_dir = migrations;
+    options.spare_services = 1;
+    let first = TestHost::start_with(options).await;
+    let second = TestHost::start_with(first.options.clone()).await;
+    let (ops, platform) = (first.admin_key("ops"), first.admin_key("platform"));
+    let policy = probe_policy()
+        .replace("name = \"probe\"", "name = \"probe_two\"")
+        .replace("call = [\"probe\"]", "call = [\"probe_two\"]");
+
+    let (status, body) = deploy(&first, &ops, "probe_two", &component("probe.wasm"), Some(&policy)).await;
+    assert_eq!((status, error_code(&body)), (403, "new_service_needs_platform"), "{body}");
+    let (status, body) = deploy(&first, &platform, "probe_two", &component("probe.wasm"), None).await;
+    assert_eq!((status, error_code(&body)), (422, "policy_required"), "{body}");
+    let (status, body) = deploy(&first, &platform, "probe_two", &component("probe.wasm"), Some(&policy)).await;
+    assert_eq!(status, 201, "{body}");
+
+    // Served at once here, and within a second on the other host; its database migrated.
+    let (status, body) = first.call("POST", "/v1/probe_two/write", None, None).await;
+    assert_eq!(status, 201, "{body}");
+    let started = Instant::now();
+    while second.call("GET", "/v1/probe_two/ping", None, None).await.0 != 200 {
+        assert!(started.elapsed() < CONVERGENCE, "the other host does not serve the new service");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.wait_for_json("/v1/probe_two/writes", "count", json!(1), Duration::from_secs(1)).await;
+    let (_, openapi) = first.call("GET", "/openapi.json", None, None).await;
+    assert!(openapi["paths"]["/v1/probe_two/ping"].is_object(), "not in /openapi.json");
+
+    // Its events are relayed and delivered (to itself: it subscribes to probe.*).
+    let (status, body) = first.call("POST", "/v1/probe_two/publish?topic=probe.two", None, None).await;
+    assert_eq!(status, 201, "{body}");
+    first.wait_for_json("/v1/probe_two/effects?topic=probe.two", "count", json!(1), Duration::from_secs(10)).await;
+
+    // Undeployed: no longer served anywhere; its data stays, and a deploy serves it again.
+    let (ok, printed) = first.command(&platform, &["undeploy", "probe_two"]);
+    assert!(ok, "{printed}");
+    let (status, _) = first.call("GET", "/v1/probe_two/ping", None, None).await;
+    assert_eq!(status, 404);
+    let started = Instant::now();
+    while second.call("GET", "/v1/probe_two/ping", None, None).await.0 != 404 {
+        assert!(started.elapsed() < CONVERGENCE, "the other host still serves the undeployed service");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = deploy(&first, &platform, "probe_two", &component("probe.wasm"), Some(&policy)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["version"], 2, "{body}");
+    first.wait_for_json("/v1/probe_two/writes", "count", json!(1), Duration::from_secs(1)).await;
 }

@@ -46,6 +46,7 @@ pub fn router() -> axum::Router<Arc<AppState>> {
         .route("/components/{name}/versions", get(versions).post(deploy).layer(DefaultBodyLimit::max(MAX_DEPLOY_BYTES)))
         .route("/components/{name}/rollback", post(rollback))
         .route("/components/{name}/promote", post(promote))
+        .route("/components/{name}/undeploy", post(undeploy))
         .route("/events/dead-letters", get(dead_letters))
         .route("/events/dead-letters/{event_id}/replay", post(replay_dead_letter))
 }
@@ -64,7 +65,7 @@ impl Admin {
 /// Every subscriber's dead letters, oldest failure first.
 async fn dead_letters(admin: Admin, State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     admin.operates()?;
-    let letters = dead_letters::list(&state.platform.bus.subscriptions).await.map_err(unavailable)?;
+    let letters = dead_letters::list(&state.platform.bus.subscriptions()).await.map_err(unavailable)?;
     Ok(Json(json!({ "dead_letters": letters })))
 }
 
@@ -79,8 +80,9 @@ async fn replay_dead_letter(
     let event_id = uuid::Uuid::parse_str(&event_id)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event_id", "the event id is not a UUID"))?;
     let platform = &state.platform;
-    let replays =
-        dead_letters::replay(&platform.bus.subscriptions, &platform.dispatcher, event_id).await.map_err(unavailable)?;
+    let replays = dead_letters::replay(&platform.bus.subscriptions(), &platform.dispatcher, event_id)
+        .await
+        .map_err(unavailable)?;
     if replays.is_empty() {
         return Err(ApiError::not_found(format!("no dead letter for event {event_id}")));
     }
@@ -290,6 +292,17 @@ async fn promote(
     let result = state.platform.deployer.promote(&admin, &name).await;
     let stored = result.map_err(|err| deploy_error(&name, &admin, "promotion", err))?;
     Ok(Json(json!(stored)))
+}
+
+/// Stops serving a service on every host; its versions and data stay.
+async fn undeploy(
+    admin: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let result = state.platform.deployer.undeploy(&admin, &name).await;
+    result.map_err(|err| deploy_error(&name, &admin, "undeploy", err))?;
+    Ok(Json(json!({ "component": name, "undeployed": true })))
 }
 
 /// A refused deploy or rollback as an API error; logged, since nothing else records it.

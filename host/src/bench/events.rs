@@ -60,7 +60,7 @@ pub async fn run(platform: &Platform, events: usize) -> anyhow::Result<EventRun>
     let probe = platform.registry().get("probe").context("the bus bench needs the probe (tests/policies)")?;
     let audit = platform
         .bus
-        .subscriptions
+        .subscriptions()
         .iter()
         .find(|subscription| &*subscription.name == "audit")
         .context("the bus bench needs the audit service (policies/)")?

@@ -126,10 +126,8 @@ impl Ledger {
     }
 
     async fn wait_until_settled(&self, started: Instant) -> anyhow::Result<()> {
-        let pool = &self
-            .platform
-            .bus
-            .subscriptions
+        let subscriptions = self.platform.bus.subscriptions();
+        let pool = &subscriptions
             .iter()
             .find(|subscription| &*subscription.name == "transaction")
             .context("the transaction service subscribes to balance events")?

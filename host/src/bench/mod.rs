@@ -5,8 +5,10 @@
 //!
 //! The invocation and HTTP endpoint is the probe's `GET /ping`, which touches no database: the
 //! figures are the platform's own overhead (instantiate + call + drop, routing, request ids,
-//! metrics). The bus figures are in [`events`], the ledger's in [`ledger`].
+//! metrics). The bus figures are in [`events`], the ledger's in [`ledger`], the deploys' in
+//! [`deploys`].
 
+mod deploys;
 mod events;
 mod ledger;
 
@@ -54,6 +56,9 @@ pub struct BenchArgs {
     /// The numbers of concurrent ledger clients (and pgbench connections).
     #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
     pub ledger_clients: Vec<usize>,
+    /// Deploys measured one after another (the deploy part).
+    #[arg(long, default_value_t = 20)]
+    pub deploys: usize,
     /// Which parts to run (all by default).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Part>,
@@ -68,6 +73,8 @@ pub enum Part {
     Ledger,
     /// Invocation cost and gateway throughput.
     Invocations,
+    /// Deploys: answer, first request on the new version, request p99 during a storm of them.
+    Deploys,
 }
 
 impl BenchArgs {
@@ -76,8 +83,10 @@ impl BenchArgs {
     }
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     crate::telemetry::init_with(args.config.log_format, "warn");
+    // No service is deployed beside the measured ones: every pool gets its whole share.
+    args.config.spare_services = 0;
     anyhow::ensure!(
         args.config.database_url.is_some(),
         "the bench runs two platforms side by side: give it a server with --database-url (cargo xtask bench does)"
@@ -87,6 +96,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.runs(Part::Ledger) {
         ledger_part(&args).await?;
+    }
+    if args.runs(Part::Deploys) {
+        deploys_part(&args).await?;
     }
     if !args.runs(Part::Invocations) {
         return Ok(());
@@ -129,6 +141,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("  gateway:          {gateway_run}");
     println!("  gateway / plain throughput: {:.2}", gateway_run.per_second() / plain_run.per_second());
 
+    Ok(())
+}
+
+/// Deploys of the probe under load, on databases of their own.
+async fn deploys_part(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut config = args.config.clone();
+    config.database_prefix = format!("{}deploys_", config.database_prefix);
+    let platform = Platform::start(&config).await?;
+    let connections = args.connections.min(16);
+    let run =
+        deploys::run(platform, &config.components_dir, config.body_limit, args.deploys, connections, args.seconds)
+            .await?;
+    println!(
+        "deploys of the probe, two builds alternating ({} deploys; {connections} connections on GET {PATH}, {} s each):",
+        run.deploys, args.seconds
+    );
+    println!("{run}");
     Ok(())
 }
 
@@ -210,7 +239,7 @@ async fn invocations(platform: &Platform, count: usize, samples: &mut Vec<Durati
 }
 
 /// Mean, median and 99th percentile of a set of durations, in microseconds.
-struct Summary {
+pub(crate) struct Summary {
     mean: f64,
     p50: f64,
     p99: f64,
@@ -243,7 +272,7 @@ async fn spawn_server(router: axum::Router) -> anyhow::Result<SocketAddr> {
     Ok(address)
 }
 
-struct LoadRun {
+pub(crate) struct LoadRun {
     requests: usize,
     elapsed: Duration,
     p50: Duration,

@@ -11,14 +11,14 @@
 //! - a failing event is retried in place, so the events after it in its partition (its key's
 //!   later events among them) wait for it: order per key holds.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::relay::age_seconds;
@@ -67,32 +67,39 @@ pub struct Coordinator {
     /// The platform role on the platform database.
     pub options: PgConnectOptions,
     pub host_id: uuid::Uuid,
-    pub deliverers: Vec<Deliverer>,
+    /// The subscribers this host delivers to, as services are deployed and undeployed.
+    pub deliverers: Arc<RwLock<Vec<Deliverer>>>,
+    /// Signalled when the subscribers change.
+    pub changed: Arc<Notify>,
 }
+
+/// A subscriber's partitions held by this host.
+type Holding = (Deliverer, BTreeMap<u16, Owned>);
 
 impl Coordinator {
     /// Takes this host's share of every subscriber's partitions and delivers them, rebalancing
-    /// as hosts come and go, until `shutdown` turns true.
+    /// as hosts and subscribers come and go, until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut connection: Option<PgConnection> = None;
-        let mut owned: Vec<BTreeMap<u16, Owned>> = self.deliverers.iter().map(|_| BTreeMap::new()).collect();
+        let mut owned: HashMap<Arc<str>, Holding> = HashMap::new();
         while !*shutdown.borrow() {
             if let Err(err) = self.rebalance(&mut connection, &mut owned).await {
                 tracing::warn!("sharing partitions failed; letting them go: {err:#}");
-                for partitions in &mut owned {
+                for (_, partitions) in owned.values_mut() {
                     release_all(partitions).await;
                 }
                 connection = None;
             }
-            for (deliverer, partitions) in self.deliverers.iter().zip(&owned) {
+            for (deliverer, partitions) in owned.values() {
                 deliverer.dispatcher.metrics.set_partitions_owned(&deliverer.subscription.name, partitions.len());
             }
             tokio::select! {
                 _ = tokio::time::sleep(HEARTBEAT) => {}
+                _ = self.changed.notified() => {}
                 _ = shutdown.changed() => {}
             }
         }
-        for partitions in &mut owned {
+        for (_, partitions) in owned.values_mut() {
             release_all(partitions).await;
         }
         if let Some(mut connection) = connection {
@@ -104,7 +111,7 @@ impl Coordinator {
     async fn rebalance(
         &self,
         connection: &mut Option<PgConnection>,
-        owned: &mut [BTreeMap<u16, Owned>],
+        owned: &mut HashMap<Arc<str>, Holding>,
     ) -> anyhow::Result<()> {
         if connection.is_none() {
             *connection = Some(self.options.connect().await.context("connecting for partition locks")?);
@@ -124,8 +131,19 @@ impl Coordinator {
         .fetch_one(&mut *connection)
         .await?;
         let share = (PARTITIONS as usize).div_ceil(hosts.max(1) as usize);
-        for (deliverer, partitions) in self.deliverers.iter().zip(owned) {
+        let current: Vec<Deliverer> = self.deliverers.read().unwrap().clone();
+        for deliverer in &current {
+            owned.entry(deliverer.subscription.name.clone()).or_insert_with(|| (deliverer.clone(), BTreeMap::new()));
+        }
+        // A subscriber no longer served lets go of every partition (its positions stay).
+        let gone: Vec<Arc<str>> =
+            owned.keys().filter(|name| !current.iter().any(|d| d.subscription.name == **name)).cloned().collect();
+        for (name, (deliverer, partitions)) in owned.iter_mut() {
+            let share = if gone.contains(name) { 0 } else { share };
             deliverer.rebalance(connection, share, partitions).await?;
+        }
+        for name in gone {
+            owned.remove(&name);
         }
         Ok(())
     }
@@ -147,7 +165,7 @@ impl Deliverer {
             self.unlock(connection, partition).await?;
         }
         while owned.len() > share {
-            let (partition, own) = owned.pop_last().expect("more than share > 0");
+            let (partition, own) = owned.pop_last().expect("more than the share");
             own.stop.send_replace(true);
             own.task.await.ok();
             self.unlock(connection, partition).await?;

@@ -24,7 +24,8 @@ pub mod inbox;
 pub mod nats;
 pub mod relay;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,7 @@ use tokio::task::JoinHandle;
 use crate::postgres::provision::Provisioner;
 use crate::runtime::bindings::Event;
 use crate::runtime::invoke::Dispatcher;
+use crate::runtime::service::Service;
 use delivery::{Coordinator, Deliverer, Subscription};
 
 /// Partitions of the bus. Events of one key always land in the same partition, so their order
@@ -51,7 +53,7 @@ pub const BATCH: usize = crate::policy::MAX_BATCH;
 pub const RETENTION_DAYS: u64 = 7;
 
 /// How often old bus events, relayed outbox rows and inbox records are purged.
-const HOUSEKEEPING: std::time::Duration = std::time::Duration::from_secs(3600);
+const HOUSEKEEPING: Duration = Duration::from_secs(3600);
 
 /// An event on the bus: the CloudEvents envelope written by `events.publish`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,8 +183,8 @@ impl Backend {
 /// redelivery can match any more.
 async fn housekeeping(
     backend: SharedBackend,
-    outboxes: Vec<(Arc<str>, sqlx::PgPool)>,
-    subscriptions: Vec<Subscription>,
+    outboxes: Outboxes,
+    subscriptions: Arc<RwLock<Vec<Subscription>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -198,6 +200,7 @@ async fn housekeeping(
         let purge_outbox = format!(
             "DELETE FROM micropay_platform.outbox WHERE relayed_at < pg_catalog.now() - interval '{RETENTION_DAYS} days'"
         );
+        let outboxes = outboxes.read().unwrap().clone();
         for (source, pool) in &outboxes {
             if let Err(err) = sqlx::query(&purge_outbox).execute(pool).await {
                 tracing::warn!(%source, "purging relayed outbox rows failed: {err}");
@@ -207,6 +210,7 @@ async fn housekeeping(
             "DELETE FROM micropay_platform.inbox WHERE handled_at < pg_catalog.now() - interval '{} days'",
             RETENTION_DAYS + 1
         );
+        let subscriptions = subscriptions.read().unwrap().clone();
         for subscription in &subscriptions {
             if let Err(err) = sqlx::query(&purge_inbox).execute(&subscription.pool).await {
                 tracing::warn!(subscriber = %subscription.name, "purging the inbox failed: {err}");
@@ -240,6 +244,10 @@ impl Feed {
     }
 }
 
+/// Every outbox this host knows, by publisher: the platform role's pool on its database
+/// (housekeeping purges what was relayed long ago).
+type Outboxes = Arc<RwLock<Vec<(Arc<str>, sqlx::PgPool)>>>;
+
 /// The platform's own outbox, in the platform database: deploys and rollbacks.
 pub struct PlatformOutbox {
     /// The platform role's pool on the platform database.
@@ -250,7 +258,7 @@ pub struct PlatformOutbox {
 
 /// How often the platform outbox's relay looks without being woken: deploys are rare, and the
 /// host that makes one wakes its relay.
-const PLATFORM_IDLE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+const PLATFORM_IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Shared by the relay and delivery tasks.
 pub type SharedBackend = Arc<Backend>;
@@ -267,17 +275,27 @@ pub struct BusSettings {
 }
 
 /// The bus of a running host: its backend, the subscribers, and the relay and delivery tasks.
+/// Services join it as they start ([`EventBus::attach`]), at the host's start or deployed
+/// later, and subscribers leave it when undeployed ([`EventBus::detach`]).
 pub struct EventBus {
     pub backend: SharedBackend,
-    pub subscriptions: Vec<Subscription>,
+    subscriptions: Arc<RwLock<Vec<Subscription>>>,
+    deliverers: Arc<RwLock<Vec<Deliverer>>>,
+    outboxes: Outboxes,
+    /// Wakes the coordinator when the subscribers change.
+    subscribers_changed: Arc<tokio::sync::Notify>,
+    /// Whether this host relays outboxes.
+    relays: bool,
+    dispatcher: Arc<Dispatcher>,
+    stopping: watch::Receiver<bool>,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl EventBus {
-    /// Connects the backend and starts a relay for every publisher, and delivery for every
-    /// subscriber among the loaded components. The embedded bus's pool has at most
-    /// `bus_connections`.
+    /// Connects the backend and starts the platform outbox's relay, the delivery coordinator
+    /// and the housekeeping; services join with [`EventBus::attach`]. The embedded bus's pool
+    /// has at most `bus_connections`.
     pub async fn start(
         settings: &BusSettings,
         provisioner: &Provisioner,
@@ -292,63 +310,89 @@ impl EventBus {
             )),
         });
         let (shutdown, stopping) = watch::channel(false);
-        let mut subscriptions = Vec::new();
-        let mut deliverers = Vec::new();
-        let mut outboxes = Vec::new();
-        let mut tasks = Vec::new();
-        outboxes.push(("platform".into(), platform.pool.clone()));
-        if settings.relay {
-            let relay = relay::Relay {
-                source: "platform".into(),
-                pool: platform.pool,
-                backend: backend.clone(),
-                dispatcher: dispatcher.clone(),
-                wake: platform.wake,
-                idle_poll: PLATFORM_IDLE_POLL,
+        let bus = Self {
+            backend: backend.clone(),
+            subscriptions: Arc::default(),
+            deliverers: Arc::default(),
+            outboxes: Arc::default(),
+            subscribers_changed: Arc::default(),
+            relays: settings.relay,
+            dispatcher: dispatcher.clone(),
+            stopping: stopping.clone(),
+            shutdown,
+            tasks: Mutex::default(),
+        };
+        bus.relay("platform".into(), platform.pool, platform.wake, PLATFORM_IDLE_POLL);
+        let coordinator = Coordinator {
+            options: provisioner.coordination_options(),
+            host_id: uuid::Uuid::new_v4(),
+            deliverers: bus.deliverers.clone(),
+            changed: bus.subscribers_changed.clone(),
+        };
+        let housekeeping =
+            housekeeping(backend.clone(), bus.outboxes.clone(), bus.subscriptions.clone(), stopping.clone());
+        bus.tasks.lock().unwrap().extend([tokio::spawn(coordinator.run(stopping)), tokio::spawn(housekeeping)]);
+        tracing::info!(backend = backend.name(), "event bus started");
+        Ok(bus)
+    }
+
+    /// Starts relaying `service`'s outbox if it publishes, and delivering to it if it
+    /// subscribes.
+    pub fn attach(&self, service: &Arc<Service>) {
+        let Some(database) = &service.database else { return };
+        let policy = service.active().policy.clone();
+        let pool = database.platform.clone();
+        if !policy.events.publish.is_empty() {
+            self.relay(service.name.clone(), pool.clone(), service.outbox_written.clone(), relay::IDLE_POLL);
+        }
+        if !policy.events.subscribe.is_empty() {
+            let subscription = Subscription { name: service.name.clone(), pool };
+            let deliverer = Deliverer {
+                subscription: subscription.clone(),
+                backend: self.backend.clone(),
+                dispatcher: self.dispatcher.clone(),
             };
-            tasks.push(tokio::spawn(relay.run(stopping.clone())));
+            self.subscriptions.write().unwrap().push(subscription);
+            self.deliverers.write().unwrap().push(deliverer);
+            self.subscribers_changed.notify_one();
         }
-        for service in dispatcher.registry.all() {
-            let Some(database) = &service.database else { continue };
-            let policy = service.active().policy.clone();
-            let events = &policy.events;
-            let pool = database.platform.clone();
-            if !events.publish.is_empty() {
-                outboxes.push((service.name.clone(), pool.clone()));
-            }
-            if !events.publish.is_empty() && settings.relay {
-                let relay = relay::Relay {
-                    source: service.name.clone(),
-                    pool: pool.clone(),
-                    backend: backend.clone(),
-                    dispatcher: dispatcher.clone(),
-                    wake: service.outbox_written.clone(),
-                    idle_poll: relay::IDLE_POLL,
-                };
-                tasks.push(tokio::spawn(relay.run(stopping.clone())));
-            }
-            if !events.subscribe.is_empty() {
-                let subscription = Subscription { name: service.name.clone(), pool };
-                deliverers.push(Deliverer {
-                    subscription: subscription.clone(),
-                    backend: backend.clone(),
-                    dispatcher: dispatcher.clone(),
-                });
-                subscriptions.push(subscription);
-            }
+    }
+
+    /// Stops delivering to `name` (undeployed): its partitions are let go, its positions and
+    /// dead letters stay. Its outbox keeps being relayed: what it committed still goes out.
+    pub fn detach(&self, name: &str) {
+        self.deliverers.write().unwrap().retain(|deliverer| &*deliverer.subscription.name != name);
+        self.subscriptions.write().unwrap().retain(|subscription| &*subscription.name != name);
+        self.subscribers_changed.notify_one();
+    }
+
+    /// The subscribers now.
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        self.subscriptions.read().unwrap().clone()
+    }
+
+    /// Starts the relay of one outbox (if this host relays), and keeps it in housekeeping.
+    fn relay(&self, source: Arc<str>, pool: sqlx::PgPool, wake: Arc<tokio::sync::Notify>, idle_poll: Duration) {
+        self.outboxes.write().unwrap().push((source.clone(), pool.clone()));
+        if !self.relays {
+            return;
         }
-        let coordinator =
-            Coordinator { options: provisioner.coordination_options(), host_id: uuid::Uuid::new_v4(), deliverers };
-        tasks.push(tokio::spawn(coordinator.run(stopping.clone())));
-        tasks.push(tokio::spawn(housekeeping(backend.clone(), outboxes, subscriptions.clone(), stopping.clone())));
-        tracing::info!(backend = backend.name(), subscribers = subscriptions.len(), "event bus started");
-        Ok(Self { backend, subscriptions, shutdown, tasks })
+        let relay = relay::Relay {
+            source,
+            pool,
+            backend: self.backend.clone(),
+            dispatcher: self.dispatcher.clone(),
+            wake,
+            idle_poll,
+        };
+        self.tasks.lock().unwrap().push(tokio::spawn(relay.run(self.stopping.clone())));
     }
 
     /// Stops relaying and delivering after the batches in hand.
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         self.shutdown.send_replace(true);
-        for task in self.tasks {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for task in tasks {
             task.await.ok();
         }
     }

@@ -1,5 +1,5 @@
 //! The operator's deploy commands: `micropay deploy`, `components`, `versions`, `rollback`,
-//! `promote` ask a running host's admin API; `keygen` and `sign` work on local files.
+//! `promote`, `undeploy` ask a running host's admin API; `keygen` and `sign` work on local files.
 
 use std::path::PathBuf;
 
@@ -81,6 +81,14 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         ),
         None => println!("{name} version {} deployed and active ({})", answer["version"], short(&answer["digest"])),
     }
+    Ok(())
+}
+
+/// Stops serving a service.
+pub async fn undeploy(host: &HostAddress, name: &str) -> anyhow::Result<()> {
+    let (status, body) = host.request(Method::POST, &format!("/admin/components/{name}/undeploy")).await?;
+    anyhow::ensure!(status == 200, "undeploy of {name} refused: {}", error_message(status, &body));
+    println!("{name} undeployed: no longer served (its versions and data are kept)");
     Ok(())
 }
 

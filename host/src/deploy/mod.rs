@@ -29,10 +29,11 @@ pub mod watch;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::future::BoxFuture;
 use tokio::sync::Mutex;
 use wasmtime::component::Linker;
 
@@ -87,6 +88,15 @@ pub struct DeployRequest {
     pub canary: Option<CanaryPlan>,
 }
 
+/// How a deploy brings a service new to this host to life, and ends an undeployed one (the
+/// platform does it: databases, pools, the bus, schedules).
+pub trait StartService: Send + Sync {
+    /// Provisions what `version`'s policy grants and serves it as a new service.
+    fn start(self: Arc<Self>, version: Arc<Version>) -> BoxFuture<'static, anyhow::Result<()>>;
+    /// Stops serving `name`; its data stays.
+    fn stop(&self, name: &str);
+}
+
 /// Checks, stores and swaps versions.
 pub struct Deployer {
     dispatcher: Arc<Dispatcher>,
@@ -98,6 +108,8 @@ pub struct Deployer {
     swapping: Mutex<()>,
     /// Signalled when the platform's outbox has new events, to wake its relay.
     pub outbox_written: Arc<tokio::sync::Notify>,
+    /// Starts and stops services (set once the platform has its bus).
+    starter: OnceLock<Arc<dyn StartService>>,
 }
 
 impl Deployer {
@@ -111,7 +123,21 @@ impl Deployer {
         if trusted.is_empty() {
             tracing::warn!("no signing keys are trusted: unsigned deploys are accepted");
         }
-        Self { dispatcher, linker, compiler, store, trusted, swapping: Mutex::new(()), outbox_written: Arc::default() }
+        Self {
+            dispatcher,
+            linker,
+            compiler,
+            store,
+            trusted,
+            swapping: Mutex::new(()),
+            outbox_written: Arc::default(),
+            starter: OnceLock::new(),
+        }
+    }
+
+    /// Lets deploys start new services and stop undeployed ones, through `starter`.
+    pub fn serve_with(&self, starter: Arc<dyn StartService>) {
+        self.starter.set(starter).ok();
     }
 
     /// Loads a stored version: compiled (from the cache when its artifact is there, without
@@ -211,11 +237,10 @@ impl Deployer {
                 "a canary serves 1 to 99 percent of callers, with a margin of 0 to 1 and at least 1 request",
             ));
         }
-        let service = self
-            .dispatcher
-            .registry
-            .get(&name)
-            .ok_or_else(|| DeployError::NotFound(format!("no service named {name:?} is served")))?;
+        let Some(service) = self.dispatcher.registry.get(&name) else {
+            let request = DeployRequest { name, wasm, policy, note, signature, canary };
+            return self.deploy_new_service(admin, request).await;
+        };
         let active = service.active();
         allowed(admin, &active.policy, "deploy")?;
 
@@ -250,25 +275,7 @@ impl Deployer {
                 message: format!("the policy grants more ({}): that takes a platform key", more.join(", ")),
             });
         }
-        if policy.limits.fuel.is_some() && !self.dispatcher.options.fuel {
-            return Err(refused(
-                "fuel_unavailable",
-                "this host meters no fuel (no policy asked for it when it started): limits.fuel takes a restart",
-            ));
-        }
-        for other in self.dispatcher.registry.all().iter().filter(|other| other.name != service.name) {
-            policy::check_compatible(&other.active().policy, &policy)
-                .map_err(|err| refused("incompatible_policy", format!("{err:#}")))?;
-        }
-        if !is_component(&wasm) {
-            return Err(refused("not_a_component", "the file is not a WebAssembly component"));
-        }
-        let digest = registry::digest(&wasm);
-        let signed_by = self.trusted.check(&digest, signature.as_ref(), admin.role)?;
-        let compiled = self
-            .compiler
-            .compile(&wasm)
-            .map_err(|err| refused("does_not_compile", format!("the component does not compile: {err:#}")))?;
+        let (digest, signed_by, compiled) = self.check_artifact(admin, &policy, &wasm, signature.as_ref())?;
         let exports = registry::exports(&self.dispatcher.engine, &compiled.component);
         if exports != active.exports {
             return Err(refused(
@@ -320,6 +327,122 @@ impl Deployer {
         self.converge_to(&name, Some(Arc::new(version))).await;
         let stored = self.store.version(&name, number).await.map_err(DeployError::Store)?;
         stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {number} of {name} vanished")))
+    }
+
+    /// Deploys a service this host does not serve: a policy is required, and the `platform`
+    /// role (it grants a database, topics, calls). The same checks as any deploy, but the
+    /// world's (there is no running version to compare with); then every host provisions its
+    /// database and serves it.
+    async fn deploy_new_service(&self, admin: &Admin, request: DeployRequest) -> Result<StoredVersion, DeployError> {
+        let DeployRequest { name, wasm, policy, note, signature, canary } = request;
+        if admin.role != Role::Platform {
+            return Err(DeployError::Forbidden {
+                code: "new_service_needs_platform",
+                message: format!("no service named {name:?} is served; deploying a new one takes a platform key"),
+            });
+        }
+        if canary.is_some() {
+            return Err(refused("invalid_canary", "a new service has no active version to try a canary beside"));
+        }
+        let text =
+            policy.ok_or_else(|| refused("policy_required", format!("{name} is a new service: send its policy")))?;
+        let policy = Policy::parse(&text, Path::new("the deployed policy"))
+            .map_err(|err| refused("invalid_policy", format!("{err:#}")))?;
+        if policy.component.name != name {
+            return Err(refused(
+                "name_mismatch",
+                format!("the policy is for {:?}, not {name:?}", policy.component.name),
+            ));
+        }
+        let (digest, signed_by, compiled) = self.check_artifact(admin, &policy, &wasm, signature.as_ref())?;
+        let mut version = self.prepare(0, compiled, policy.clone()).await?;
+        let new = NewVersion {
+            component: &name,
+            bytes: &wasm,
+            digest: &digest,
+            policy: &policy.text,
+            signature: signature.as_ref().map(|signature| signature.signature.as_str()),
+            signed_by: signed_by.as_deref(),
+            deployed_by: &admin.key_id,
+            deployer_role: Some(admin.role.name()),
+            note: note.as_deref(),
+        };
+        let stored = self.store.deploy(&new, None, None, |number| deployed_event(&new, number)).await;
+        let number = match stored.map_err(DeployError::Store)? {
+            Ok(number) => number,
+            Err(_) => return Err(DeployError::Conflict(format!("another deploy of {name} went first"))),
+        };
+        tracing::info!(component = %name, version = number, %digest, deployed_by = %admin.key_id, "new service deployed");
+        version.number = number;
+        self.converge_to(&name, Some(Arc::new(version))).await;
+        if self.dispatcher.registry.get(&name).is_none() {
+            return Err(DeployError::Store(anyhow::anyhow!(
+                "{name} version {number} is stored and active, but this host could not start it (see its log)"
+            )));
+        }
+        let stored = self.store.version(&name, number).await.map_err(DeployError::Store)?;
+        stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {number} of {name} vanished")))
+    }
+
+    /// The checks of a deploy that do not depend on a running version: the policy fits beside
+    /// the other services and this host; the bytes are a component, signed as the host
+    /// requires, that compiles. Answers its digest, its signer, and the compiled component.
+    fn check_artifact(
+        &self,
+        admin: &Admin,
+        policy: &Policy,
+        wasm: &[u8],
+        signature: Option<&Signature>,
+    ) -> Result<(String, Option<String>, registry::Compiled), DeployError> {
+        let name = &policy.component.name;
+        for other in self.dispatcher.registry.all().iter().filter(|other| *other.name != **name) {
+            policy::check_compatible(&other.active().policy, policy)
+                .map_err(|err| refused("incompatible_policy", format!("{err:#}")))?;
+        }
+        if policy.limits.fuel.is_some() && !self.dispatcher.options.fuel {
+            return Err(refused(
+                "fuel_unavailable",
+                "this host meters no fuel (no policy asked for it when it started): limits.fuel takes a restart",
+            ));
+        }
+        if !is_component(wasm) {
+            return Err(refused("not_a_component", "the file is not a WebAssembly component"));
+        }
+        let digest = registry::digest(wasm);
+        let signed_by = self.trusted.check(&digest, signature, admin.role)?;
+        let compiled = self
+            .compiler
+            .compile(wasm)
+            .map_err(|err| refused("does_not_compile", format!("the component does not compile: {err:#}")))?;
+        Ok((digest, signed_by, compiled))
+    }
+
+    /// Stops serving a service on every host; its versions and its data stay, and deploying
+    /// it again serves it again.
+    pub async fn undeploy(&self, admin: &Admin, name: &str) -> Result<(), DeployError> {
+        let undeployed = self.checked_undeploy(admin, name).await;
+        self.record(name, admin, "undeploy", undeployed.as_ref().err(), DeployOutcome::Undeployed).await;
+        undeployed
+    }
+
+    async fn checked_undeploy(&self, admin: &Admin, name: &str) -> Result<(), DeployError> {
+        if admin.role != Role::Platform {
+            return Err(DeployError::Forbidden {
+                code: "undeploy_needs_platform",
+                message: "undeploying a service takes a platform key".into(),
+            });
+        }
+        let event = PlatformEvent {
+            topic: "platform.component_undeployed",
+            component: name.to_string(),
+            data: json!({ "entity_type": "component", "component": name, "by": admin.key_id, "role": admin.role.name() }),
+        };
+        if !self.store.deactivate(name, &event).await.map_err(DeployError::Store)? {
+            return Err(DeployError::NotFound(format!("no service named {name:?} is served")));
+        }
+        tracing::info!(component = %name, by = %admin.key_id, "service undeployed");
+        self.converge(name).await;
+        Ok(())
     }
 
     /// Activates an earlier stored version: `to`, or the newest one older than the active.
@@ -518,18 +641,27 @@ impl Deployer {
                     }
                 }
                 (Some(stored), None) => {
-                    tracing::warn!(component = %name, version = stored.version, "a service not served by this host was deployed; it is served after a restart");
+                    let starter = self.starter.get().context("this host does not start services yet")?;
+                    let version = match ready_for(&stored) {
+                        Some(ready) => ready,
+                        None => self.load(&stored).await?,
+                    };
+                    starter.clone().start(version).await?;
+                    self.dispatcher.metrics.record_deploy(name, DeployOutcome::Swapped);
+                    tracing::info!(component = %name, version = stored.version, "service started");
                 }
                 (None, Some(_)) => {
-                    self.dispatcher.registry.remove(name);
-                    tracing::info!(component = %name, "service undeployed: no longer served");
+                    if let Some(starter) = self.starter.get() {
+                        starter.stop(name);
+                    }
+                    tracing::info!(component = %name, "service stopped: undeployed");
                 }
                 (None, None) => {}
             }
             anyhow::Ok(())
         };
         if let Err(err) = result.await {
-            tracing::error!(component = %name, "loading the active version failed; the previous one keeps serving: {err:#}");
+            tracing::error!(component = %name, "bringing this host to the active version failed; what it served keeps serving: {err:#}");
         }
     }
 

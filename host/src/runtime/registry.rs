@@ -3,10 +3,10 @@
 //! against its policy, linked against its capabilities and kept as an `InstancePre` from
 //! which every invocation instantiates.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -70,11 +70,13 @@ pub struct Compiled {
 pub struct Compiler {
     engine: Engine,
     cache_dir: PathBuf,
+    /// The digests this process compiled (rather than found in the cache).
+    compiled_here: Mutex<HashSet<String>>,
 }
 
 impl Compiler {
     pub fn new(engine: Engine, cache_dir: PathBuf) -> Self {
-        Self { engine, cache_dir }
+        Self { engine, cache_dir, compiled_here: Mutex::default() }
     }
 
     /// Loads the component file at `path` (see [`Compiler::compile`]).
@@ -88,7 +90,8 @@ impl Compiler {
         self.artifact(digest).exists()
     }
 
-    /// The cached artifact of the component with `digest` (see [`Compiler::is_cached`]).
+    /// The cached artifact of the component with `digest` (see [`Compiler::is_cached`]); it
+    /// counts as from the cache unless this process compiled it.
     pub fn load_cached(&self, digest: &str) -> anyhow::Result<Compiled> {
         let artifact = self.artifact(digest);
         // SAFETY: as in `compile`: written by an engine of the same compatibility hash into
@@ -96,7 +99,8 @@ impl Compiler {
         let component = unsafe { Component::deserialize_file(&self.engine, &artifact) }
             .map_err(anyhow::Error::from)
             .with_context(|| format!("loading {}", artifact.display()))?;
-        Ok(Compiled { component, digest: digest.to_string(), from_cache: true })
+        let from_cache = !self.compiled_here.lock().unwrap().contains(digest);
+        Ok(Compiled { component, digest: digest.to_string(), from_cache })
     }
 
     fn artifact(&self, digest: &str) -> PathBuf {
@@ -130,6 +134,7 @@ impl Compiler {
         std::fs::rename(&partial, &artifact).with_context(|| format!("writing {}", artifact.display()))?;
         // SAFETY: produced just above by this engine.
         let component = unsafe { Component::deserialize(&self.engine, &precompiled) }?;
+        self.compiled_here.lock().unwrap().insert(digest.clone());
         Ok(Compiled { component, digest, from_cache: false })
     }
 }
