@@ -15,9 +15,10 @@ use wasmtime::component::Linker;
 use crate::bus::{EventBus, PlatformOutbox};
 use crate::capabilities::database::ServiceDatabase;
 use crate::config::Config;
+use crate::deploy::migrations::{Applied, NewMigration};
 use crate::deploy::signing::TrustedKeys;
 use crate::deploy::store::{StoredVersion, VersionStore};
-use crate::deploy::{self, Deployer, StartService};
+use crate::deploy::{self, Deployer, Lifecycle};
 use crate::metrics::Metrics;
 use crate::policy::{self, Policy};
 use crate::postgres::budget::Shares;
@@ -241,16 +242,38 @@ impl ServiceStarter {
     }
 }
 
-impl StartService for ServiceStarter {
+/// Runs the future `work` makes on a blocking thread of its own, and answers its outcome.
+/// Provisioning's futures are not ones the compiler can prove `Send` for every lifetime they
+/// borrow, and a deploy runs on a task; provisioning is rare, and the thread waits only on the
+/// database.
+fn provisioning<T, F>(work: impl FnOnce() -> F + Send + 'static) -> BoxFuture<'static, anyhow::Result<T>>
+where
+    T: Send + 'static,
+    F: Future<Output = anyhow::Result<T>>,
+{
+    let runtime = tokio::runtime::Handle::current();
+    Box::pin(async move {
+        let done = tokio::task::spawn_blocking(move || runtime.block_on(work()));
+        done.await.context("provisioning stopped")?
+    })
+}
+
+impl Lifecycle for ServiceStarter {
     fn start(self: Arc<Self>, version: Arc<Version>) -> BoxFuture<'static, anyhow::Result<()>> {
-        // Provisioning's future is not one the compiler can prove `Send` for every lifetime
-        // it borrows, and a deploy runs on a task: it runs on a blocking thread of its own
-        // (deploying a new service is rare, and the thread waits only on the database).
-        let runtime = tokio::runtime::Handle::current();
-        Box::pin(async move {
-            let started = tokio::task::spawn_blocking(move || runtime.block_on(self.start_service(version)));
-            started.await.context("starting the service")?.map(|_| ())
-        })
+        provisioning(move || async move { self.start_service(version).await.map(|_| ()) })
+    }
+
+    fn applied_migrations(self: Arc<Self>, database: String) -> BoxFuture<'static, anyhow::Result<Applied>> {
+        provisioning(move || async move { self.provisioner.applied_migrations(&database).await })
+    }
+
+    fn migrate(
+        self: Arc<Self>,
+        database: String,
+        migrations: Vec<NewMigration>,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let migrations = migrations.iter().map(NewMigration::to_sqlx).collect();
+        provisioning(move || async move { self.provisioner.migrate(&database, migrations).await })
     }
 
     fn stop(&self, name: &str) {

@@ -506,3 +506,52 @@ async fn a_service_deployed_at_runtime_is_provisioned_and_served_on_every_host_a
     assert_eq!(body["version"], 2, "{body}");
     first.wait_for_json("/v1/probe_two/writes", "count", json!(1), Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn migrations_that_come_with_a_deploy_are_applied_before_the_swap_only_when_forward_only() {
+    let mut host = TestHost::start().await;
+    let ops = host.admin_key("ops");
+    let dir = host.options.data_dir.join("probe-migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        root().join("migrations/probe/0001_create_probe_effects.sql"),
+        dir.join("0001_create_probe_effects.sql"),
+    )
+    .unwrap();
+    let second = root().join("target/components/probe_second.wasm").display().to_string();
+    let deploy_with = |host: &TestHost| {
+        host.command(&ops, &["deploy", &second, "--name", "probe", "--migrations", dir.to_str().unwrap()])
+    };
+
+    // Destructive: refused, nothing applied, the running version serves.
+    std::fs::write(dir.join("0002_drop_effects.sql"), "DROP TABLE probe_effects;").unwrap();
+    let (ok, printed) = deploy_with(&host);
+    assert!(!ok && printed.contains("migration_not_forward_only"), "{printed}");
+    assert_eq!(build(&host).await, "first");
+    std::fs::remove_file(dir.join("0002_drop_effects.sql")).unwrap();
+
+    // An applied migration changed: refused.
+    std::fs::write(dir.join("0001_create_probe_effects.sql"), "CREATE TABLE probe_effects (id INT);").unwrap();
+    let (ok, printed) = deploy_with(&host);
+    assert!(!ok && printed.contains("migration_changed"), "{printed}");
+    std::fs::copy(
+        root().join("migrations/probe/0001_create_probe_effects.sql"),
+        dir.join("0001_create_probe_effects.sql"),
+    )
+    .unwrap();
+
+    // Additive: applied, then swapped.
+    std::fs::write(dir.join("0002_create_probe_notes.sql"), "CREATE TABLE probe_notes (id BIGINT PRIMARY KEY);")
+        .unwrap();
+    let (ok, printed) = deploy_with(&host);
+    assert!(ok, "{printed}");
+    assert_eq!(build(&host).await, "second");
+    let mut db = host.admin_db("probe").await;
+    let notes: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('probe_schema.probe_notes')::text").fetch_one(&mut db).await.unwrap();
+    assert!(notes.is_some(), "the deploy's migration was not applied");
+
+    // A restart runs the host's own migrations beside the deployed one.
+    host.restart().await;
+    assert_eq!(build(&host).await, "second");
+}

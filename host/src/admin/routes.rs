@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::keys::{Admin, KeyFile};
 use crate::bus::dead_letters;
+use crate::deploy::migrations::NewMigration;
 use crate::deploy::signing::Signature;
 use crate::deploy::store::CanaryPlan;
 use crate::deploy::{DeployError, DeployRequest};
@@ -206,6 +207,9 @@ struct DeployBody {
     signature: Option<Signature>,
     /// On trial: the share of callers it serves, and how it is judged.
     canary: Option<CanaryBody>,
+    /// Migrations of the service's database that come with it.
+    #[serde(default)]
+    migrations: Vec<NewMigration>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +261,7 @@ async fn deploy(
         note: body.note,
         signature: body.signature,
         canary,
+        migrations: body.migrations,
     };
     let result = state.platform.deployer.deploy(&admin, request).await;
     let stored = result.map_err(|err| deploy_error(&name, &admin, "deploy", err))?;

@@ -132,6 +132,7 @@ async fn deploy(deployer: &Deployer, wasm: &[u8], policy: Option<String>) -> any
         note: Some("bench".into()),
         signature: None,
         canary: None,
+        migrations: Vec::new(),
     };
     deployer.deploy(&admin, request).await.map_err(|err| anyhow::anyhow!("deploy refused: {err}"))?;
     Ok(())

@@ -39,6 +39,10 @@ pub struct DeployArgs {
     /// How much higher the trial's error rate may be (0 to 1).
     #[arg(long, default_value_t = 0.05)]
     pub canary_margin: f64,
+    /// A directory of the service's migrations (`NNNN_description.sql`): those its database
+    /// has not applied are checked forward-only and applied before the swap.
+    #[arg(long)]
+    pub migrations: Option<PathBuf>,
     #[command(flatten)]
     pub host: HostAddress,
 }
@@ -67,8 +71,13 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         Err(err) => return Err(err).with_context(|| format!("reading {}", signature_path.display())),
     };
     let canary = args.canary.map(|percent| json!({ "percent": percent, "margin": args.canary_margin }));
+    let migrations = match &args.migrations {
+        Some(dir) => super::migrations::read_dir(dir)?,
+        None => Vec::new(),
+    };
     let body = json!({
         "wasm": BASE64.encode(&wasm), "policy": policy, "note": args.note, "signature": signature, "canary": canary,
+        "migrations": migrations,
     });
     let path = format!("/admin/components/{name}/versions");
     let (status, answer) = args.host.send(Method::POST, &path, Some(&body)).await?;

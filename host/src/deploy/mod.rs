@@ -23,6 +23,7 @@
 //!   and policy the checks saw, by digest.
 
 pub mod cli;
+pub mod migrations;
 pub mod signing;
 pub mod store;
 pub mod watch;
@@ -44,6 +45,7 @@ use crate::runtime::invoke::Dispatcher;
 use crate::runtime::registry::{self, Compiler};
 use crate::runtime::service::{Canary, Version, VersionStats};
 use crate::runtime::state::InvocationState;
+use migrations::NewMigration;
 use serde_json::json;
 use signing::{Signature, TrustedKeys};
 use store::{CanaryPlan, NewVersion, PlatformEvent, StoredCanary, StoredVersion, VersionStore};
@@ -86,15 +88,26 @@ pub struct DeployRequest {
     pub signature: Option<Signature>,
     /// Deploy it on trial beside the active version rather than in its place.
     pub canary: Option<CanaryPlan>,
+    /// Migrations of the service's database that come with it (applied before the swap).
+    pub migrations: Vec<NewMigration>,
 }
 
-/// How a deploy brings a service new to this host to life, and ends an undeployed one (the
-/// platform does it: databases, pools, the bus, schedules).
-pub trait StartService: Send + Sync {
+/// What deploys ask of the platform: bring a service new to this host to life (databases,
+/// pools, the bus, schedules), end an undeployed one, and migrate a service's database.
+pub trait Lifecycle: Send + Sync {
     /// Provisions what `version`'s policy grants and serves it as a new service.
     fn start(self: Arc<Self>, version: Arc<Version>) -> BoxFuture<'static, anyhow::Result<()>>;
     /// Stops serving `name`; its data stays.
     fn stop(&self, name: &str);
+    /// The migrations `database` (a service's database name) has applied: version, checksum.
+    fn applied_migrations(self: Arc<Self>, database: String)
+    -> BoxFuture<'static, anyhow::Result<migrations::Applied>>;
+    /// Applies `migrations` to `database`, skipping those applied already.
+    fn migrate(
+        self: Arc<Self>,
+        database: String,
+        migrations: Vec<NewMigration>,
+    ) -> BoxFuture<'static, anyhow::Result<()>>;
 }
 
 /// Checks, stores and swaps versions.
@@ -108,8 +121,9 @@ pub struct Deployer {
     swapping: Mutex<()>,
     /// Signalled when the platform's outbox has new events, to wake its relay.
     pub outbox_written: Arc<tokio::sync::Notify>,
-    /// Starts and stops services (set once the platform has its bus).
-    starter: OnceLock<Arc<dyn StartService>>,
+    /// Starts and stops services, migrates their databases (set once the platform has its
+    /// bus).
+    lifecycle: OnceLock<Arc<dyn Lifecycle>>,
 }
 
 impl Deployer {
@@ -131,13 +145,14 @@ impl Deployer {
             trusted,
             swapping: Mutex::new(()),
             outbox_written: Arc::default(),
-            starter: OnceLock::new(),
+            lifecycle: OnceLock::new(),
         }
     }
 
-    /// Lets deploys start new services and stop undeployed ones, through `starter`.
-    pub fn serve_with(&self, starter: Arc<dyn StartService>) {
-        self.starter.set(starter).ok();
+    /// Lets deploys start new services, stop undeployed ones and migrate, through
+    /// `lifecycle`.
+    pub fn serve_with(&self, lifecycle: Arc<dyn Lifecycle>) {
+        self.lifecycle.set(lifecycle).ok();
     }
 
     /// Loads a stored version: compiled (from the cache when its artifact is there, without
@@ -228,7 +243,7 @@ impl Deployer {
     }
 
     async fn checked_deploy(&self, admin: &Admin, request: DeployRequest) -> Result<StoredVersion, DeployError> {
-        let DeployRequest { name, wasm, policy, note, signature, canary } = request;
+        let DeployRequest { name, wasm, policy, note, signature, canary, migrations } = request;
         if let Some(plan) = canary
             && (!(1..=99).contains(&plan.percent) || !(0.0..=1.0).contains(&plan.margin) || plan.min_requests < 1)
         {
@@ -238,7 +253,7 @@ impl Deployer {
             ));
         }
         let Some(service) = self.dispatcher.registry.get(&name) else {
-            let request = DeployRequest { name, wasm, policy, note, signature, canary };
+            let request = DeployRequest { name, wasm, policy, note, signature, canary, migrations };
             return self.deploy_new_service(admin, request).await;
         };
         let active = service.active();
@@ -289,6 +304,9 @@ impl Deployer {
         }
         // Checked, linked and started now; numbered once stored.
         let mut version = self.prepare(0, compiled, policy.clone()).await?;
+        if !migrations.is_empty() {
+            self.migrate(&policy, migrations).await?;
+        }
 
         let role = admin.role.name();
         let new = NewVersion {
@@ -334,7 +352,13 @@ impl Deployer {
     /// world's (there is no running version to compare with); then every host provisions its
     /// database and serves it.
     async fn deploy_new_service(&self, admin: &Admin, request: DeployRequest) -> Result<StoredVersion, DeployError> {
-        let DeployRequest { name, wasm, policy, note, signature, canary } = request;
+        let DeployRequest { name, wasm, policy, note, signature, canary, migrations } = request;
+        if !migrations.is_empty() {
+            return Err(refused(
+                "invalid_migrations",
+                "a new service's migrations come from the hosts' migrations directory; later ones come with its deploys",
+            ));
+        }
         if admin.role != Role::Platform {
             return Err(DeployError::Forbidden {
                 code: "new_service_needs_platform",
@@ -382,6 +406,29 @@ impl Deployer {
         }
         let stored = self.store.version(&name, number).await.map_err(DeployError::Store)?;
         stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {number} of {name} vanished")))
+    }
+
+    /// Checks the migrations that come with a deploy against what the service's database has
+    /// applied (see [`migrations`]), then applies them: before the swap, so the new version
+    /// finds its schema, and the old one, which keeps serving meanwhile, loses nothing.
+    async fn migrate(&self, policy: &Policy, migrations: Vec<NewMigration>) -> Result<(), DeployError> {
+        let database = policy
+            .database
+            .as_ref()
+            .ok_or_else(|| refused("invalid_migrations", "the service has no database to migrate"))?
+            .name
+            .clone();
+        let lifecycle = self.lifecycle.get().ok_or_else(|| DeployError::Store(anyhow::anyhow!("not started")))?;
+        let applied = lifecycle.clone().applied_migrations(database.clone()).await.map_err(DeployError::Store)?;
+        migrations::check(&migrations, &applied).map_err(|(code, message)| refused(code, message))?;
+        let versions: Vec<i64> = migrations.iter().map(|migration| migration.version).collect();
+        lifecycle
+            .clone()
+            .migrate(database.clone(), migrations)
+            .await
+            .map_err(|err| refused("migration_failed", format!("{err:#}")))?;
+        tracing::info!(%database, ?versions, "migrations of a deploy applied");
+        Ok(())
     }
 
     /// The checks of a deploy that do not depend on a running version: the policy fits beside
@@ -641,18 +688,18 @@ impl Deployer {
                     }
                 }
                 (Some(stored), None) => {
-                    let starter = self.starter.get().context("this host does not start services yet")?;
+                    let lifecycle = self.lifecycle.get().context("this host does not start services yet")?;
                     let version = match ready_for(&stored) {
                         Some(ready) => ready,
                         None => self.load(&stored).await?,
                     };
-                    starter.clone().start(version).await?;
+                    lifecycle.clone().start(version).await?;
                     self.dispatcher.metrics.record_deploy(name, DeployOutcome::Swapped);
                     tracing::info!(component = %name, version = stored.version, "service started");
                 }
                 (None, Some(_)) => {
-                    if let Some(starter) = self.starter.get() {
-                        starter.stop(name);
+                    if let Some(lifecycle) = self.lifecycle.get() {
+                        lifecycle.stop(name);
                     }
                     tracing::info!(component = %name, "service stopped: undeployed");
                 }

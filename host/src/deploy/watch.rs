@@ -62,6 +62,7 @@ pub async fn run(
                 note: Some(format!("changed on disk: {}", wasm.display())),
                 signature,
                 canary: None,
+                migrations: Vec::new(),
             };
             match deployer.deploy(&watcher, request).await {
                 Ok(stored) => tracing::info!(component = %name, version = stored.version, "watched change deployed"),

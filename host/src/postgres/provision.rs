@@ -344,6 +344,9 @@ impl Provisioner {
             // Hosts take turns under the provisioning lock already; the migrator's own lock is
             // an advisory lock in the service's database, which its component could hold.
             migrator.set_locking(false);
+            // Migrations deployed with a version (see `deploy::migrations`) are not in the
+            // host's directory.
+            migrator.set_ignore_missing(true);
             let mut connection = self
                 .service_options(service)
                 .connect()
@@ -357,6 +360,41 @@ impl Provisioner {
         }
         admin.close().await.ok();
         Ok(())
+    }
+
+    /// The migrations `service`'s database has applied: version and checksum.
+    pub async fn applied_migrations(&self, service: &str) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
+        let mut connection = self.service_options(service).connect().await?;
+        let exists: bool = sqlx::query_scalar("SELECT pg_catalog.to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&mut connection)
+            .await?;
+        let applied = match exists {
+            true => {
+                sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version")
+                    .fetch_all(&mut connection)
+                    .await?
+            }
+            false => Vec::new(),
+        };
+        connection.close().await.ok();
+        Ok(applied)
+    }
+
+    /// Applies `migrations` to `service`'s database as its own role, under the provisioning
+    /// lock; those applied already (same version and checksum) are skipped.
+    pub async fn migrate(&self, service: &str, migrations: Vec<sqlx::migrate::Migration>) -> anyhow::Result<()> {
+        let admin = self.provisioning_lock().await?;
+        let migrator = sqlx::migrate::Migrator {
+            migrations: migrations.into(),
+            ignore_missing: true,
+            locking: false,
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        let mut connection = self.service_options(service).connect().await?;
+        let migrated = migrator.run(&mut connection).await;
+        connection.close().await.ok();
+        admin.close().await.ok();
+        Ok(migrated?)
     }
 
     /// Creates (if missing) the embedded event bus's database, `micropay_bus_db`, owned by the
