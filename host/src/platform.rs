@@ -1,6 +1,7 @@
 //! The platform: PostgreSQL (embedded or a server), one provisioned database per service, the
 //! engine, the services with their active versions, and deploys. `micropay serve` and `micropay bench` both start one.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -167,7 +168,8 @@ impl Platform {
     /// Stops the bus, then the embedded cluster (if any) after closing every pool.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
-        for task in self.tasks.iter().chain(std::mem::take(&mut *self.starter.schedules.lock().unwrap()).iter()) {
+        let schedules = std::mem::take(&mut *self.starter.schedules.lock().unwrap());
+        for task in self.tasks.iter().chain(schedules.values().flatten()) {
             task.abort();
         }
         self.bus.stop().await;
@@ -205,7 +207,8 @@ struct ServiceStarter {
     migrations_dir: PathBuf,
     dispatcher: Arc<Dispatcher>,
     bus: Arc<EventBus>,
-    schedules: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Each service's scheduled requests.
+    schedules: Mutex<HashMap<Arc<str>, Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl ServiceStarter {
@@ -220,25 +223,36 @@ impl ServiceStarter {
                     "the host's connection budget has no room for another service's pool; restart it to share \
                      the budget anew"
                 );
-                let service = database.name.as_str();
-                self.provisioner
-                    .provision(service, &self.migrations_dir.join(service))
-                    .await
-                    .with_context(|| format!("provisioning the database of {name}"))?;
-                Some(Arc::new(ServiceDatabase {
-                    pool: self.provisioner.service_pool(service, self.shares.per_service).await?,
-                    platform: self.provisioner.platform_pool(service, self.shares.plumbing.per_database).await?,
-                    control: self.control.clone(),
-                    host_key: self.provisioner.host_key(service),
-                }))
+                match self.open_database(&database.name).await {
+                    Ok(database) => Some(Arc::new(database)),
+                    Err(err) => {
+                        self.databases_left.fetch_add(1, Ordering::SeqCst);
+                        return Err(err.context(format!("provisioning the database of {name}")));
+                    }
+                }
             }
             None => None,
         };
         let service = Arc::new(Service::new(database, version));
         self.dispatcher.registry.insert(service.clone());
         self.bus.attach(&service);
-        self.schedules.lock().unwrap().extend(crate::schedule::start(&self.dispatcher, &service));
+        let jobs = crate::schedule::start(&self.dispatcher, &service);
+        if let Some(previous) = self.schedules.lock().unwrap().insert(name, jobs) {
+            previous.iter().for_each(tokio::task::JoinHandle::abort);
+        }
         Ok(service)
+    }
+
+    /// Provisions and migrates the database of `service` (a database name) and opens its
+    /// pools.
+    async fn open_database(&self, service: &str) -> anyhow::Result<ServiceDatabase> {
+        self.provisioner.provision(service, &self.migrations_dir.join(service)).await?;
+        Ok(ServiceDatabase {
+            pool: self.provisioner.service_pool(service, self.shares.per_service).await?,
+            platform: self.provisioner.platform_pool(service, self.shares.plumbing.per_database).await?,
+            control: self.control.clone(),
+            host_key: self.provisioner.host_key(service),
+        })
     }
 }
 
@@ -279,13 +293,14 @@ impl Lifecycle for ServiceStarter {
     fn stop(&self, name: &str) {
         let Some(service) = self.dispatcher.registry.remove(name) else { return };
         self.bus.detach(name);
+        if let Some(jobs) = self.schedules.lock().unwrap().remove(name) {
+            jobs.iter().for_each(tokio::task::JoinHandle::abort);
+        }
         if let Some(database) = service.database.clone() {
             self.databases_left.fetch_add(1, Ordering::SeqCst);
-            // In-flight invocations keep their connections until they end.
-            tokio::spawn(async move {
-                database.pool.close().await;
-                database.platform.close().await;
-            });
+            // In-flight invocations keep their connections until they end. The platform pool
+            // stays: the relay still sends what the service committed.
+            tokio::spawn(async move { database.pool.close().await });
         }
     }
 }

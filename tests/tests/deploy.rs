@@ -248,7 +248,7 @@ async fn every_refused_deploy_names_its_check_and_the_running_version_keeps_serv
 
 #[tokio::test]
 async fn only_components_signed_by_a_trusted_key_deploy_where_keys_are_trusted() {
-    let mut options = HostOptions::on_test_server();
+    let options = HostOptions::on_test_server();
     std::fs::create_dir_all(&options.data_dir).unwrap();
     let key_file = options.data_dir.join("signing.key");
     let micropay = |args: &[&str]| {
@@ -259,8 +259,11 @@ async fn only_components_signed_by_a_trusted_key_deploy_where_keys_are_trusted()
     let trusted = micropay(&["keygen", "--out", key_file.to_str().unwrap(), "--role", "ops"]);
     let other_key = options.data_dir.join("other.key");
     micropay(&["keygen", "--out", other_key.to_str().unwrap(), "--role", "ops"]);
-    options.extra_args = vec!["--trusted-keys".into(), trusted];
-    let host = TestHost::start_with(options.clone()).await;
+    // The installation's first versions come from unsigned files; then the host trusts a key
+    // (a host with trusted keys would refuse unsigned files it has not stored yet).
+    let mut host = TestHost::start_with(options.clone()).await;
+    host.options.extra_args = vec!["--trusted-keys".into(), trusted];
+    host.restart().await;
     let ops = host.admin_key("ops");
 
     // Unsigned: refused.

@@ -64,18 +64,20 @@ pub async fn run(
 ) -> anyhow::Result<DeployRun> {
     let builds = [std::fs::read(components.join("probe.wasm"))?, std::fs::read(components.join("probe_second.wasm"))?];
     let probe = platform.registry().get("probe").context("the deploy bench needs the probe (tests/policies)")?;
-    // Room for the load's connections, granted by the platform role.
-    let roomy = probe
-        .active()
-        .policy
-        .text
-        .replace("max_instances = 8", "max_instances = 64")
-        .replace("queue_ms = 20", "queue_ms = 2000");
+    // Room for the load's connections, granted by the platform role (once: the bench's
+    // databases, and so the active policy, outlive a run).
+    let active = probe.active().policy.clone();
+    let roomy = (active.limits.max_instances < 64).then(|| {
+        active
+            .text
+            .replace("max_instances = 8\n", "max_instances = 64\n")
+            .replace("queue_ms = 20\n", "queue_ms = 2000\n")
+    });
     let deployer = platform.deployer.clone();
     let (router, _state) = gateway::router(platform, body_limit, std::env::temp_dir().join("micropay-bench-keys.toml"));
     let address = spawn_server(router).await?;
     let http = reqwest::Client::new();
-    deploy(&deployer, &builds[1], Some(roomy)).await?;
+    deploy(&deployer, &builds[1], roomy).await?;
     deploy(&deployer, &builds[0], None).await?;
 
     let (mut answered, mut first_request) = (Vec::new(), Vec::new());

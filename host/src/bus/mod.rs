@@ -371,9 +371,15 @@ impl EventBus {
         self.subscriptions.read().unwrap().clone()
     }
 
-    /// Starts the relay of one outbox (if this host relays), and keeps it in housekeeping.
+    /// Starts the relay of one outbox (if this host relays), and keeps it in housekeeping. An
+    /// outbox relayed already (a service deployed again after an undeploy) keeps its relay.
     fn relay(&self, source: Arc<str>, pool: sqlx::PgPool, wake: Arc<tokio::sync::Notify>, idle_poll: Duration) {
-        self.outboxes.write().unwrap().push((source.clone(), pool.clone()));
+        let mut outboxes = self.outboxes.write().unwrap();
+        if outboxes.iter().any(|(known, _)| *known == source) {
+            return;
+        }
+        outboxes.push((source.clone(), pool.clone()));
+        drop(outboxes);
         if !self.relays {
             return;
         }

@@ -6,8 +6,13 @@
 //! take away what the running version uses. Refused:
 //! - one that changes a migration the database has applied (its checksum differs);
 //! - one older than the newest applied (applied out of order, it would be skipped elsewhere);
-//! - one that is not forward-only: it drops, renames, truncates, changes a column's type, or
-//!   makes a column `NOT NULL` (inserts by the running version would fail).
+//! - one that is not forward-only: it drops, renames, truncates or deletes, changes a column's
+//!   type, makes a column `NOT NULL` (inserts by the running version would fail), replaces a
+//!   function, view or rule, or runs SQL this check cannot read (`DO`, `EXECUTE`).
+//!
+//! This is a rail against mistakes, not a wall: the component's own role may run the same SQL
+//! in its own schema whenever it is invoked. Deployed migrations run as that role, with a
+//! statement and a lock timeout.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -98,7 +103,7 @@ pub fn forward_only(sql: &str) -> Result<(), String> {
     let has = |sequence: &[&str]| {
         words.windows(sequence.len()).any(|window| window.iter().zip(sequence).all(|(w, s)| *s == "*" || w == s))
     };
-    let refusals: [(&[&str], &str); 9] = [
+    let refusals: [(&[&str], &str); 15] = [
         (&["DROP"], "it drops something the running version may use"),
         (&["RENAME"], "it renames something the running version may use"),
         (&["TRUNCATE"], "it empties a table"),
@@ -108,6 +113,12 @@ pub fn forward_only(sql: &str) -> Result<(), String> {
         (&["ALTER", "*", "SET", "DATA", "TYPE"], "it changes a column's type"),
         (&["SET", "NOT", "NULL"], "it makes a column NOT NULL: the running version's inserts may fail"),
         (&["SET", "SCHEMA"], "it moves something to another schema"),
+        (&["DELETE"], "it deletes rows the running version may use"),
+        (&["OR", "REPLACE"], "it replaces something the running version may use"),
+        (&["CREATE", "RULE"], "a rule changes what the running version's statements do"),
+        (&[";", "DO"], "a DO block runs SQL this check cannot read"),
+        (&["EXECUTE"], "EXECUTE runs SQL this check cannot read"),
+        (&["REVOKE"], "it takes away privileges the running version may need"),
     ];
     match refusals.iter().find(|(sequence, _)| has(sequence)) {
         Some((_, reason)) => Err(reason.to_string()),
@@ -115,9 +126,10 @@ pub fn forward_only(sql: &str) -> Result<(), String> {
     }
 }
 
-/// The words of `sql` in upper case, without comments, string literals or quoted names.
+/// The words of `sql` in upper case, without comments, string literals or quoted names; each
+/// statement begins with a `;`.
 fn words(sql: &str) -> Vec<String> {
-    let mut words = Vec::new();
+    let mut words = vec![";".to_string()];
     let mut current = String::new();
     let mut chars = sql.chars().peekable();
     let flush = |current: &mut String, words: &mut Vec<String>| {
@@ -146,14 +158,49 @@ fn words(sql: &str) -> Vec<String> {
                 }
             }
             '\'' | '"' => {
+                // An E'...' string takes backslash escapes; the E was read as a word.
+                let escapes = c == '\'' && current.eq_ignore_ascii_case("e");
+                if escapes {
+                    current.clear();
+                }
                 flush(&mut current, &mut words);
-                for next in chars.by_ref() {
-                    if next == c {
+                while let Some(next) = chars.next() {
+                    if escapes && next == '\\' {
+                        chars.next();
+                    } else if next == c {
                         break;
                     }
                 }
             }
+            '$' if current.is_empty() => {
+                // A dollar-quoted string: $tag$ ... $tag$ (its body is text, not statements).
+                let mut tag = String::from("$");
+                while let Some(&next) = chars.peek() {
+                    chars.next();
+                    tag.push(next);
+                    if next == '$' {
+                        break;
+                    }
+                    if !(next.is_alphanumeric() || next == '_') {
+                        tag.clear();
+                        break;
+                    }
+                }
+                if tag.len() >= 2 && tag.ends_with('$') {
+                    let mut body = String::new();
+                    for next in chars.by_ref() {
+                        body.push(next);
+                        if body.ends_with(&tag) {
+                            break;
+                        }
+                    }
+                }
+            }
             c if c.is_alphanumeric() || c == '_' => current.push(c),
+            ';' => {
+                flush(&mut current, &mut words);
+                words.push(";".into());
+            }
             _ => flush(&mut current, &mut words),
         }
     }
@@ -179,6 +226,9 @@ mod tests {
             "INSERT INTO notes VALUES (1, 'DROP TABLE notes')",
             "-- DROP TABLE notes\nCREATE TABLE drop_log (id BIGINT)",
             "ALTER TABLE notes ADD COLUMN type TEXT",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $body$ SELECT 1; -- DROP $body$",
+            "UPDATE notes SET author = 'x' WHERE author IS NULL",
+            "INSERT INTO notes VALUES (1, 'a') ON CONFLICT DO NOTHING",
         ] {
             assert_eq!(forward_only(sql), Ok(()), "{sql}");
         }
@@ -190,6 +240,11 @@ mod tests {
             "ALTER TABLE notes ALTER COLUMN body TYPE VARCHAR(10)",
             "alter table notes alter column body set not null",
             "ALTER TABLE notes SET SCHEMA public",
+            "DO $$ BEGIN EXECUTE 'DROP TABLE notes'; END $$",
+            "SELECT E'\\'' ; DROP TABLE notes",
+            "CREATE OR REPLACE VIEW v AS SELECT 1",
+            "DELETE FROM notes",
+            "CREATE TABLE a (id INT); do $$ BEGIN END $$",
         ] {
             assert!(forward_only(sql).is_err(), "{sql}");
         }

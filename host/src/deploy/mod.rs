@@ -161,12 +161,16 @@ impl Deployer {
     pub async fn load(&self, stored: &StoredVersion) -> anyhow::Result<Arc<Version>> {
         let source = format!("{}/v{} in the version store", stored.component, stored.version);
         let policy = Policy::parse(&stored.policy, Path::new(&source))?;
+        anyhow::ensure!(
+            policy.limits.fuel.is_none() || self.dispatcher.options.fuel,
+            "{source} sets limits.fuel, and this host meters no fuel: it takes a restart"
+        );
         let bytes = match self.compiler.is_cached(&stored.digest) {
             true => None,
             false => Some(self.store.bytes(&stored.digest).await?),
         };
         let compiled = match bytes {
-            Some(bytes) => self.compiler.compile(&bytes)?,
+            Some(bytes) => tokio::task::block_in_place(|| self.compiler.compile(&bytes))?,
             None => self.compiler.load_cached(&stored.digest)?,
         };
         let version = self.prepare(stored.version, compiled, policy).await.map_err(|err| anyhow::anyhow!("{err}"))?;
@@ -220,14 +224,17 @@ impl Deployer {
             self.outbox_written.notify_one();
             return;
         };
-        self.dispatcher.metrics.record_deploy(name, DeployOutcome::Refused);
         let code = match refusal {
             DeployError::Refused { code, .. } | DeployError::Forbidden { code, .. } => *code,
-            DeployError::NotFound(_) => "not_found",
             DeployError::Conflict(_) => "deploy_conflict",
-            // Nothing can be recorded where the store cannot be reached.
-            DeployError::Store(_) => return,
+            // A name nothing knows makes no metric series or audit record (any key could
+            // make up names without end); nothing can be recorded where the store is away.
+            DeployError::NotFound(_) | DeployError::Store(_) => return,
         };
+        if self.dispatcher.registry.get(name).is_none() {
+            return;
+        }
+        self.dispatcher.metrics.record_deploy(name, DeployOutcome::Refused);
         let event = PlatformEvent {
             topic: "platform.component_refused",
             component: name.to_string(),
@@ -270,26 +277,7 @@ impl Deployer {
                 format!("the policy is for {:?}, not {name:?}", policy.component.name),
             ));
         }
-        if policy.database.as_ref().map(|d| &d.name) != active.policy.database.as_ref().map(|d| &d.name) {
-            return Err(refused("database_changed", "a new version keeps its service's database"));
-        }
-        let (old, new) = (&active.policy.events, &policy.events);
-        if (old.publish.is_empty() && !new.publish.is_empty())
-            || (old.subscribe.is_empty() && !new.subscribe.is_empty())
-        {
-            return Err(refused(
-                "events_need_restart",
-                "the service's relay and deliveries start with the host: a first published or subscribed topic \
-                 takes effect after a restart, so deploy it with the host's policy files",
-            ));
-        }
-        let more = grants_more(&active.policy, &policy);
-        if !more.is_empty() && admin.role != Role::Platform {
-            return Err(DeployError::Forbidden {
-                code: "grant_needs_platform",
-                message: format!("the policy grants more ({}): that takes a platform key", more.join(", ")),
-            });
-        }
+        policy_change(admin, &active.policy, &policy, "the policy")?;
         let (digest, signed_by, compiled) = self.check_artifact(admin, &policy, &wasm, signature.as_ref())?;
         let exports = registry::exports(&self.dispatcher.engine, &compiled.component);
         if exports != active.exports {
@@ -305,6 +293,11 @@ impl Deployer {
         // Checked, linked and started now; numbered once stored.
         let mut version = self.prepare(0, compiled, policy.clone()).await?;
         if !migrations.is_empty() {
+            // Not while another deploy is going first: its own migrations may be under way.
+            let now = self.store.active_of(&name).await.map_err(DeployError::Store)?.map(|stored| stored.version);
+            if now != Some(active.number) {
+                return Err(DeployError::Conflict(format!("another deploy of {name} went first")));
+            }
             self.migrate(&policy, migrations).await?;
         }
 
@@ -343,6 +336,15 @@ impl Deployer {
         tracing::info!(component = %name, version = number, %digest, deployed_by = %admin.key_id, role, "version deployed");
         version.number = number;
         self.converge_to(&name, Some(Arc::new(version))).await;
+        let serving = match canary {
+            None => service.active().number == number,
+            Some(_) => service.canary().is_some_and(|canary| canary.version.number == number),
+        };
+        if !serving {
+            return Err(DeployError::Store(anyhow::anyhow!(
+                "{name} version {number} is stored and active, but this host did not swap to it (see its log)"
+            )));
+        }
         let stored = self.store.version(&name, number).await.map_err(DeployError::Store)?;
         stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {number} of {name} vanished")))
     }
@@ -377,6 +379,12 @@ impl Deployer {
                 "name_mismatch",
                 format!("the policy is for {:?}, not {name:?}", policy.component.name),
             ));
+        }
+        // Against every service of the installation, served here or not yet.
+        for stored in self.store.active().await.map_err(DeployError::Store)? {
+            let other = Policy::parse(&stored.policy, Path::new("a stored policy")).map_err(DeployError::Store)?;
+            policy::check_compatible(&other, &policy)
+                .map_err(|err| refused("incompatible_policy", format!("{err:#}")))?;
         }
         let (digest, signed_by, compiled) = self.check_artifact(admin, &policy, &wasm, signature.as_ref())?;
         let mut version = self.prepare(0, compiled, policy.clone()).await?;
@@ -431,16 +439,9 @@ impl Deployer {
         Ok(())
     }
 
-    /// The checks of a deploy that do not depend on a running version: the policy fits beside
-    /// the other services and this host; the bytes are a component, signed as the host
-    /// requires, that compiles. Answers its digest, its signer, and the compiled component.
-    fn check_artifact(
-        &self,
-        admin: &Admin,
-        policy: &Policy,
-        wasm: &[u8],
-        signature: Option<&Signature>,
-    ) -> Result<(String, Option<String>, registry::Compiled), DeployError> {
+    /// Refuses a policy that does not fit beside the other services (their databases, one
+    /// identity provider) or on this host (fuel metering).
+    fn fits(&self, policy: &Policy) -> Result<(), DeployError> {
         let name = &policy.component.name;
         for other in self.dispatcher.registry.all().iter().filter(|other| *other.name != **name) {
             policy::check_compatible(&other.active().policy, policy)
@@ -452,14 +453,27 @@ impl Deployer {
                 "this host meters no fuel (no policy asked for it when it started): limits.fuel takes a restart",
             ));
         }
+        Ok(())
+    }
+
+    /// The checks of a deploy that do not depend on a running version: the policy fits beside
+    /// the other services and this host; the bytes are a component, signed as the host
+    /// requires, that compiles. Answers its digest, its signer, and the compiled component.
+    fn check_artifact(
+        &self,
+        admin: &Admin,
+        policy: &Policy,
+        wasm: &[u8],
+        signature: Option<&Signature>,
+    ) -> Result<(String, Option<String>, registry::Compiled), DeployError> {
+        self.fits(policy)?;
         if !is_component(wasm) {
             return Err(refused("not_a_component", "the file is not a WebAssembly component"));
         }
         let digest = registry::digest(wasm);
         let signed_by = self.trusted.check(&digest, signature, admin.role)?;
-        let compiled = self
-            .compiler
-            .compile(wasm)
+        // Compiling takes a core for a while: off the runtime's workers' turn.
+        let compiled = tokio::task::block_in_place(|| self.compiler.compile(wasm))
             .map_err(|err| refused("does_not_compile", format!("the component does not compile: {err:#}")))?;
         Ok((digest, signed_by, compiled))
     }
@@ -527,21 +541,15 @@ impl Deployer {
         if target.version == active.number {
             return Err(refused("already_active", format!("version {} of {name} is the active one", target.version)));
         }
-        // The earlier version's policy passed its own deploy's checks; what it grants beyond
-        // the active one's still takes a platform key.
+        // The earlier version passed its own deploy's checks, against what was active then and
+        // the keys trusted then: it passes today's again.
         let policy = Policy::parse(&target.policy, Path::new("the stored policy"))
             .map_err(|err| refused("invalid_policy", format!("{err:#}")))?;
-        let more = grants_more(&active.policy, &policy);
-        if !more.is_empty() && admin.role != Role::Platform {
-            return Err(DeployError::Forbidden {
-                code: "grant_needs_platform",
-                message: format!(
-                    "version {} grants more ({}): that takes a platform key",
-                    target.version,
-                    more.join(", ")
-                ),
-            });
-        }
+        policy_change(admin, &active.policy, &policy, &format!("version {}", target.version))?;
+        self.fits(&policy)?;
+        let signature = target.signature.clone().zip(target.signed_by.clone());
+        let signature = signature.map(|(signature, key_id)| Signature { key_id, signature });
+        self.trusted.check(&target.digest, signature.as_ref(), admin.role)?;
         let version = self.load(&target).await.map_err(|err| refused("does_not_load", format!("{err:#}")))?;
         if version.exports != active.exports {
             return Err(refused("different_world", "the stored version exports another world"));
@@ -554,7 +562,14 @@ impl Deployer {
                 "digest": target.digest, "by": admin.key_id, "role": admin.role.name(),
             }),
         };
-        self.store.activate(name, target.version, &admin.key_id, &event).await.map_err(DeployError::Store)?;
+        let activated = self.store.activate(name, active.number, target.version, &admin.key_id, &event).await;
+        if let Err(now) = activated.map_err(DeployError::Store)? {
+            return Err(DeployError::Conflict(format!(
+                "version {} of {name} is active now, not {}: look again",
+                now.unwrap_or_default(),
+                active.number
+            )));
+        }
         tracing::info!(component = %name, version = target.version, by = %admin.key_id, "version rolled back to");
         self.converge(name).await;
         let stored = self.store.version(name, target.version).await.map_err(DeployError::Store)?;
@@ -576,6 +591,9 @@ impl Deployer {
             .ok_or_else(|| DeployError::NotFound(format!("no service named {name:?} is served")))?;
         let active = service.active();
         allowed(admin, &active.policy, "promote")?;
+        let canary =
+            service.canary().ok_or_else(|| DeployError::NotFound(format!("{name} has no version on trial")))?;
+        policy_change(admin, &active.policy, &canary.version.policy, "the version on trial")?;
         let event = |version| PlatformEvent {
             topic: "platform.component_promoted",
             component: name.to_string(),
@@ -584,16 +602,19 @@ impl Deployer {
                 "by": admin.key_id, "role": admin.role.name(),
             }),
         };
-        let promoted = self.store.promote(name, &admin.key_id, event).await.map_err(DeployError::Store)?;
-        let version = promoted.ok_or_else(|| DeployError::NotFound(format!("{name} has no version on trial")))?;
+        let promoted = self.store.promote(name, canary.version.number, &admin.key_id, event).await;
+        let version = promoted.map_err(DeployError::Store)?.ok_or_else(|| {
+            DeployError::Conflict(format!("version {} of {name} is no longer on trial", canary.version.number))
+        })?;
         tracing::info!(component = %name, version, by = %admin.key_id, "version on trial promoted");
         self.converge(name).await;
         let stored = self.store.version(name, version).await.map_err(DeployError::Store)?;
         stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {version} of {name} vanished")))
     }
 
-    /// Ends a trial, the active version staying, with `reason` in the log and the audit trail.
-    async fn end_canary(&self, name: &str, canary: &Canary, reason: &str) -> anyhow::Result<()> {
+    /// Ends a trial, the active version staying, with `reason` in the log and the audit trail;
+    /// answers whether this call ended it (another host, or the operator, may have first).
+    async fn end_canary(&self, name: &str, canary: &Canary, reason: &str) -> anyhow::Result<bool> {
         let (requests, errors) = canary.version.stats.counts();
         let event = PlatformEvent {
             topic: "platform.component_canary_rolled_back",
@@ -603,12 +624,13 @@ impl Deployer {
                 "reason": reason, "requests": requests, "errors": errors,
             }),
         };
-        if self.store.end_canary(name, canary.version.number, &event).await? {
+        let ended = self.store.end_canary(name, canary.version.number, &event).await?;
+        if ended {
             self.outbox_written.notify_one();
             tracing::warn!(component = %name, version = canary.version.number, requests, errors, "version on trial rolled back: {reason}");
         }
         self.converge(name).await;
-        Ok(())
+        Ok(ended)
     }
 
     /// Judges every version on trial each second until `shutdown`: one whose error rate
@@ -626,10 +648,12 @@ impl Deployer {
                     "{errors} errors in {requests} requests, over the active version's rate by more than {}",
                     canary.margin
                 );
-                if let Err(err) = self.end_canary(&service.name, &canary, &reason).await {
-                    tracing::warn!(component = %service.name, "rolling the version on trial back failed: {err:#}");
-                } else {
-                    self.dispatcher.metrics.record_deploy(&service.name, DeployOutcome::CanaryRolledBack);
+                match self.end_canary(&service.name, &canary, &reason).await {
+                    Ok(true) => self.dispatcher.metrics.record_deploy(&service.name, DeployOutcome::CanaryRolledBack),
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::warn!(component = %service.name, "rolling the version on trial back failed: {err:#}")
+                    }
                 }
             }
             tokio::select! {
@@ -725,19 +749,37 @@ impl Deployer {
             if self.store.holds(name, &digest, &policy.text).await? {
                 continue;
             }
+            // Where keys are trusted, the host's files are signed too (`FILE.sig` beside each).
+            let signature = std::fs::read_to_string(signing::signature_path(&path))
+                .ok()
+                .and_then(|text| serde_json::from_str::<Signature>(&text).ok());
+            let signed_by = self
+                .trusted
+                .check(&digest, signature.as_ref(), Role::Platform)
+                .map_err(|err| anyhow::anyhow!("refusing component {name} ({}): {err}", path.display()))?;
             let compiled = self.compiler.compile(&bytes).with_context(|| format!("loading component {name}"))?;
             registry::check_imports(&self.dispatcher.engine, policy, &compiled.component)
                 .with_context(|| format!("refusing component {name}"))?;
             registry::prepare(&self.linker, policy, &compiled.component)
                 .with_context(|| format!("refusing component {name}"))?;
-            let active = self.store.active_of(name).await?.map(|version| version.version);
+            let stored = self.store.active_of(name).await?;
+            if let Some(stored) = &stored {
+                let active = Policy::parse(&stored.policy, Path::new("the stored policy"))?;
+                anyhow::ensure!(
+                    active.database.as_ref().map(|d| &d.name) == policy.database.as_ref().map(|d| &d.name),
+                    "refusing {}: {name} keeps its database ({:?})",
+                    policy.source.display(),
+                    active.database.as_ref().map(|d| &d.name)
+                );
+            }
+            let active = stored.map(|version| version.version);
             let new = NewVersion {
                 component: name,
                 bytes: &bytes,
                 digest: &digest,
                 policy: &policy.text,
-                signature: None,
-                signed_by: None,
+                signature: signature.as_ref().map(|signature| signature.signature.as_str()),
+                signed_by: signed_by.as_deref(),
                 deployed_by: "files",
                 deployer_role: None,
                 note: Some("read from the host's files"),
@@ -812,6 +854,31 @@ fn deployed_event(new: &NewVersion<'_>, version: i64) -> PlatformEvent {
             "by": new.deployed_by, "role": new.deployer_role, "signed_by": new.signed_by, "note": new.note,
         }),
     }
+}
+
+/// The checks of a policy replacing `active`'s, for a deploy, a rollback or a promotion: it
+/// keeps the service's database; a first published or subscribed topic takes a restart; what
+/// it grants beyond the active one takes a `platform` key. (`what` names it in messages.)
+fn policy_change(admin: &Admin, active: &Policy, policy: &Policy, what: &str) -> Result<(), DeployError> {
+    if policy.database.as_ref().map(|d| &d.name) != active.database.as_ref().map(|d| &d.name) {
+        return Err(refused("database_changed", format!("{what} names another database: a service keeps its own")));
+    }
+    let (old, new) = (&active.events, &policy.events);
+    if (old.publish.is_empty() && !new.publish.is_empty()) || (old.subscribe.is_empty() && !new.subscribe.is_empty()) {
+        return Err(refused(
+            "events_need_restart",
+            "the service's relay and deliveries start with the host: a first published or subscribed topic \
+             takes effect after a restart, so deploy it with the host's policy files",
+        ));
+    }
+    let more = grants_more(active, policy);
+    if !more.is_empty() && admin.role != Role::Platform {
+        return Err(DeployError::Forbidden {
+            code: "grant_needs_platform",
+            message: format!("{what} grants more ({}): that takes a platform key", more.join(", ")),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a deployer whose role the active policy's `[deploy] roles` does not list.

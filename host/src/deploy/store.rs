@@ -276,6 +276,7 @@ impl VersionStore {
                 .execute(&mut *transaction)
                 .await?;
                 notify(&mut transaction, new.component).await?;
+                // (The pointer exists: `expected` named an active version, checked above.)
             }
         }
         append_event(&mut transaction, &event(version)).await?;
@@ -283,26 +284,33 @@ impl VersionStore {
         Ok(Ok(version))
     }
 
-    /// Makes stored `version` of `component` the active one (a rollback), by `who`.
+    /// Makes stored `version` of `component` the active one (a rollback), by `who`, unless
+    /// `expected` (the version the rollback was checked against) is no longer the active one:
+    /// then nothing changes and the active version is returned as the error.
     pub async fn activate(
         &self,
         component: &str,
+        expected: i64,
         version: i64,
         who: &str,
         event: &PlatformEvent,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Result<(), Option<i64>>> {
         let mut transaction = self.pool.begin().await?;
-        lock_pointer(&mut transaction, component).await?;
+        let active = lock_pointer(&mut transaction, component).await?;
+        if active != Some(expected) {
+            return Ok(Err(active));
+        }
         point(&mut transaction, component, version, who).await?;
         append_event(&mut transaction, event).await?;
         transaction.commit().await?;
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Makes the version on trial the active one; answers it, or none when no trial runs.
     pub async fn promote(
         &self,
         component: &str,
+        canary: i64,
         who: &str,
         event: impl FnOnce(i64) -> PlatformEvent,
     ) -> anyhow::Result<Option<i64>> {
@@ -312,10 +320,11 @@ impl VersionStore {
             "UPDATE micropay_platform.active_versions SET version = canary_version, activated_by = $2, \
                  activated_at = pg_catalog.now(), canary_version = NULL, canary_percent = NULL, \
                  canary_margin = NULL, canary_min_requests = NULL \
-             WHERE component = $1 AND canary_version IS NOT NULL RETURNING version",
+             WHERE component = $1 AND canary_version = $3 RETURNING version",
         )
         .bind(component)
         .bind(who)
+        .bind(canary)
         .fetch_optional(&mut *transaction)
         .await?;
         if let Some(version) = promoted {
@@ -363,6 +372,7 @@ impl VersionStore {
     /// Stops serving `component`: no version is active any more (they all stay stored).
     pub async fn deactivate(&self, component: &str, event: &PlatformEvent) -> anyhow::Result<bool> {
         let mut transaction = self.pool.begin().await?;
+        lock_pointer(&mut transaction, component).await?;
         let removed = sqlx::query("DELETE FROM micropay_platform.active_versions WHERE component = $1")
             .bind(component)
             .execute(&mut *transaction)

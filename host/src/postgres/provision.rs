@@ -391,6 +391,8 @@ impl Provisioner {
             ..sqlx::migrate::Migrator::DEFAULT
         };
         let mut connection = self.service_options(service).connect().await?;
+        // Deployed SQL holds the provisioning lock while it runs: it may not run for long.
+        sqlx::raw_sql("SET statement_timeout = '60s'; SET lock_timeout = '10s'").execute(&mut connection).await?;
         let migrated = migrator.run(&mut connection).await;
         connection.close().await.ok();
         admin.close().await.ok();

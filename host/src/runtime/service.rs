@@ -64,7 +64,9 @@ impl Canary {
         }
         let (active_requests, active_errors) = active.stats.counts();
         let rate = |errors: u64, requests: u64| if requests == 0 { 0.0 } else { errors as f64 / requests as f64 };
-        let active_rate = rate(active_errors - self.baseline.1, active_requests - self.baseline.0);
+        // (Saturating: the active version may have been swapped since the trial began.)
+        let active_rate =
+            rate(active_errors.saturating_sub(self.baseline.1), active_requests.saturating_sub(self.baseline.0));
         rate(errors, requests) > active_rate + self.margin
     }
 }
