@@ -169,7 +169,7 @@ impl Platform {
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
         let schedules = std::mem::take(&mut *self.starter.schedules.lock().unwrap());
-        for task in self.tasks.iter().chain(schedules.values().flatten()) {
+        for task in self.tasks.iter().chain(schedules.values().flat_map(|(_, tasks)| tasks)) {
             task.abort();
         }
         self.bus.stop().await;
@@ -207,8 +207,8 @@ struct ServiceStarter {
     migrations_dir: PathBuf,
     dispatcher: Arc<Dispatcher>,
     bus: Arc<EventBus>,
-    /// Each service's scheduled requests.
-    schedules: Mutex<HashMap<Arc<str>, Vec<tokio::task::JoinHandle<()>>>>,
+    /// Each service's scheduled requests: the jobs, and their tasks.
+    schedules: Mutex<HashMap<Arc<str>, Schedules>>,
 }
 
 impl ServiceStarter {
@@ -235,11 +235,7 @@ impl ServiceStarter {
         };
         let service = Arc::new(Service::new(database, version));
         self.dispatcher.registry.insert(service.clone());
-        self.bus.attach(&service);
-        let jobs = crate::schedule::start(&self.dispatcher, &service);
-        if let Some(previous) = self.schedules.lock().unwrap().insert(name, jobs) {
-            previous.iter().for_each(tokio::task::JoinHandle::abort);
-        }
+        self.refresh(&service);
         Ok(service)
     }
 
@@ -255,6 +251,9 @@ impl ServiceStarter {
         })
     }
 }
+
+/// A service's scheduled jobs, and the tasks making them.
+type Schedules = (Vec<crate::policy::ScheduledRequest>, Vec<tokio::task::JoinHandle<()>>);
 
 /// Runs the future `work` makes on a blocking thread of its own, and answers its outcome.
 /// Provisioning's futures are not ones the compiler can prove `Send` for every lifetime they
@@ -290,11 +289,24 @@ impl Lifecycle for ServiceStarter {
         provisioning(move || async move { self.provisioner.migrate(&database, migrations).await })
     }
 
+    fn refresh(&self, service: &Arc<Service>) {
+        self.bus.attach(service);
+        let jobs = service.active().policy.schedule.clone();
+        let mut schedules = self.schedules.lock().unwrap();
+        if schedules.get(&service.name).is_some_and(|running| running.0 == jobs) {
+            return;
+        }
+        let tasks = crate::schedule::start(&self.dispatcher, service);
+        if let Some((_, previous)) = schedules.insert(service.name.clone(), (jobs, tasks)) {
+            previous.iter().for_each(tokio::task::JoinHandle::abort);
+        }
+    }
+
     fn stop(&self, name: &str) {
         let Some(service) = self.dispatcher.registry.remove(name) else { return };
         self.bus.detach(name);
-        if let Some(jobs) = self.schedules.lock().unwrap().remove(name) {
-            jobs.iter().for_each(tokio::task::JoinHandle::abort);
+        if let Some((_, tasks)) = self.schedules.lock().unwrap().remove(name) {
+            tasks.iter().for_each(tokio::task::JoinHandle::abort);
         }
         if let Some(database) = service.database.clone() {
             self.databases_left.fetch_add(1, Ordering::SeqCst);

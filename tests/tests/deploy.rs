@@ -237,6 +237,11 @@ async fn every_refused_deploy_names_its_check_and_the_running_version_keeps_serv
         assert!(started.elapsed() < Duration::from_secs(10), "the deploy did not reach the audit trail: {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // What runs for the service follows the swap: a first scheduled job is made at once.
+    let scheduled = format!("{more_memory}\n[[schedule]]\nmethod = \"POST\"\npath = \"/write\"\nevery_secs = 60\n");
+    let (status, body) = deploy(&host, &platform, "probe", &probe, Some(&scheduled)).await;
+    assert_eq!(status, 201, "{body}");
+    host.wait_for_json("/v1/probe/writes", "count", json!(1), Duration::from_secs(5)).await;
     // The CLI says why in one line.
     let (ok, printed) = host.command(
         &ops,

@@ -337,7 +337,8 @@ impl EventBus {
     }
 
     /// Starts relaying `service`'s outbox if it publishes, and delivering to it if it
-    /// subscribes.
+    /// subscribes, as its active version's policy says: at its start, and again after each
+    /// swap (a first topic takes effect then; what runs already is kept).
     pub fn attach(&self, service: &Arc<Service>) {
         let Some(database) = &service.database else { return };
         let policy = service.active().policy.clone();
@@ -345,7 +346,8 @@ impl EventBus {
         if !policy.events.publish.is_empty() {
             self.relay(service.name.clone(), pool.clone(), service.outbox_written.clone(), relay::IDLE_POLL);
         }
-        if !policy.events.subscribe.is_empty() {
+        let delivered = self.deliverers.read().unwrap().iter().any(|d| d.subscription.name == service.name);
+        if !policy.events.subscribe.is_empty() && !delivered {
             let subscription = Subscription { name: service.name.clone(), pool };
             let deliverer = Deliverer {
                 subscription: subscription.clone(),

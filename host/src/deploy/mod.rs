@@ -43,7 +43,7 @@ use crate::metrics::DeployOutcome;
 use crate::policy::{self, Policy, Role};
 use crate::runtime::invoke::Dispatcher;
 use crate::runtime::registry::{self, Compiler};
-use crate::runtime::service::{Canary, Version, VersionStats};
+use crate::runtime::service::{Canary, Service, Version, VersionStats};
 use crate::runtime::state::InvocationState;
 use migrations::NewMigration;
 use serde_json::json;
@@ -97,6 +97,9 @@ pub struct DeployRequest {
 pub trait Lifecycle: Send + Sync {
     /// Provisions what `version`'s policy grants and serves it as a new service.
     fn start(self: Arc<Self>, version: Arc<Version>) -> BoxFuture<'static, anyhow::Result<()>>;
+    /// Brings what runs for a service (its relay, deliveries, schedules) to its active
+    /// version's policy, after a swap.
+    fn refresh(&self, service: &Arc<Service>);
     /// Stops serving `name`; its data stays.
     fn stop(&self, name: &str);
     /// The migrations `database` (a service's database name) has applied: version, checksum.
@@ -687,6 +690,9 @@ impl Deployer {
                             None => self.load(&stored).await?,
                         };
                         let previous = service.activate(version);
+                        if let Some(lifecycle) = self.lifecycle.get() {
+                            lifecycle.refresh(&service);
+                        }
                         self.dispatcher.metrics.record_deploy(name, DeployOutcome::Swapped);
                         tracing::info!(component = %name, from = previous.number, to = stored.version, "version swapped");
                     }
@@ -857,19 +863,11 @@ fn deployed_event(new: &NewVersion<'_>, version: i64) -> PlatformEvent {
 }
 
 /// The checks of a policy replacing `active`'s, for a deploy, a rollback or a promotion: it
-/// keeps the service's database; a first published or subscribed topic takes a restart; what
-/// it grants beyond the active one takes a `platform` key. (`what` names it in messages.)
+/// keeps the service's database; what it grants beyond the active one takes a `platform` key.
+/// (`what` names it in messages.)
 fn policy_change(admin: &Admin, active: &Policy, policy: &Policy, what: &str) -> Result<(), DeployError> {
     if policy.database.as_ref().map(|d| &d.name) != active.database.as_ref().map(|d| &d.name) {
         return Err(refused("database_changed", format!("{what} names another database: a service keeps its own")));
-    }
-    let (old, new) = (&active.events, &policy.events);
-    if (old.publish.is_empty() && !new.publish.is_empty()) || (old.subscribe.is_empty() && !new.subscribe.is_empty()) {
-        return Err(refused(
-            "events_need_restart",
-            "the service's relay and deliveries start with the host: a first published or subscribed topic \
-             takes effect after a restart, so deploy it with the host's policy files",
-        ));
     }
     let more = grants_more(active, policy);
     if !more.is_empty() && admin.role != Role::Platform {
