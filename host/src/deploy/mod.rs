@@ -48,7 +48,7 @@ use crate::runtime::state::InvocationState;
 use migrations::NewMigration;
 use serde_json::json;
 use signing::{Signature, TrustedKeys};
-use store::{CanaryPlan, NewVersion, PlatformEvent, StoredCanary, StoredVersion, VersionStore};
+use store::{CanaryPlan, NewServiceRefusal, NewVersion, PlatformEvent, StoredCanary, StoredVersion, VersionStore};
 
 /// How often a host compares its versions with the store even without a notification.
 const RESYNC: Duration = Duration::from_secs(5);
@@ -383,12 +383,6 @@ impl Deployer {
                 format!("the policy is for {:?}, not {name:?}", policy.component.name),
             ));
         }
-        // Against every service of the installation, served here or not yet.
-        for stored in self.store.active().await.map_err(DeployError::Store)? {
-            let other = Policy::parse(&stored.policy, Path::new("a stored policy")).map_err(DeployError::Store)?;
-            policy::check_compatible(&other, &policy)
-                .map_err(|err| refused("incompatible_policy", format!("{err:#}")))?;
-        }
         let (digest, signed_by, compiled) = self.check_artifact(admin, &policy, &wasm, signature.as_ref())?;
         let mut version = self.prepare(0, compiled, policy.clone()).await?;
         let new = NewVersion {
@@ -402,10 +396,18 @@ impl Deployer {
             deployer_role: Some(admin.role.name()),
             note: note.as_deref(),
         };
-        let stored = self.store.deploy(&new, None, None, |number| deployed_event(&new, number)).await;
+        // Against every service of the installation, served here or not yet, under its lock.
+        let fits = |other: &str| {
+            let other = Policy::parse(other, Path::new("a stored policy")).map_err(|err| format!("{err:#}"))?;
+            policy::check_compatible(&other, &policy).map_err(|err| format!("{err:#}"))
+        };
+        let stored = self.store.deploy_new(&new, fits, |number| deployed_event(&new, number)).await;
         let number = match stored.map_err(DeployError::Store)? {
             Ok(number) => number,
-            Err(_) => return Err(DeployError::Conflict(format!("another deploy of {name} went first"))),
+            Err(NewServiceRefusal::Incompatible(reason)) => return Err(refused("incompatible_policy", reason)),
+            Err(NewServiceRefusal::Served) => {
+                return Err(DeployError::Conflict(format!("another deploy of {name} went first")));
+            }
         };
         tracing::info!(component = %name, version = number, %digest, deployed_by = %admin.key_id, "new service deployed");
         version.number = number;

@@ -35,6 +35,14 @@ pub struct PlatformEvent {
     pub data: serde_json::Value,
 }
 
+/// Why a new service was not stored.
+pub enum NewServiceRefusal {
+    /// Its policy does not fit beside an active service's (the reason).
+    Incompatible(String),
+    /// Another deploy made it a served service first.
+    Served,
+}
+
 /// A stored version, without its bytes.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StoredVersion {
@@ -237,30 +245,7 @@ impl VersionStore {
         if active != expected {
             return Ok(Err(active));
         }
-        sqlx::query(
-            "INSERT INTO micropay_platform.artifacts (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(new.digest)
-        .bind(new.bytes)
-        .execute(&mut *transaction)
-        .await?;
-        let version: i64 = sqlx::query_scalar(
-            "INSERT INTO micropay_platform.component_versions \
-                 (component, version, digest, policy, signature, signed_by, deployed_by, deployer_role, note) \
-             SELECT $1, COALESCE(pg_catalog.max(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8 \
-             FROM micropay_platform.component_versions WHERE component = $1 \
-             RETURNING version",
-        )
-        .bind(new.component)
-        .bind(new.digest)
-        .bind(new.policy)
-        .bind(new.signature)
-        .bind(new.signed_by)
-        .bind(new.deployed_by)
-        .bind(new.deployer_role)
-        .bind(new.note)
-        .fetch_one(&mut *transaction)
-        .await?;
+        let version = insert_version(&mut transaction, new).await?;
         match canary {
             None => point(&mut transaction, new.component, version, new.deployed_by).await?,
             Some(plan) => {
@@ -279,6 +264,41 @@ impl VersionStore {
                 // (The pointer exists: `expected` named an active version, checked above.)
             }
         }
+        append_event(&mut transaction, &event(version)).await?;
+        transaction.commit().await?;
+        Ok(Ok(version))
+    }
+
+    /// Stores `new`, the first version of a service no host serves, and makes it active, if
+    /// `fits` accepts the policy of every other active service; deploys of new services take
+    /// turns on an installation-wide lock, so that two of them cannot both take one database
+    /// (or both be the identity provider). The error says why nothing was stored.
+    pub async fn deploy_new(
+        &self,
+        new: &NewVersion<'_>,
+        fits: impl Fn(&str) -> Result<(), String>,
+        event: impl FnOnce(i64) -> PlatformEvent,
+    ) -> anyhow::Result<Result<i64, NewServiceRefusal>> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock($1)")
+            .bind(SCHEMA_LOCK + 2)
+            .execute(&mut *transaction)
+            .await?;
+        let others: Vec<String> = sqlx::query_scalar(
+            "SELECT v.policy FROM micropay_platform.active_versions a \
+             JOIN micropay_platform.component_versions v USING (component, version) WHERE a.component <> $1",
+        )
+        .bind(new.component)
+        .fetch_all(&mut *transaction)
+        .await?;
+        if let Some(reason) = others.iter().find_map(|policy| fits(policy).err()) {
+            return Ok(Err(NewServiceRefusal::Incompatible(reason)));
+        }
+        if lock_pointer(&mut transaction, new.component).await?.is_some() {
+            return Ok(Err(NewServiceRefusal::Served));
+        }
+        let version = insert_version(&mut transaction, new).await?;
+        point(&mut transaction, new.component, version, new.deployed_by).await?;
         append_event(&mut transaction, &event(version)).await?;
         transaction.commit().await?;
         Ok(Ok(version))
@@ -444,4 +464,34 @@ async fn append_event(connection: &mut sqlx::PgConnection, event: &PlatformEvent
     .execute(connection)
     .await?;
     Ok(())
+}
+
+/// Stores `new`'s bytes (once per digest) and `new` as the next version of its component;
+/// answers its number.
+async fn insert_version(transaction: &mut sqlx::PgConnection, new: &NewVersion<'_>) -> anyhow::Result<i64> {
+    sqlx::query(
+        "INSERT INTO micropay_platform.artifacts (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(new.digest)
+    .bind(new.bytes)
+    .execute(&mut *transaction)
+    .await?;
+    let version: i64 = sqlx::query_scalar(
+        "INSERT INTO micropay_platform.component_versions \
+                 (component, version, digest, policy, signature, signed_by, deployed_by, deployer_role, note) \
+             SELECT $1, COALESCE(pg_catalog.max(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8 \
+             FROM micropay_platform.component_versions WHERE component = $1 \
+             RETURNING version",
+    )
+    .bind(new.component)
+    .bind(new.digest)
+    .bind(new.policy)
+    .bind(new.signature)
+    .bind(new.signed_by)
+    .bind(new.deployed_by)
+    .bind(new.deployer_role)
+    .bind(new.note)
+    .fetch_one(&mut *transaction)
+    .await?;
+    Ok(version)
 }
