@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequest as _, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -238,11 +238,16 @@ async fn deploy(
     admin: Admin,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    body: Result<Json<DeployBody>, JsonRejection>,
+    request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(body) = body.map_err(|rejection| {
+    // The role first: a key that may not deploy this service has its body refused unread.
+    let platform = &state.platform;
+    let allowed = platform.deployer.may_deploy(&admin, &name).await;
+    allowed.map_err(|err| deploy_error(&name, &admin, "deploy", err))?;
+    let body = Json::<DeployBody>::from_request(request, &state).await.map_err(|rejection: JsonRejection| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the deploy is not understood: {rejection}"))
     })?;
+    let Json(body) = body;
     let wasm = BASE64.decode(body.wasm.as_bytes()).map_err(|_| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "wasm must be the component's bytes in base64")
     })?;

@@ -211,6 +211,24 @@ impl Deployer {
         Ok(version)
     }
 
+    /// Whether `admin` may deploy `name` at all: a role its active policy's `[deploy] roles`
+    /// lists, or `platform` for a service no host serves. (Checked again by the deploy; this
+    /// is for refusing a request before reading its body.) A refusal is recorded as any is.
+    pub async fn may_deploy(&self, admin: &Admin, name: &str) -> Result<(), DeployError> {
+        let allowed = match self.dispatcher.registry.get(name) {
+            Some(service) => allowed(admin, &service.active().policy, "deploy"),
+            None if admin.role == Role::Platform => Ok(()),
+            None => Err(DeployError::Forbidden {
+                code: "new_service_needs_platform",
+                message: format!("no service named {name:?} is served; deploying a new one takes a platform key"),
+            }),
+        };
+        if let Err(refusal) = &allowed {
+            self.record(name, admin, "deploy", Some(refusal), DeployOutcome::Deployed).await;
+        }
+        allowed
+    }
+
     /// Deploys a new version of a served service, after every check; answers it as stored.
     pub async fn deploy(&self, admin: &Admin, request: DeployRequest) -> Result<StoredVersion, DeployError> {
         let name = request.name.clone();

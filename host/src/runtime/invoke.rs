@@ -1,6 +1,8 @@
-//! Invocations: a fresh instance per unit of work, admitted within the component's concurrency
-//! limit, cut at its deadline (and fuel, if metered), its answer bounded in size, its
-//! transaction committed only when it succeeded.
+//! Invocations: a fresh instance per unit of work, of the version that serves the caller,
+//! admitted within its service's concurrency limit, cut at its deadline (and fuel, if
+//! metered), its answer bounded in size, its transaction committed only when it succeeded.
+//! Each kind of call (an HTTP request, the routes, a token, an event) is a `Call` of its own
+//! with a method of [`Dispatcher`]; all share the admission and the run.
 //!
 //! The deadline bounds the component's work up to its answer, not the commit that follows: a
 //! commit under way finishes, so an answer never says nothing was written when something may
