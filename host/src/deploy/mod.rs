@@ -594,7 +594,8 @@ impl Deployer {
             )));
         }
         tracing::info!(component = %name, version = target.version, by = %admin.key_id, "version rolled back to");
-        self.converge(name).await;
+        // Loaded for the checks above: swapped in as it is, not loaded again.
+        self.converge_to(name, Some(version)).await;
         let stored = self.store.version(name, target.version).await.map_err(DeployError::Store)?;
         stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {} of {name} vanished", target.version)))
     }
@@ -630,7 +631,8 @@ impl Deployer {
             DeployError::Conflict(format!("version {} of {name} is no longer on trial", canary.version.number))
         })?;
         tracing::info!(component = %name, version, by = %admin.key_id, "version on trial promoted");
-        self.converge(name).await;
+        // The version on trial becomes the active one as it is, not loaded again.
+        self.converge_to(name, Some(canary.version.clone())).await;
         let stored = self.store.version(name, version).await.map_err(DeployError::Store)?;
         stored.ok_or_else(|| DeployError::Store(anyhow::anyhow!("version {version} of {name} vanished")))
     }
