@@ -4,6 +4,8 @@
 //! drops its databases afterwards. Tests run in parallel without sharing anything but the
 //! compiled-component cache.
 
+pub mod bank;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -256,18 +258,35 @@ impl TestHost {
 
     /// Sends a request and returns the status and the JSON body (`Null` when empty).
     pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let (status, _, json) = self.call_with(method, path, token, &[], body).await;
+        (status, json)
+    }
+
+    /// [`TestHost::call`] with extra request headers; also returns the response's headers.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let mut request = self.http.request(method.parse().unwrap(), self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.expect("request sent");
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let bytes = response.bytes().await.expect("body read");
         let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("a JSON body") };
-        (status, json)
+        (status, headers, json)
     }
 
     /// A superuser connection to the database of `service` (for assertions only: the host

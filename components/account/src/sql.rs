@@ -8,7 +8,7 @@
 //! `sql.rs`).
 
 use micropay_sdk::db::DbError;
-use micropay_sdk::db::param::{boolean, decimal, int, json, text, timestamp, uuid};
+use micropay_sdk::db::param::{boolean, decimal, id_list, int, text, timestamp, uuid};
 use micropay_sdk::money::{self, Decimal};
 use micropay_sdk::{Db, Row, Value};
 
@@ -27,11 +27,6 @@ macro_rules! limit_columns {
     () => {
         "limit_id, account_id, limit_type, limit_amount, period_type, current_usage, period_start_at, period_end_at"
     };
-}
-
-/// The accounts named by `ids`, as a parameter: `account_id IN (SELECT ... FROM $n)`.
-fn id_list(ids: &[String]) -> Value {
-    json(&serde_json::json!(ids))
 }
 
 fn money_value(amount: Decimal) -> Value {

@@ -68,6 +68,12 @@ fn router() -> Router {
         )
         .post("/maintenance", "Expires reservations, releases holds of failed postings, snapshots", Admin, maintain)
         .post("/internal/holds", "Holds the funds of a posting's debits", transaction_service, place_holds)
+        .post(
+            "/internal/holds/release",
+            "Releases the holds of a posting that will not be recorded",
+            transaction_service,
+            release_transaction_holds,
+        )
         .get("/internal/accounts/{account_id}/position", "Balance and reserved amount", account_service, position)
         .post("/internal/ledger", "The balance side of the ledger check", transaction_service, ledger)
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use micropay_sdk::contracts::Released;
 use micropay_sdk::db::DbError;
 use micropay_sdk::events::{self, PublishError};
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
@@ -27,6 +28,12 @@ struct NewReservation {
     currency: Currency,
     ttl_seconds: Option<i64>,
     payment_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransactionHolds {
+    transaction_id: String,
 }
 
 #[derive(Deserialize)]
@@ -379,6 +386,21 @@ pub fn place_holds(ctx: &mut Context) -> Result<Response, ApiError> {
         }
     }
     Ok(Response::ok(&json!({ "reservation_ids": reservation_ids })))
+}
+
+/// `POST /internal/holds/release` `{"transaction_id"}` (the transaction service, for a
+/// payment cancelled or failed before its posting was recorded): releases the transaction's
+/// unsettled holds and publishes `balance.reservation_released` for each. Idempotent: holds
+/// released already (or a hold another unit of work holds, which the sweeper releases later,
+/// once the transaction service says the posting will never come) are not counted.
+pub fn release_transaction_holds(ctx: &mut Context) -> Result<Response, ApiError> {
+    let request: TransactionHolds = ctx.json()?;
+    let transaction_id = domain::body_id("transaction_id", &request.transaction_id)?;
+    let released = sql::release_holds(ctx.db()?, &[transaction_id], 0)?;
+    for row in &released {
+        publish_reservation("balance.reservation_released", row)?;
+    }
+    Ok(Response::ok(&Released { holds_released: released.len() as u64 }))
 }
 
 // ---- the sweeper ----

@@ -7,17 +7,12 @@
 //! posting of a hundred entries is a handful of statements, not hundreds.
 
 use micropay_sdk::db::DbError;
-use micropay_sdk::db::param::{decimal, int, json, text, timestamp, uuid};
+use micropay_sdk::db::param::{decimal, id_list, int, json, text, timestamp, uuid};
 use micropay_sdk::money::{self, Amount, Currency};
 use micropay_sdk::{Db, Row, Value};
 use serde_json::json;
 
 use crate::domain::{BalanceEvent, Posting};
-
-/// The ids as one JSON array parameter.
-fn id_list(ids: &[String]) -> Value {
-    json(&json!(ids))
-}
 
 /// The condition under which a reservation `r` counts against its account's available
 /// balance: `ACTIVE` and not past `expires_at`, or `CAPTURED` and not yet settled. The first

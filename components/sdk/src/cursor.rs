@@ -2,6 +2,60 @@
 
 use chrono::{DateTime, Datelike};
 
+use crate::{ApiError, Row};
+
+/// Page size of a listing when the request names none, and its maximum.
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 200;
+
+/// Where a page of a newest-first listing starts and how long it is, from the request's
+/// `limit` and `cursor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub limit: i64,
+    /// The last row of the previous page.
+    pub after: Option<Cursor>,
+}
+
+impl Page {
+    /// Reads `limit` (1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent) and `cursor` (a
+    /// `next_cursor` this listing returned) from the query parameters (`param` looks one up by
+    /// name); a malformed one is a 400 naming it.
+    pub fn from_query(param: impl Fn(&str) -> Option<String>) -> Result<Self, ApiError> {
+        let given = |name: &str| param(name).filter(|value| !value.is_empty());
+        let limit = match given("limit") {
+            None => DEFAULT_LIMIT,
+            Some(text) => {
+                text.parse::<i64>().ok().filter(|limit| (1..=MAX_LIMIT).contains(limit)).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_limit",
+                        format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+                    )
+                })?
+            }
+        };
+        let after = match given("cursor") {
+            None => None,
+            Some(text) => Some(Cursor::decode(&text).ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", "cursor must be a next_cursor returned by this endpoint")
+            })?),
+        };
+        Ok(Self { limit, after })
+    }
+
+    /// Cuts `rows` (fetched one past the page, newest first by `created_at` and `id_column`:
+    /// the extra row's presence says another page follows) to the page, and returns the cursor
+    /// of the next page, if there is one.
+    pub fn cut(&self, rows: &mut Vec<Row>, id_column: &str) -> Option<String> {
+        let page = usize::try_from(self.limit).unwrap_or(usize::MAX);
+        let more = rows.len() > page;
+        rows.truncate(page);
+        let last = rows.last().filter(|_| more)?;
+        let time = last.opt_timestamp("created_at").expect("created_at is NOT NULL");
+        Some(Cursor { time, id: last.text(id_column) }.encode())
+    }
+}
+
 /// The last row of a page: its time and id, the key a listing is ordered by. Opaque to
 /// clients: 48 hex digits, the time's 64 bits then the id's 128.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -210,4 +210,9 @@ pub mod param {
     pub fn decimal(s: impl Into<String>) -> Value {
         Value::Decimal(s.into())
     }
+    /// A list of ids as one JSON array parameter, for `= ANY (ARRAY(SELECT
+    /// jsonb_array_elements_text($1)::uuid))`.
+    pub fn id_list(ids: &[String]) -> Value {
+        json(&serde_json::json!(ids))
+    }
 }

@@ -141,6 +141,16 @@ impl Context {
             .ok_or_else(|| ApiError::not_found(format!("no route for {} {}", self.request.method, self.request.path)))
     }
 
+    /// The request's method, upper case.
+    pub fn method(&self) -> &str {
+        &self.request.method
+    }
+
+    /// The request's path below the component's mount point.
+    pub fn path(&self) -> &str {
+        &self.request.path
+    }
+
     /// A path parameter declared in the route, e.g. `{session_id}`.
     pub fn param(&self, name: &str) -> &str {
         self.params.get(name).map(String::as_str).unwrap_or_default()

@@ -12,6 +12,7 @@
 //! micropay_sdk::export_service!(Service);
 //! ```
 
+pub mod contracts;
 pub mod cursor;
 pub mod db;
 pub mod events;

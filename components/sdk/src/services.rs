@@ -55,3 +55,18 @@ pub fn call_json(
         status => Err(ApiError::internal(&format!("{service} {method} {path} answered {status}: {json}"))),
     }
 }
+
+/// Calls another service with a typed `body` and reads its typed answer (a contract of
+/// [`crate::contracts`]); errors as [`call_json`]. An answer that is not the contract's type is
+/// this service's 500.
+pub fn call_typed<T: serde::de::DeserializeOwned>(
+    service: &str,
+    method: &str,
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> Result<T, ApiError> {
+    let body = body.map(|body| serde_json::to_value(body).expect("a contract serialises"));
+    let answer = call_json(service, method, path, body.as_ref())?;
+    serde_json::from_value(answer)
+        .map_err(|err| ApiError::internal(&format!("{service} {method} {path} answered outside its contract: {err}")))
+}

@@ -2,11 +2,10 @@
 //! posting is (its entries, their balance per currency, their reservations), what a reversal
 //! posts, which holds a posting asks for, who may reverse what, and the listing's parameters.
 
-use micropay_sdk::cursor::Cursor;
+use micropay_sdk::cursor::Page;
 use micropay_sdk::is_uuid;
 use std::collections::{BTreeMap, HashSet};
 
-use chrono::{DateTime, Datelike};
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
 use micropay_sdk::{AdminRole, ApiError};
 use serde::Deserialize;
@@ -19,10 +18,6 @@ pub const MAX_ENTRIES: usize = 100;
 
 /// Size of the `description` and `reversal_reason` columns.
 pub const TEXT_MAX: usize = 255;
-
-/// Page size of the listing when the request names none, and its maximum.
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 200;
 
 /// How far behind the clock the ledger check's default cut-off lies: far beyond a posting's
 /// deadline, so every posting created before it has committed or never will.
@@ -112,6 +107,18 @@ pub struct EntryRequest {
     pub currency: String,
     #[serde(default)]
     pub reservation_id: Option<String>,
+}
+
+impl From<micropay_sdk::contracts::Leg> for EntryRequest {
+    fn from(leg: micropay_sdk::contracts::Leg) -> Self {
+        Self {
+            account_id: leg.account_id,
+            entry_type: leg.entry_type,
+            amount: leg.amount,
+            currency: leg.currency,
+            reservation_id: None,
+        }
+    }
 }
 
 /// One valid entry of a posting. Ids are lower case, as PostgreSQL prints them, so the same
@@ -361,37 +368,23 @@ pub fn applied_transaction_id(data: &str) -> Option<String> {
     data["transaction_id"].as_str().filter(|id| is_uuid(id)).map(str::to_ascii_lowercase)
 }
 
-/// A listing request: its page size, where the previous page stopped, and an account whose
-/// transactions only are wanted.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// A listing request: its page, and an account whose transactions only are wanted.
+#[derive(Debug, PartialEq, Eq)]
 pub struct ListQuery {
-    pub limit: i64,
-    pub after: Option<Cursor>,
+    pub page: Page,
     pub account_id: Option<String>,
 }
 
 /// Reads a listing request from its query parameters (`param` looks one up by name); anything
 /// malformed is a 400 naming the parameter.
 pub fn list_query(param: impl Fn(&str) -> Option<String>) -> Result<ListQuery, ApiError> {
-    let given = |name: &str| param(name).filter(|value| !value.is_empty());
-    let limit = match given("limit") {
-        None => DEFAULT_LIMIT,
-        Some(text) => text.parse::<i64>().ok().filter(|limit| (1..=MAX_LIMIT).contains(limit)).ok_or_else(|| {
-            ApiError::bad_request("invalid_limit", format!("limit must be a whole number from 1 to {MAX_LIMIT}"))
-        })?,
-    };
-    let after = match given("cursor") {
-        None => None,
-        Some(text) => Some(Cursor::decode(&text).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor must be a next_cursor returned by this endpoint")
-        })?),
-    };
-    let account_id = match given("account_id") {
+    let page = Page::from_query(&param)?;
+    let account_id = match param("account_id").filter(|value| !value.is_empty()) {
         None => None,
         Some(id) if is_uuid(&id) => Some(id.to_ascii_lowercase()),
         Some(_) => return Err(ApiError::bad_request("invalid_account_id", "account_id must be a UUID")),
     };
-    Ok(ListQuery { limit, after, account_id })
+    Ok(ListQuery { page, account_id })
 }
 
 /// The ledger check's cut-off in microseconds: a minute before `now` when none is given, `now`
@@ -402,22 +395,12 @@ pub fn as_of(param: Option<&str>, now: i64) -> Result<i64, ApiError> {
         Some("now") => return Ok(now),
         Some(text) => text,
     };
-    // The `+` of an offset arrives as a space when the client did not percent-encode it; a
-    // space that late in the text cannot be the date-time separator.
-    let text = match text.rfind(' ') {
-        Some(at) if at >= 19 => format!("{}+{}", &text[..at], &text[at + 1..]),
-        _ => text.to_string(),
-    };
-    DateTime::parse_from_rfc3339(&text)
-        .ok()
-        .filter(|time| (1..=9999).contains(&time.year()))
-        .map(|time| time.timestamp_micros())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_as_of",
-                "as_of must be `now` or an RFC 3339 timestamp such as 2026-01-31T12:00:00Z (encode + as %2B)",
-            )
-        })
+    micropay_sdk::time::parse_rfc3339(text).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_as_of",
+            "as_of must be `now` or an RFC 3339 timestamp such as 2026-01-31T12:00:00Z (encode + as %2B)",
+        )
+    })
 }
 
 #[cfg(test)]
@@ -425,6 +408,8 @@ mod tests {
     use std::collections::HashMap;
 
     use serde_json::json;
+
+    use micropay_sdk::cursor::Cursor;
 
     use super::*;
 
@@ -756,11 +741,12 @@ mod tests {
 
     #[test]
     fn listing_queries() {
-        assert_eq!(query(&[]).unwrap(), ListQuery { limit: 50, after: None, account_id: None });
+        let page = |limit, after| Page { limit, after };
+        assert_eq!(query(&[]).unwrap(), ListQuery { page: page(50, None), account_id: None });
         let cursor = Cursor { time: 1_795_000_000_123_456, id: ALICE.into() };
         let q = query(&[("limit", "200"), ("cursor", &cursor.encode()), ("account_id", &BOB.to_uppercase())]).unwrap();
-        assert_eq!(q, ListQuery { limit: 200, after: Some(cursor), account_id: Some(BOB.into()) });
-        assert_eq!(query(&[("limit", ""), ("cursor", "")]).unwrap().limit, 50);
+        assert_eq!(q, ListQuery { page: page(200, Some(cursor)), account_id: Some(BOB.into()) });
+        assert_eq!(query(&[("limit", ""), ("cursor", "")]).unwrap().page.limit, 50);
 
         let code = |pairs: &[(&str, &str)]| {
             let (status, code, _) = refusal(query(pairs));

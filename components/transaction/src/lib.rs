@@ -28,6 +28,9 @@ use micropay_sdk::{Access, Router};
 /// The topic whose events settle transactions.
 const TRANSACTION_APPLIED: &str = "balance.transaction_applied";
 
+/// The topic whose events ask for a payment's posting.
+const PAYMENT_PROCESSING: &str = "payment.processing";
+
 struct TransactionService;
 
 impl handler::Guest for TransactionService {
@@ -44,6 +47,8 @@ impl subscriber::Guest for TransactionService {
     fn handle_event(event: Event) -> Result<(), String> {
         if event.topic == TRANSACTION_APPLIED {
             routes::settle(&event)
+        } else if event.topic == PAYMENT_PROCESSING {
+            routes::record_payment(&event)
         } else {
             // The policy subscribes to nothing else; another topic is acknowledged, not retried.
             micropay_sdk::log_warn(&format!("event {} on unexpected topic {}", event.id, event.topic));
@@ -72,5 +77,17 @@ fn router() -> Router {
             "Whether a posting committed",
             Service(&["balance", "account"]),
             transaction_status,
+        )
+        .post(
+            "/internal/authorizations",
+            "Authorizes and holds a payment's posting",
+            Service(&["payment"]),
+            authorize_payment,
+        )
+        .post(
+            "/internal/authorizations/release",
+            "Gives back what a payment's authorization took",
+            Service(&["payment"]),
+            release_payment,
         )
 }

@@ -5,7 +5,7 @@
 //! Every posting (a transfer, an adjustment, a deposit, a withdrawal, a reversal) goes through
 //! [`post`], the one place that authorizes, holds and records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use micropay_sdk::db::DbError;
 use micropay_sdk::money::{self, Amount, Currency};
@@ -17,7 +17,9 @@ use serde_json::{Value as Json, json};
 use crate::bindings::exports::micropay::platform::subscriber::Event;
 use crate::domain::{self, Entry, EntryRequest, EntryType, TransactionType};
 use crate::{ledger, sql};
-use micropay_sdk::cursor::Cursor;
+use micropay_sdk::contracts::{
+    Authorization, AuthorizationRequest, Leg, PaymentPosting, PostingOutlook, PostingOutlookAnswer, Released,
+};
 
 // ---- request bodies ----
 
@@ -132,22 +134,34 @@ struct Posting {
     description: Option<String>,
     /// The user who posts it; `None` for an administrator.
     initiated_by: Option<String>,
+    /// Whether its debits count toward the users' transfer limits.
+    counts_toward_limits: bool,
 }
 
-/// Posts `posting`, the same steps for every kind: validate; have the account service
-/// authorize the accounts (and count the debits toward the users' limits); have the balance
-/// service hold the debits of user accounts; then record the transaction `PENDING` with its
-/// entries and publish `transaction.posted`, which the balance service applies. Returns the
-/// new transaction's id.
+/// Posts `posting`, the same steps for every kind: [`authorize_and_hold`], then [`record`]
+/// the transaction `PENDING` with its entries and publish `transaction.posted`, which the
+/// balance service applies. Returns the new transaction's id.
 ///
-/// A refusal by either service is the answer as it gave it. When the posting fails after the
-/// authorization, the account service is told to give up what it took (the accounts' records
-/// in flight, and the limits counted); what a posting that fails later still (or whose commit
-/// never comes) leaves behind, the account and balance services' sweepers resolve once this
-/// service says the transaction does not exist.
+/// When recording fails after the authorization, the account service is told to give up what
+/// it took (the accounts' records in flight, and the limits counted); what a posting that
+/// fails later still (or whose commit never comes) leaves behind, the account and balance
+/// services' sweepers resolve once this service says the transaction does not exist.
 fn post(ctx: &mut Context, posting: &Posting) -> Result<String, ApiError> {
-    let total = domain::validate_posting(&posting.entries)?;
     let transaction_id = micropay_sdk::new_uuid();
+    let authorized = authorize_and_hold(posting, &transaction_id)?;
+    let recorded = record(ctx.db()?, posting, &transaction_id, &authorized.system);
+    if recorded.is_err() {
+        give_up_authorization(&authorized.request);
+    }
+    recorded.map(|_| transaction_id)
+}
+
+/// The steps before a posting is recorded: validate it; have the account service authorize
+/// the accounts (and count the debits toward the users' limits) for `transaction_id`; have the
+/// balance service hold the debits of user accounts. A refusal by either service is the answer
+/// as it gave it; a refused hold gives the authorization up first.
+fn authorize_and_hold(posting: &Posting, transaction_id: &str) -> Result<Authorized, ApiError> {
+    domain::validate_posting(&posting.entries)?;
     let legs: Vec<Json> = posting
         .entries
         .iter()
@@ -160,25 +174,31 @@ fn post(ctx: &mut Context, posting: &Posting) -> Result<String, ApiError> {
             })
         })
         .collect();
-    let counted = posting.transaction_type.counts_toward_limits();
-    let authorization = json!({ "transaction_id": transaction_id, "legs": legs, "count_toward_limits": counted });
-    let authorized = services::call_json("account", "POST", "/internal/authorize", Some(&authorization))?;
-
-    let recorded = hold_and_record(ctx, posting, &transaction_id, &total, &authorized);
-    if recorded.is_err() {
-        give_up_authorization(&authorization);
+    let counted = posting.counts_toward_limits;
+    let request = json!({ "transaction_id": transaction_id, "legs": legs, "count_toward_limits": counted });
+    let answer = services::call_json("account", "POST", "/internal/authorize", Some(&request))?;
+    match hold(posting, transaction_id, &answer) {
+        Ok(system) => Ok(Authorized { request, answer, system }),
+        Err(err) => {
+            give_up_authorization(&request);
+            Err(err)
+        }
     }
-    recorded.map(|()| transaction_id)
 }
 
-/// The steps of [`post`] after the authorization: hold, then record.
-fn hold_and_record(
-    ctx: &mut Context,
-    posting: &Posting,
-    transaction_id: &str,
-    total: &domain::Total,
-    authorized: &Json,
-) -> Result<(), ApiError> {
+/// A posting authorized and held.
+struct Authorized {
+    /// The authorization's request, to give it up.
+    request: Json,
+    /// The account service's answer.
+    answer: Json,
+    /// The system accounts among the entries.
+    system: HashSet<String>,
+}
+
+/// Holds the debits of user accounts for `transaction_id`; returns the system accounts the
+/// authorization (`authorized`, the account service's answer) named.
+fn hold(posting: &Posting, transaction_id: &str, authorized: &Json) -> Result<HashSet<String>, ApiError> {
     let system = domain::system_accounts(authorized).map_err(|reason| {
         ApiError::internal(&format!("account /internal/authorize answered unexpectedly: {reason}"))
     })?;
@@ -203,22 +223,30 @@ fn hold_and_record(
         let request = json!({ "transaction_id": transaction_id, "payment_id": payment_id, "holds": holds });
         services::call_json("balance", "POST", "/internal/holds", Some(&request))?;
     }
+    Ok(system)
+}
 
-    // The database only now, for the unit of work's writes: no connection waits on the other
-    // services, and `created_at` (the unit of work's start) is close to the commit. (A reversal
-    // has it open already: it locked the original first.)
-    let db = ctx.db()?;
-    let created_at = sql::insert_transaction(
+/// Records an authorized and held posting: the transaction `PENDING` with its entries, and
+/// `transaction.posted`, which the balance service applies. `system` are the system accounts
+/// among the entries. Returns whether it was recorded now: a transaction of that id recorded
+/// already (a payment's posting asked for again) is left as it is, and nothing is published.
+fn record(db: &Db, posting: &Posting, transaction_id: &str, system: &HashSet<String>) -> Result<bool, ApiError> {
+    let total = domain::validate_posting(&posting.entries)?;
+    let payment_id = posting.payment_id.as_deref().unwrap_or(transaction_id);
+    let Some(created_at) = sql::insert_transaction(
         db,
         &sql::NewTransaction {
             transaction_id,
             payment_id,
             transaction_type: posting.transaction_type,
-            total,
+            total: &total,
             description: posting.description.as_deref(),
             initiated_by: posting.initiated_by.as_deref(),
         },
-    )?;
+    )?
+    else {
+        return Ok(false);
+    };
     let entry_ids: Vec<String> = posting.entries.iter().map(|_| micropay_sdk::new_uuid()).collect();
     sql::insert_entries(db, transaction_id, &entry_ids, &posting.entries)?;
 
@@ -244,7 +272,7 @@ fn hold_and_record(
         "entries": entries,
     });
     events::publish("transaction.posted", transaction_id, &posted)?;
-    Ok(())
+    Ok(true)
 }
 
 /// Gives up what an authorization (`authorization`, the request that made it) took for a
@@ -291,7 +319,8 @@ pub fn post_transaction(ctx: &mut Context) -> Result<Response, ApiError> {
         Principal::Admin => (TransactionType::Adjustment, None),
     };
 
-    let posting = Posting { transaction_type, entries, payment_id, description, initiated_by };
+    let counts_toward_limits = transaction_type.counts_toward_limits();
+    let posting = Posting { transaction_type, entries, payment_id, description, initiated_by, counts_toward_limits };
     let transaction_id = post(ctx, &posting)?;
     written(ctx.db()?, &transaction_id)
 }
@@ -324,7 +353,14 @@ fn fund(ctx: &mut Context, transaction_type: TransactionType) -> Result<Response
         .ok_or_else(|| ApiError::internal(&format!("account /internal/system-account answered {funding}")))?;
 
     let entries = domain::funding_entries(transaction_type, &account_id, &funding_id, amount, &currency);
-    let posting = Posting { transaction_type, entries, payment_id, description: None, initiated_by: None };
+    let posting = Posting {
+        transaction_type,
+        entries,
+        payment_id,
+        description: None,
+        initiated_by: None,
+        counts_toward_limits: transaction_type.counts_toward_limits(),
+    };
     let transaction_id = post(ctx, &posting)?;
     written(ctx.db()?, &transaction_id)
 }
@@ -357,6 +393,7 @@ pub fn reverse(ctx: &mut Context) -> Result<Response, ApiError> {
         payment_id: Some(original.text("payment_id")),
         description: Some(reason.clone()),
         initiated_by: None,
+        counts_toward_limits: TransactionType::Reversal.counts_toward_limits(),
     };
     let reversal_id = post(ctx, &posting)?;
 
@@ -390,17 +427,7 @@ pub fn list_transactions(ctx: &mut Context) -> Result<Response, ApiError> {
     let db = ctx.db()?;
 
     let mut rows = sql::list_transactions(db, initiated_by, &query)?;
-    // The statement fetches one row past the page: its presence is what says a next page exists.
-    let page = usize::try_from(query.limit).unwrap_or(usize::MAX);
-    let more = rows.len() > page;
-    rows.truncate(page);
-    let next_cursor = match rows.last() {
-        Some(last) if more => {
-            let created_at = last.opt_timestamp("created_at").expect("created_at is NOT NULL");
-            Some(Cursor { time: created_at, id: last.text("transaction_id") }.encode())
-        }
-        _ => None,
-    };
+    let next_cursor = query.page.cut(&mut rows, "transaction_id");
     let transactions = with_entries(db, &rows)?;
     Ok(Response::ok(&json!({ "transactions": transactions, "next_cursor": next_cursor })))
 }
@@ -421,13 +448,112 @@ pub fn get_transaction(ctx: &mut Context) -> Result<Response, ApiError> {
 
 /// `GET /internal/transactions/{transaction_id}` (the balance and account services): whether a
 /// posting committed, and its status, so that holds and records in flight of postings that
-/// never did (or are settled) can be released.
+/// never did (or are settled) can be released. A posting authorized for a payment and not yet
+/// recorded is `{"exists": true, "status": "AUTHORIZED"}` while the payment service says it is
+/// coming (its transaction id is the payment's id): what was authorized for it must stay.
 pub fn transaction_status(ctx: &mut Context) -> Result<Response, ApiError> {
     let transaction_id = path_transaction_id(ctx)?;
     let db = ctx.db()?;
 
-    let status = sql::status_of(db, &transaction_id)?;
+    let status = match sql::status_of(db, &transaction_id)? {
+        Some(status) => Some(status),
+        None => payment_posting_coming(&transaction_id)?.then(|| "AUTHORIZED".to_string()),
+    };
     Ok(Response::ok(&json!({ "exists": status.is_some(), "status": status })))
+}
+
+/// Whether the payment service says a payment of this id will still have its posting
+/// recorded. An installation without a payment service has no payment.
+fn payment_posting_coming(payment_id: &str) -> Result<bool, ApiError> {
+    let path = format!("/internal/payments/{payment_id}/posting");
+    let response = match services::call("payment", "GET", &path, None) {
+        Err(services::CallError::UnknownService(_)) => return Ok(false),
+        Err(err) => return Err(ApiError::internal(&format!("payment GET {path} failed: {err:?}"))),
+        Ok(response) => response,
+    };
+    serde_json::from_slice::<PostingOutlookAnswer>(&response.body)
+        .ok()
+        .filter(|_| response.status == 200)
+        .map(|answer| answer.posting == PostingOutlook::Coming)
+        .ok_or_else(|| ApiError::internal(&format!("payment GET {path} answered {}", response.status)))
+}
+
+// ---- payments ----
+
+/// A payment's or a refund's legs as a posting's entries.
+fn payment_posting(legs: Vec<Leg>, counts_toward_limits: bool) -> Result<Posting, ApiError> {
+    let entries = domain::entries(legs.into_iter().map(EntryRequest::from).collect())?;
+    Ok(Posting {
+        transaction_type: TransactionType::Transfer,
+        entries,
+        payment_id: None,
+        description: None,
+        initiated_by: None,
+        counts_toward_limits,
+    })
+}
+
+/// `POST /internal/authorizations` (the payment service): authorizes and holds a payment's
+/// posting now, under the payment's id, to be recorded when the payment asks for it
+/// (`payment.processing`). Writes nothing here. The answer describes the accounts.
+pub fn authorize_payment(ctx: &mut Context) -> Result<Response, ApiError> {
+    let request: AuthorizationRequest = ctx.json()?;
+    let transaction_id = domain::uuid_field("transaction_id", &request.transaction_id)?;
+    let posting = payment_posting(request.legs, request.count_toward_limits)?;
+    let authorized = authorize_and_hold(&posting, &transaction_id)?;
+    let answer: Authorization = serde_json::from_value(authorized.answer).map_err(|err| {
+        give_up_authorization(&authorized.request);
+        ApiError::internal(&format!("account /internal/authorize answered outside its contract: {err}"))
+    })?;
+    Ok(Response::ok(&answer))
+}
+
+/// `POST /internal/authorizations/release` (the payment service): gives back what an
+/// authorization of the same body took, for a payment cancelled or failed before its posting
+/// was asked for: the accounts' records in flight and limits counted, and the holds. 409
+/// `posting_recorded` when the posting exists: its debits are applied against those holds.
+pub fn release_payment(ctx: &mut Context) -> Result<Response, ApiError> {
+    let request: AuthorizationRequest = ctx.json()?;
+    let transaction_id = domain::uuid_field("transaction_id", &request.transaction_id)?;
+    if sql::status_of(ctx.db()?, &transaction_id)?.is_some() {
+        return Err(ApiError::conflict("posting_recorded", format!("the posting of {transaction_id} is recorded")));
+    }
+    let authorization = serde_json::to_value(&request).expect("a contract serialises");
+    services::call_json("account", "POST", "/internal/release-limits", Some(&authorization))?;
+    let released: Released = services::call_typed(
+        "balance",
+        "POST",
+        "/internal/holds/release",
+        Some(&json!({ "transaction_id": transaction_id })),
+    )?;
+    Ok(Response::ok(&released))
+}
+
+/// Handles `payment.processing`: records the authorized posting of a payment or a refund,
+/// under the payment's id. Asked again (a redelivery, or the payment service's sweeper), it
+/// finds the posting recorded and does nothing. A payload that cannot be read is logged and
+/// failed, so that it is retried and then set aside in the dead letters for an operator: the
+/// payment's money is held until it is recorded.
+pub fn record_payment(event: &Event) -> Result<(), String> {
+    let request: PaymentPosting = serde_json::from_str(&event.data)
+        .map_err(|err| refuse_payment(event, &format!("its payload is not a payment posting: {err}")))?;
+    let payment_id =
+        domain::uuid_field("payment_id", &request.payment_id).map_err(|err| refuse_payment(event, &err.message))?;
+    let system: HashSet<String> =
+        request.legs.iter().filter(|leg| leg.system).map(|leg| leg.leg.account_id.to_ascii_lowercase()).collect();
+    let legs = request.legs.into_iter().map(|leg| leg.leg).collect();
+    let mut posting = payment_posting(legs, false).map_err(|err| refuse_payment(event, &err.message))?;
+    posting.description = request.description;
+    posting.initiated_by = request.initiated_by;
+    let db = Db::open().map_err(describe)?;
+    record(&db, &posting, &payment_id, &system).map_err(|err| refuse_payment(event, &err.message))?;
+    Ok(())
+}
+
+fn refuse_payment(event: &Event, reason: &str) -> String {
+    let message = format!("payment.processing {} cannot be recorded: {reason}", event.id);
+    micropay_sdk::log_warn(&message);
+    message
 }
 
 /// `POST /ledger/check`: the reconciliation of the ledger with the balances and the accounts,

@@ -48,12 +48,14 @@ pub struct NewTransaction<'a> {
 }
 
 /// Inserts a posting's transaction, `PENDING`; returns its `created_at` (the unit of work's
-/// start, as RFC 3339), which its entries share.
-pub fn insert_transaction(db: &Db, new: &NewTransaction) -> Result<String, DbError> {
-    let row = db.query_one(
+/// start, as RFC 3339), which its entries share, or `None` when a transaction of that id
+/// exists already (one posting per payment: its id is the payment's).
+pub fn insert_transaction(db: &Db, new: &NewTransaction) -> Result<Option<String>, DbError> {
+    let row = db.query_opt(
         "INSERT INTO transactions \
              (transaction_id, payment_id, transaction_type, status, total_amount, currency, description, initiated_by) \
          VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7) \
+         ON CONFLICT (transaction_id) DO NOTHING \
          RETURNING created_at",
         &[
             uuid(new.transaction_id),
@@ -65,7 +67,7 @@ pub fn insert_transaction(db: &Db, new: &NewTransaction) -> Result<String, DbErr
             new.initiated_by.map_or(Value::Null, uuid),
         ],
     )?;
-    Ok(row.rfc3339("created_at"))
+    Ok(row.map(|row| row.rfc3339("created_at")))
 }
 
 /// Inserts a posting's entries in one statement, numbered in the order given (the order they
@@ -147,12 +149,12 @@ pub fn list_transactions(db: &Db, initiated_by: Option<&str>, query: &ListQuery)
                      WHERE e.transaction_id = t.transaction_id AND e.account_id = {placeholder})"
         ));
     }
-    if let Some(after) = &query.after {
+    if let Some(after) = &query.page.after {
         let created_at = conditions.bind(timestamp(after.time));
         let transaction_id = conditions.bind(uuid(&after.id));
         conditions.and(&format!("(t.created_at, t.transaction_id) < ({created_at}, {transaction_id})"));
     }
-    let limit = conditions.bind(int(query.limit + 1));
+    let limit = conditions.bind(int(query.page.limit + 1));
     let sql = format!(
         concat!(
             "SELECT ",

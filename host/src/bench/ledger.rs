@@ -153,7 +153,7 @@ impl Ledger {
 
 /// Invokes `method path` on a service as `user` (or as the platform administrator) and
 /// returns the JSON answer of a 2xx.
-async fn call(
+pub(super) async fn call(
     dispatcher: &Arc<Dispatcher>,
     service: &Arc<Service>,
     user: Option<Caller>,

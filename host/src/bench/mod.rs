@@ -11,6 +11,7 @@
 mod deploys;
 mod events;
 mod ledger;
+mod payments;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -56,6 +57,9 @@ pub struct BenchArgs {
     /// The numbers of concurrent ledger clients (and pgbench connections).
     #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
     pub ledger_clients: Vec<usize>,
+    /// Payments at each number of clients (the payments part).
+    #[arg(long, default_value_t = 5_000)]
+    pub payments: usize,
     /// Deploys measured one after another (the deploy part).
     #[arg(long, default_value_t = 20)]
     pub deploys: usize,
@@ -71,6 +75,9 @@ pub enum Part {
     Events,
     /// Ledger postings per second against pgbench.
     Ledger,
+    /// Payments completed per second against pgbench, with their database cost, and an idle
+    /// host's commits.
+    Payments,
     /// Invocation cost and gateway throughput.
     Invocations,
     /// Deploys: answer, first request on the new version, request p99 during a storm of them.
@@ -96,6 +103,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.runs(Part::Ledger) {
         ledger_part(&args).await?;
+    }
+    if args.runs(Part::Payments) {
+        payments_part(&args).await?;
     }
     if args.runs(Part::Invocations) {
         invocations_part(&args).await?;
@@ -210,19 +220,51 @@ async fn ledger_part(args: &BenchArgs) -> anyhow::Result<()> {
     }
     ledger.shutdown().await;
 
-    let scratch = format!("{}pgbench", config.database_prefix);
-    ledger::pgbench_init(&server_url, &scratch)?;
-    let mut baselines = Vec::new();
-    for &clients in &args.ledger_clients {
-        baselines.push(ledger::pgbench(&server_url, &scratch, clients, 10));
-    }
-    ledger::pgbench_drop(&server_url, &scratch)?;
+    let baselines = pgbench_baselines(&server_url, &config.database_prefix, &args.ledger_clients)?;
     println!("ledger, two-entry transfers with their balance events, against pgbench TPC-B (10 s each):");
     for (run, baseline) in runs.iter().zip(baselines) {
         let baseline = baseline?;
         println!("  {run}; pgbench {baseline:.0} tps; ledger / pgbench: {:.2}", run.per_second() / baseline);
     }
     Ok(())
+}
+
+/// Payments at each number of clients, on databases of their own, with the database's work
+/// per payment; an idle host's commits per second; then pgbench at the same numbers of
+/// connections with the platform stopped.
+async fn payments_part(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut config = args.config.clone();
+    config.database_prefix = format!("{}payments_", config.database_prefix);
+    config.pool_min = 1;
+    config.pool_max = config.pool_max.min(12);
+    config.nats_url = None;
+    let server_url = config.database_url.clone().expect("checked at the start");
+    let mut counters = payments::Counters::connect(&server_url, &config.database_prefix).await?;
+    let bench = payments::Payments::open(Platform::start(&config).await?).await?;
+    let idle = counters.idle_commits_per_second(Duration::from_secs(10)).await?;
+    let mut runs = Vec::new();
+    for &clients in &args.ledger_clients {
+        runs.push(bench.run(clients, args.payments, &mut counters).await?);
+    }
+    bench.shutdown().await;
+
+    let baselines = pgbench_baselines(&server_url, &config.database_prefix, &args.ledger_clients)?;
+    println!("payments, created → COMPLETED with ledger, balances and audit, against pgbench TPC-B (10 s each):");
+    for (run, baseline) in runs.iter().zip(baselines) {
+        let baseline = baseline?;
+        println!("  {run}; pgbench {baseline:.0} tps; payments / pgbench: {:.2}", run.per_second() / baseline);
+    }
+    println!("  an idle host: {idle:.1} commits/s on its databases (10 s)");
+    Ok(())
+}
+
+/// `pgbench` TPC-B for 10 s at each number of `clients`, on a scratch database.
+fn pgbench_baselines(server_url: &str, prefix: &str, clients: &[usize]) -> anyhow::Result<Vec<anyhow::Result<f64>>> {
+    let scratch = format!("{prefix}pgbench");
+    ledger::pgbench_init(server_url, &scratch)?;
+    let baselines = clients.iter().map(|&clients| ledger::pgbench(server_url, &scratch, clients, 10)).collect();
+    ledger::pgbench_drop(server_url, &scratch)?;
+    Ok(baselines)
 }
 
 /// Invokes the probe's `/ping` `count` times, one after another, recording each duration.

@@ -210,7 +210,7 @@ impl Deliverer {
     /// Delivers one partition until told to stop (after the batch in hand) or its feed fails.
     async fn deliver_partition(self, partition: u16, stop: watch::Receiver<bool>) {
         let name = self.subscription.name.clone();
-        let mut feed = match self.backend.feed(&name, partition).await {
+        let mut feed = match self.backend.feed(&name, partition, stop.clone()).await {
             Ok(feed) => feed,
             Err(err) => {
                 tracing::warn!(subscriber = %name, partition, "opening the partition failed: {err:#}");
@@ -331,7 +331,7 @@ pub async fn deliver_together(
         outcomes.push(DeliveryOutcome::Handled);
     }
     if unit.finish(true).await.map_err(|err| err.to_string())? {
-        service.outbox_written.notify_one();
+        service.committed_events();
     }
     Ok(outcomes)
 }

@@ -5,13 +5,19 @@
 //! - appends take one advisory lock, so events commit in the order of their sequence numbers
 //!   and a reader that has seen sequence N will never later find a smaller one committed;
 //! - an event id is stored once (`UNIQUE`): a relay that sends a batch again adds nothing;
-//! - a subscriber's position in a partition only moves forward, past events it handled.
+//! - a subscriber's position in a partition only moves forward, past events it handled;
+//! - an append wakes every host's feeds of the partitions it touched: its transaction sends a
+//!   `NOTIFY` (delivered at its commit, so a woken feed finds the events) which each host's
+//!   listener turns into a wake-up of its feeds. An idle feed asks the database only every
+//!   [`FALLBACK_POLL`], for a wake-up lost while a listener reconnected (which also wakes every
+//!   feed), so an idle host costs the bus's database next to nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, watch};
 
 use super::{BATCH, Envelope, EnvelopeColumns, EnvelopeRow, PARTITIONS, RETENTION_DAYS, locks};
 
@@ -29,7 +35,13 @@ pub const TABLES: &[&str] = &[
         occurred_at TIMESTAMPTZ NOT NULL,
         published_at TIMESTAMPTZ NOT NULL DEFAULT now()
     )",
-    "CREATE INDEX IF NOT EXISTS events_by_partition ON public.events (partition, sequence)",
+    // Created only when missing: `CREATE INDEX IF NOT EXISTS` locks the table against appends
+    // before it finds the index there, while other hosts append.
+    "DO $$ BEGIN
+        IF pg_catalog.to_regclass('public.events_by_partition') IS NULL THEN
+            CREATE INDEX events_by_partition ON public.events (partition, sequence);
+        END IF;
+    END $$",
     "CREATE TABLE IF NOT EXISTS public.positions (
         subscriber VARCHAR(100) NOT NULL,
         partition SMALLINT NOT NULL,
@@ -38,15 +50,18 @@ pub const TABLES: &[&str] = &[
     )",
 ];
 
-/// How long a feed waits for new events before answering an empty batch.
-const WAIT: Duration = Duration::from_millis(100);
+/// How long a feed waits for a wake-up before it looks anyway.
+const FALLBACK_POLL: Duration = Duration::from_secs(10);
+
+/// The channel appends notify, with the partitions they touched as the payload (`"0,3"`).
+const CHANNEL: &str = "micropay_bus";
 
 /// The bus on its database.
 pub struct EmbeddedBus {
     pool: PgPool,
-    /// One per partition: wakes this host's feeds of a partition when this host appended to
-    /// it (other hosts' appends are polled). Per partition, so that an append wakes the feeds
-    /// that may have something to read, not every subscriber's every partition.
+    /// One per partition: wakes this host's feeds of a partition when any host appended to
+    /// it. Per partition, so that an append wakes the feeds that may have something to read,
+    /// not every subscriber's every partition.
     appended: Arc<[Notify]>,
 }
 
@@ -56,12 +71,18 @@ impl EmbeddedBus {
     }
 
     pub async fn publish(&self, events: &[Envelope]) -> anyhow::Result<()> {
+        let partitions: Vec<i16> = events.iter().map(|event| event.partition() as i16).collect();
+        let mut touched = partitions.clone();
+        touched.sort_unstable();
+        touched.dedup();
+        let payload = touched.iter().map(i16::to_string).collect::<Vec<_>>().join(",");
         let mut transaction = self.pool.begin().await?;
-        sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock($1, 0)")
+        sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock($1, 0), pg_catalog.pg_notify($2, $3)")
             .bind(locks::APPEND)
+            .bind(CHANNEL)
+            .bind(&payload)
             .execute(&mut *transaction)
             .await?;
-        let partitions: Vec<i16> = events.iter().map(|event| event.partition() as i16).collect();
         let columns = EnvelopeColumns::of(events);
         // WITH ORDINALITY keeps the batch's order in the sequence numbers.
         sqlx::query(
@@ -84,13 +105,52 @@ impl EmbeddedBus {
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
-        let mut touched = partitions;
-        touched.sort_unstable();
-        touched.dedup();
+        // This host's feeds need not wait for the notification's round trip.
         for partition in touched {
             self.appended[partition as usize].notify_waiters();
         }
         Ok(())
+    }
+
+    /// Turns the appends' notifications (every host's) into wake-ups of this host's feeds,
+    /// until `shutdown` turns true. A lost listening connection wakes every feed, then
+    /// listens again.
+    pub async fn listen(&self, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            tokio::select! {
+                Err(err) = self.relay_notifications() => {
+                    tracing::warn!("listening for bus appends failed, retrying: {err:#}");
+                    self.wake_all();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Listens and wakes feeds until the connection fails.
+    async fn relay_notifications(&self) -> anyhow::Result<std::convert::Infallible> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        // Whatever was appended while nobody listened.
+        self.wake_all();
+        loop {
+            let notification = listener.recv().await?;
+            for partition in notification.payload().split(',').filter_map(|p| p.parse::<usize>().ok()) {
+                if let Some(appended) = self.appended.get(partition) {
+                    appended.notify_waiters();
+                }
+            }
+        }
+    }
+
+    fn wake_all(&self) {
+        for appended in self.appended.iter() {
+            appended.notify_waiters();
+        }
     }
 
     /// Deletes events past the retention.
@@ -102,7 +162,19 @@ impl EmbeddedBus {
         Ok(())
     }
 
-    pub async fn feed(&self, subscriber: &str, partition: u16) -> anyhow::Result<Feed> {
+    /// How many events `subscriber` has not acknowledged yet, over every partition.
+    pub async fn undelivered(&self, subscriber: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM public.events AS e \
+             WHERE e.sequence > COALESCE((SELECT p.sequence FROM public.positions AS p \
+                                          WHERE p.subscriber = $1 AND p.partition = e.partition), 0)",
+        )
+        .bind(subscriber)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn feed(&self, subscriber: &str, partition: u16, stop: watch::Receiver<bool>) -> anyhow::Result<Feed> {
         sqlx::query("INSERT INTO public.positions (subscriber, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(subscriber)
             .bind(partition as i16)
@@ -121,6 +193,7 @@ impl EmbeddedBus {
             partition: partition as i16,
             position,
             delivered_up_to: position,
+            stop,
         })
     }
 }
@@ -143,6 +216,8 @@ pub struct Feed {
     position: i64,
     /// The last sequence number handed out.
     delivered_up_to: i64,
+    /// Ends a wait for events: the partition is being handed over.
+    stop: watch::Receiver<bool>,
 }
 
 impl Feed {
@@ -151,8 +226,12 @@ impl Feed {
         tokio::pin!(appended);
         appended.as_mut().enable();
         let mut batch = self.read().await?;
-        if batch.is_empty() {
-            let _ = tokio::time::timeout(WAIT, appended).await;
+        if batch.is_empty() && !*self.stop.borrow() {
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                _ = tokio::time::timeout(FALLBACK_POLL, appended) => {}
+                _ = stop.changed() => return Ok(Vec::new()),
+            }
             batch = self.read().await?;
         }
         Ok(batch

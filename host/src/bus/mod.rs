@@ -161,10 +161,12 @@ impl Backend {
         }
     }
 
-    /// The events of `partition` for `subscriber`, from its last acknowledged position.
-    pub async fn feed(&self, subscriber: &str, partition: u16) -> anyhow::Result<Feed> {
+    /// The events of `partition` for `subscriber`, from its last acknowledged position. A
+    /// feed waiting for events returns as soon as `stop` turns true. (A NATS feed's wait is
+    /// short: it does not watch `stop`.)
+    pub async fn feed(&self, subscriber: &str, partition: u16, stop: watch::Receiver<bool>) -> anyhow::Result<Feed> {
         Ok(match self {
-            Backend::Embedded(bus) => Feed::Embedded(bus.feed(subscriber, partition).await?),
+            Backend::Embedded(bus) => Feed::Embedded(bus.feed(subscriber, partition, stop).await?),
             Backend::Nats(bus) => Feed::Nats(Box::new(bus.feed(subscriber, partition).await?)),
         })
     }
@@ -331,7 +333,17 @@ impl EventBus {
         };
         let housekeeping =
             housekeeping(backend.clone(), bus.outboxes.clone(), bus.subscriptions.clone(), stopping.clone());
-        bus.tasks.lock().unwrap().extend([tokio::spawn(coordinator.run(stopping)), tokio::spawn(housekeeping)]);
+        let mut tasks = bus.tasks.lock().unwrap();
+        if let Backend::Embedded(_) = &*backend {
+            let (backend, stopping) = (backend.clone(), stopping.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Backend::Embedded(embedded) = &*backend {
+                    embedded.listen(stopping).await
+                }
+            }));
+        }
+        tasks.extend([tokio::spawn(coordinator.run(stopping)), tokio::spawn(housekeeping)]);
+        drop(tasks);
         tracing::info!(backend = backend.name(), "event bus started");
         Ok(bus)
     }

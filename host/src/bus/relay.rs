@@ -22,9 +22,14 @@ use tokio::sync::{Notify, watch};
 use super::{BATCH, Envelope, EnvelopeRow, SharedBackend, locks};
 use crate::runtime::invoke::Dispatcher;
 
-/// How often an idle service relay looks at its outbox without being woken (rows written by
-/// other hosts, or a wake-up missed).
-pub const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How often an idle service relay looks at its outbox without being woken: rows written by
+/// a host that died before relaying them. A host relays what its own units of work commit
+/// when they wake it.
+pub const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// How soon a relay that found another host relaying the outbox tries again: that host may
+/// have read the outbox before this host's rows committed.
+const BUSY_RETRY: Duration = Duration::from_millis(10);
 
 /// One publisher's relay.
 pub struct Relay {
@@ -47,8 +52,9 @@ impl Relay {
         while !*shutdown.borrow() {
             let wake = self.wake.notified();
             let pause = match self.relay_once().await {
-                Ok(relayed) if relayed == BATCH => continue,
-                Ok(_) => self.idle_poll,
+                Ok(Relayed::Rows(relayed)) if relayed == BATCH => continue,
+                Ok(Relayed::Rows(_)) => self.idle_poll,
+                Ok(Relayed::Busy) => BUSY_RETRY,
                 Err(err) => {
                     tracing::warn!(source = %self.source, "relaying the outbox failed, retrying: {err:#}");
                     Duration::from_secs(1)
@@ -62,8 +68,8 @@ impl Relay {
         }
     }
 
-    /// Relays one batch; returns how many rows it relayed.
-    async fn relay_once(&self) -> anyhow::Result<usize> {
+    /// Relays one batch.
+    async fn relay_once(&self) -> anyhow::Result<Relayed> {
         let mut transaction = self.pool.begin().await.context("beginning the relay transaction")?;
         let turn: bool = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_xact_lock($1, 0)")
             .bind(locks::RELAY)
@@ -71,7 +77,7 @@ impl Relay {
             .await?;
         if !turn {
             self.dispatcher.metrics.set_unrelayed_age(&self.source, 0.0);
-            return Ok(0);
+            return Ok(Relayed::Busy);
         }
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT sequence, event_id, topic, source, subject, data, trace_id, occurred_at \
@@ -84,7 +90,7 @@ impl Relay {
         let oldest = rows.first().map(|row| age_seconds(row.event.occurred_at)).unwrap_or(0.0);
         self.dispatcher.metrics.set_unrelayed_age(&self.source, oldest);
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Relayed::Rows(0));
         }
         let sequences: Vec<i64> = rows.iter().map(|row| row.sequence).collect();
         // The source is the outbox's owner, whatever a row says.
@@ -100,8 +106,16 @@ impl Relay {
             .await?;
         transaction.commit().await.context("marking the outbox rows relayed")?;
         self.dispatcher.metrics.record_relayed(&self.source, events.len());
-        Ok(events.len())
+        Ok(Relayed::Rows(events.len()))
     }
+}
+
+/// What one turn of a relay did.
+enum Relayed {
+    /// Relayed this many rows.
+    Rows(usize),
+    /// Another host was relaying the outbox.
+    Busy,
 }
 
 #[derive(sqlx::FromRow)]

@@ -5,6 +5,7 @@
 mod error;
 mod openapi;
 mod services;
+mod wait;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower_http::request_id::RequestId;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, wait};
 use crate::admin::keys::ADMIN_KEY_PREFIX;
 use crate::runtime::bindings::Request as ComponentRequest;
 use crate::runtime::invoke::{CLIENT_IP, InvokeError};
@@ -68,10 +68,17 @@ async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Requ
         headers,
         body: body.to_vec(),
     };
+    let wait = wait::requested(&parts.uri, &parts.headers);
     // In a task of its own: a client that goes away does not cut the work (or its commit) off
     // half-way; the invocation ends as it would have, answered or not.
     let dispatcher = platform.dispatcher.clone();
-    let invocation = tokio::spawn(async move { dispatcher.handle(&target, request, context).await });
+    let invocation = tokio::spawn(async move {
+        let response = dispatcher.handle(&target, request, context.clone()).await?;
+        Ok::<_, InvokeError>(match wait {
+            Some(wait) => wait::until_done(&dispatcher, &target, &context, response, wait).await,
+            None => response,
+        })
+    });
     match invocation.await {
         Ok(Ok(response)) => http_response(response),
         Ok(Err(err)) => Err(invoke_error(service, err)),
@@ -142,6 +149,7 @@ fn http_response(response: crate::runtime::bindings::Response) -> Result<Respons
     for (name, value) in &response.headers {
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
             && name != super::REQUEST_ID
+            && name != wait::AWAIT
         {
             http = http.header(name, value);
         }

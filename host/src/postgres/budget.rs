@@ -32,8 +32,9 @@ pub struct Plumbing {
 /// The platform role's pool in each service database.
 pub const PLATFORM_POOL: u32 = 1;
 
-/// The embedded bus's pool: relays append, every owned partition's feed reads.
-pub const BUS_POOL: u32 = 4;
+/// The embedded bus's pool: relays append, every owned partition's feed reads, and one
+/// connection listens for other hosts' appends.
+pub const BUS_POOL: u32 = 5;
 
 /// Connections kept free for the operator's tools when the budget is derived.
 const MARGIN: u32 = 2;

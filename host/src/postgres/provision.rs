@@ -278,10 +278,10 @@ impl Provisioner {
                 seen_at TIMESTAMPTZ NOT NULL
             )"
             .to_string(),
-            format!("ALTER TABLE micropay_platform.delivery_hosts OWNER TO {role_ident}"),
+            owned_by("TABLE", "micropay_platform.delivery_hosts", &role_ident),
             OUTBOX_TABLE.to_string(),
             OUTBOX_INDEX.to_string(),
-            format!("ALTER TABLE micropay_platform.outbox OWNER TO {role_ident}"),
+            owned_by("TABLE", "micropay_platform.outbox", &role_ident),
         ] {
             admin_exec(&mut in_database, &statement).await?;
         }
@@ -420,7 +420,7 @@ impl Provisioner {
         }
         // Tables an older installation created as the administrator pass to the platform role.
         for table in ["public.events", "public.positions"] {
-            admin_exec(&mut in_database, &format!("ALTER TABLE {table} OWNER TO {platform_ident}")).await?;
+            admin_exec(&mut in_database, &owned_by("TABLE", table, &platform_ident)).await?;
         }
         in_database.close().await.ok();
         admin.close().await.ok();
@@ -521,8 +521,32 @@ const OUTBOX_TABLE: &str = "CREATE TABLE IF NOT EXISTS micropay_platform.outbox 
     relayed_at TIMESTAMPTZ
 )";
 
-const OUTBOX_INDEX: &str =
-    "CREATE INDEX IF NOT EXISTS outbox_unrelayed ON micropay_platform.outbox (sequence) WHERE relayed_at IS NULL";
+/// Created only when missing: `CREATE INDEX IF NOT EXISTS` would lock the outbox against
+/// writes before finding the index there, while other hosts write it.
+const OUTBOX_INDEX: &str = "DO $$ BEGIN
+    IF pg_catalog.to_regclass('micropay_platform.outbox_unrelayed') IS NULL THEN
+        CREATE INDEX outbox_unrelayed ON micropay_platform.outbox (sequence) WHERE relayed_at IS NULL;
+    END IF;
+END $$";
+
+/// Makes `platform` (a quoted role name) the owner of `object` (`TABLE name`, `FUNCTION
+/// name(args)`) when it is not already. Provisioning runs at every host's start, while other
+/// hosts serve: `ALTER ... OWNER` takes the table's exclusive lock even when nothing changes,
+/// and taken in one transaction after another table's, it deadlocks with a unit of work that
+/// holds the second and waits for the first (an inbox record, then an outbox append).
+fn owned_by(kind: &str, name: &str, platform: &str) -> String {
+    let owner = match kind {
+        "TABLE" => format!("SELECT relowner FROM pg_catalog.pg_class WHERE oid = {}::regclass", literal(name)),
+        "FUNCTION" => format!("SELECT proowner FROM pg_catalog.pg_proc WHERE oid = {}::regprocedure", literal(name)),
+        other => unreachable!("no owner check for {other}"),
+    };
+    let alter = format!("ALTER {kind} {name} OWNER TO {platform}");
+    format!(
+        "DO $$ BEGIN IF ({owner}) IS DISTINCT FROM {}::regrole THEN EXECUTE {}; END IF; END $$",
+        literal(platform),
+        literal(&alter)
+    )
+}
 
 fn platform_objects(role: &str, platform: &str) -> Vec<String> {
     let mut statements = vec![
@@ -589,16 +613,16 @@ fn platform_objects(role: &str, platform: &str) -> Vec<String> {
         END $$"
             .to_string(),
     ];
-    for object in [
-        "TABLE micropay_platform.outbox",
-        "TABLE micropay_platform.inbox",
-        "TABLE micropay_platform.dead_letters",
-        "TABLE micropay_platform.host_key",
-        "FUNCTION micropay_platform.require_host(BYTEA)",
-        "FUNCTION micropay_platform.append_outbox(BYTEA, UUID[], TEXT[], TEXT[], TEXT[], JSONB[], TEXT[])",
-        "FUNCTION micropay_platform.record_inbox(BYTEA, UUID[], TEXT[], TEXT[])",
+    for (kind, name) in [
+        ("TABLE", "micropay_platform.outbox"),
+        ("TABLE", "micropay_platform.inbox"),
+        ("TABLE", "micropay_platform.dead_letters"),
+        ("TABLE", "micropay_platform.host_key"),
+        ("FUNCTION", "micropay_platform.require_host(BYTEA)"),
+        ("FUNCTION", "micropay_platform.append_outbox(BYTEA, UUID[], TEXT[], TEXT[], TEXT[], JSONB[], TEXT[])"),
+        ("FUNCTION", "micropay_platform.record_inbox(BYTEA, UUID[], TEXT[], TEXT[])"),
     ] {
-        statements.push(format!("ALTER {object} OWNER TO {platform}"));
+        statements.push(owned_by(kind, name, platform));
     }
     statements.extend([
         format!("REVOKE ALL ON ALL TABLES IN SCHEMA {PLATFORM_SCHEMA} FROM PUBLIC, {role}"),

@@ -316,7 +316,7 @@ impl Dispatcher {
             let (answer, unit) = self.run_until(deadline, version, call, context, unit).await?;
             // The answer is in: its commit is not cut at the deadline.
             if unit.finish(C::commits(&answer)).await? {
-                service.outbox_written.notify_one();
+                service.committed_events();
             }
             Ok(answer)
         };

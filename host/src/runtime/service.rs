@@ -36,6 +36,9 @@ pub struct Service {
     slot_count: AtomicU32,
     /// Signalled when one of its units of work committed events, to wake its outbox relay.
     pub outbox_written: Arc<Notify>,
+    /// Wakes every client waiting for one of its resources to change (`Prefer: wait`) when
+    /// one of its units of work on this host committed events.
+    pub events_committed: Notify,
     active: RwLock<Arc<Version>>,
     /// A version serving a share of the callers beside the active one, if one is on trial.
     canary: RwLock<Option<Arc<Canary>>>,
@@ -72,6 +75,12 @@ impl Canary {
 }
 
 impl Service {
+    /// One of its units of work committed events: wakes its relay and its waiting clients.
+    pub fn committed_events(&self) {
+        self.outbox_written.notify_one();
+        self.events_committed.notify_waiters();
+    }
+
     pub fn new(database: Option<Arc<ServiceDatabase>>, version: Arc<Version>) -> Self {
         let slots = version.policy.limits.max_instances;
         Self {
@@ -80,6 +89,7 @@ impl Service {
             slots: Semaphore::new(slots as usize),
             slot_count: AtomicU32::new(slots),
             outbox_written: Arc::default(),
+            events_committed: Notify::new(),
             active: RwLock::new(version),
             canary: RwLock::new(None),
         }

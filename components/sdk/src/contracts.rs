@@ -1,0 +1,105 @@
+//! The typed contracts between services: the body and answer of each call one service makes
+//! to another's `/internal/...` endpoint, and the payload of each event one publishes for
+//! another, as both sides read and write them. `components/PAYMENTS.md` and
+//! `components/LEDGER.md` say what each one means.
+
+use serde::{Deserialize, Serialize};
+
+/// One leg of a posting to be: an entry on one account. Amounts are decimal text, as every
+/// amount crossing a service boundary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Leg {
+    pub account_id: String,
+    /// `DEBIT` or `CREDIT`.
+    pub entry_type: String,
+    pub amount: String,
+    pub currency: String,
+}
+
+/// `transaction POST /internal/authorizations` (from the payment service): authorize the
+/// posting's accounts and limits and hold its debits now, to be recorded later under
+/// `transaction_id`. Also the body of `POST /internal/authorizations/release`, which gives
+/// back what the authorization took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationRequest {
+    /// The id the posting will be recorded under (a payment's own id).
+    pub transaction_id: String,
+    pub legs: Vec<Leg>,
+    /// Whether the debits count toward the payer's transfer limits.
+    pub count_toward_limits: bool,
+}
+
+/// An account an authorization named, as the account service described it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizedAccount {
+    pub account_id: String,
+    /// The owner; the nil UUID for a system account.
+    pub user_id: String,
+    pub currency: String,
+    /// A system account (funding, fees): never held, never limited.
+    pub system: bool,
+}
+
+/// The answer of `POST /internal/authorizations`: the accounts, authorized and held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorization {
+    pub accounts: Vec<AuthorizedAccount>,
+}
+
+/// The answer of `POST /internal/authorizations/release`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// How many holds were released (none when the authorization held nothing or was
+    /// released already).
+    pub holds_released: u64,
+}
+
+/// A leg of a posting to record, with what the authorization said of its account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostingLeg {
+    #[serde(flatten)]
+    pub leg: Leg,
+    pub system: bool,
+}
+
+/// Event `payment.processing` (payment → transaction): record the posting of an authorized
+/// payment or refund, under the payment's id as its transaction id. Published once the payment
+/// may no longer be cancelled; published again by the payment service's sweeper while the
+/// posting is missing (recording it is idempotent: one posting per payment id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentPosting {
+    pub payment_id: String,
+    pub legs: Vec<PostingLeg>,
+    pub description: Option<String>,
+    /// The user who initiated it; none for an administrator's refund.
+    pub initiated_by: Option<String>,
+}
+
+/// `payment GET /internal/payments/{payment_id}/posting` (from the transaction service, asked
+/// by the balance and account sweepers about a posting that does not exist): whether a
+/// payment of that id will still have it recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostingOutlook {
+    /// The payment exists and is authorized (held, in review, or processing): its posting will
+    /// be recorded, or its authorization given back by the payment service itself.
+    Coming,
+    /// No payment of that id exists, or it ended without a posting (failed, cancelled): what
+    /// was authorized for it may be given back.
+    Never,
+}
+
+/// The answer of `GET /internal/payments/{payment_id}/posting`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostingOutlookAnswer {
+    pub posting: PostingOutlook,
+}
+
+/// Event `balance.transaction_applied` (balance → transaction, payment): every entry of the
+/// transaction is in the balances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionApplied {
+    pub transaction_id: String,
+}
