@@ -10,6 +10,7 @@
 //! - [`deploy`]: new versions checked, stored and swapped in on every host; signed artifacts;
 //! - [`admin`]: admin API keys and the `/admin` routes;
 //! - [`schedule`]: requests made to components on a timer (maintenance jobs);
+//! - [`sessions`]: resolved bearer tokens, cached briefly and forgotten on every host when ended;
 //! - [`platform`]: all of the above started together.
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod policy;
 pub mod postgres;
 pub mod runtime;
 pub mod schedule;
+pub mod sessions;
 pub mod telemetry;
 
 /// FNV-1a of `bytes`: a hash identical on every host and every build, for what hosts must

@@ -120,6 +120,8 @@ impl Platform {
             EventBus::start(&config.bus_settings(), &provisioner, &dispatcher, platform_outbox, shares.plumbing.bus)
                 .await?,
         );
+        // Hears the other hosts' ended sessions.
+        let sessions_pool = provisioner.control_pool(1).await?;
         let starter = Arc::new(ServiceStarter {
             control: provisioner.control_pool(1).await?,
             provisioner,
@@ -150,6 +152,8 @@ impl Platform {
             let (policies, components) = (config.policies.clone(), config.components_dir.clone());
             tasks.push(tokio::spawn(deploy::watch::run(deployer.clone(), policies, components, stopping.clone())));
         }
+        let (sessions, telling, stopped) = (dispatcher.clone(), deployer.store.pool().clone(), stopping.clone());
+        tasks.push(tokio::spawn(async move { sessions.sessions.listen(sessions_pool, telling, stopped).await }));
         tasks.push(tokio::spawn(deployer.clone().judge_canaries(stopping.clone())));
         tasks.push(tokio::spawn(deployer.clone().listen(stopping)));
         Ok(Self { dispatcher, bus, deployer, starter, tasks, shutdown, _runtime: runtime, embedded })

@@ -243,3 +243,68 @@ async fn phone_verification() {
         host.call("PATCH", "/v1/user/me", Some(&other.token), Some(json!({"phone_number": "+447700900123"}))).await;
     assert_eq!((status, error_code(&body)), (409, "phone_taken"));
 }
+
+/// A request's token is resolved once and then cached by the host for a few seconds: ending
+/// the session (logout, revocation, a password change) must still refuse it at once, on the
+/// host that ended it and on every other.
+#[tokio::test]
+async fn an_ended_session_is_refused_at_once_on_every_host() {
+    let mut first = TestHost::start().await;
+    let second = TestHost::start_with(first.options.clone()).await;
+    let user = signed_in_user(&mut first).await;
+    let login = json!({"email": user.email, "password": user.password});
+    let (_, other) = first.call("POST", "/v1/user/sessions", None, Some(login.clone())).await;
+    let other_token = other["token"].as_str().unwrap().to_string();
+    let (_, third) = first.call("POST", "/v1/user/sessions", None, Some(login)).await;
+    let (third_token, third_session) = (third["token"].as_str().unwrap(), third["session_id"].as_str().unwrap());
+
+    // Every token resolved, and so cached, on both hosts.
+    for host in [&first, &second] {
+        for token in [user.token.as_str(), &other_token, third_token] {
+            assert_eq!(host.call("GET", "/v1/user/me", Some(token), None).await.0, 200);
+        }
+    }
+    // The identity provider's own unit of work resolves no token while cached: no session's
+    // last activity moves.
+    let mut db = first.admin_db("user").await;
+    let activity = "SELECT max(last_activity_at)::text FROM user_sessions WHERE user_id = $1::uuid";
+    let before: String = sqlx::query_scalar(activity).bind(&user.user_id).fetch_one(&mut db).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(second.call("GET", "/v1/user/me", Some(&user.token), None).await.0, 200);
+    }
+    let after: String = sqlx::query_scalar(activity).bind(&user.user_id).fetch_one(&mut db).await.unwrap();
+    assert_eq!(before, after);
+
+    // Revoked on the first host: refused there at once, and on the second as soon as it hears.
+    let path = format!("/v1/user/sessions/{third_session}");
+    assert_eq!(first.call("DELETE", &path, Some(&user.token), None).await.0, 204);
+    assert_eq!(first.call("GET", "/v1/user/me", Some(third_token), None).await.0, 401);
+    refused_soon(&second, third_token).await;
+
+    // A password change on the second host ends the other sessions everywhere.
+    let change = json!({"current_password": user.password, "new_password": "another long one 99"});
+    assert_eq!(second.call("POST", "/v1/user/me/password", Some(&user.token), Some(change)).await.0, 204);
+    assert_eq!(second.call("GET", "/v1/user/me", Some(&other_token), None).await.0, 401);
+    refused_soon(&first, &other_token).await;
+    assert_eq!(first.call("GET", "/v1/user/me", Some(&user.token), None).await.0, 200);
+
+    // Logged out on the first: refused on both.
+    assert_eq!(first.call("DELETE", "/v1/user/sessions/current", Some(&user.token), None).await.0, 204);
+    assert_eq!(first.call("GET", "/v1/user/me", Some(&user.token), None).await.0, 401);
+    refused_soon(&second, &user.token).await;
+}
+
+/// Asserts that `host` refuses `token` within half a second: far sooner than its cache of
+/// resolved tokens would lapse by itself.
+async fn refused_soon(host: &TestHost, token: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _) = host.call("GET", "/v1/user/me", Some(token), None).await;
+        if status == 401 {
+            return;
+        }
+        assert_eq!(status, 200);
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "the ended session still works");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -424,6 +424,14 @@ pub fn log_in(ctx: &mut Context) -> Result<Response, ApiError> {
     })))
 }
 
+/// Tells the host that sessions ended with this answer (`session <id>`, or `user <id>` for
+/// all of a user's): it stops accepting their tokens on every host at once, rather than when
+/// its short-lived cache of resolved tokens lapses.
+fn sessions_ended(mut response: Response, kind: &str, id: &str) -> Response {
+    response.headers.push(("micropay-sessions-ended".into(), format!("{kind} {id}")));
+    response
+}
+
 /// `DELETE /sessions/current`: logs out.
 pub fn log_out(ctx: &mut Context) -> Result<Response, ApiError> {
     let caller = ctx.caller()?;
@@ -433,7 +441,7 @@ pub fn log_out(ctx: &mut Context) -> Result<Response, ApiError> {
     sql::delete_session(db, &caller.user_id, &caller.session_id)?;
     let metadata = json!({ "session_id": caller.session_id });
     record(db, &caller.user_id, Activity::LoggedOut, Some(&metadata), ip.as_deref())?;
-    Ok(Response::no_content())
+    Ok(sessions_ended(Response::no_content(), "session", &caller.session_id))
 }
 
 /// `GET /sessions`: the caller's unexpired sessions, newest first.
@@ -463,7 +471,7 @@ pub fn revoke_session(ctx: &mut Context) -> Result<Response, ApiError> {
     }
     let metadata = json!({ "session_id": session_id });
     record(db, &caller.user_id, Activity::SessionRevoked, Some(&metadata), ip.as_deref())?;
-    Ok(Response::no_content())
+    Ok(sessions_ended(Response::no_content(), "session", &session_id))
 }
 
 /// Resolves a bearer token to its caller: an unexpired session of a user that is not deleted.
@@ -548,7 +556,7 @@ pub fn change_password(ctx: &mut Context) -> Result<Response, ApiError> {
     let revoked = sql::delete_other_sessions(db, &caller.user_id, &caller.session_id)?;
     let metadata = json!({ "sessions_revoked": revoked });
     record(db, &caller.user_id, Activity::PasswordChanged, Some(&metadata), ip.as_deref())?;
-    Ok(Response::no_content())
+    Ok(sessions_ended(Response::no_content(), "user", &caller.user_id))
 }
 
 /// `DELETE /me`: soft-deletes the account and ends all its sessions.
@@ -561,7 +569,7 @@ pub fn delete_me(ctx: &mut Context) -> Result<Response, ApiError> {
     let revoked = sql::delete_sessions(db, &caller.user_id)?;
     let metadata = json!({ "sessions_revoked": revoked });
     record(db, &caller.user_id, Activity::AccountDeleted, Some(&metadata), ip.as_deref())?;
-    Ok(Response::no_content())
+    Ok(sessions_ended(Response::no_content(), "user", &caller.user_id))
 }
 
 /// `GET /me/activity`: the caller's activity, newest first.

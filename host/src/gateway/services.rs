@@ -150,6 +150,7 @@ fn http_response(response: crate::runtime::bindings::Response) -> Result<Respons
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
             && name != super::REQUEST_ID
             && name != wait::AWAIT
+            && name != crate::sessions::ENDED
         {
             http = http.header(name, value);
         }

@@ -28,6 +28,7 @@ use crate::runtime::engine::{EngineOptions, Runtime};
 use crate::runtime::registry::Registry;
 use crate::runtime::service::{Service, Version};
 use crate::runtime::state::{InvocationContext, InvocationState, MemoryExceeded};
+use crate::sessions::{Ended, Sessions};
 
 /// The header in which the gateway hands a component its client's address (one a client
 /// sends is dropped).
@@ -234,6 +235,8 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
     /// Whether one-time secrets components hand over are logged (`--dev-log-secrets`).
     pub dev_log_secrets: bool,
+    /// Bearer tokens resolved lately.
+    pub sessions: Sessions,
 }
 
 impl Dispatcher {
@@ -244,6 +247,7 @@ impl Dispatcher {
             registry: Registry::default(),
             metrics: Arc::new(metrics),
             dev_log_secrets,
+            sessions: Sessions::default(),
         })
     }
 
@@ -264,15 +268,30 @@ impl Dispatcher {
                 .map_or(&*context.request_id, |(_, address)| address.as_str()),
         };
         let version = service.pick(caller);
-        self.unit_of_work(service, version, Handle(request), context).await
+        let response = self.unit_of_work(service, version, Handle(request), context).await?;
+        // The identity provider ended sessions, and its work committed: no host may go on
+        // accepting their tokens.
+        if response.status < 400 && service.active().policy.component.identity_provider {
+            self.sessions.end(&Ended::in_answer(&response)).await;
+        }
+        Ok(response)
     }
 
-    /// Resolves a bearer token through the identity provider, as one unit of work. No identity
-    /// provider means no token can be valid.
+    /// Resolves a bearer token: from the tokens resolved lately (see [`crate::sessions`]), else
+    /// through the identity provider, as one unit of work. No identity provider means no token
+    /// can be valid.
     pub async fn authenticate(self: &Arc<Self>, token: &str, request_id: &str) -> Result<Option<Caller>, InvokeError> {
+        if let Some(caller) = self.sessions.get(token) {
+            return Ok(Some(caller));
+        }
         let Some(identity) = self.registry.identity() else { return Ok(None) };
+        let epoch = self.sessions.epoch();
         let context = InvocationContext::new(None, request_id);
-        self.unit_of_work(&identity, identity.active(), Authenticate(token.to_string()), context).await
+        let caller = self.unit_of_work(&identity, identity.active(), Authenticate(token.to_string()), context).await?;
+        if let Some(caller) = &caller {
+            self.sessions.insert(token, caller.clone(), epoch);
+        }
+        Ok(caller)
     }
 
     /// The endpoints `version` serves: asked once, before it is activated, without a
