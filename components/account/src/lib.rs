@@ -38,8 +38,8 @@ impl handler::Guest for AccountService {
 }
 
 impl subscriber::Guest for AccountService {
-    fn handle_event(event: Event) -> Result<(), String> {
-        routes::handle_event(&event)
+    fn handle_events(events: Vec<Event>) -> Result<(), String> {
+        routes::handle_events(&events)
     }
 }
 

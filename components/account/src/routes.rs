@@ -72,8 +72,9 @@ struct BalanceUpdated {
     account_id: String,
     balance: String,
     sequence: i64,
-    /// The posting applied; no longer in flight on the account.
-    transaction_id: Option<String>,
+    /// The postings applied; no longer in flight on the account.
+    #[serde(default)]
+    transaction_ids: Vec<String>,
 }
 
 // ---- answers ----
@@ -650,38 +651,35 @@ fn posting_fate(transaction_id: &str) -> Option<PostingFate> {
 
 // ---- events ----
 
-/// Handles `balance.updated`: keeps the account's balance snapshot at the latest sequence the
-/// balance service reported. An older or repeated sequence (events may arrive out of order
-/// after a retry) changes nothing; so does an unknown account or a payload that cannot be read,
-/// which a retry would not mend: those are logged and acknowledged.
-pub fn handle_event(event: &Event) -> Result<(), String> {
-    if event.topic != "balance.updated" {
-        micropay_sdk::log_warn(&format!("event {} on {} is not one this service handles", event.id, event.topic));
-        return Ok(());
-    }
-    let update = serde_json::from_str::<BalanceUpdated>(&event.data)
-        .ok()
-        .filter(|update| micropay_sdk::is_uuid(&update.account_id))
-        .and_then(|update| Decimal::from_str(&update.balance).ok().map(|balance| (update, balance)));
-    let Some((update, balance)) = update else {
-        micropay_sdk::log_warn(&format!("balance.updated {} has a payload this service cannot read", event.id));
-        return Ok(());
-    };
-    let db = Db::open().map_err(describe)?;
-
-    let transaction_id = update.transaction_id.as_deref().filter(|id| micropay_sdk::is_uuid(id));
-    if sql::record_balance(&db, &update.account_id, balance, update.sequence, transaction_id).map_err(describe)? == 0 {
-        match sql::balance_sequence(&db, &update.account_id).map_err(describe)? {
-            None => micropay_sdk::log_warn(&format!(
-                "balance.updated {} names account {}, which does not exist",
-                event.id, update.account_id
-            )),
-            Some(stored) => micropay_sdk::log_info(&format!(
-                "balance.updated {} for account {} is at sequence {}, the snapshot already at {stored}",
-                event.id, update.account_id, update.sequence
-            )),
+/// Handles a batch of `balance.updated` with one statement: each account's balance snapshot
+/// moves to the newest sequence the batch reports for it, when newer than the stored one
+/// (events may arrive out of order after a retry), and the records in flight of the
+/// transactions applied to it go, whatever the sequence. The rows are locked in `account_id`
+/// order. An unknown account, an older sequence, or a payload that cannot be read (which a
+/// retry would not mend, logged) changes nothing.
+pub fn handle_events(events: &[Event]) -> Result<(), String> {
+    let mut updates = Vec::with_capacity(events.len());
+    for event in events {
+        if event.topic != "balance.updated" {
+            micropay_sdk::log_warn(&format!("event {} on {} is not one this service handles", event.id, event.topic));
+            continue;
         }
+        let update = serde_json::from_str::<BalanceUpdated>(&event.data)
+            .ok()
+            .filter(|update| micropay_sdk::is_uuid(&update.account_id))
+            .and_then(|update| Decimal::from_str(&update.balance).ok().map(|balance| (update, balance)));
+        let Some((update, balance)) = update else {
+            micropay_sdk::log_warn(&format!("balance.updated {} has a payload this service cannot read", event.id));
+            continue;
+        };
+        let applied = update.transaction_ids.into_iter().filter(|id| micropay_sdk::is_uuid(id)).collect();
+        updates.push(sql::BalanceUpdate { account_id: update.account_id, balance, sequence: update.sequence, applied });
     }
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let db = Db::open().map_err(describe)?;
+    sql::record_balances(&db, &updates).map_err(describe)?;
     Ok(())
 }
 

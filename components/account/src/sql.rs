@@ -8,7 +8,7 @@
 //! `sql.rs`).
 
 use micropay_sdk::db::DbError;
-use micropay_sdk::db::param::{boolean, decimal, id_list, int, text, timestamp, uuid};
+use micropay_sdk::db::param::{boolean, decimal, id_list, int, json, text, timestamp, uuid};
 use micropay_sdk::money::{self, Decimal};
 use micropay_sdk::{Db, Row, Value};
 
@@ -101,7 +101,7 @@ pub fn find_account_by_number(db: &Db, account_number: &str) -> Result<Option<Ro
 /// ([`lock_account`]), so an authorization and a status change of the same account take turns:
 /// one waits for the other's commit, then reads what it wrote (a locking read returns the
 /// latest committed row). It does not conflict with the `UPDATE` of the balance snapshot
-/// ([`record_balance`]), nor with other authorizations. The rows read after the lock come from
+/// ([`record_balances`]), nor with other authorizations. The rows read after the lock come from
 /// the locking CTE itself: another scan in the same statement would see the statement's
 /// snapshot, taken before any wait. The record is written before the rules are checked; a
 /// refusal rolls the unit of work back, record included.
@@ -202,32 +202,55 @@ pub fn set_limits(db: &Db, account_id: &str, limits: TransferLimits) -> Result<R
     )
 }
 
-/// Records what a `balance.updated` event reports, in one statement: the posting it names
-/// (`transaction_id`, when it names one) is no longer in flight on the account, and the
-/// balance is stored unless the account already shows a later one (`sequence` not above the
-/// stored one). The removal happens either way (a statement in `WITH` always runs to
-/// completion). Returns how many account rows changed (0 or 1).
-pub fn record_balance(
-    db: &Db,
-    account_id: &str,
-    balance: Decimal,
-    sequence: i64,
-    transaction_id: Option<&str>,
-) -> Result<u64, DbError> {
-    db.execute(
-        "WITH applied AS ( \
-             DELETE FROM account_postings_in_flight WHERE account_id = $1 AND transaction_id = $4) \
-         UPDATE accounts SET balance_snapshot = $2, balance_last_updated_at = now(), balance_sequence = $3 \
-         WHERE account_id = $1 AND balance_sequence < $3",
-        &[uuid(account_id), money_value(balance), int(sequence), transaction_id.map_or(Value::Null, uuid)],
-    )
+/// What a `balance.updated` reports of an account.
+pub struct BalanceUpdate {
+    pub account_id: String,
+    pub balance: Decimal,
+    pub sequence: i64,
+    /// The postings applied to it, no longer in flight.
+    pub applied: Vec<String>,
 }
 
-/// The balance sequence an account's snapshot is at, or `None` when there is no such account.
-pub fn balance_sequence(db: &Db, account_id: &str) -> Result<Option<i64>, DbError> {
-    Ok(db
-        .query_opt("SELECT balance_sequence FROM accounts WHERE account_id = $1", &[uuid(account_id)])?
-        .map(|row| row.int("balance_sequence")))
+const RECORD_BALANCES: &str = "
+WITH given AS (
+    SELECT u.account_id, u.balance, u.sequence, u.applied
+    FROM jsonb_to_recordset($1) AS u(account_id uuid, balance numeric, sequence bigint, applied jsonb)
+),
+landed AS (
+    DELETE FROM account_postings_in_flight AS f
+    USING given AS g, jsonb_array_elements_text(g.applied) AS t(transaction_id)
+    WHERE f.account_id = g.account_id AND f.transaction_id = t.transaction_id::uuid
+),
+newest AS (
+    SELECT DISTINCT ON (account_id) account_id, balance, sequence FROM given ORDER BY account_id, sequence DESC
+),
+locked AS (
+    SELECT a.account_id, n.balance, n.sequence
+    FROM accounts AS a JOIN newest AS n ON n.account_id = a.account_id
+    WHERE a.balance_sequence < n.sequence
+    ORDER BY a.account_id
+    FOR NO KEY UPDATE OF a
+)
+UPDATE accounts AS a SET balance_snapshot = l.balance, balance_last_updated_at = now(), balance_sequence = l.sequence
+FROM locked AS l
+WHERE a.account_id = l.account_id";
+
+/// Records a batch of reported balances in one statement: each account's snapshot at the
+/// newest sequence reported for it, if newer than the stored one, and the records in flight of
+/// the postings applied removed. Returns the snapshots moved.
+pub fn record_balances(db: &Db, updates: &[BalanceUpdate]) -> Result<u64, DbError> {
+    let rows: Vec<serde_json::Value> = updates
+        .iter()
+        .map(|update| {
+            serde_json::json!({
+                "account_id": update.account_id,
+                "balance": money::format(update.balance),
+                "sequence": update.sequence,
+                "applied": update.applied,
+            })
+        })
+        .collect();
+    db.execute(RECORD_BALANCES, &[json(&serde_json::Value::Array(rows))])
 }
 
 // ---- limits ----

@@ -34,8 +34,8 @@ impl handler::Guest for AuditService {
 }
 
 impl subscriber::Guest for AuditService {
-    fn handle_event(event: Event) -> Result<(), String> {
-        routes::record_event(&event)
+    fn handle_events(events: Vec<Event>) -> Result<(), String> {
+        routes::record_events(&events)
     }
 }
 

@@ -32,15 +32,17 @@ fn log_json(row: &Row) -> Json {
     })
 }
 
-/// Records a delivered event in the trail. The host's inbox already keeps a redelivered event
-/// from reaching this twice; the trail's own key on the event is the second guard, so a
-/// duplicate is acknowledged without a second row. An error rolls the delivery back and the
-/// host retries it.
-pub fn record_event(event: &Event) -> Result<(), String> {
-    let record = domain::record(event);
+/// Records a batch of delivered events in the trail, with one statement. The host's inbox
+/// already keeps a redelivered event from reaching this twice; the trail's own key on the
+/// event is the second guard, so a duplicate is acknowledged without a second row. An error
+/// rolls the delivery back and the host retries it.
+pub fn record_events(events: &[Event]) -> Result<(), String> {
+    let records: Vec<_> = events.iter().map(domain::record).collect();
     let db = Db::open().map_err(describe)?;
-    if !sql::append(&db, &record).map_err(describe)? {
-        micropay_sdk::log_info(&format!("event {} ({}) is already in the audit trail", event.id, event.topic));
+    let appended = sql::append(&db, &records).map_err(describe)?;
+    if appended < records.len() as i64 {
+        let already = records.len() as i64 - appended;
+        micropay_sdk::log_info(&format!("{already} of {} events were already in the audit trail", records.len()));
     }
     Ok(())
 }

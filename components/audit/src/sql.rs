@@ -4,9 +4,9 @@
 //! ever computed by `audit_row_digest`, for appending and verifying alike. Reads go through
 //! the `audit_trail` view, live and archived months together.
 
-use micropay_sdk::db::param::{int, json, opt_text, text, timestamp, uuid};
+use micropay_sdk::db::param::{int, json, text, timestamp, uuid};
 use micropay_sdk::db::{Conditions, DbError};
-use micropay_sdk::{Db, Row, Value};
+use micropay_sdk::{Db, Row};
 
 use crate::domain::{LogQuery, Record};
 
@@ -19,29 +19,32 @@ macro_rules! log_columns {
     };
 }
 
-/// Appends a record to its chain; `false` when its event was already recorded.
-pub fn append(db: &Db, record: &Record) -> Result<bool, DbError> {
-    let json_or_null = |value: &Option<serde_json::Value>| value.as_ref().map_or(Value::Null, json);
-    let row = db.query_one(
-        "SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::smallint) AS appended",
-        &[
-            text(&record.event_id),
-            text(&record.event_type),
-            text(&record.service_name),
-            text(&record.entity_type),
-            opt_text(record.entity_id.as_deref()),
-            record.user_id.as_deref().map_or(Value::Null, uuid),
-            text(&record.action),
-            json_or_null(&record.old_values),
-            json_or_null(&record.new_values),
-            json(&record.metadata),
-            opt_text(record.ip_address.as_deref()),
-            opt_text(record.user_agent.as_deref()),
-            timestamp(record.occurred_at),
-            int(record.chain),
-        ],
-    )?;
-    Ok(row.bool("appended"))
+/// Appends a batch of records to their chains with one statement; returns how many were
+/// appended (an event recorded already is not appended again).
+pub fn append(db: &Db, records: &[Record]) -> Result<i64, DbError> {
+    let rows: Vec<serde_json::Value> = records
+        .iter()
+        .map(|record| {
+            serde_json::json!({
+                "event_id": record.event_id,
+                "event_type": record.event_type,
+                "service_name": record.service_name,
+                "entity_type": record.entity_type,
+                "entity_id": record.entity_id,
+                "user_id": record.user_id,
+                "action": record.action,
+                "old_values": record.old_values,
+                "new_values": record.new_values,
+                "metadata": record.metadata,
+                "ip_address": record.ip_address,
+                "user_agent": record.user_agent,
+                "occurred_at": record.occurred_at,
+                "chain": record.chain,
+            })
+        })
+        .collect();
+    let row = db.query_one("SELECT audit_append_batch($1) AS appended", &[json(&serde_json::Value::Array(rows))])?;
+    Ok(row.int("appended"))
 }
 
 /// One page of the trail matching `query`, newest first, with one record more than the page

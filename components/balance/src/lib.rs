@@ -38,8 +38,8 @@ impl handler::Guest for BalanceService {
 }
 
 impl subscriber::Guest for BalanceService {
-    fn handle_event(event: Event) -> Result<(), String> {
-        routes::apply_posting(&event)
+    fn handle_events(events: Vec<Event>) -> Result<(), String> {
+        routes::apply_postings(&events)
     }
 }
 

@@ -507,43 +507,60 @@ pub fn ledger(ctx: &mut Context) -> Result<Response, ApiError> {
 
 // ---- the event handler ----
 
-/// Applies a `transaction.posted` event: one balance event per entry, in entry order, on the
-/// accounts locked in `account_id` order; the transaction's holds settled; a snapshot of an
-/// account at every [`domain::SNAPSHOT_EVERY`] events; then one `balance.updated` per account
-/// (its state after the whole transaction) and one `balance.transaction_applied`.
+/// Applies a batch of `transaction.posted` events in one unit of work: one balance event per
+/// entry, postings in the order they came and each one's entries in entry order, on every
+/// account of the batch locked at once in `account_id` order; the postings' holds settled; a
+/// snapshot of an account at every [`domain::SNAPSHOT_EVERY`] events; then one
+/// `balance.updated` per account (its state after the whole batch, naming the transactions
+/// applied to it) and one `balance.transaction_applied` per posting.
+///
+/// **Invariant: two units of work applying postings never wait on each other in a cycle.**
+/// Kept by taking every row lock a batch needs in one statement, before anything else, in
+/// `account_id` order (`sql::lock_accounts`): any two batches lock their common accounts in
+/// the same order. (The holds and reservations they update after are their own postings'.)
 ///
 /// An event that breaks the contract, or whose entry is in another currency than its account,
-/// is an error: it is retried and then dead-lettered for an operator, never skipped, since the
-/// ledger would otherwise lack a committed posting. A posting already applied (its entries have
-/// their events) is acknowledged without a second application.
-pub fn apply_posting(event: &Event) -> Result<(), String> {
-    if event.topic != "transaction.posted" {
-        micropay_sdk::log_info(&format!("event {} on {} is not handled here", event.id, event.topic));
+/// is an error: the batch is rolled back and its events delivered again one by one, so that
+/// only that one is retried and then dead-lettered for an operator, never skipped, since the
+/// ledger would otherwise lack a committed posting. A posting already applied (its entries
+/// have their events) is acknowledged without a second application.
+pub fn apply_postings(events: &[Event]) -> Result<(), String> {
+    let mut postings = Vec::with_capacity(events.len());
+    for event in events {
+        if event.topic != "transaction.posted" {
+            micropay_sdk::log_info(&format!("event {} on {} is not handled here", event.id, event.topic));
+            continue;
+        }
+        postings.push((event, domain::posting(&event.data).map_err(|err| refuse(event, &err))?));
+    }
+    if postings.is_empty() {
         return Ok(());
     }
-    let posting = domain::posting(&event.data).map_err(|err| refuse(event, &err))?;
     let db = Db::open().map_err(failed)?;
-    apply(&db, event, &posting)
+    apply(&db, &postings)
 }
 
-/// The unit of work of [`apply_posting`], on a posting read and checked.
-fn apply(db: &Db, event: &Event, posting: &Posting) -> Result<(), String> {
-    let accounts = posting.accounts().map_err(|err| refuse(event, &err))?;
+/// The unit of work of [`apply_postings`], on postings read and checked.
+fn apply(db: &Db, postings: &[(&Event, Posting)]) -> Result<(), String> {
+    let mut accounts: BTreeMap<String, domain::PostedAccount> = BTreeMap::new();
+    for (event, posting) in postings {
+        for (id, account) in posting.accounts().map_err(|err| refuse(event, &err))? {
+            let known = accounts.entry(id.clone()).or_insert_with(|| account.clone());
+            if known.currency != account.currency {
+                let reason = format!("account {id} is in {} in another posting of its batch", known.currency);
+                return Err(refuse(event, &reason));
+            }
+            known.system |= account.system;
+        }
+    }
     let ids: Vec<String> = accounts.keys().cloned().collect();
     let rows: Vec<_> =
         accounts.iter().map(|(id, account)| (id.clone(), account.currency.clone(), account.system)).collect();
     sql::ensure_accounts(db, &rows).map_err(failed)?;
     sql::lock_accounts(db, &ids).map_err(failed)?;
 
-    let entry_ids = posting.entry_ids();
-    let applied = sql::applied_entries(db, &entry_ids).map_err(failed)?;
-    if applied == entry_ids.len() as i64 {
-        micropay_sdk::log_info(&format!("transaction {} is already applied", posting.transaction_id));
-        return Ok(());
-    }
-    if applied > 0 {
-        return Err(refuse(event, &format!("{applied} of its {} entries are already applied", entry_ids.len())));
-    }
+    let entry_ids: Vec<String> = postings.iter().flat_map(|(_, posting)| posting.entry_ids()).collect();
+    let applied: BTreeSet<String> = sql::applied_entries(db, &entry_ids).map_err(failed)?.into_iter().collect();
 
     let mut chains = BTreeMap::new();
     let mut system = BTreeSet::new();
@@ -561,33 +578,62 @@ fn apply(db: &Db, event: &Event, posting: &Posting) -> Result<(), String> {
     }
     let first_sequence: BTreeMap<String, i64> =
         chains.iter().map(|(id, chain)| (id.clone(), chain.last_sequence)).collect();
-    let balance_events = domain::balance_events(posting, &mut chains).map_err(|err| refuse(event, &err))?;
 
-    let held: BTreeMap<String, Decimal> = sql::captured_holds(db, &posting.transaction_id)
-        .map_err(failed)?
-        .iter()
-        .map(|row| (row.text("account_id"), money::decimal(&row.text("held"))))
-        .collect();
-    for shortfall in domain::unheld_debits(posting, &system, &held) {
-        micropay_sdk::log_warn(&format!(
-            "transaction {} debits account {} by {} but holds only {} for it: applied all the same",
-            posting.transaction_id,
-            shortfall.account_id,
-            money::format(shortfall.debited),
-            money::format(shortfall.held)
-        ));
+    let transaction_ids: Vec<String> = postings.iter().map(|(_, posting)| posting.transaction_id.clone()).collect();
+    let mut held: BTreeMap<String, BTreeMap<String, Decimal>> = BTreeMap::new();
+    for row in sql::captured_holds(db, &transaction_ids).map_err(failed)? {
+        held.entry(row.text("transaction_id"))
+            .or_default()
+            .insert(row.text("account_id"), money::decimal(&row.text("held")));
     }
 
-    sql::insert_events(db, &balance_events, posting, &event.id).map_err(failed)?;
+    let mut to_insert = Vec::with_capacity(postings.len());
+    let mut applied_to: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (event, posting) in postings {
+        let entries = posting.entry_ids();
+        let done = entries.iter().filter(|id| applied.contains(*id)).count();
+        if done == entries.len() {
+            micropay_sdk::log_info(&format!("transaction {} is already applied", posting.transaction_id));
+            continue;
+        }
+        if done > 0 {
+            return Err(refuse(event, &format!("{done} of its {} entries are already applied", entries.len())));
+        }
+        let balance_events = domain::balance_events(posting, &mut chains).map_err(|err| refuse(event, &err))?;
+        let no_holds = BTreeMap::new();
+        let holds = held.get(&posting.transaction_id).unwrap_or(&no_holds);
+        for shortfall in domain::unheld_debits(posting, &system, holds) {
+            micropay_sdk::log_warn(&format!(
+                "transaction {} debits account {} by {} but holds only {} for it: applied all the same",
+                posting.transaction_id,
+                shortfall.account_id,
+                money::format(shortfall.debited),
+                money::format(shortfall.held)
+            ));
+        }
+        for account_id in posting.accounts().map_err(|err| refuse(event, &err))?.into_keys() {
+            applied_to.entry(account_id).or_default().push(posting.transaction_id.clone());
+        }
+        to_insert.push(sql::PostingEvents { posting, bus_event_id: &event.id, events: balance_events });
+    }
+    if to_insert.is_empty() {
+        return Ok(());
+    }
+
+    sql::insert_events(db, &to_insert).map_err(failed)?;
     let advances: Vec<_> = chains
         .iter()
+        .filter(|(id, chain)| chain.last_sequence > first_sequence[*id])
         .map(|(id, chain)| (id.clone(), chain.last_sequence, chain.last_sequence - first_sequence[id]))
         .collect();
     sql::advance_accounts(db, &advances).map_err(failed)?;
-    sql::settle_holds(db, &posting.transaction_id).map_err(failed)?;
-    sql::take_snapshots(db, &ids, domain::SNAPSHOT_EVERY).map_err(failed)?;
+    let applied_transactions: Vec<String> =
+        to_insert.iter().map(|applied| applied.posting.transaction_id.clone()).collect();
+    sql::settle_holds(db, &applied_transactions).map_err(failed)?;
+    let touched: Vec<String> = applied_to.keys().cloned().collect();
+    sql::take_snapshots(db, &touched, domain::SNAPSHOT_EVERY).map_err(failed)?;
 
-    for row in sql::positions(db, &ids).map_err(failed)? {
+    for row in sql::positions(db, &touched).map_err(failed)? {
         let account_id = row.text("account_id");
         let (balance, available, reserved) = formatted(funds_of(&row));
         let data = json!({
@@ -597,12 +643,14 @@ fn apply(db: &Db, event: &Event, posting: &Posting) -> Result<(), String> {
             "available": available,
             "reserved": reserved,
             "sequence": row.int("last_sequence"),
-            "transaction_id": posting.transaction_id,
+            "transaction_ids": applied_to[&account_id],
         });
         events::publish("balance.updated", &account_id, &data).map_err(unpublished)?;
     }
-    let data = json!({ "transaction_id": posting.transaction_id });
-    events::publish("balance.transaction_applied", &posting.transaction_id, &data).map_err(unpublished)?;
+    for transaction_id in &applied_transactions {
+        let data = json!({ "transaction_id": transaction_id });
+        events::publish("balance.transaction_applied", transaction_id, &data).map_err(unpublished)?;
+    }
     Ok(())
 }
 

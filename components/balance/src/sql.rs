@@ -9,7 +9,7 @@
 use micropay_sdk::db::DbError;
 use micropay_sdk::db::param::{decimal, id_list, int, json, text, timestamp, uuid};
 use micropay_sdk::money::{self, Amount, Currency};
-use micropay_sdk::{Db, Row, Value};
+use micropay_sdk::{Db, Row};
 use serde_json::json;
 
 use crate::domain::{BalanceEvent, Posting};
@@ -272,63 +272,69 @@ pub fn release_reservation(db: &Db, reservation_id: &str) -> Result<Row, DbError
 // ---- applying postings ----
 
 const APPLIED_ENTRIES: &str = "
-SELECT count(*) AS applied
+SELECT entry_id
 FROM balance_events
 WHERE entry_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid))";
 
-/// How many of these ledger entries already have their balance event.
-pub fn applied_entries(db: &Db, entry_ids: &[String]) -> Result<i64, DbError> {
-    Ok(db.query_one(APPLIED_ENTRIES, &[id_list(entry_ids)])?.int("applied"))
+/// Which of these ledger entries already have their balance event.
+pub fn applied_entries(db: &Db, entry_ids: &[String]) -> Result<Vec<String>, DbError> {
+    Ok(db.query(APPLIED_ENTRIES, &[id_list(entry_ids)])?.iter().map(|row| row.text("entry_id")).collect())
 }
 
 const CAPTURED_HOLDS: &str = "
-SELECT account_id, sum(amount) AS held
+SELECT transaction_id, account_id, sum(amount) AS held
 FROM balance_reservations
-WHERE transaction_id = $1 AND status = 'CAPTURED' AND settled_at IS NULL
-GROUP BY account_id";
+WHERE transaction_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid))
+  AND status = 'CAPTURED' AND settled_at IS NULL
+GROUP BY transaction_id, account_id";
 
-/// What the holds captured for `transaction_id`, and not settled yet, hold per account.
-/// Columns: `account_id, held`.
-pub fn captured_holds(db: &Db, transaction_id: &str) -> Result<Vec<Row>, DbError> {
-    db.query(CAPTURED_HOLDS, &[uuid(transaction_id)])
+/// What the holds captured for `transaction_ids`, and not settled yet, hold per transaction
+/// and account. Columns: `transaction_id, account_id, held`.
+pub fn captured_holds(db: &Db, transaction_ids: &[String]) -> Result<Vec<Row>, DbError> {
+    db.query(CAPTURED_HOLDS, &[id_list(transaction_ids)])
 }
 
 const INSERT_EVENTS: &str = "
 INSERT INTO balance_events (account_id, event_type, event_source, amount, currency, balance_before, balance_after,
     transaction_id, payment_id, kafka_event_id, sequence, entry_id, posted_at)
 SELECT e.account_id, e.event_type, 'transaction', e.amount, e.currency, e.balance_before, e.balance_after,
-       $2, $3, $4, e.sequence, e.entry_id, $5
+       e.transaction_id, e.payment_id, e.bus_event_id, e.sequence, e.entry_id,
+       'epoch'::timestamp + e.posted_at * interval '1 microsecond'
 FROM jsonb_to_recordset($1) AS e(account_id uuid, event_type text, amount numeric, currency text,
-    balance_before numeric, balance_after numeric, sequence bigint, entry_id uuid)";
+    balance_before numeric, balance_after numeric, sequence bigint, entry_id uuid, transaction_id uuid,
+    payment_id uuid, bus_event_id text, posted_at bigint)";
 
-/// Appends a posting's balance events in one statement. `bus_event_id` is the id of the
-/// `transaction.posted` event they came in.
-pub fn insert_events(db: &Db, events: &[BalanceEvent], posting: &Posting, bus_event_id: &str) -> Result<(), DbError> {
-    let rows: Vec<_> = events
+/// The balance events of one posting, and the bus event (`transaction.posted`) it came in.
+pub struct PostingEvents<'a> {
+    pub posting: &'a Posting,
+    pub bus_event_id: &'a str,
+    pub events: Vec<BalanceEvent>,
+}
+
+/// Appends the balance events of a batch of postings in one statement.
+pub fn insert_events(db: &Db, postings: &[PostingEvents]) -> Result<(), DbError> {
+    let rows: Vec<_> = postings
         .iter()
-        .map(|event| {
-            json!({
-                "account_id": event.account_id,
-                "event_type": event.entry_type.as_str(),
-                "amount": event.amount.to_string(),
-                "currency": event.currency,
-                "balance_before": money::format(event.balance_before),
-                "balance_after": money::format(event.balance_after),
-                "sequence": event.sequence,
-                "entry_id": event.entry_id,
+        .flat_map(|applied| {
+            applied.events.iter().map(move |event| {
+                json!({
+                    "account_id": event.account_id,
+                    "event_type": event.entry_type.as_str(),
+                    "amount": event.amount.to_string(),
+                    "currency": event.currency,
+                    "balance_before": money::format(event.balance_before),
+                    "balance_after": money::format(event.balance_after),
+                    "sequence": event.sequence,
+                    "entry_id": event.entry_id,
+                    "transaction_id": applied.posting.transaction_id,
+                    "payment_id": applied.posting.payment_id,
+                    "bus_event_id": applied.bus_event_id,
+                    "posted_at": applied.posting.posted_at,
+                })
             })
         })
         .collect();
-    db.execute(
-        INSERT_EVENTS,
-        &[
-            json(&json!(rows)),
-            uuid(&posting.transaction_id),
-            posting.payment_id.as_deref().map_or(Value::Null, uuid),
-            text(bus_event_id),
-            timestamp(posting.posted_at),
-        ],
-    )?;
+    db.execute(INSERT_EVENTS, &[json(&json!(rows))])?;
     Ok(())
 }
 
@@ -354,12 +360,13 @@ pub fn advance_accounts(db: &Db, advances: &[(String, i64, i64)]) -> Result<(), 
 
 const SETTLE_HOLDS: &str = "
 UPDATE balance_reservations SET settled_at = now()
-WHERE transaction_id = $1 AND status = 'CAPTURED' AND settled_at IS NULL";
+WHERE transaction_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid))
+  AND status = 'CAPTURED' AND settled_at IS NULL";
 
-/// Settles the holds captured for `transaction_id`: its debits are applied, so the holds no
-/// longer count against the available balance (the balance itself has fallen instead).
-pub fn settle_holds(db: &Db, transaction_id: &str) -> Result<(), DbError> {
-    db.execute(SETTLE_HOLDS, &[uuid(transaction_id)])?;
+/// Settles the holds captured for `transaction_ids`: their debits are applied, so the holds
+/// no longer count against the available balance (the balance itself has fallen instead).
+pub fn settle_holds(db: &Db, transaction_ids: &[String]) -> Result<(), DbError> {
+    db.execute(SETTLE_HOLDS, &[id_list(transaction_ids)])?;
     Ok(())
 }
 

@@ -40,14 +40,14 @@ impl handler::Guest for PaymentService {
 }
 
 impl subscriber::Guest for PaymentService {
-    fn handle_event(event: Event) -> Result<(), String> {
-        if event.topic == TRANSACTION_APPLIED {
-            routes::complete(&event)
-        } else {
+    fn handle_events(events: Vec<Event>) -> Result<(), String> {
+        let (applied, others): (Vec<Event>, Vec<Event>) =
+            events.into_iter().partition(|event| event.topic == TRANSACTION_APPLIED);
+        for event in others {
             // The policy subscribes to nothing else; another topic is acknowledged, not retried.
             micropay_sdk::log_warn(&format!("event {} on unexpected topic {}", event.id, event.topic));
-            Ok(())
         }
+        routes::complete(&applied)
     }
 }
 

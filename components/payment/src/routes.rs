@@ -497,36 +497,42 @@ pub fn posting_outlook(ctx: &mut Context) -> Result<Response, ApiError> {
 
 // ---- completion ----
 
-/// Handles `balance.transaction_applied`: the payment whose posting it is (its id is the
-/// transaction's) is `COMPLETED`, and `payment.completed` published; a refund also marks its
-/// payment `REFUNDED` or `PARTIALLY_REFUNDED` and publishes `payment.refunded`. Another
-/// service's posting, or a repeat, changes nothing.
-pub fn complete(event: &Event) -> Result<(), String> {
-    let applied: TransactionApplied = match serde_json::from_str(&event.data) {
-        Ok(applied) => applied,
-        Err(err) => {
-            micropay_sdk::log_warn(&format!("event {} ({}) cannot be read: {err}", event.id, event.topic));
-            return Ok(());
+/// Handles a batch of `balance.transaction_applied`: the payments whose postings they are
+/// (their ids are the transactions'), if `PROCESSING`, are `COMPLETED` with one statement, and
+/// `payment.completed` published for each; a refund also marks its payment `REFUNDED` or
+/// `PARTIALLY_REFUNDED` and publishes `payment.refunded`. Another service's posting, or a
+/// repeat, changes nothing.
+pub fn complete(events: &[Event]) -> Result<(), String> {
+    let mut transaction_ids = Vec::with_capacity(events.len());
+    for event in events {
+        match serde_json::from_str::<TransactionApplied>(&event.data) {
+            Ok(applied) if micropay_sdk::is_uuid(&applied.transaction_id) => {
+                transaction_ids.push(applied.transaction_id.to_ascii_lowercase())
+            }
+            _ => {
+                micropay_sdk::log_warn(&format!("event {} ({}) cannot be read: {}", event.id, event.topic, event.data))
+            }
         }
-    };
-    if !micropay_sdk::is_uuid(&applied.transaction_id) {
+    }
+    if transaction_ids.is_empty() {
         return Ok(());
     }
     let db = Db::open().map_err(describe)?;
-    complete_payment(&db, &applied.transaction_id.to_ascii_lowercase()).map_err(|err| err.message)
+    complete_payments(&db, &transaction_ids).map_err(|err| err.message)
 }
 
-fn complete_payment(db: &Db, payment_id: &str) -> Result<(), ApiError> {
-    let Some(completed) = sql::complete(db, payment_id)? else { return Ok(()) };
-    publish_payment(db, "payment.completed", &completed)?;
-    if let Some(original_id) = completed.opt_text("refund_of") {
-        sql::lock_payment(db, &original_id)?;
-        let original = sql::mark_refunded(db, &original_id)?;
-        let data = json!({
-            "payment": one_payment(db, &original)?,
-            "refund": one_payment(db, &completed)?,
-        });
-        events::publish("payment.refunded", &original_id, &data)?;
+fn complete_payments(db: &Db, payment_ids: &[String]) -> Result<(), ApiError> {
+    for completed in sql::complete(db, payment_ids)? {
+        publish_payment(db, "payment.completed", &completed)?;
+        if let Some(original_id) = completed.opt_text("refund_of") {
+            sql::lock_payment(db, &original_id)?;
+            let original = sql::mark_refunded(db, &original_id)?;
+            let data = json!({
+                "payment": one_payment(db, &original)?,
+                "refund": one_payment(db, &completed)?,
+            });
+            events::publish("payment.refunded", &original_id, &data)?;
+        }
     }
     Ok(())
 }
@@ -565,7 +571,7 @@ pub fn maintain(ctx: &mut Context) -> Result<Response, ApiError> {
                 asked_again += 1;
             }
             Some("SETTLED") => {
-                complete_payment(db, &payment_id)?;
+                complete_payments(db, std::slice::from_ref(&payment_id))?;
                 completed += 1;
             }
             // Recorded, on its way through the balances.

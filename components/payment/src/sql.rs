@@ -245,18 +245,22 @@ pub fn set_status(db: &Db, payment_id: &str, status: Status, reason: Option<&str
     )
 }
 
-/// Completes the `PROCESSING` payment whose posting is `transaction_id` (its own id); `None`
-/// when there is none (another service's posting, or a repeat).
-pub fn complete(db: &Db, transaction_id: &str) -> Result<Option<Row>, DbError> {
-    db.query_opt(
+/// Completes the `PROCESSING` payments whose postings are `transaction_ids` (their own ids),
+/// locked in id order; returns them. Another service's posting, or a repeat, is not among
+/// them.
+pub fn complete(db: &Db, transaction_ids: &[String]) -> Result<Vec<Row>, DbError> {
+    db.query(
         concat!(
-            "WITH p AS (UPDATE payments SET status = 'COMPLETED', completed_at = now(), updated_at = now() \
-             WHERE payment_id = $1 AND status = 'PROCESSING' RETURNING *) \
+            "WITH due AS (SELECT payment_id FROM payments \
+                          WHERE payment_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid)) \
+                            AND status = 'PROCESSING' ORDER BY payment_id FOR UPDATE), \
+             p AS (UPDATE payments AS q SET status = 'COMPLETED', completed_at = now(), updated_at = now() \
+                   FROM due WHERE q.payment_id = due.payment_id RETURNING q.*) \
              SELECT ",
             payment_columns!(),
-            " FROM p"
+            " FROM p ORDER BY p.payment_id"
         ),
-        &[uuid(transaction_id)],
+        &[id_list(transaction_ids)],
     )
 }
 

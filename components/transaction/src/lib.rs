@@ -44,16 +44,20 @@ impl handler::Guest for TransactionService {
 }
 
 impl subscriber::Guest for TransactionService {
-    fn handle_event(event: Event) -> Result<(), String> {
-        if event.topic == TRANSACTION_APPLIED {
-            routes::settle(&event)
-        } else if event.topic == PAYMENT_PROCESSING {
-            routes::record_payment(&event)
-        } else {
-            // The policy subscribes to nothing else; another topic is acknowledged, not retried.
-            micropay_sdk::log_warn(&format!("event {} on unexpected topic {}", event.id, event.topic));
-            Ok(())
+    /// Settles the transactions a batch says are applied with one statement, and records the
+    /// payments' postings it asks for, each in the batch's order.
+    fn handle_events(events: Vec<Event>) -> Result<(), String> {
+        let applied: Vec<&Event> = events.iter().filter(|event| event.topic == TRANSACTION_APPLIED).collect();
+        routes::settle(&applied)?;
+        for event in &events {
+            match event.topic.as_str() {
+                TRANSACTION_APPLIED => {}
+                PAYMENT_PROCESSING => routes::record_payment(event)?,
+                // The policy subscribes to nothing else; another topic is acknowledged, not retried.
+                topic => micropay_sdk::log_warn(&format!("event {} on unexpected topic {topic}", event.id)),
+            }
         }
+        Ok(())
     }
 }
 

@@ -581,24 +581,26 @@ pub fn check_ledger(ctx: &mut Context) -> Result<Response, ApiError> {
     Ok(Response::ok(&report))
 }
 
-/// Handles `balance.transaction_applied`: every entry of the transaction is in the balances,
-/// so it is `SETTLED`. An event naming no pending transaction changes nothing: a transaction
-/// unknown here is logged (retrying would not make it appear), one settled already is a
-/// repeat.
-pub fn settle(event: &Event) -> Result<(), String> {
-    let Some(transaction_id) = domain::applied_transaction_id(&event.data) else {
-        micropay_sdk::log_warn(&format!("event {} ({}) names no transaction: {}", event.id, event.topic, event.data));
-        return Ok(());
-    };
-    let db = Db::open().map_err(describe)?;
-    if sql::settle(&db, &transaction_id).map_err(describe)? == 0 {
-        match sql::status_of(&db, &transaction_id).map_err(describe)? {
-            None => micropay_sdk::log_warn(&format!("event {} names unknown transaction {transaction_id}", event.id)),
-            Some(status) => {
-                micropay_sdk::log_info(&format!("transaction {transaction_id} is already {status}; event {}", event.id))
-            }
+/// Handles a batch of `balance.transaction_applied`: every entry of each transaction is in the
+/// balances, so it is `SETTLED`, all with one statement. An event naming no pending
+/// transaction changes nothing (one settled already is a repeat); one naming no transaction
+/// at all is logged, since retrying would not make one appear.
+pub fn settle(events: &[&Event]) -> Result<(), String> {
+    let mut transaction_ids = Vec::with_capacity(events.len());
+    for event in events {
+        match domain::applied_transaction_id(&event.data) {
+            Some(transaction_id) => transaction_ids.push(transaction_id),
+            None => micropay_sdk::log_warn(&format!(
+                "event {} ({}) names no transaction: {}",
+                event.id, event.topic, event.data
+            )),
         }
     }
+    if transaction_ids.is_empty() {
+        return Ok(());
+    }
+    let db = Db::open().map_err(describe)?;
+    sql::settle(&db, &transaction_ids).map_err(describe)?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! Lists of ids are one JSON array parameter matched as `= ANY (ARRAY(SELECT ...))`, so that
 //! the key's index is used (see the balance service's `sql.rs`).
 
-use micropay_sdk::db::param::{decimal, int, json, opt_text, text, timestamp, uuid};
+use micropay_sdk::db::param::{decimal, id_list, int, json, opt_text, text, timestamp, uuid};
 use micropay_sdk::db::{Conditions, DbError};
 use micropay_sdk::money;
 use micropay_sdk::{Db, Row, Value};
@@ -173,13 +173,13 @@ pub fn status_of(db: &Db, transaction_id: &str) -> Result<Option<String>, DbErro
     Ok(row.map(|row| row.text("status")))
 }
 
-/// Marks a pending transaction settled: every entry is in the balances. Returns the rows
-/// changed (0 when it is unknown or was settled already).
-pub fn settle(db: &Db, transaction_id: &str) -> Result<u64, DbError> {
+/// Marks pending transactions settled: every entry is in the balances. Returns the rows
+/// changed (a transaction unknown or settled already is not).
+pub fn settle(db: &Db, transaction_ids: &[String]) -> Result<u64, DbError> {
     db.execute(
         "UPDATE transactions SET status = 'SETTLED', settled_at = now() \
-         WHERE transaction_id = $1 AND status = 'PENDING'",
-        &[uuid(transaction_id)],
+         WHERE transaction_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid)) AND status = 'PENDING'",
+        &[id_list(transaction_ids)],
     )
 }
 

@@ -1,5 +1,5 @@
-//! Delivery: each subscriber's partitions shared among the hosts, and each event of a partition
-//! handed to the subscriber in order, as its own unit of work.
+//! Delivery: each subscriber's partitions shared among the hosts, and the events of a partition
+//! handed to the subscriber in order, in batches, each batch one unit of work.
 //!
 //! Invariants kept here:
 //! - a partition of a subscriber is delivered by at most one host at a time: the one holding
@@ -299,8 +299,8 @@ impl Deliverer {
 }
 
 /// Delivers `events` to `service` in one unit of work, as delivery attempt `attempt`: every
-/// event recorded in the inbox first, then each one not handled before handed to the handler
-/// in order, and one commit. Either every handler succeeded and the commit went through, or
+/// event recorded in the inbox first, then those not handled before handed to the handler in
+/// one call, and one commit. Either the handler succeeded and the commit went through, or
 /// nothing of it happened (the error says why).
 pub async fn deliver_together(
     dispatcher: &Arc<Dispatcher>,
@@ -312,23 +312,25 @@ pub async fn deliver_together(
     let mut unit = UnitOfWork::new(service.database.clone(), tokio::time::Instant::now() + BATCH_START_WAIT, limits);
     let mut fresh = inbox::record(&mut unit, events).await?;
     let mut outcomes = Vec::with_capacity(events.len());
+    let mut handed = Vec::with_capacity(events.len());
     for event in events {
         // Recorded now, and not handed out earlier in this batch (a copy in the batch).
-        if !fresh.remove(&event.id) {
+        if fresh.remove(&event.id) {
+            outcomes.push(DeliveryOutcome::Handled);
+            handed.push(event.to_event(attempt));
+        } else {
             outcomes.push(DeliveryOutcome::AlreadyHandled);
-            continue;
         }
-        let context = InvocationContext::new(None, &event.trace_id);
-        let (handled, continued) = dispatcher
-            .handle_event(service, event.to_event(attempt), context, unit)
-            .await
-            .map_err(|err| err.to_string())?;
+    }
+    if !handed.is_empty() {
+        let context = InvocationContext::new(None, &handed[0].trace_id);
+        let (handled, continued) =
+            dispatcher.handle_events(service, handed, context, unit).await.map_err(|err| err.to_string())?;
         unit = continued;
         if let Err(error) = handled {
             unit.finish(false).await.ok();
             return Err(error);
         }
-        outcomes.push(DeliveryOutcome::Handled);
     }
     if unit.finish(true).await.map_err(|err| err.to_string())? {
         service.committed_events();

@@ -12,10 +12,11 @@
 //!    `MICROPAY_NATS_URL`). Both have one position per subscriber and partition.
 //! 4. [`delivery`] gives each partition of a subscriber to one host at a time (a PostgreSQL
 //!    advisory lock in the platform database), which hands its events to the subscriber in
-//!    order, one unit of work each, the event id recorded in the subscriber's inbox in the same
-//!    transaction; a redelivered event finds its id there and has no second effect. A failing
-//!    event is retried with exponential backoff, then set aside in the dead letters
-//!    ([`dead_letters`]), and its partition moves on.
+//!    order, in batches (one call of `handle-events` and one unit of work each), the event ids
+//!    recorded in the subscriber's inbox in the same transaction; a redelivered event finds
+//!    its id there and has no second effect. A failing batch is delivered again one event per
+//!    unit of work; a failing event is retried with exponential backoff, then set aside in the
+//!    dead letters ([`dead_letters`]), and its partition moves on.
 
 pub mod dead_letters;
 pub mod delivery;

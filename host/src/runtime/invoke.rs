@@ -195,11 +195,11 @@ impl Call for Authenticate {
     }
 }
 
-/// `subscriber.handle-event`: one event, in a unit of work the bus began (and recorded the
-/// event's delivery in).
-struct HandleEvent(Event);
+/// `subscriber.handle-events`: a batch of events, in a unit of work the bus began (and
+/// recorded the events' delivery in).
+struct HandleEvents(Vec<Event>);
 
-impl Call for HandleEvent {
+impl Call for HandleEvents {
     type Answer = Result<(), String>;
 
     fn call<'a>(
@@ -213,7 +213,7 @@ impl Call for HandleEvent {
                 .as_ref()
                 .ok_or_else(|| InvokeError::Instantiate(format!("{} does not export subscriber", version.name)))?;
             let instance = pre.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
-            Ok(instance.micropay_platform_subscriber().call_handle_event(&mut *store, &self.0).await)
+            Ok(instance.micropay_platform_subscriber().call_handle_events(&mut *store, &self.0).await)
         })
     }
 
@@ -305,19 +305,18 @@ impl Dispatcher {
         Ok(routes)
     }
 
-    /// Hands `event` to `service`'s subscriber inside `unit`, a unit of work the bus goes on
-    /// with and ends itself (the events of a batch share one commit). Answers what the handler
-    /// returned; on an error the unit is gone, rolled back.
-    pub async fn handle_event(
+    /// Hands `events` to `service`'s subscriber inside `unit`, a unit of work the bus ends
+    /// itself. Answers what the handler returned; on an error the unit is gone, rolled back.
+    pub async fn handle_events(
         self: &Arc<Self>,
         service: &Arc<Service>,
-        event: Event,
+        events: Vec<Event>,
         context: InvocationContext,
         unit: UnitOfWork,
     ) -> Result<(Result<(), String>, UnitOfWork), InvokeError> {
         let version = service.active();
-        let work = |deadline| self.run_until(deadline, &version, HandleEvent(event), context, unit);
-        self.admitted(service, &version, work, |(handled, _)| HandleEvent::outcome(handled)).await
+        let work = |deadline| self.run_until(deadline, &version, HandleEvents(events), context, unit);
+        self.admitted(service, &version, work, |(handled, _)| HandleEvents::outcome(handled)).await
     }
 
     /// Runs `call` on `version` of `service` as one unit of work: committed when the answer

@@ -86,23 +86,28 @@ impl handler::Guest for Probe {
 }
 
 impl subscriber::Guest for Probe {
-    fn handle_event(event: Event) -> Result<(), String> {
-        let db = Db::open().map_err(|err| err.message)?;
-        let data: serde_json::Value = serde_json::from_str(&event.data).map_err(|err| err.to_string())?;
-        match event.topic.as_str() {
-            "probe.flaky" if i64::from(event.attempt) <= data["fail_times"].as_i64().unwrap_or(0) => {
-                return Err(format!("flaky failure on attempt {}", event.attempt));
-            }
-            "probe.poison" if !table_has_rows(&db, "probe_fixes")? => return Err("poison: cannot handle".into()),
-            _ => {}
-        }
-        db.execute(
-            "INSERT INTO probe_effects (event_id, topic, attempt) VALUES ($1, $2, $3)",
-            &[param::text(&event.id), param::text(&event.topic), param::int(event.attempt.into())],
-        )
-        .map_err(|err| err.message)?;
-        Ok(())
+    /// One event after the other: the probe's handler is about failures, not speed.
+    fn handle_events(events: Vec<Event>) -> Result<(), String> {
+        events.iter().try_for_each(handle_event)
     }
+}
+
+fn handle_event(event: &Event) -> Result<(), String> {
+    let db = Db::open().map_err(|err| err.message)?;
+    let data: serde_json::Value = serde_json::from_str(&event.data).map_err(|err| err.to_string())?;
+    match event.topic.as_str() {
+        "probe.flaky" if i64::from(event.attempt) <= data["fail_times"].as_i64().unwrap_or(0) => {
+            return Err(format!("flaky failure on attempt {}", event.attempt));
+        }
+        "probe.poison" if !table_has_rows(&db, "probe_fixes")? => return Err("poison: cannot handle".into()),
+        _ => {}
+    }
+    db.execute(
+        "INSERT INTO probe_effects (event_id, topic, attempt) VALUES ($1, $2, $3)",
+        &[param::text(&event.id), param::text(&event.topic), param::int(event.attempt.into())],
+    )
+    .map_err(|err| err.message)?;
+    Ok(())
 }
 
 bindings::export!(Probe with_types_in bindings);
