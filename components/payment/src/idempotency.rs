@@ -7,7 +7,9 @@
 //!    anything else: a repeat arriving while the first request runs gets 409
 //!    `idempotency_conflict` at once, and the lock is held until the first one's unit of work
 //!    ends, so no two requests with one key ever run at the same time;
-//! 2. holding it, [`claim`] reads the key's stored answer: a repeat of the same request (same
+//! 2. holding it, [`claim`] reads the key's stored answer, in a statement of its own (a
+//!    statement's snapshot is taken when it starts: one that took the lock and read in one
+//!    go could miss the answer of a request that committed, and let the lock go, in between): a repeat of the same request (same
 //!    method, path and body: the fingerprint) gets it replayed with `Idempotent-Replayed:
 //!    true`; another request under the key gets 422 `idempotency_key_reused`;
 //! 3. the first request stores its answer ([`Claim::keep`]) in its own unit of work, with the

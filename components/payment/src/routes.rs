@@ -212,7 +212,7 @@ fn authorize_and_write(
             let failure = Some(("authorization_refused", refusal.code.as_str(), refusal.message.as_str()));
             let failed = sql::insert_payment(db, &sql::NewPaymentRow { failure, ..base })?;
             sql::insert_metadata(db, &new.payment_id, &new.metadata)?;
-            publish_payment(db, "payment.failed", &failed)?;
+            events::publish("payment.failed", &new.payment_id, &payment_json(&failed, new.metadata.clone()))?;
             let response = refusal.into_response();
             claim.keep(db, &new.payment_id, &response)?;
             return Ok((failed, response));
@@ -260,11 +260,13 @@ fn write_authorized(
         &sql::NewPaymentRow { status, payer_user_id: &payer_user_id, payee_user_id: Some(&payee_user_id), ..base },
     )?;
     sql::insert_metadata(db, &new.payment_id, &new.metadata)?;
-    publish_payment(db, "payment.created", &payment)?;
+    // Its metadata is what was just written: no need to read it back.
+    let shown = payment_json(&payment, new.metadata.clone());
+    events::publish("payment.created", &new.payment_id, &shown)?;
     if status == Status::Processing {
         request_posting(&payment)?;
     }
-    let response = with_progress(Response::created(&one_payment(db, &payment)?), &payment);
+    let response = with_progress(Response::created(&shown), &payment);
     claim.keep(db, &new.payment_id, &response)?;
     Ok((payment, response))
 }

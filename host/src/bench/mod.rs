@@ -229,6 +229,9 @@ async fn ledger_part(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The connections the payments part's platform may open (`--db-connections` overrides).
+const PAYMENTS_BUDGET: u32 = 80;
+
 /// Payments at each number of clients, on databases of their own, with the database's work
 /// per payment; an idle host's commits per second; then pgbench at the same numbers of
 /// connections with the platform stopped.
@@ -238,6 +241,9 @@ async fn payments_part(args: &BenchArgs) -> anyhow::Result<()> {
     config.pool_min = 1;
     config.pool_max = config.pool_max.min(12);
     config.nats_url = None;
+    // Alone on the server while it runs (pgbench comes after): most of its connections, not
+    // the default half kept for a second host.
+    config.db_connections = Some(config.db_connections.unwrap_or(PAYMENTS_BUDGET));
     let server_url = config.database_url.clone().expect("checked at the start");
     let mut counters = payments::Counters::connect(&server_url, &config.database_prefix).await?;
     let bench = payments::Payments::open(Platform::start(&config).await?).await?;
@@ -251,7 +257,11 @@ async fn payments_part(args: &BenchArgs) -> anyhow::Result<()> {
     bench.shutdown().await;
 
     let baselines = pgbench_baselines(&server_url, &config.database_prefix, &args.ledger_clients)?;
-    println!("payments, created → COMPLETED with ledger, balances and audit, against pgbench TPC-B (10 s each):");
+    println!(
+        "payments, created → COMPLETED with ledger, balances and audit ({} connections), against pgbench TPC-B \
+         (10 s each):",
+        config.db_connections.unwrap_or_default()
+    );
     for (run, baseline) in runs.iter().zip(baselines) {
         let baseline = baseline?;
         println!("  {run}; pgbench {baseline:.0} tps; payments / pgbench: {:.2}", run.per_second() / baseline);
