@@ -242,8 +242,10 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     // The role first: a key that may not deploy this service has its body refused unread.
     let platform = &state.platform;
-    let allowed = platform.deployer.may_deploy(&admin, &name).await;
-    allowed.map_err(|err| deploy_error(&name, &admin, "deploy", err))?;
+    if let Err(err) = platform.deployer.may_deploy(&admin, &name).await {
+        drain(request).await;
+        return Err(deploy_error(&name, &admin, "deploy", err));
+    }
     let body = Json::<DeployBody>::from_request(request, &state).await.map_err(|rejection: JsonRejection| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the deploy is not understood: {rejection}"))
     })?;
@@ -330,4 +332,14 @@ fn deploy_error(name: &str, admin: &Admin, what: &str, err: DeployError) -> ApiE
 fn store_unavailable(err: anyhow::Error) -> ApiError {
     tracing::error!("the version store is unavailable: {err:#}");
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the version store cannot be reached now")
+}
+
+/// Reads a refused request's body to its end and keeps none of it, so that a client still
+/// sending it gets the refusal rather than a connection broken under it. At most a few
+/// seconds of it.
+async fn drain(request: axum::extract::Request) {
+    use futures_util::StreamExt as _;
+    let mut body = request.into_body().into_data_stream();
+    let reading = async { while let Some(Ok(_)) = body.next().await {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
 }
