@@ -185,7 +185,11 @@ impl Sessions {
         // Whatever ended while nobody listened.
         self.forget_all();
         loop {
-            let notification = listener.recv().await?;
+            // `None`: the connection was lost and made again, missing what was sent meanwhile.
+            let Some(notification) = listener.try_recv().await? else {
+                self.forget_all();
+                continue;
+            };
             match Ended::parse(notification.payload()) {
                 Some(ended) => self.forget(&ended),
                 None => self.forget_all(),

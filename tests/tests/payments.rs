@@ -79,6 +79,15 @@ impl Fixture {
         (balance["balance"].as_str().unwrap().to_string(), balance["reserved"].as_str().unwrap().to_string())
     }
 
+    /// Waits until the payer's reserved amount is `amount`.
+    async fn wait_until_reserved(&self, amount: &str) {
+        let started = std::time::Instant::now();
+        while money(&self.payer_funds().await.1) != money(amount) {
+            assert!(started.elapsed() < Duration::from_secs(10), "reserved is not {amount}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn postings(&self) -> i64 {
         let mut db = self.bank.host.admin_db("transaction").await;
         sqlx::query_scalar("SELECT count(*) FROM transactions").fetch_one(&mut db).await.unwrap()
@@ -354,7 +363,8 @@ async fn refunds_captures_and_cancellations_follow_the_state_machine() {
     let (status, cancelled) = fixture.bank.host.call("POST", &cancel, Some(&payer), None).await;
     assert_eq!((status, cancelled["status"].as_str()), (200, Some("CANCELLED")), "{cancelled}");
     assert!(cancelled["cancelled_at"].is_string());
-    assert_eq!(money(&fixture.payer_funds().await.1), money("0"));
+    // The hold goes once the cancel committed, through the bus.
+    fixture.wait_until_reserved("0").await;
     let (status, body) = fixture.bank.host.call("POST", &cancel, Some(&payer), None).await;
     assert_eq!((status, error_code(&body)), (409, "not_cancellable"));
 
@@ -374,6 +384,49 @@ async fn refunds_captures_and_cancellations_follow_the_state_machine() {
 
     let (balance, reserved) = fixture.payer_funds().await;
     assert_eq!((money(&balance), money(&reserved)), (money("960"), money("0")));
+    let (clean, report) = fixture.bank.ledger_check();
+    assert!(clean, "{report}");
+}
+
+#[tokio::test]
+async fn the_sweeper_asks_again_for_a_lost_posting_and_completes_a_missed_completion() {
+    let fixture = Fixture::start().await;
+    let payer = fixture.payer.token.clone();
+    let mut db = fixture.bank.host.admin_db("payment").await;
+
+    // A capture whose `payment.processing` was lost: PROCESSING, funds held, no posting.
+    let mut manual = fixture.body("40");
+    manual["capture_method"] = json!("manual");
+    let (status, _, held) = fixture.post(PAYMENTS, &payer, Some("lost-1"), &[], manual).await;
+    assert_eq!(status, 201, "{held}");
+    let lost = payment_id(&held).to_string();
+    // A completion (`balance.transaction_applied`) that never reached the payment service.
+    let completed = fixture.pay("5").await;
+    let missed = payment_id(&completed).to_string();
+    let age = "UPDATE payments SET status = 'PROCESSING', completed_at = NULL, \
+               posting_requested_at = now() - interval '2 minutes' WHERE payment_id = $1::uuid";
+    for id in [&lost, &missed] {
+        sqlx::query(age).bind(id).execute(&mut db).await.unwrap();
+    }
+
+    let ops = fixture.bank.host.admin_key("ops");
+    let (status, swept) = fixture.bank.host.call("POST", "/v1/payment/maintenance", Some(&ops), None).await;
+    assert_eq!(status, 200, "{swept}");
+    assert_eq!((swept["postings_asked_again"].as_i64(), swept["completed"].as_i64()), (Some(1), Some(1)), "{swept}");
+
+    let path = |id: &str| format!("{PAYMENTS}/{id}");
+    let (_, again) = fixture.get(&payer, &path(&missed)).await;
+    assert_eq!(again["status"], "COMPLETED", "{again}");
+    let host = &fixture.bank.host;
+    host.wait_for_json_as(&path(&lost), Some(&payer), "status", json!("COMPLETED"), Duration::from_secs(10)).await;
+    let (_, recovered) = fixture.get(&payer, &path(&lost)).await;
+    let retries = recovered["retries"].as_array().unwrap();
+    assert_eq!(retries.len(), 1, "{recovered}");
+    assert_eq!((retries[0]["retry_reason"].as_str(), retries[0]["retry_status"].as_str()), (Some("posting_missing"), Some("REQUESTED")));
+
+    // Posted once each, from the hold made when it was authorized.
+    let (balance, reserved) = fixture.payer_funds().await;
+    assert_eq!((money(&balance), money(&reserved)), (money("955"), money("0")));
     let (clean, report) = fixture.bank.ledger_check();
     assert!(clean, "{report}");
 }

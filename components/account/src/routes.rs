@@ -75,6 +75,10 @@ struct BalanceUpdated {
     /// The postings applied; no longer in flight on the account.
     #[serde(default)]
     transaction_ids: Vec<String>,
+    /// The one posting applied, in events published before the balance service applied
+    /// postings in batches (still on the bus, or replayed from the dead letters).
+    #[serde(default)]
+    transaction_id: Option<String>,
 }
 
 // ---- answers ----
@@ -568,8 +572,9 @@ pub fn release_limits(ctx: &mut Context) -> Result<Response, ApiError> {
     let db = ctx.db()?;
 
     let named: Vec<String> = totals.keys().cloned().collect();
-    sql::give_up_in_flight(db, &named, &transaction_id)?;
-    if !posting.count_toward_limits {
+    let given_up = sql::give_up_in_flight(db, &named, &transaction_id)?;
+    // Given up already (asked twice, or the sweep cleared it): its usage was given back then.
+    if !posting.count_toward_limits || given_up == 0 {
         return Ok(Response::ok(&json!({ "released": [] })));
     }
     let debited: BTreeMap<String, Decimal> = totals
@@ -672,7 +677,12 @@ pub fn handle_events(events: &[Event]) -> Result<(), String> {
             micropay_sdk::log_warn(&format!("balance.updated {} has a payload this service cannot read", event.id));
             continue;
         };
-        let applied = update.transaction_ids.into_iter().filter(|id| micropay_sdk::is_uuid(id)).collect();
+        let applied = update
+            .transaction_ids
+            .into_iter()
+            .chain(update.transaction_id)
+            .filter(|id| micropay_sdk::is_uuid(id))
+            .collect();
         updates.push(sql::BalanceUpdate { account_id: update.account_id, balance, sequence: update.sequence, applied });
     }
     if updates.is_empty() {

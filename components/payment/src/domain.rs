@@ -27,7 +27,8 @@ pub const SWEEP_BATCH: i64 = 50;
 const MAX_METADATA: usize = 20;
 const MAX_METADATA_KEY: usize = 100;
 const MAX_METADATA_VALUE: usize = 500;
-const MAX_DESCRIPTION: usize = 1000;
+/// The ledger's `transactions.description` holds 255 characters: the posting carries it.
+const MAX_DESCRIPTION: usize = 255;
 const MAX_REFERENCE: usize = 255;
 const MAX_REASON: usize = 255;
 
@@ -203,8 +204,10 @@ pub fn new_payment(request: PaymentRequest) -> Result<NewPayment, ApiError> {
                 "metadata: keys are 1 to {MAX_METADATA_KEY} characters, none a control character"
             )));
         }
-        if value.chars().count() > MAX_METADATA_VALUE {
-            return Err(ApiError::validation(format!("metadata.{key}: at most {MAX_METADATA_VALUE} characters")));
+        if value.chars().count() > MAX_METADATA_VALUE || value.chars().any(char::is_control) {
+            return Err(ApiError::validation(format!(
+                "metadata.{key}: at most {MAX_METADATA_VALUE} characters, none a control character"
+            )));
         }
     }
     Ok(NewPayment {
@@ -427,8 +430,8 @@ fn text_field(field: &str, text: Option<String>, max: usize) -> Result<Option<St
     let Some(text) = text.map(|text| text.trim().to_string()).filter(|text| !text.is_empty()) else {
         return Ok(None);
     };
-    if text.chars().count() > max {
-        return Err(ApiError::validation(format!("{field}: at most {max} characters")));
+    if text.chars().count() > max || text.chars().any(char::is_control) {
+        return Err(ApiError::validation(format!("{field}: at most {max} characters, none a control character")));
     }
     Ok(Some(text))
 }
@@ -474,6 +477,11 @@ mod tests {
         assert_eq!(new_payment(PaymentRequest { metadata: many, ..request() }).unwrap_err().status, 422);
         let twenty: BTreeMap<String, String> = (0..20).map(|i| (format!("k{i}"), "v".into())).collect();
         assert!(new_payment(PaymentRequest { metadata: twenty, ..request() }).is_ok());
+        // What the ledger could not record is refused here, before anything is held.
+        let long = PaymentRequest { description: Some("d".repeat(256)), ..request() };
+        assert_eq!(new_payment(long).unwrap_err().status, 422);
+        let nul = PaymentRequest { reference: Some("a\u{0}b".into()), ..request() };
+        assert_eq!(new_payment(nul).unwrap_err().status, 422);
     }
 
     #[test]

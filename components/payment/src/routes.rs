@@ -131,12 +131,6 @@ fn authorization_of(row: &Row) -> AuthorizationRequest {
     domain::authorization(&row.text("payment_id"), payment_type_of(row), legs_of(row))
 }
 
-/// Gives back what the authorization of the payment `row` took (cancelled, expired, or not
-/// recorded after all).
-fn release(row: &Row) -> Result<Released, ApiError> {
-    services::call_typed("transaction", "POST", "/internal/authorizations/release", Some(&authorization_of(row)))
-}
-
 /// Marks an answer about a `PROCESSING` payment as describing work under way: a client that
 /// asked to wait (`Prefer: wait=N`) gets the payment once it is final (see the host's
 /// `gateway::wait`).
@@ -471,11 +465,16 @@ pub fn cancel_payment(ctx: &mut Context) -> Result<Response, ApiError> {
     Ok(Response::ok(&one_payment(ctx.db()?, &cancelled)?))
 }
 
-/// Gives back a locked cancellable payment's authorization and marks it `CANCELLED`.
+/// Marks a locked cancellable payment `CANCELLED` and asks for its authorization to be given
+/// back (`payment.releasing`, handled by the transaction service): the holds go only once the
+/// cancel committed, so a payment whose cancel did not commit keeps them, and can still be
+/// captured with them.
 fn cancel(db: &Db, row: &Row, reason: &str) -> Result<Row, ApiError> {
-    release(row)?;
-    let cancelled = sql::set_status(db, &row.text("payment_id"), Status::Cancelled, Some(reason))?;
+    let payment_id = row.text("payment_id");
+    let cancelled = sql::set_status(db, &payment_id, Status::Cancelled, Some(reason))?;
     publish_payment(db, "payment.cancelled", &cancelled)?;
+    let releasing = serde_json::to_value(authorization_of(row)).expect("a contract serialises");
+    events::publish("payment.releasing", &payment_id, &releasing)?;
     Ok(cancelled)
 }
 

@@ -19,8 +19,9 @@ pub struct Leg {
 
 /// `transaction POST /internal/authorizations` (from the payment service): authorize the
 /// posting's accounts and limits and hold its debits now, to be recorded later under
-/// `transaction_id`. Also the body of `POST /internal/authorizations/release`, which gives
-/// back what the authorization took.
+/// `transaction_id`. Also the body of `POST /internal/authorizations/release` and the payload
+/// of event `payment.releasing` (a payment cancelled), which give back what the authorization
+/// took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationRequest {

@@ -31,6 +31,9 @@ const TRANSACTION_APPLIED: &str = "balance.transaction_applied";
 /// The topic whose events ask for a payment's posting.
 const PAYMENT_PROCESSING: &str = "payment.processing";
 
+/// The topic whose events ask to give back a cancelled payment's authorization.
+const PAYMENT_RELEASING: &str = "payment.releasing";
+
 struct TransactionService;
 
 impl handler::Guest for TransactionService {
@@ -45,7 +48,8 @@ impl handler::Guest for TransactionService {
 
 impl subscriber::Guest for TransactionService {
     /// Settles the transactions a batch says are applied with one statement, and records the
-    /// payments' postings it asks for, each in the batch's order.
+    /// payments' postings and gives back the cancelled payments' authorizations it asks for,
+    /// each in the batch's order.
     fn handle_events(events: Vec<Event>) -> Result<(), String> {
         let applied: Vec<&Event> = events.iter().filter(|event| event.topic == TRANSACTION_APPLIED).collect();
         routes::settle(&applied)?;
@@ -53,6 +57,7 @@ impl subscriber::Guest for TransactionService {
             match event.topic.as_str() {
                 TRANSACTION_APPLIED => {}
                 PAYMENT_PROCESSING => routes::record_payment(event)?,
+                PAYMENT_RELEASING => routes::release_cancelled(event)?,
                 // The policy subscribes to nothing else; another topic is acknowledged, not retried.
                 topic => micropay_sdk::log_warn(&format!("event {} on unexpected topic {topic}", event.id)),
             }
@@ -79,7 +84,7 @@ fn router() -> Router {
         .get(
             "/internal/transactions/{transaction_id}",
             "Whether a posting committed",
-            Service(&["balance", "account"]),
+            Service(&["balance", "account", "payment"]),
             transaction_status,
         )
         .post(

@@ -463,19 +463,13 @@ pub fn transaction_status(ctx: &mut Context) -> Result<Response, ApiError> {
 }
 
 /// Whether the payment service says a payment of this id will still have its posting
-/// recorded. An installation without a payment service has no payment.
+/// recorded. When it cannot say (not served now, failing), the answer is an error: the
+/// sweepers then keep what they hold and ask again later, rather than free the funds of a
+/// payment that may still be posted.
 fn payment_posting_coming(payment_id: &str) -> Result<bool, ApiError> {
     let path = format!("/internal/payments/{payment_id}/posting");
-    let response = match services::call("payment", "GET", &path, None) {
-        Err(services::CallError::UnknownService(_)) => return Ok(false),
-        Err(err) => return Err(ApiError::internal(&format!("payment GET {path} failed: {err:?}"))),
-        Ok(response) => response,
-    };
-    serde_json::from_slice::<PostingOutlookAnswer>(&response.body)
-        .ok()
-        .filter(|_| response.status == 200)
-        .map(|answer| answer.posting == PostingOutlook::Coming)
-        .ok_or_else(|| ApiError::internal(&format!("payment GET {path} answered {}", response.status)))
+    let outlook: PostingOutlookAnswer = services::call_typed("payment", "GET", &path, None::<&()>)?;
+    Ok(outlook.posting == PostingOutlook::Coming)
 }
 
 // ---- payments ----
@@ -509,24 +503,42 @@ pub fn authorize_payment(ctx: &mut Context) -> Result<Response, ApiError> {
 }
 
 /// `POST /internal/authorizations/release` (the payment service): gives back what an
-/// authorization of the same body took, for a payment cancelled or failed before its posting
-/// was asked for: the accounts' records in flight and limits counted, and the holds. 409
-/// `posting_recorded` when the posting exists: its debits are applied against those holds.
+/// authorization of the same body took, for a payment whose writing failed after it was
+/// authorized (see [`release`]).
 pub fn release_payment(ctx: &mut Context) -> Result<Response, ApiError> {
     let request: AuthorizationRequest = ctx.json()?;
+    Ok(Response::ok(&release(ctx.db()?, &request)?))
+}
+
+/// Handles `payment.releasing`: a payment cancelled (its status committed first) has what its
+/// authorization took given back, as `POST /internal/authorizations/release` does. Asked
+/// again, it gives back nothing more (both services give back what is still held, once). A
+/// payment whose posting is recorded is never released: logged, and acknowledged.
+pub fn release_cancelled(event: &Event) -> Result<(), String> {
+    let request: AuthorizationRequest = serde_json::from_str(&event.data)
+        .map_err(|err| refuse_payment(event, &format!("its payload is not an authorization: {err}")))?;
+    let db = Db::open().map_err(describe)?;
+    match release(&db, &request) {
+        Ok(_) => Ok(()),
+        Err(err) if err.status < 500 => {
+            micropay_sdk::log_warn(&format!("payment.releasing {} not released: {} {}", event.id, err.code, err.message));
+            Ok(())
+        }
+        Err(err) => Err(format!("payment.releasing {} not released yet: {}", event.id, err.message)),
+    }
+}
+
+/// Gives back what the authorization `request` took: the accounts' records in flight and
+/// limits counted, and the holds. 409 `posting_recorded` when the posting exists: its debits
+/// are applied against those holds.
+fn release(db: &Db, request: &AuthorizationRequest) -> Result<Released, ApiError> {
     let transaction_id = domain::uuid_field("transaction_id", &request.transaction_id)?;
-    if sql::status_of(ctx.db()?, &transaction_id)?.is_some() {
+    if sql::status_of(db, &transaction_id)?.is_some() {
         return Err(ApiError::conflict("posting_recorded", format!("the posting of {transaction_id} is recorded")));
     }
-    let authorization = serde_json::to_value(&request).expect("a contract serialises");
+    let authorization = serde_json::to_value(request).expect("a contract serialises");
     services::call_json("account", "POST", "/internal/release-limits", Some(&authorization))?;
-    let released: Released = services::call_typed(
-        "balance",
-        "POST",
-        "/internal/holds/release",
-        Some(&json!({ "transaction_id": transaction_id })),
-    )?;
-    Ok(Response::ok(&released))
+    services::call_typed("balance", "POST", "/internal/holds/release", Some(&json!({ "transaction_id": transaction_id })))
 }
 
 /// Handles `payment.processing`: records the authorized posting of a payment or a refund,
@@ -543,7 +555,8 @@ pub fn record_payment(event: &Event) -> Result<(), String> {
         request.legs.iter().filter(|leg| leg.system).map(|leg| leg.leg.account_id.to_ascii_lowercase()).collect();
     let legs = request.legs.into_iter().map(|leg| leg.leg).collect();
     let mut posting = payment_posting(legs, false).map_err(|err| refuse_payment(event, &err.message))?;
-    posting.description = request.description;
+    posting.description =
+        domain::text_field("description", request.description.as_deref()).map_err(|err| refuse_payment(event, &err.message))?;
     posting.initiated_by = request.initiated_by;
     let db = Db::open().map_err(describe)?;
     record(&db, &posting, &payment_id, &system).map_err(|err| refuse_payment(event, &err.message))?;

@@ -138,7 +138,11 @@ impl EmbeddedBus {
         // Whatever was appended while nobody listened.
         self.wake_all();
         loop {
-            let notification = listener.recv().await?;
+            // `None`: the connection was lost and made again, missing what was sent meanwhile.
+            let Some(notification) = listener.try_recv().await? else {
+                self.wake_all();
+                continue;
+            };
             for partition in notification.payload().split(',').filter_map(|p| p.parse::<usize>().ok()) {
                 if let Some(appended) = self.appended.get(partition) {
                     appended.notify_waiters();

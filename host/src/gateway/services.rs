@@ -70,17 +70,16 @@ async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Requ
     };
     let wait = wait::requested(&parts.uri, &parts.headers);
     // In a task of its own: a client that goes away does not cut the work (or its commit) off
-    // half-way; the invocation ends as it would have, answered or not.
+    // half-way; the invocation ends as it would have, answered or not. Waiting for the work's
+    // end is not: it stops with the client.
     let dispatcher = platform.dispatcher.clone();
-    let invocation = tokio::spawn(async move {
-        let response = dispatcher.handle(&target, request, context.clone()).await?;
-        Ok::<_, InvokeError>(match wait {
-            Some(wait) => wait::until_done(&dispatcher, &target, &context, response, wait).await,
-            None => response,
-        })
-    });
+    let (served, caller) = (target.clone(), context.clone());
+    let invocation = tokio::spawn(async move { dispatcher.handle(&target, request, context).await });
     match invocation.await {
-        Ok(Ok(response)) => http_response(response),
+        Ok(Ok(response)) => match wait {
+            Some(wait) => http_response(wait::until_done(&platform.dispatcher, &served, &caller, response, wait).await),
+            None => http_response(response),
+        },
         Ok(Err(err)) => Err(invoke_error(service, err)),
         Err(_) => Err(invoke_error(service, InvokeError::Trap("the invocation's task ended".into()))),
     }

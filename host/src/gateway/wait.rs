@@ -6,8 +6,10 @@
 //! [`AWAIT`] (`micropay-await: /payments/{id}`) describes work that continues after its unit
 //! of work committed (a payment being posted); the path names the resource to read for its
 //! progress. The gateway then reads `GET` of that path, as the same caller, each time the
-//! service commits events on this host (what finishing such work does), and at least every
-//! [`POLL`] (work finished on another host), until an answer no longer carries the header.
+//! service commits events on this host (what finishing such work does), but at most every
+//! [`MIN_INTERVAL`], and otherwise after a pause that doubles from [`FIRST_POLL`] (work
+//! finished on another host), until an answer no longer carries the header. The wait ends
+//! when the client goes away.
 //! The client gets the first answer's status with the last answer's body; the header itself
 //! never reaches it.
 
@@ -29,8 +31,14 @@ pub const AWAIT: &str = "micropay-await";
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
-/// How often a waiting client's resource is read when nothing wakes it.
-const POLL: Duration = Duration::from_millis(100);
+/// The least time between two reads for one waiting client, however often the service
+/// commits: a waiting client costs at most one invocation per this.
+const MIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How long a waiting client waits for a wake-up before reading anyway, at first; doubled
+/// after each read that finds the work still under way, up to [`MAX_POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(50);
+const MAX_POLL: Duration = Duration::from_secs(1);
 
 /// How long the client asked to wait, if it did.
 pub fn requested(uri: &Uri, headers: &HeaderMap) -> Option<Duration> {
@@ -73,15 +81,18 @@ pub async fn until_done(
 ) -> ComponentResponse {
     let deadline = Instant::now() + wait;
     let mut latest = first.clone();
+    let mut poll = FIRST_POLL;
     while let Some(path) = follow(&latest) {
         let committed = service.events_committed.notified();
         tokio::pin!(committed);
         committed.as_mut().enable();
-        let now = Instant::now();
-        if now >= deadline {
+        let read_at = Instant::now() + MIN_INTERVAL;
+        if read_at >= deadline {
             break;
         }
-        let _ = tokio::time::timeout(POLL.min(deadline - now), committed).await;
+        let _ = tokio::time::timeout(poll.min(deadline - Instant::now()), committed).await;
+        tokio::time::sleep_until(read_at).await;
+        poll = (poll * 2).min(MAX_POLL);
         let request = ComponentRequest {
             method: "GET".into(),
             path,
