@@ -422,7 +422,10 @@ async fn the_sweeper_asks_again_for_a_lost_posting_and_completes_a_missed_comple
     let (_, recovered) = fixture.get(&payer, &path(&lost)).await;
     let retries = recovered["retries"].as_array().unwrap();
     assert_eq!(retries.len(), 1, "{recovered}");
-    assert_eq!((retries[0]["retry_reason"].as_str(), retries[0]["retry_status"].as_str()), (Some("posting_missing"), Some("REQUESTED")));
+    assert_eq!(
+        (retries[0]["retry_reason"].as_str(), retries[0]["retry_status"].as_str()),
+        (Some("posting_missing"), Some("REQUESTED"))
+    );
 
     // Posted once each, from the hold made when it was authorized.
     let (balance, reserved) = fixture.payer_funds().await;

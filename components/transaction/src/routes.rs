@@ -521,7 +521,10 @@ pub fn release_cancelled(event: &Event) -> Result<(), String> {
     match release(&db, &request) {
         Ok(_) => Ok(()),
         Err(err) if err.status < 500 => {
-            micropay_sdk::log_warn(&format!("payment.releasing {} not released: {} {}", event.id, err.code, err.message));
+            micropay_sdk::log_warn(&format!(
+                "payment.releasing {} not released: {} {}",
+                event.id, err.code, err.message
+            ));
             Ok(())
         }
         Err(err) => Err(format!("payment.releasing {} not released yet: {}", event.id, err.message)),
@@ -538,7 +541,12 @@ fn release(db: &Db, request: &AuthorizationRequest) -> Result<Released, ApiError
     }
     let authorization = serde_json::to_value(request).expect("a contract serialises");
     services::call_json("account", "POST", "/internal/release-limits", Some(&authorization))?;
-    services::call_typed("balance", "POST", "/internal/holds/release", Some(&json!({ "transaction_id": transaction_id })))
+    services::call_typed(
+        "balance",
+        "POST",
+        "/internal/holds/release",
+        Some(&json!({ "transaction_id": transaction_id })),
+    )
 }
 
 /// Handles `payment.processing`: records the authorized posting of a payment or a refund,
@@ -555,8 +563,8 @@ pub fn record_payment(event: &Event) -> Result<(), String> {
         request.legs.iter().filter(|leg| leg.system).map(|leg| leg.leg.account_id.to_ascii_lowercase()).collect();
     let legs = request.legs.into_iter().map(|leg| leg.leg).collect();
     let mut posting = payment_posting(legs, false).map_err(|err| refuse_payment(event, &err.message))?;
-    posting.description =
-        domain::text_field("description", request.description.as_deref()).map_err(|err| refuse_payment(event, &err.message))?;
+    posting.description = domain::text_field("description", request.description.as_deref())
+        .map_err(|err| refuse_payment(event, &err.message))?;
     posting.initiated_by = request.initiated_by;
     let db = Db::open().map_err(describe)?;
     record(&db, &posting, &payment_id, &system).map_err(|err| refuse_payment(event, &err.message))?;
