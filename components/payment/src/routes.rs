@@ -523,10 +523,16 @@ pub fn complete(events: &[Event]) -> Result<(), String> {
 }
 
 fn complete_payments(db: &Db, payment_ids: &[String]) -> Result<(), ApiError> {
-    for completed in sql::complete(db, payment_ids)? {
+    let completed = sql::complete(db, payment_ids)?;
+    // The refunded payments, locked together in id order: two batches never wait on each
+    // other in a cycle (the refunds themselves were locked in id order by `complete`).
+    let mut originals: Vec<String> = completed.iter().filter_map(|row| row.opt_text("refund_of")).collect();
+    originals.sort();
+    originals.dedup();
+    sql::lock_payments(db, &originals)?;
+    for completed in completed {
         publish_payment(db, "payment.completed", &completed)?;
         if let Some(original_id) = completed.opt_text("refund_of") {
-            sql::lock_payment(db, &original_id)?;
             let original = sql::mark_refunded(db, &original_id)?;
             let data = json!({
                 "payment": one_payment(db, &original)?,

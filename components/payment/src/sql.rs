@@ -177,6 +177,20 @@ pub fn lock_payment(db: &Db, payment_id: &str) -> Result<Option<Row>, DbError> {
     )
 }
 
+/// Locks payments until the unit of work ends, one after the other in id order.
+pub fn lock_payments(db: &Db, payment_ids: &[String]) -> Result<(), DbError> {
+    if payment_ids.is_empty() {
+        return Ok(());
+    }
+    db.query(
+        "SELECT payment_id FROM payments \
+         WHERE payment_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1)::uuid)) \
+         ORDER BY payment_id FOR UPDATE",
+        &[id_list(payment_ids)],
+    )?;
+    Ok(())
+}
+
 /// A page of payments, newest first, one row past the page (to tell whether another follows):
 /// every payment, or those `user_id` pays or is paid by.
 pub fn list_payments(db: &Db, user_id: Option<&str>, query: &ListQuery) -> Result<Vec<Row>, DbError> {
