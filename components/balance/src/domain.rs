@@ -59,11 +59,6 @@ pub fn path_id(text: &str) -> Option<String> {
     is_uuid(text).then(|| text.to_ascii_lowercase())
 }
 
-/// An id from a request body, in lower case; 422 naming the field when it is not a UUID.
-pub fn body_id(field: &str, text: &str) -> Result<String, ApiError> {
-    path_id(text).ok_or_else(|| ApiError::validation(format!("{field} must be a UUID")))
-}
-
 /// A reservation's lifetime in seconds: the default when none is asked, else 1 ..= one day.
 pub fn ttl_seconds(requested: Option<i64>) -> Result<i64, ApiError> {
     match requested {
@@ -586,8 +581,8 @@ mod tests {
         assert_eq!(path_id("42"), None);
         assert_eq!(path_id(&format!("{A}0")), None);
         assert_eq!(path_id("0b1c2d3e04f50-6172-8394-a5b6c7d8e9f0"), None);
-        assert_eq!(body_id("account_id", A).unwrap(), A);
-        assert_eq!(code(body_id("account_id", "nope")), (422, "validation_failed".into()));
+        assert_eq!(micropay_sdk::fields::uuid("account_id", A).unwrap(), A);
+        assert_eq!(code(micropay_sdk::fields::uuid("account_id", "nope")), (422, "validation_failed".into()));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use micropay_sdk::contracts::Released;
 use micropay_sdk::db::DbError;
 use micropay_sdk::events::{self, PublishError};
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
-use micropay_sdk::{ApiError, Context, Db, Principal, Response, Row, services};
+use micropay_sdk::{ApiError, Context, Db, Principal, Response, Row, fields, services};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
@@ -270,8 +270,8 @@ pub fn position(ctx: &mut Context) -> Result<Response, ApiError> {
 pub fn create_reservation(ctx: &mut Context) -> Result<Response, ApiError> {
     let caller = ctx.caller()?;
     let request: NewReservation = ctx.json()?;
-    let account_id = domain::body_id("account_id", &request.account_id)?;
-    let payment_id = request.payment_id.as_deref().map(|id| domain::body_id("payment_id", id)).transpose()?;
+    let account_id = fields::uuid("account_id", &request.account_id)?;
+    let payment_id = request.payment_id.as_deref().map(|id| fields::uuid("payment_id", id)).transpose()?;
     let ttl_seconds = domain::ttl_seconds(request.ttl_seconds)?;
     account(&account_id)?.check_reservable(&caller.user_id, &request.currency)?;
     let db = ctx.db()?;
@@ -336,20 +336,20 @@ pub fn release_reservation(ctx: &mut Context) -> Result<Response, ApiError> {
 /// after them.
 pub fn place_holds(ctx: &mut Context) -> Result<Response, ApiError> {
     let request: HoldsRequest = ctx.json()?;
-    let transaction_id = domain::body_id("transaction_id", &request.transaction_id)?;
-    let payment_id = domain::body_id("payment_id", &request.payment_id)?;
+    let transaction_id = fields::uuid("transaction_id", &request.transaction_id)?;
+    let payment_id = fields::uuid("payment_id", &request.payment_id)?;
     let holds = request
         .holds
         .into_iter()
         .map(|hold| {
             Ok(Hold {
-                account_id: domain::body_id("account_id", &hold.account_id)?,
+                account_id: fields::uuid("account_id", &hold.account_id)?,
                 amount: hold.amount,
                 currency: hold.currency,
                 reservation_id: hold
                     .reservation_id
                     .as_deref()
-                    .map(|id| domain::body_id("reservation_id", id))
+                    .map(|id| fields::uuid("reservation_id", id))
                     .transpose()?,
             })
         })
@@ -395,7 +395,7 @@ pub fn place_holds(ctx: &mut Context) -> Result<Response, ApiError> {
 /// once the transaction service says the posting will never come) are not counted.
 pub fn release_transaction_holds(ctx: &mut Context) -> Result<Response, ApiError> {
     let request: TransactionHolds = ctx.json()?;
-    let transaction_id = domain::body_id("transaction_id", &request.transaction_id)?;
+    let transaction_id = fields::uuid("transaction_id", &request.transaction_id)?;
     let released = sql::release_holds(ctx.db()?, &[transaction_id], 0)?;
     for row in &released {
         publish_reservation("balance.reservation_released", row)?;
@@ -470,7 +470,7 @@ pub fn ledger(ctx: &mut Context) -> Result<Response, ApiError> {
     let excluded = request
         .exclude_transactions
         .iter()
-        .map(|id| domain::body_id("exclude_transactions", id))
+        .map(|id| fields::uuid("exclude_transactions", id))
         .collect::<Result<Vec<String>, ApiError>>()?;
     let db = ctx.db()?;
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use micropay_sdk::contracts::{AuthorizationRequest, Leg, PaymentPosting, PostingLeg};
 use micropay_sdk::cursor::Page;
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
-use micropay_sdk::{AdminRole, ApiError, is_uuid};
+use micropay_sdk::{AdminRole, ApiError, fields};
 use serde::Deserialize;
 
 /// How long an idempotency key and its answer are kept: at least a day, as clients are told.
@@ -178,9 +178,9 @@ pub struct NewPayment {
 
 /// Checks a payment request: 422 `validation_failed` naming the field that breaks a rule.
 pub fn new_payment(request: PaymentRequest) -> Result<NewPayment, ApiError> {
-    let payer_account_id = uuid_field("payer_account_id", &request.payer_account_id)?;
+    let payer_account_id = fields::uuid("payer_account_id", &request.payer_account_id)?;
     let payee = match (request.payee_account_id, request.payee_account_number) {
-        (Some(id), None) => Payee::Account(uuid_field("payee_account_id", &id)?),
+        (Some(id), None) => Payee::Account(fields::uuid("payee_account_id", &id)?),
         (None, Some(number)) if !number.trim().is_empty() => Payee::Number(number.trim().to_string()),
         _ => {
             return Err(ApiError::validation(
@@ -193,8 +193,8 @@ pub fn new_payment(request: PaymentRequest) -> Result<NewPayment, ApiError> {
     }
     let amount = Amount::parse(&request.amount).map_err(|reason| money::invalid("amount", reason))?;
     let currency = Currency::parse(&request.currency).map_err(|reason| money::invalid("currency", reason))?;
-    let description = text_field("description", request.description, MAX_DESCRIPTION)?;
-    let reference = text_field("reference", request.reference, MAX_REFERENCE)?;
+    let description = fields::text("description", request.description.as_deref(), MAX_DESCRIPTION)?;
+    let reference = fields::text("reference", request.reference.as_deref(), MAX_REFERENCE)?;
     if request.metadata.len() > MAX_METADATA {
         return Err(ApiError::validation(format!("metadata: at most {MAX_METADATA} pairs")));
     }
@@ -255,7 +255,7 @@ pub fn refund_amount(requested: Option<&str>, amount: Decimal, refunded: Decimal
 
 /// The reason of a refund, when given: trimmed, 1 to 255 characters.
 pub fn refund_reason(reason: Option<String>) -> Result<Option<String>, ApiError> {
-    text_field("reason", reason, MAX_REASON)
+    fields::text("reason", reason.as_deref(), MAX_REASON)
 }
 
 /// The legs of a payment of `amount` from `payer` to `payee`.
@@ -414,26 +414,6 @@ pub fn list_query(param: impl Fn(&str) -> Option<String>) -> Result<ListQuery, A
             .transpose()
     };
     Ok(ListQuery { page, status, from: time("from")?, to: time("to")? })
-}
-
-/// A UUID field of a body, lower case; 422 naming it otherwise.
-pub fn uuid_field(field: &str, text: &str) -> Result<String, ApiError> {
-    if is_uuid(text) {
-        Ok(text.to_ascii_lowercase())
-    } else {
-        Err(ApiError::validation(format!("{field}: must be a UUID")))
-    }
-}
-
-/// An optional text field: trimmed, absent when empty, at most `max` characters.
-fn text_field(field: &str, text: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
-    let Some(text) = text.map(|text| text.trim().to_string()).filter(|text| !text.is_empty()) else {
-        return Ok(None);
-    };
-    if text.chars().count() > max || text.chars().any(char::is_control) {
-        return Err(ApiError::validation(format!("{field}: at most {max} characters, none a control character")));
-    }
-    Ok(Some(text))
 }
 
 #[cfg(test)]

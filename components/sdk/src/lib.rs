@@ -16,6 +16,7 @@ pub mod contracts;
 pub mod cursor;
 pub mod db;
 pub mod events;
+pub mod fields;
 pub mod http;
 pub mod money;
 pub mod principal;

@@ -7,7 +7,7 @@ use micropay_sdk::is_uuid;
 use std::collections::{BTreeMap, HashSet};
 
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
-use micropay_sdk::{AdminRole, ApiError};
+use micropay_sdk::{AdminRole, ApiError, fields};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
@@ -141,7 +141,7 @@ pub fn entries(requests: Vec<EntryRequest>) -> Result<Vec<Entry>, ApiError> {
 
 fn entry(index: usize, request: EntryRequest) -> Result<Entry, ApiError> {
     let field = |name: &str| format!("entries[{index}].{name}");
-    let account_id = uuid_field(&field("account_id"), &request.account_id)?;
+    let account_id = fields::uuid(&field("account_id"), &request.account_id)?;
     let entry_type = EntryType::parse(&request.entry_type)
         .ok_or_else(|| ApiError::validation(format!("{}: must be DEBIT or CREDIT", field("entry_type"))))?;
     let amount = Amount::parse(&request.amount).map_err(|reason| money::invalid(&field("amount"), reason))?;
@@ -154,7 +154,7 @@ fn entry(index: usize, request: EntryRequest) -> Result<Entry, ApiError> {
                 field("reservation_id")
             )));
         }
-        Some(id) => Some(uuid_field(&field("reservation_id"), &id)?),
+        Some(id) => Some(fields::uuid(&field("reservation_id"), &id)?),
     };
     Ok(Entry { account_id, entry_type, amount, currency, reservation_id })
 }
@@ -336,29 +336,7 @@ pub fn check_reversible(transaction_type: &str, status: &str, has_reversal: bool
 
 /// The reason of a reversal: required, trimmed, at most [`TEXT_MAX`] characters.
 pub fn reason(text: &str) -> Result<String, ApiError> {
-    text_field("reason", Some(text))?.ok_or_else(|| ApiError::validation("reason: must not be empty"))
-}
-
-/// A free-text field: trimmed, at most [`TEXT_MAX`] characters (the column's size), without
-/// control characters (PostgreSQL refuses NUL). Empty text is no value.
-pub fn text_field(field: &str, value: Option<&str>) -> Result<Option<String>, ApiError> {
-    let Some(value) = value.map(str::trim) else { return Ok(None) };
-    if value.chars().any(char::is_control) {
-        return Err(ApiError::validation(format!("{field}: must not contain control characters")));
-    }
-    if value.chars().count() > TEXT_MAX {
-        return Err(ApiError::validation(format!("{field}: must be at most {TEXT_MAX} characters")));
-    }
-    Ok((!value.is_empty()).then(|| value.to_string()))
-}
-
-/// A UUID in a request body, lower-cased, or 422 naming the field.
-pub fn uuid_field(field: &str, text: &str) -> Result<String, ApiError> {
-    if is_uuid(text) {
-        Ok(text.to_ascii_lowercase())
-    } else {
-        Err(ApiError::validation(format!("{field}: must be a UUID")))
-    }
+    fields::text("reason", Some(text), TEXT_MAX)?.ok_or_else(|| ApiError::validation("reason: must not be empty"))
 }
 
 /// The transaction a `balance.transaction_applied` event names, when its data is
@@ -713,15 +691,15 @@ mod tests {
         assert_eq!(refusal(reason(&"x".repeat(256))).0, 422);
         assert!(reason(&"é".repeat(255)).is_ok());
         assert_eq!(refusal(reason("a\0b")).0, 422);
-        assert_eq!(text_field("description", None).unwrap(), None);
-        assert_eq!(text_field("description", Some(" ")).unwrap(), None);
-        assert_eq!(text_field("description", Some("rent")).unwrap().as_deref(), Some("rent"));
+        assert_eq!(fields::text("description", None, TEXT_MAX).unwrap(), None);
+        assert_eq!(fields::text("description", Some(" "), TEXT_MAX).unwrap(), None);
+        assert_eq!(fields::text("description", Some("rent"), TEXT_MAX).unwrap().as_deref(), Some("rent"));
     }
 
     #[test]
     fn uuids() {
-        assert_eq!(uuid_field("payment_id", &ALICE.to_uppercase()).unwrap(), ALICE);
-        let (status, _, message) = refusal(uuid_field("payment_id", "42"));
+        assert_eq!(fields::uuid("payment_id", &ALICE.to_uppercase()).unwrap(), ALICE);
+        let (status, _, message) = refusal(fields::uuid("payment_id", "42"));
         assert_eq!((status, message.as_str()), (422, "payment_id: must be a UUID"));
     }
 

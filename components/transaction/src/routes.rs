@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use micropay_sdk::db::DbError;
 use micropay_sdk::money::{self, Amount, Currency};
 use micropay_sdk::time::rfc3339;
-use micropay_sdk::{ApiError, Context, Db, Principal, Response, Row, events, services};
+use micropay_sdk::{ApiError, Context, Db, Principal, Response, Row, events, fields, services};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
@@ -312,8 +312,8 @@ pub fn post_transaction(ctx: &mut Context) -> Result<Response, ApiError> {
     }
     let request: NewPosting = ctx.json()?;
     let entries = domain::entries(request.entries)?;
-    let description = domain::text_field("description", request.description.as_deref())?;
-    let payment_id = request.payment_id.map(|id| domain::uuid_field("payment_id", &id)).transpose()?;
+    let description = fields::text("description", request.description.as_deref(), domain::TEXT_MAX)?;
+    let payment_id = request.payment_id.map(|id| fields::uuid("payment_id", &id)).transpose()?;
     let (transaction_type, initiated_by) = match principal {
         Principal::User(user_id) => (TransactionType::Transfer, Some(user_id)),
         Principal::Admin => (TransactionType::Adjustment, None),
@@ -339,10 +339,10 @@ pub fn withdraw(ctx: &mut Context) -> Result<Response, ApiError> {
 fn fund(ctx: &mut Context, transaction_type: TransactionType) -> Result<Response, ApiError> {
     domain::check_treasury(ctx.administrator()?)?;
     let request: Funding = ctx.json()?;
-    let account_id = domain::uuid_field("account_id", &request.account_id)?;
+    let account_id = fields::uuid("account_id", &request.account_id)?;
     let amount = Amount::parse(&request.amount).map_err(|reason| money::invalid("amount", reason))?;
     let currency = Currency::parse(&request.currency).map_err(|reason| money::invalid("currency", reason))?;
-    let payment_id = request.payment_id.map(|id| domain::uuid_field("payment_id", &id)).transpose()?;
+    let payment_id = request.payment_id.map(|id| fields::uuid("payment_id", &id)).transpose()?;
 
     let funding =
         services::call_json("account", "POST", "/internal/system-account", Some(&json!({ "currency": currency })))?;
@@ -492,7 +492,7 @@ fn payment_posting(legs: Vec<Leg>, counts_toward_limits: bool) -> Result<Posting
 /// (`payment.processing`). Writes nothing here. The answer describes the accounts.
 pub fn authorize_payment(ctx: &mut Context) -> Result<Response, ApiError> {
     let request: AuthorizationRequest = ctx.json()?;
-    let transaction_id = domain::uuid_field("transaction_id", &request.transaction_id)?;
+    let transaction_id = fields::uuid("transaction_id", &request.transaction_id)?;
     let posting = payment_posting(request.legs, request.count_toward_limits)?;
     let authorized = authorize_and_hold(&posting, &transaction_id)?;
     let answer: Authorization = serde_json::from_value(authorized.answer).map_err(|err| {
@@ -535,7 +535,7 @@ pub fn release_cancelled(event: &Event) -> Result<(), String> {
 /// limits counted, and the holds. 409 `posting_recorded` when the posting exists: its debits
 /// are applied against those holds.
 fn release(db: &Db, request: &AuthorizationRequest) -> Result<Released, ApiError> {
-    let transaction_id = domain::uuid_field("transaction_id", &request.transaction_id)?;
+    let transaction_id = fields::uuid("transaction_id", &request.transaction_id)?;
     if sql::status_of(db, &transaction_id)?.is_some() {
         return Err(ApiError::conflict("posting_recorded", format!("the posting of {transaction_id} is recorded")));
     }
@@ -558,12 +558,12 @@ pub fn record_payment(event: &Event) -> Result<(), String> {
     let request: PaymentPosting = serde_json::from_str(&event.data)
         .map_err(|err| refuse_payment(event, &format!("its payload is not a payment posting: {err}")))?;
     let payment_id =
-        domain::uuid_field("payment_id", &request.payment_id).map_err(|err| refuse_payment(event, &err.message))?;
+        fields::uuid("payment_id", &request.payment_id).map_err(|err| refuse_payment(event, &err.message))?;
     let system: HashSet<String> =
         request.legs.iter().filter(|leg| leg.system).map(|leg| leg.leg.account_id.to_ascii_lowercase()).collect();
     let legs = request.legs.into_iter().map(|leg| leg.leg).collect();
     let mut posting = payment_posting(legs, false).map_err(|err| refuse_payment(event, &err.message))?;
-    posting.description = domain::text_field("description", request.description.as_deref())
+    posting.description = fields::text("description", request.description.as_deref(), domain::TEXT_MAX)
         .map_err(|err| refuse_payment(event, &err.message))?;
     posting.initiated_by = request.initiated_by;
     let db = Db::open().map_err(describe)?;

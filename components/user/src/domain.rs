@@ -187,20 +187,6 @@ pub fn check_password_strength(password: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A free-text field: trimmed, at most `max` characters (the column's `VARCHAR` size), without
-/// control characters (PostgreSQL rejects NUL). Empty text is stored as NULL.
-pub fn text_field(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
-    let Some(value) = value else { return Ok(None) };
-    let value = value.trim();
-    if value.chars().any(char::is_control) {
-        return Err(ApiError::validation(format!("{field} must not contain control characters")));
-    }
-    if value.chars().count() > max {
-        return Err(ApiError::validation(format!("{field} must be at most {max} characters")));
-    }
-    Ok((!value.is_empty()).then(|| value.to_string()))
-}
-
 /// A currency code: three upper-case letters (ISO 4217 shape), or 422 `validation_failed`.
 pub fn currency(value: &str) -> Result<String, ApiError> {
     if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) {

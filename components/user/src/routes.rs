@@ -3,7 +3,7 @@
 
 use micropay_sdk::db::DbError;
 use micropay_sdk::db::param::{boolean, opt_text};
-use micropay_sdk::{ApiError, Caller, Context, Db, Response, Row};
+use micropay_sdk::{ApiError, Caller, Context, Db, Response, Row, fields};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value as Json, json};
 
@@ -275,8 +275,8 @@ pub fn sign_up(ctx: &mut Context) -> Result<Response, ApiError> {
     let email = domain::email(&body.email)?;
     domain::check_password_strength(&body.password)?;
     let phone_number = body.phone_number.as_deref().map(domain::phone).transpose()?;
-    let first_name = domain::text_field("first_name", body.first_name, 100)?;
-    let last_name = domain::text_field("last_name", body.last_name, 100)?;
+    let first_name = fields::text("first_name", body.first_name.as_deref(), 100)?;
+    let last_name = fields::text("last_name", body.last_name.as_deref(), 100)?;
     let password_hash = domain::hash_password(&body.password)?;
     let ip = client_ip(ctx);
     let db = ctx.db()?;
@@ -508,8 +508,8 @@ pub fn get_me(ctx: &mut Context) -> Result<Response, ApiError> {
 /// `PATCH /me`: changes names or phone number; a new phone number is unverified.
 pub fn update_me(ctx: &mut Context) -> Result<Response, ApiError> {
     let body: UpdateUser = ctx.json()?;
-    let first_name = body.first_name.map(|name| domain::text_field("first_name", name, 100)).transpose()?;
-    let last_name = body.last_name.map(|name| domain::text_field("last_name", name, 100)).transpose()?;
+    let first_name = body.first_name.map(|name| fields::text("first_name", name.as_deref(), 100)).transpose()?;
+    let last_name = body.last_name.map(|name| fields::text("last_name", name.as_deref(), 100)).transpose()?;
     let phone_number = body.phone_number.map(|phone| phone.as_deref().map(domain::phone).transpose()).transpose()?;
     let caller = ctx.caller()?;
     let ip = client_ip(ctx);
@@ -626,7 +626,7 @@ pub fn update_profile(ctx: &mut Context) -> Result<Response, ApiError> {
     ];
     for (column, value, max) in texts {
         if let Some(value) = value {
-            patch.set(column, opt_text(domain::text_field(column, value, max)?));
+            patch.set(column, opt_text(fields::text(column, value.as_deref(), max)?));
             changed.push(column);
         }
     }

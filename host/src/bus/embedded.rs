@@ -20,35 +20,37 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 
 use super::{BATCH, Envelope, EnvelopeColumns, EnvelopeRow, PARTITIONS, RETENTION_DAYS, locks};
+use crate::postgres::provision::index_if_missing;
 
-/// The bus tables.
-pub const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS public.events (
-        sequence BIGSERIAL PRIMARY KEY,
-        partition SMALLINT NOT NULL,
-        event_id UUID NOT NULL UNIQUE,
-        topic VARCHAR(200) NOT NULL,
-        source VARCHAR(100) NOT NULL,
-        subject VARCHAR(255) NOT NULL,
-        data JSONB NOT NULL,
-        trace_id VARCHAR(100) NOT NULL,
-        occurred_at TIMESTAMPTZ NOT NULL,
-        published_at TIMESTAMPTZ NOT NULL DEFAULT now()
-    )",
-    // Created only when missing: `CREATE INDEX IF NOT EXISTS` locks the table against appends
-    // before it finds the index there, while other hosts append.
-    "DO $$ BEGIN
-        IF pg_catalog.to_regclass('public.events_by_partition') IS NULL THEN
-            CREATE INDEX events_by_partition ON public.events (partition, sequence);
-        END IF;
-    END $$",
-    "CREATE TABLE IF NOT EXISTS public.positions (
-        subscriber VARCHAR(100) NOT NULL,
-        partition SMALLINT NOT NULL,
-        sequence BIGINT NOT NULL DEFAULT 0,
-        PRIMARY KEY (subscriber, partition)
-    )",
-];
+/// The statements that make the bus tables.
+pub fn tables() -> Vec<String> {
+    vec![
+        "CREATE TABLE IF NOT EXISTS public.events (
+            sequence BIGSERIAL PRIMARY KEY,
+            partition SMALLINT NOT NULL,
+            event_id UUID NOT NULL UNIQUE,
+            topic VARCHAR(200) NOT NULL,
+            source VARCHAR(100) NOT NULL,
+            subject VARCHAR(255) NOT NULL,
+            data JSONB NOT NULL,
+            trace_id VARCHAR(100) NOT NULL,
+            occurred_at TIMESTAMPTZ NOT NULL,
+            published_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )"
+        .to_string(),
+        index_if_missing(
+            "public.events_by_partition",
+            "CREATE INDEX events_by_partition ON public.events (partition, sequence)",
+        ),
+        "CREATE TABLE IF NOT EXISTS public.positions (
+            subscriber VARCHAR(100) NOT NULL,
+            partition SMALLINT NOT NULL,
+            sequence BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (subscriber, partition)
+        )"
+        .to_string(),
+    ]
+}
 
 /// How long a feed waits for a wake-up before it looks anyway.
 const FALLBACK_POLL: Duration = Duration::from_secs(10);

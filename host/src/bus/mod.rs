@@ -309,7 +309,7 @@ impl EventBus {
         let backend = Arc::new(match &settings.nats_url {
             Some(url) => Backend::Nats(Box::new(nats::JetStreamBus::connect(url, &settings.prefix).await?)),
             None => Backend::Embedded(embedded::EmbeddedBus::new(
-                provisioner.provision_bus(embedded::TABLES, bus_connections).await?,
+                provisioner.provision_bus(&embedded::tables(), bus_connections).await?,
             )),
         });
         let (shutdown, stopping) = watch::channel(false);

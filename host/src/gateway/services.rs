@@ -73,11 +73,13 @@ async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Requ
     // half-way; the invocation ends as it would have, answered or not. Waiting for the work's
     // end is not: it stops with the client.
     let dispatcher = platform.dispatcher.clone();
-    let (served, caller) = (target.clone(), context.clone());
+    let waiting = wait.map(|wait| (wait, target.clone(), context.clone()));
     let invocation = tokio::spawn(async move { dispatcher.handle(&target, request, context).await });
     match invocation.await {
-        Ok(Ok(response)) => match wait {
-            Some(wait) => http_response(wait::until_done(&platform.dispatcher, &served, &caller, response, wait).await),
+        Ok(Ok(response)) => match waiting {
+            Some((wait, service, caller)) => {
+                http_response(wait::until_done(&platform.dispatcher, &service, &caller, response, wait).await)
+            }
             None => http_response(response),
         },
         Ok(Err(err)) => Err(invoke_error(service, err)),

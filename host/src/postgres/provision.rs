@@ -280,7 +280,7 @@ impl Provisioner {
             .to_string(),
             owned_by("TABLE", "micropay_platform.delivery_hosts", &role_ident),
             OUTBOX_TABLE.to_string(),
-            OUTBOX_INDEX.to_string(),
+            outbox_index(),
             owned_by("TABLE", "micropay_platform.outbox", &role_ident),
         ] {
             admin_exec(&mut in_database, &statement).await?;
@@ -402,7 +402,7 @@ impl Provisioner {
     /// Creates (if missing) the embedded event bus's database, `micropay_bus_db`, owned by the
     /// platform role and reachable by no service role; returns the platform role's pool on it,
     /// at most `max` connections.
-    pub async fn provision_bus(&self, tables: &[&str], max: u32) -> anyhow::Result<PgPool> {
+    pub async fn provision_bus(&self, tables: &[String], max: u32) -> anyhow::Result<PgPool> {
         let database = self.database_name("bus");
         let platform_ident = ident(&self.platform_role());
         let mut admin = self.provisioning_lock().await?;
@@ -521,13 +521,19 @@ const OUTBOX_TABLE: &str = "CREATE TABLE IF NOT EXISTS micropay_platform.outbox 
     relayed_at TIMESTAMPTZ
 )";
 
-/// Created only when missing: `CREATE INDEX IF NOT EXISTS` would lock the outbox against
-/// writes before finding the index there, while other hosts write it.
-const OUTBOX_INDEX: &str = "DO $$ BEGIN
-    IF pg_catalog.to_regclass('micropay_platform.outbox_unrelayed') IS NULL THEN
-        CREATE INDEX outbox_unrelayed ON micropay_platform.outbox (sequence) WHERE relayed_at IS NULL;
-    END IF;
-END $$";
+/// Creates index `name` (qualified) with `create` only when it is missing. Provisioning runs at
+/// every host's start, while other hosts serve: `CREATE INDEX IF NOT EXISTS` locks the table
+/// against writes before it finds the index there.
+pub fn index_if_missing(name: &str, create: &str) -> String {
+    format!("DO $$ BEGIN IF pg_catalog.to_regclass({}) IS NULL THEN {create}; END IF; END $$", literal(name))
+}
+
+fn outbox_index() -> String {
+    index_if_missing(
+        "micropay_platform.outbox_unrelayed",
+        "CREATE INDEX outbox_unrelayed ON micropay_platform.outbox (sequence) WHERE relayed_at IS NULL",
+    )
+}
 
 /// Makes `platform` (a quoted role name) the owner of `object` (`TABLE name`, `FUNCTION
 /// name(args)`) when it is not already. Provisioning runs at every host's start, while other
@@ -553,7 +559,7 @@ fn platform_objects(role: &str, platform: &str) -> Vec<String> {
         format!("CREATE SCHEMA IF NOT EXISTS {PLATFORM_SCHEMA} AUTHORIZATION {platform}"),
         format!("ALTER SCHEMA {PLATFORM_SCHEMA} OWNER TO {platform}"),
         OUTBOX_TABLE.to_string(),
-        OUTBOX_INDEX.to_string(),
+        outbox_index(),
         "CREATE TABLE IF NOT EXISTS micropay_platform.inbox (
             event_id UUID PRIMARY KEY,
             topic VARCHAR(200) NOT NULL,

@@ -271,8 +271,9 @@ impl Dispatcher {
         let response = self.unit_of_work(service, version, Handle(request), context).await?;
         // The identity provider ended sessions, and its work committed: no host may go on
         // accepting their tokens.
-        if response.status < 400 && service.active().policy.component.identity_provider {
-            self.sessions.end(&Ended::in_answer(&response)).await;
+        let ended = Ended::in_answer(&response);
+        if !ended.is_empty() && response.status < 400 && service.active().policy.component.identity_provider {
+            self.sessions.end(&ended).await;
         }
         Ok(response)
     }
