@@ -100,9 +100,8 @@ impl HostOptions {
 }
 
 /// The connections each test host may open: two tests run at once, a few with two hosts each,
-/// on a server of 100 connections (pools open lazily: an idle host holds far fewer). Enough
-/// for three connections per service pool beside the plumbing.
-pub const DB_CONNECTIONS: u32 = 38;
+/// on a server of 100 connections.
+pub const DB_CONNECTIONS: u32 = 32;
 
 /// A running `micropay serve`.
 pub struct TestHost {

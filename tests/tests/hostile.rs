@@ -22,7 +22,10 @@ async fn invocations(host: &TestHost, outcome: &str) -> f64 {
 
 #[tokio::test]
 async fn every_misbehaviour_is_contained_and_counted() {
-    let mut host = TestHost::start().await;
+    // Room for the probe's eight instances to wait their turn on three connections (its
+    // sleeps hold one each), within the test server's connections: one host alone.
+    let options = micropay_tests::HostOptions { db_connections: 40, ..micropay_tests::HostOptions::on_test_server() };
+    let mut host = TestHost::start_with(options).await;
     let user = signed_in_user(&mut host).await;
     let host = Arc::new(host);
     // Load on another component for the whole test.
