@@ -181,9 +181,9 @@ fn check_reservation_visible(principal: &Principal, account_id: &str) -> Result<
 /// zero**, under any concurrency, on any number of hosts. Every change to an account's money
 /// happens with its row locked, here or, for a posting, in [`apply_posting`] by the same
 /// statements (`SELECT ... FOR UPDATE`, several rows in `account_id` order, so that writers
-/// never wait on each other in a cycle; the policy's `events.batch = 1` keeps each posting in
-/// a unit of work of its own for the same reason), and the figures are read only after the lock, by a
-/// statement that sees everything committed before it. So, for one account:
+/// never wait on each other in a cycle; a batch of postings locks every account it touches
+/// at once, in the same order), and the figures are read only after the lock, by a statement
+/// that sees everything committed before it. So, for one account:
 /// 1. a reservation or hold ([`Funds::reserve`]) is refused when its amount exceeds the
 ///    available balance, and nothing else can take the same money before it commits;
 /// 2. a posting's debit of a non-system account comes with a hold of at least its amount,

@@ -47,16 +47,16 @@ impl handler::Guest for TransactionService {
 }
 
 impl subscriber::Guest for TransactionService {
-    /// Settles the transactions a batch says are applied with one statement, and records the
-    /// payments' postings and gives back the cancelled payments' authorizations it asks for,
-    /// each in the batch's order.
+    /// Settles the transactions a batch says are applied with one statement, records the
+    /// payments' postings it asks for with one statement, and gives back the cancelled
+    /// payments' authorizations it asks for, in the batch's order.
     fn handle_events(events: Vec<Event>) -> Result<(), String> {
-        let applied: Vec<&Event> = events.iter().filter(|event| event.topic == TRANSACTION_APPLIED).collect();
-        routes::settle(&applied)?;
+        let of = |topic: &str| events.iter().filter(|event| event.topic == topic).collect::<Vec<&Event>>();
+        routes::settle(&of(TRANSACTION_APPLIED))?;
+        routes::record_payments(&of(PAYMENT_PROCESSING))?;
         for event in &events {
             match event.topic.as_str() {
-                TRANSACTION_APPLIED => {}
-                PAYMENT_PROCESSING => routes::record_payment(event)?,
+                TRANSACTION_APPLIED | PAYMENT_PROCESSING => {}
                 PAYMENT_RELEASING => routes::release_cancelled(event)?,
                 // The policy subscribes to nothing else; another topic is acknowledged, not retried.
                 topic => micropay_sdk::log_warn(&format!("event {} on unexpected topic {topic}", event.id)),

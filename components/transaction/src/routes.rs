@@ -226,53 +226,74 @@ fn hold(posting: &Posting, transaction_id: &str, authorized: &Json) -> Result<Ha
     Ok(system)
 }
 
-/// Records an authorized and held posting: the transaction `PENDING` with its entries, and
-/// `transaction.posted`, which the balance service applies. `system` are the system accounts
-/// among the entries. Returns whether it was recorded now: a transaction of that id recorded
-/// already (a payment's posting asked for again) is left as it is, and nothing is published.
-fn record(db: &Db, posting: &Posting, transaction_id: &str, system: &HashSet<String>) -> Result<bool, ApiError> {
-    let total = domain::validate_posting(&posting.entries)?;
-    let payment_id = posting.payment_id.as_deref().unwrap_or(transaction_id);
-    let Some(created_at) = sql::insert_transaction(
-        db,
-        &sql::NewTransaction {
-            transaction_id,
-            payment_id,
-            transaction_type: posting.transaction_type,
-            total: &total,
-            description: posting.description.as_deref(),
-            initiated_by: posting.initiated_by.as_deref(),
-        },
-    )?
-    else {
-        return Ok(false);
-    };
-    let entry_ids: Vec<String> = posting.entries.iter().map(|_| micropay_sdk::new_uuid()).collect();
-    sql::insert_entries(db, transaction_id, &entry_ids, &posting.entries)?;
+/// An authorized and held posting about to be recorded under `transaction_id`; `system` are
+/// the system accounts among its entries.
+struct Recording<'a> {
+    posting: &'a Posting,
+    transaction_id: &'a str,
+    system: &'a HashSet<String>,
+}
 
-    let entries: Vec<Json> = entry_ids
+/// Records a posting (see [`record_all`]); returns whether it was recorded now.
+fn record(db: &Db, posting: &Posting, transaction_id: &str, system: &HashSet<String>) -> Result<bool, ApiError> {
+    Ok(!record_all(db, &[Recording { posting, transaction_id, system }])?.is_empty())
+}
+
+/// Records authorized and held postings with one statement: each transaction `PENDING` with its
+/// entries, and `transaction.posted`, which the balance service applies. Returns the ids of
+/// those recorded now: a transaction of that id recorded already (a payment's posting asked for
+/// again) is left as it is, and nothing is published for it. The ids must differ.
+fn record_all(db: &Db, postings: &[Recording]) -> Result<HashSet<String>, ApiError> {
+    let mut totals = Vec::with_capacity(postings.len());
+    for recording in postings {
+        totals.push(domain::validate_posting(&recording.posting.entries)?);
+    }
+    let entry_ids: Vec<Vec<String>> = postings
         .iter()
-        .zip(&posting.entries)
-        .map(|(entry_id, entry)| {
-            json!({
-                "entry_id": entry_id,
-                "account_id": entry.account_id,
-                "entry_type": entry.entry_type.as_str(),
-                "amount": entry.amount,
-                "currency": entry.currency,
-                "system": system.contains(&entry.account_id),
-            })
+        .map(|recording| recording.posting.entries.iter().map(|_| micropay_sdk::new_uuid()).collect())
+        .collect();
+    let rows: Vec<sql::NewTransaction> = postings
+        .iter()
+        .zip(&totals)
+        .zip(&entry_ids)
+        .map(|((recording, total), entry_ids)| sql::NewTransaction {
+            transaction_id: recording.transaction_id,
+            payment_id: recording.posting.payment_id.as_deref().unwrap_or(recording.transaction_id),
+            transaction_type: recording.posting.transaction_type,
+            total,
+            description: recording.posting.description.as_deref(),
+            initiated_by: recording.posting.initiated_by.as_deref(),
+            entries: &recording.posting.entries,
+            entry_ids,
         })
         .collect();
-    let posted = json!({
-        "transaction_id": transaction_id,
-        "payment_id": payment_id,
-        "transaction_type": posting.transaction_type.as_str(),
-        "created_at": created_at,
-        "entries": entries,
-    });
-    events::publish("transaction.posted", transaction_id, &posted)?;
-    Ok(true)
+    let recorded: BTreeMap<String, String> = sql::insert_transactions(db, &rows)?.into_iter().collect();
+    for ((recording, row), entry_ids) in postings.iter().zip(&rows).zip(&entry_ids) {
+        let Some(created_at) = recorded.get(&recording.transaction_id.to_ascii_lowercase()) else { continue };
+        let entries: Vec<Json> = entry_ids
+            .iter()
+            .zip(&recording.posting.entries)
+            .map(|(entry_id, entry)| {
+                json!({
+                    "entry_id": entry_id,
+                    "account_id": entry.account_id,
+                    "entry_type": entry.entry_type.as_str(),
+                    "amount": entry.amount,
+                    "currency": entry.currency,
+                    "system": recording.system.contains(&entry.account_id),
+                })
+            })
+            .collect();
+        let posted = json!({
+            "transaction_id": recording.transaction_id,
+            "payment_id": row.payment_id,
+            "transaction_type": recording.posting.transaction_type.as_str(),
+            "created_at": created_at,
+            "entries": entries,
+        });
+        events::publish("transaction.posted", recording.transaction_id, &posted)?;
+    }
+    Ok(recorded.into_keys().collect())
 }
 
 /// Gives up what an authorization (`authorization`, the request that made it) took for a
@@ -549,26 +570,50 @@ fn release(db: &Db, request: &AuthorizationRequest) -> Result<Released, ApiError
     )
 }
 
-/// Handles `payment.processing`: records the authorized posting of a payment or a refund,
-/// under the payment's id. Asked again (a redelivery, or the payment service's sweeper), it
-/// finds the posting recorded and does nothing. A payload that cannot be read is logged and
-/// failed, so that it is retried and then set aside in the dead letters for an operator: the
-/// payment's money is held until it is recorded.
-pub fn record_payment(event: &Event) -> Result<(), String> {
+/// Handles a batch's `payment.processing`: records the authorized postings of payments and
+/// refunds, under the payments' ids, with one statement. Asked again (a redelivery, or the
+/// payment service's sweeper), a posting is found recorded and nothing is done. A payload that
+/// cannot be read is logged and fails the batch, so that it is retried on its own and then set
+/// aside in the dead letters for an operator: the payment's money is held until it is recorded.
+pub fn record_payments(events: &[&Event]) -> Result<(), String> {
+    let mut postings: Vec<(String, Posting, HashSet<String>)> = Vec::with_capacity(events.len());
+    for event in events {
+        let (payment_id, posting, system) = payment_posting_of(event).map_err(|err| refuse_payment(event, &err))?;
+        // One posting per payment: a second request for it in the batch is the same posting.
+        if !postings.iter().any(|(known, ..)| *known == payment_id) {
+            postings.push((payment_id, posting, system));
+        }
+    }
+    if postings.is_empty() {
+        return Ok(());
+    }
+    let recordings: Vec<Recording> = postings
+        .iter()
+        .map(|(payment_id, posting, system)| Recording { posting, transaction_id: payment_id, system })
+        .collect();
+    let db = Db::open().map_err(describe)?;
+    record_all(&db, &recordings).map_err(|err| {
+        let message = format!("payment postings cannot be recorded: {}", err.message);
+        micropay_sdk::log_warn(&message);
+        message
+    })?;
+    Ok(())
+}
+
+/// A `payment.processing` event's posting: the payment's id (lower case), the posting, and the
+/// system accounts among its legs.
+fn payment_posting_of(event: &Event) -> Result<(String, Posting, HashSet<String>), String> {
     let request: PaymentPosting = serde_json::from_str(&event.data)
-        .map_err(|err| refuse_payment(event, &format!("its payload is not a payment posting: {err}")))?;
-    let payment_id =
-        fields::uuid("payment_id", &request.payment_id).map_err(|err| refuse_payment(event, &err.message))?;
+        .map_err(|err| format!("its payload is not a payment posting: {err}"))?;
+    let payment_id = fields::uuid("payment_id", &request.payment_id).map_err(|err| err.message)?;
     let system: HashSet<String> =
         request.legs.iter().filter(|leg| leg.system).map(|leg| leg.leg.account_id.to_ascii_lowercase()).collect();
     let legs = request.legs.into_iter().map(|leg| leg.leg).collect();
-    let mut posting = payment_posting(legs, false).map_err(|err| refuse_payment(event, &err.message))?;
+    let mut posting = payment_posting(legs, false).map_err(|err| err.message)?;
     posting.description = fields::text("description", request.description.as_deref(), domain::TEXT_MAX)
-        .map_err(|err| refuse_payment(event, &err.message))?;
+        .map_err(|err| err.message)?;
     posting.initiated_by = request.initiated_by;
-    let db = Db::open().map_err(describe)?;
-    record(&db, &posting, &payment_id, &system).map_err(|err| refuse_payment(event, &err.message))?;
-    Ok(())
+    Ok((payment_id, posting, system))
 }
 
 fn refuse_payment(event: &Event, reason: &str) -> String {

@@ -7,10 +7,10 @@
 //! Lists of ids are one JSON array parameter matched as `= ANY (ARRAY(SELECT ...))`, so that
 //! the key's index is used (see the balance service's `sql.rs`).
 
-use micropay_sdk::db::param::{decimal, id_list, int, json, opt_text, text, timestamp, uuid};
+use micropay_sdk::db::param::{id_list, int, json, text, timestamp, uuid};
 use micropay_sdk::db::{Conditions, DbError};
 use micropay_sdk::money;
-use micropay_sdk::{Db, Row, Value};
+use micropay_sdk::{Db, Row};
 use serde_json::json;
 
 use crate::domain::{Entry, ListQuery, Total, TransactionType};
@@ -37,7 +37,7 @@ macro_rules! transactions_from {
     };
 }
 
-/// A transaction's row as a posting writes it.
+/// A posting as it is recorded: its transaction's row and its entries.
 pub struct NewTransaction<'a> {
     pub transaction_id: &'a str,
     pub payment_id: &'a str,
@@ -45,57 +45,72 @@ pub struct NewTransaction<'a> {
     pub total: &'a Total,
     pub description: Option<&'a str>,
     pub initiated_by: Option<&'a str>,
+    /// Its entries, numbered in this order; `entry_ids[i]` is the id of `entries[i]`.
+    pub entries: &'a [Entry],
+    pub entry_ids: &'a [String],
 }
 
-/// Inserts a posting's transaction, `PENDING`; returns its `created_at` (the unit of work's
-/// start, as RFC 3339), which its entries share, or `None` when a transaction of that id
-/// exists already (one posting per payment: its id is the payment's).
-pub fn insert_transaction(db: &Db, new: &NewTransaction) -> Result<Option<String>, DbError> {
-    let row = db.query_opt(
-        "INSERT INTO transactions \
-             (transaction_id, payment_id, transaction_type, status, total_amount, currency, description, initiated_by) \
-         VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7) \
-         ON CONFLICT (transaction_id) DO NOTHING \
-         RETURNING created_at",
-        &[
-            uuid(new.transaction_id),
-            uuid(new.payment_id),
-            text(new.transaction_type.as_str()),
-            decimal(money::format(new.total.amount)),
-            text(new.total.currency.code()),
-            opt_text(new.description),
-            new.initiated_by.map_or(Value::Null, uuid),
-        ],
-    )?;
-    Ok(row.map(|row| row.rfc3339("created_at")))
-}
-
-/// Inserts a posting's entries in one statement, numbered in the order given (the order they
-/// are listed in). `entry_ids[i]` is the id of `entries[i]`.
-pub fn insert_entries(db: &Db, transaction_id: &str, entry_ids: &[String], entries: &[Entry]) -> Result<(), DbError> {
-    let rows: Vec<serde_json::Value> = entry_ids
+/// Inserts postings with one statement however many: each transaction `PENDING` with its
+/// entries, unless a transaction of its id exists already (one posting per payment: its id is
+/// the payment's), whose entries are then not inserted either. Returns the transactions
+/// inserted now, each with its `created_at` (the unit of work's start, as RFC 3339), which its
+/// entries share. The ids must differ from one another.
+pub fn insert_transactions(db: &Db, postings: &[NewTransaction]) -> Result<Vec<(String, String)>, DbError> {
+    let transactions: Vec<serde_json::Value> = postings
         .iter()
-        .zip(entries)
-        .enumerate()
-        .map(|(index, (entry_id, entry))| {
+        .map(|new| {
             json!({
-                "entry_id": entry_id,
-                "entry_number": index + 1,
-                "account_id": entry.account_id,
-                "entry_type": entry.entry_type.as_str(),
-                "amount": entry.amount.to_string(),
-                "currency": entry.currency.code(),
+                "transaction_id": new.transaction_id,
+                "payment_id": new.payment_id,
+                "transaction_type": new.transaction_type.as_str(),
+                "total_amount": money::format(new.total.amount),
+                "currency": new.total.currency.code(),
+                "description": new.description,
+                "initiated_by": new.initiated_by,
             })
         })
         .collect();
-    db.execute(
-        "INSERT INTO transaction_entries (entry_id, transaction_id, entry_number, account_id, entry_type, amount, currency) \
-         SELECT e.entry_id, $1, e.entry_number, e.account_id, e.entry_type, e.amount, e.currency \
-         FROM jsonb_to_recordset($2::jsonb) AS e( \
-             entry_id uuid, entry_number smallint, account_id uuid, entry_type text, amount numeric, currency text)",
-        &[uuid(transaction_id), json(&serde_json::Value::Array(rows))],
+    let entries: Vec<serde_json::Value> = postings
+        .iter()
+        .flat_map(|new| {
+            new.entry_ids.iter().zip(new.entries).enumerate().map(|(index, (entry_id, entry))| {
+                json!({
+                    "entry_id": entry_id,
+                    "transaction_id": new.transaction_id,
+                    "entry_number": index + 1,
+                    "account_id": entry.account_id,
+                    "entry_type": entry.entry_type.as_str(),
+                    "amount": entry.amount.to_string(),
+                    "currency": entry.currency.code(),
+                })
+            })
+        })
+        .collect();
+    // The transactions in id order, so that two batches wait on the key's index in one order.
+    let rows = db.query(
+        "WITH fresh AS ( \
+             INSERT INTO transactions \
+                 (transaction_id, payment_id, transaction_type, status, total_amount, currency, description, initiated_by) \
+             SELECT t.transaction_id, t.payment_id, t.transaction_type, 'PENDING', t.total_amount, t.currency, \
+                    t.description, t.initiated_by \
+             FROM jsonb_to_recordset($1::jsonb) AS t( \
+                 transaction_id uuid, payment_id uuid, transaction_type text, total_amount numeric, currency text, \
+                 description text, initiated_by uuid) \
+             ORDER BY t.transaction_id \
+             ON CONFLICT (transaction_id) DO NOTHING \
+             RETURNING transaction_id, created_at), \
+         entries AS ( \
+             INSERT INTO transaction_entries \
+                 (entry_id, transaction_id, entry_number, account_id, entry_type, amount, currency) \
+             SELECT e.entry_id, e.transaction_id, e.entry_number, e.account_id, e.entry_type, e.amount, e.currency \
+             FROM jsonb_to_recordset($2::jsonb) AS e( \
+                 entry_id uuid, transaction_id uuid, entry_number smallint, account_id uuid, entry_type text, \
+                 amount numeric, currency text) \
+             JOIN fresh USING (transaction_id)) \
+         SELECT transaction_id, created_at FROM fresh",
+        &[json(&serde_json::Value::Array(transactions)), json(&serde_json::Value::Array(entries))],
     )?;
-    Ok(())
+    Ok(rows.iter().map(|row| (row.text("transaction_id"), row.rfc3339("created_at"))).collect())
 }
 
 /// One transaction, by id.

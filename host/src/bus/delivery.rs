@@ -5,13 +5,17 @@
 //! - a partition of a subscriber is delivered by at most one host at a time: the one holding
 //!   its advisory lock in the platform database, on the host's coordination connection
 //!   (released by PostgreSQL when that connection ends, so a dead host's partitions pass to
-//!   the others). One connection per host holds every subscriber's partitions;
+//!   the others). One connection per host holds every subscriber's partitions, and a task
+//!   delivers a group of them, read together (all of them on a host serving alone): a batch
+//!   gathers what arrived in all of them, so a subscriber costs one read, one unit of work and
+//!   one acknowledgement per batch however its events spread;
 //! - a batch is acknowledged only after each of its events was handled, found in the inbox
 //!   already, or set aside in the dead letters: nothing is skipped silently;
-//! - a failing event is retried in place, so the events after it in its partition (its key's
-//!   later events among them) wait for it: order per key holds.
+//! - a failing event is retried in place, so the events after it (its key's later events among
+//!   them, and those of the subscriber's other partitions on this host) wait for it: order per
+//!   key holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -56,9 +60,47 @@ pub struct Deliverer {
     pub dispatcher: Arc<Dispatcher>,
 }
 
-struct Owned {
+/// A subscriber's partitions held by this host, in groups, each delivered by one task that
+/// reads its partitions together. Partitions taken later start a group of their own, so the
+/// ones delivered already are never stopped for them (a NATS feed stopped strands what it had
+/// pulled until JetStream offers it again); a host that serves alone from its start has one
+/// group of every partition.
+#[derive(Default)]
+struct Held {
+    groups: Vec<Group>,
+}
+
+/// Partitions delivered together by one task.
+struct Group {
+    partitions: BTreeSet<u16>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+impl Held {
+    /// How many partitions are held.
+    fn len(&self) -> usize {
+        self.groups.iter().map(|group| group.partitions.len()).sum()
+    }
+
+    fn holds(&self, partition: u16) -> bool {
+        self.groups.iter().any(|group| group.partitions.contains(&partition))
+    }
+
+    /// Stops every group after its batch in hand; returns the partitions they held (their
+    /// locks are still held).
+    async fn stop(&mut self) -> BTreeSet<u16> {
+        let groups = std::mem::take(&mut self.groups);
+        for group in &groups {
+            group.stop.send_replace(true);
+        }
+        let mut partitions = BTreeSet::new();
+        for group in groups {
+            group.task.await.ok();
+            partitions.extend(group.partitions);
+        }
+        partitions
+    }
 }
 
 /// The partitions of every subscriber this host delivers, kept on one connection to the
@@ -74,7 +116,7 @@ pub struct Coordinator {
 }
 
 /// A subscriber's partitions held by this host.
-type Holding = (Deliverer, BTreeMap<u16, Owned>);
+type Holding = (Deliverer, Held);
 
 impl Coordinator {
     /// Takes this host's share of every subscriber's partitions and delivers them, rebalancing
@@ -85,13 +127,13 @@ impl Coordinator {
         while !*shutdown.borrow() {
             if let Err(err) = self.rebalance(&mut connection, &mut owned).await {
                 tracing::warn!("sharing partitions failed; letting them go: {err:#}");
-                for (_, partitions) in owned.values_mut() {
-                    release_all(partitions).await;
+                for (_, held) in owned.values_mut() {
+                    held.stop().await;
                 }
                 connection = None;
             }
-            for (deliverer, partitions) in owned.values() {
-                deliverer.dispatcher.metrics.set_partitions_owned(&deliverer.subscription.name, partitions.len());
+            for (deliverer, held) in owned.values() {
+                deliverer.dispatcher.metrics.set_partitions_owned(&deliverer.subscription.name, held.len());
             }
             tokio::select! {
                 _ = tokio::time::sleep(HEARTBEAT) => {}
@@ -99,8 +141,9 @@ impl Coordinator {
                 _ = shutdown.changed() => {}
             }
         }
-        for (_, partitions) in owned.values_mut() {
-            release_all(partitions).await;
+        // Their locks go with the connection.
+        for (_, held) in owned.values_mut() {
+            held.stop().await;
         }
         if let Some(mut connection) = connection {
             let leave = sqlx::query("DELETE FROM micropay_platform.delivery_hosts WHERE host_id = $1");
@@ -133,14 +176,14 @@ impl Coordinator {
         let share = (PARTITIONS as usize).div_ceil(hosts.max(1) as usize);
         let current: Vec<Deliverer> = self.deliverers.read().unwrap().clone();
         for deliverer in &current {
-            owned.entry(deliverer.subscription.name.clone()).or_insert_with(|| (deliverer.clone(), BTreeMap::new()));
+            owned.entry(deliverer.subscription.name.clone()).or_insert_with(|| (deliverer.clone(), Held::default()));
         }
         // A subscriber no longer served lets go of every partition (its positions stay).
         let gone: Vec<Arc<str>> =
             owned.keys().filter(|name| !current.iter().any(|d| d.subscription.name == **name)).cloned().collect();
-        for (name, (deliverer, partitions)) in owned.iter_mut() {
+        for (name, (deliverer, held)) in owned.iter_mut() {
             let share = if gone.contains(name) { 0 } else { share };
-            deliverer.rebalance(connection, share, partitions).await?;
+            deliverer.rebalance(connection, share, held).await?;
         }
         for name in gone {
             owned.remove(&name);
@@ -151,45 +194,56 @@ impl Coordinator {
 
 impl Deliverer {
     /// Keeps `share` of the subscriber's partitions: lets go of the ones over it, takes free
-    /// ones up to it.
-    async fn rebalance(
-        &self,
-        connection: &mut PgConnection,
-        share: usize,
-        owned: &mut BTreeMap<u16, Owned>,
-    ) -> anyhow::Result<()> {
-        // A partition whose task ended (its feed failed) is let go, to be taken again afresh.
-        let ended: Vec<u16> = owned.iter().filter(|(_, own)| own.task.is_finished()).map(|(p, _)| *p).collect();
-        for partition in ended {
-            owned.remove(&partition);
+    /// ones up to it, and delivers those taken now as a new group.
+    async fn rebalance(&self, connection: &mut PgConnection, share: usize, held: &mut Held) -> anyhow::Result<()> {
+        // A group that ended (its feed failed) lets its partitions go, to be taken afresh.
+        let (ended, running): (Vec<Group>, Vec<Group>) =
+            std::mem::take(&mut held.groups).into_iter().partition(|group| group.task.is_finished());
+        held.groups = running;
+        for partition in ended.into_iter().flat_map(|group| group.partitions) {
             self.unlock(connection, partition).await?;
         }
-        while owned.len() > share {
-            let (partition, own) = owned.pop_last().expect("more than the share");
-            own.stop.send_replace(true);
-            own.task.await.ok();
-            self.unlock(connection, partition).await?;
-            tracing::info!(subscriber = %self.subscription.name, partition, "partition handed over");
+        if held.len() > share {
+            // Over the share (another host joined): every group stops, the partitions kept
+            // are delivered again as one group.
+            let mut partitions = held.stop().await;
+            while partitions.len() > share {
+                let partition = partitions.pop_last().expect("more than the share");
+                self.unlock(connection, partition).await?;
+                tracing::info!(subscriber = %self.subscription.name, partition, "partition handed over");
+            }
+            self.start_group(held, partitions);
         }
+        let mut taken = BTreeSet::new();
         for partition in 0..PARTITIONS {
-            if owned.len() >= share {
+            if held.len() + taken.len() >= share {
                 break;
             }
-            if owned.contains_key(&partition) {
+            if held.holds(partition) {
                 continue;
             }
-            let taken: bool = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_lock($1, $2)")
+            let locked: bool = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_lock($1, $2)")
                 .bind(locks::PARTITION)
                 .bind(self.lock_key(partition))
                 .fetch_one(&mut *connection)
                 .await?;
-            if taken {
-                let (stop, stopped) = watch::channel(false);
-                let task = tokio::spawn(self.clone().deliver_partition(partition, stopped));
-                owned.insert(partition, Owned { stop, task });
+            if locked {
+                taken.insert(partition);
             }
         }
+        self.start_group(held, taken);
         Ok(())
+    }
+
+    /// Starts delivering `partitions` (when there are any) as a group of `held`.
+    fn start_group(&self, held: &mut Held, partitions: BTreeSet<u16>) {
+        if partitions.is_empty() {
+            return;
+        }
+        let (stop, stopped) = watch::channel(false);
+        let list: Vec<u16> = partitions.iter().copied().collect();
+        let task = tokio::spawn(self.clone().deliver_partitions(list, stopped));
+        held.groups.push(Group { partitions, stop, task });
     }
 
     /// The second key of a partition's advisory lock: the subscriber (hashed) and the partition.
@@ -207,26 +261,29 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Delivers one partition until told to stop (after the batch in hand) or its feed fails.
-    async fn deliver_partition(self, partition: u16, stop: watch::Receiver<bool>) {
+    /// Delivers `partitions` until told to stop (after the batch in hand) or the feed fails.
+    async fn deliver_partitions(self, partitions: Vec<u16>, stop: watch::Receiver<bool>) {
         let name = self.subscription.name.clone();
-        let mut feed = match self.backend.feed(&name, partition, stop.clone()).await {
+        let mut feed = match self.backend.feed(&name, &partitions, stop.clone()).await {
             Ok(feed) => feed,
             Err(err) => {
-                tracing::warn!(subscriber = %name, partition, "opening the partition failed: {err:#}");
+                tracing::warn!(subscriber = %name, ?partitions, "opening the partitions failed: {err:#}");
                 return;
             }
         };
         while !*stop.borrow() {
             let result = async {
                 let batch = feed.next_batch().await?;
-                let oldest = batch.first().map(|event| age_seconds(event.time)).unwrap_or(0.0);
-                self.dispatcher.metrics.set_undelivered_age(&name, partition, oldest);
+                for &partition in &partitions {
+                    let oldest = batch.iter().find(|event| event.partition() == partition);
+                    let age = oldest.map(|event| age_seconds(event.time)).unwrap_or(0.0);
+                    self.dispatcher.metrics.set_undelivered_age(&name, partition, age);
+                }
                 self.deliver_batch(&batch).await?;
                 feed.acknowledge().await
             };
             if let Err(err) = result.await {
-                tracing::warn!(subscriber = %name, partition, "delivery stopped: {err:#}");
+                tracing::warn!(subscriber = %name, ?partitions, "delivery stopped: {err:#}");
                 return;
             }
         }
@@ -336,14 +393,4 @@ pub async fn deliver_together(
         service.committed_events();
     }
     Ok(outcomes)
-}
-
-/// Stops every partition task after its batch in hand. (Their locks go with the connection.)
-async fn release_all(owned: &mut BTreeMap<u16, Owned>) {
-    for own in owned.values() {
-        own.stop.send_replace(true);
-    }
-    for (_, own) in std::mem::take(owned) {
-        own.task.await.ok();
-    }
 }

@@ -5,18 +5,23 @@
 //! - appends take one advisory lock, so events commit in the order of their sequence numbers
 //!   and a reader that has seen sequence N will never later find a smaller one committed;
 //! - an event id is stored once (`UNIQUE`): a relay that sends a batch again adds nothing;
-//! - a subscriber's position in a partition only moves forward, past events it handled;
+//! - a subscriber's position in a partition only moves forward, past events it handled; a feed
+//!   reads the partitions a host delivers to a subscriber together, each from its own position
+//!   and in its own order, so one statement reads a batch and one acknowledges it;
 //! - an append wakes every host's feeds of the partitions it touched: its transaction sends a
 //!   `NOTIFY` (delivered at its commit, so a woken feed finds the events) which each host's
 //!   listener turns into a wake-up of its feeds. An idle feed asks the database only every
 //!   [`FALLBACK_POLL`], for a wake-up lost while a listener reconnected (which also wakes every
 //!   feed), so an idle host costs the bus's database next to nothing.
 
+use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, watch};
 
 use super::{BATCH, Envelope, EnvelopeColumns, EnvelopeRow, PARTITIONS, RETENTION_DAYS, locks};
@@ -54,6 +59,12 @@ pub fn tables() -> Vec<String> {
 
 /// How long a feed waits for a wake-up before it looks anyway.
 const FALLBACK_POLL: Duration = Duration::from_secs(10);
+
+/// How long after a read a feed reads again when that read did not fill a batch: the events
+/// arriving meanwhile make the next batch, which shares one read, one unit of work and one
+/// acknowledgement, instead of each setting off its own. An idle feed reads as soon as it is
+/// woken; a busy one reads at most this often, unless its batches come full.
+const PACE: Duration = Duration::from_millis(20);
 
 /// The channel appends notify, with the partitions they touched as the payload (`"0,3"`).
 const CHANNEL: &str = "micropay_bus";
@@ -180,25 +191,32 @@ impl EmbeddedBus {
         .await?)
     }
 
-    pub async fn feed(&self, subscriber: &str, partition: u16, stop: watch::Receiver<bool>) -> anyhow::Result<Feed> {
-        sqlx::query("INSERT INTO public.positions (subscriber, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(subscriber)
-            .bind(partition as i16)
-            .execute(&self.pool)
-            .await?;
-        let position: i64 =
-            sqlx::query_scalar("SELECT sequence FROM public.positions WHERE subscriber = $1 AND partition = $2")
+    /// `subscriber`'s feed of `partitions` (never empty), from its positions in them.
+    pub async fn feed(&self, subscriber: &str, partitions: &[u16], stop: watch::Receiver<bool>) -> anyhow::Result<Feed> {
+        let partitions: Vec<i16> = partitions.iter().map(|&partition| partition as i16).collect();
+        sqlx::query(
+            "INSERT INTO public.positions (subscriber, partition) SELECT $1, fed FROM UNNEST($2::smallint[]) AS fed \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(subscriber)
+        .bind(&partitions)
+        .execute(&self.pool)
+        .await?;
+        let rows: Vec<(i16, i64)> =
+            sqlx::query_as("SELECT partition, sequence FROM public.positions WHERE subscriber = $1 AND partition = ANY($2)")
                 .bind(subscriber)
-                .bind(partition as i16)
-                .fetch_one(&self.pool)
+                .bind(&partitions)
+                .fetch_all(&self.pool)
                 .await?;
         Ok(Feed {
             pool: self.pool.clone(),
             appended: self.appended.clone(),
             subscriber: subscriber.to_string(),
-            partition: partition as i16,
-            position,
-            delivered_up_to: position,
+            positions: rows
+                .into_iter()
+                .map(|(partition, sequence)| (partition, Position { acknowledged: sequence, delivered: sequence }))
+                .collect(),
+            next_read: tokio::time::Instant::now(),
             stop,
         })
     }
@@ -206,73 +224,113 @@ impl EmbeddedBus {
 
 #[derive(sqlx::FromRow)]
 struct BusRow {
+    partition: i16,
     sequence: i64,
     #[sqlx(flatten)]
     event: EnvelopeRow,
 }
 
-/// One subscriber's position in one partition.
+/// Where a feed stands in one partition.
+struct Position {
+    /// The last acknowledged sequence number.
+    acknowledged: i64,
+    /// The last sequence number handed out.
+    delivered: i64,
+}
+
+/// One subscriber's positions in the partitions a host delivers to it, read together: one
+/// statement reads a batch across them, one records how far the batch went in each.
 pub struct Feed {
     pool: PgPool,
     /// Every partition's wake-up, of which this feed waits on its own.
     appended: Arc<[Notify]>,
     subscriber: String,
-    partition: i16,
-    /// The last acknowledged sequence number.
-    position: i64,
-    /// The last sequence number handed out.
-    delivered_up_to: i64,
-    /// Ends a wait for events: the partition is being handed over.
+    positions: BTreeMap<i16, Position>,
+    /// When the next read may start: [`PACE`] after a read that did not fill a batch.
+    next_read: tokio::time::Instant,
+    /// Ends a wait for events: the partitions are being handed over.
     stop: watch::Receiver<bool>,
 }
 
 impl Feed {
     pub async fn next_batch(&mut self) -> anyhow::Result<Vec<Envelope>> {
-        let appended = self.appended[self.partition as usize].notified();
-        tokio::pin!(appended);
-        appended.as_mut().enable();
+        let notifies = self.appended.clone();
+        let mut appended: Vec<Pin<Box<Notified>>> =
+            self.positions.keys().map(|&partition| Box::pin(notifies[partition as usize].notified())).collect();
+        for wake in &mut appended {
+            wake.as_mut().enable();
+        }
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep_until(self.next_read) => {}
+            _ = stop.changed() => return Ok(Vec::new()),
+        }
         let mut batch = self.read().await?;
-        if batch.is_empty() && !*self.stop.borrow() {
-            let mut stop = self.stop.clone();
+        if batch.is_empty() && !appended.is_empty() && !*self.stop.borrow() {
             tokio::select! {
-                _ = tokio::time::timeout(FALLBACK_POLL, appended) => {}
+                _ = tokio::time::timeout(FALLBACK_POLL, futures_util::future::select_all(appended)) => {}
                 _ = stop.changed() => return Ok(Vec::new()),
             }
             batch = self.read().await?;
         }
+        if batch.len() < BATCH {
+            self.next_read = tokio::time::Instant::now() + PACE;
+        }
         Ok(batch
             .into_iter()
-            .map(|(sequence, envelope)| {
-                self.delivered_up_to = sequence;
-                envelope
+            .map(|row| {
+                if let Some(position) = self.positions.get_mut(&row.partition) {
+                    position.delivered = row.sequence;
+                }
+                row.event.into()
             })
             .collect())
     }
 
-    async fn read(&self) -> anyhow::Result<Vec<(i64, Envelope)>> {
-        let rows: Vec<BusRow> = sqlx::query_as(
-            "SELECT sequence, event_id, topic, source, subject, data, trace_id, occurred_at FROM public.events \
-             WHERE partition = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+    /// The next events after those handed out, in sequence order: in each partition the ones
+    /// that follow its position (an index range each), at most [`BATCH`] in all.
+    async fn read(&self) -> anyhow::Result<Vec<BusRow>> {
+        let (partitions, after): (Vec<i16>, Vec<i64>) =
+            self.positions.iter().map(|(&partition, position)| (partition, position.delivered)).unzip();
+        Ok(sqlx::query_as(
+            "SELECT e.partition, e.sequence, e.event_id, e.topic, e.source, e.subject, e.data, e.trace_id, \
+                    e.occurred_at \
+             FROM UNNEST($1::smallint[], $2::bigint[]) AS fed(partition, after) \
+             CROSS JOIN LATERAL (SELECT * FROM public.events AS e \
+                                 WHERE e.partition = fed.partition AND e.sequence > fed.after \
+                                 ORDER BY e.sequence LIMIT $3) AS e \
+             ORDER BY e.sequence LIMIT $3",
         )
-        .bind(self.partition)
-        .bind(self.delivered_up_to)
+        .bind(&partitions)
+        .bind(&after)
         .bind(BATCH as i64)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|row| (row.sequence, row.event.into())).collect())
+        .await?)
     }
 
+    /// Moves the positions of the partitions the last batch went through, with one statement.
     pub async fn acknowledge(&mut self) -> anyhow::Result<()> {
-        if self.delivered_up_to > self.position {
-            sqlx::query(
-                "UPDATE public.positions SET sequence = GREATEST(sequence, $3) WHERE subscriber = $1 AND partition = $2",
-            )
-            .bind(&self.subscriber)
-            .bind(self.partition)
-            .bind(self.delivered_up_to)
-            .execute(&self.pool)
-            .await?;
-            self.position = self.delivered_up_to;
+        let (partitions, sequences): (Vec<i16>, Vec<i64>) = self
+            .positions
+            .iter()
+            .filter(|(_, position)| position.delivered > position.acknowledged)
+            .map(|(&partition, position)| (partition, position.delivered))
+            .unzip();
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE public.positions AS p SET sequence = GREATEST(p.sequence, moved.sequence) \
+             FROM UNNEST($2::smallint[], $3::bigint[]) AS moved(partition, sequence) \
+             WHERE p.subscriber = $1 AND p.partition = moved.partition",
+        )
+        .bind(&self.subscriber)
+        .bind(&partitions)
+        .bind(&sequences)
+        .execute(&self.pool)
+        .await?;
+        for position in self.positions.values_mut() {
+            position.acknowledged = position.delivered;
         }
         Ok(())
     }

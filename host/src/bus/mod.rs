@@ -11,8 +11,8 @@
 //!    [`embedded`] (tables in `micropay_bus_db`, the default) or [`nats`] (a JetStream stream,
 //!    `MICROPAY_NATS_URL`). Both have one position per subscriber and partition.
 //! 4. [`delivery`] gives each partition of a subscriber to one host at a time (a PostgreSQL
-//!    advisory lock in the platform database), which hands its events to the subscriber in
-//!    order, in batches (one call of `handle-events` and one unit of work each), the event ids
+//!    advisory lock in the platform database), which reads the partitions it holds together
+//!    and hands their events to the subscriber in each partition's order, in batches (one call of `handle-events` and one unit of work each), the event ids
 //!    recorded in the subscriber's inbox in the same transaction; a redelivered event finds
 //!    its id there and has no second effect. A failing batch is delivered again one event per
 //!    unit of work; a failing event is retried with exponential backoff, then set aside in the
@@ -162,13 +162,13 @@ impl Backend {
         }
     }
 
-    /// The events of `partition` for `subscriber`, from its last acknowledged position. A
-    /// feed waiting for events returns as soon as `stop` turns true. (A NATS feed's wait is
-    /// short: it does not watch `stop`.)
-    pub async fn feed(&self, subscriber: &str, partition: u16, stop: watch::Receiver<bool>) -> anyhow::Result<Feed> {
+    /// The events of `partitions` (never empty) for `subscriber`, from its last acknowledged
+    /// position in each. A feed waiting for events returns as soon as `stop` turns true. (A
+    /// NATS feed's wait is short: it does not watch `stop`.)
+    pub async fn feed(&self, subscriber: &str, partitions: &[u16], stop: watch::Receiver<bool>) -> anyhow::Result<Feed> {
         Ok(match self {
-            Backend::Embedded(bus) => Feed::Embedded(bus.feed(subscriber, partition, stop).await?),
-            Backend::Nats(bus) => Feed::Nats(Box::new(bus.feed(subscriber, partition).await?)),
+            Backend::Embedded(bus) => Feed::Embedded(bus.feed(subscriber, partitions, stop).await?),
+            Backend::Nats(bus) => Feed::Nats(Box::new(bus.feed(subscriber, partitions).await?)),
         })
     }
 
@@ -222,7 +222,7 @@ async fn housekeeping(
     }
 }
 
-/// One subscriber's events of one partition, in order.
+/// One subscriber's events of the partitions a host delivers to it, each partition's in order.
 pub enum Feed {
     Embedded(embedded::Feed),
     Nats(Box<nats::Feed>),

@@ -6,14 +6,17 @@
 //!   again within the stream's duplicate window (and the subscriber's inbox drops any later);
 //! - a batch is acknowledged by the server before the relay marks it relayed;
 //! - the partition is part of the subject, and each durable consumer reads one partition, so a
-//!   key's events reach its subscriber in publication order.
+//!   key's events reach its subscriber in publication order (a feed merges the consumers of
+//!   the partitions a host delivers, each one's messages in order).
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
+use futures_util::stream::SelectAll;
 
 use super::{BATCH, Envelope, RETENTION_DAYS};
 
@@ -84,37 +87,42 @@ impl JetStreamBus {
         Ok(())
     }
 
-    pub async fn feed(&self, subscriber: &str, partition: u16) -> anyhow::Result<Feed> {
-        let name = format!("{}{subscriber}_p{partition}", self.prefix);
-        let consumer: consumer::PullConsumer = self
-            .stream
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: format!("{}.{partition}.>", self.subjects),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    max_ack_pending: BATCH as i64 * 4,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|err| anyhow::anyhow!("creating the consumer {name}: {err}"))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(BATCH)
-            .messages()
-            .await
-            .map_err(|err| anyhow::anyhow!("pulling from {name}: {err}"))?;
-        Ok(Feed { messages, unacknowledged: Vec::new() })
+    /// `subscriber`'s durable consumers of `partitions`, their messages merged into one feed.
+    pub async fn feed(&self, subscriber: &str, partitions: &[u16]) -> anyhow::Result<Feed> {
+        let mut streams = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let name = format!("{}{subscriber}_p{partition}", self.prefix);
+            let consumer: consumer::PullConsumer = self
+                .stream
+                .get_or_create_consumer(
+                    &name,
+                    consumer::pull::Config {
+                        durable_name: Some(name.clone()),
+                        filter_subject: format!("{}.{partition}.>", self.subjects),
+                        deliver_policy: consumer::DeliverPolicy::All,
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: ACK_WAIT,
+                        max_ack_pending: BATCH as i64 * 4,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|err| anyhow::anyhow!("creating the consumer {name}: {err}"))?;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(BATCH)
+                .messages()
+                .await
+                .map_err(|err| anyhow::anyhow!("pulling from {name}: {err}"))?;
+            streams.push(Box::pin(messages));
+        }
+        Ok(Feed { messages: futures_util::stream::select_all(streams), unacknowledged: Vec::new() })
     }
 }
 
-/// One durable consumer's messages.
+/// Durable consumers' messages, merged: each consumer's (each partition's) stay in order.
 pub struct Feed {
-    messages: consumer::pull::Stream,
+    messages: SelectAll<Pin<Box<consumer::pull::Stream>>>,
     /// The messages of the last batch, acknowledged together.
     unacknowledged: Vec<jetstream::Message>,
 }
