@@ -35,7 +35,7 @@ async fn run(dispatcher: Arc<Dispatcher>, name: Arc<str>, job: ScheduledRequest)
             body: Vec::new(),
         };
         let request_id = format!("schedule-{}", uuid::Uuid::new_v4().simple());
-        let context = InvocationContext::administrator(Role::Platform, &request_id);
+        let context = InvocationContext::administrator(Role::Platform, None, &request_id);
         match dispatcher.handle(&service, request, context).await {
             Ok(response) if response.status < 400 => tracing::info!(
                 component = %name, method = %job.method, path = %job.path, status = response.status,

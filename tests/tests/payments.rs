@@ -194,6 +194,24 @@ async fn an_idempotency_key_is_one_payment_whatever_is_repeated() {
     // 1000 - (10 + 3 + 4 + 5 + 7) + 1 received.
     assert_eq!((money(&balance), money(&reserved)), (money("972"), money("0")));
 
+    // Each admin key is a caller of its own: two platform keys sending one refund under one
+    // Idempotency-Key make two refunds, neither a replay of the other's.
+    let refunds = format!("{PAYMENTS}/{}/refunds", payment_id(&completed));
+    let (first_key, second_key) = (fixture.bank.platform.clone(), fixture.bank.host.admin_key("platform"));
+    let mut by_admin = Vec::new();
+    for admin in [&first_key, &second_key] {
+        let (status, headers, body) = fixture.post(&refunds, admin, Some("shared"), &[], json!({"amount": "1"})).await;
+        assert_eq!(status, 201, "{body}");
+        assert!(headers.get("idempotent-replayed").is_none(), "{body}");
+        by_admin.push(payment_id(&body).to_string());
+    }
+    assert_ne!(by_admin[0], by_admin[1]);
+    let (status, headers, body) =
+        fixture.post(&refunds, &second_key, Some("shared"), &[], json!({"amount": "1"})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(headers.get("idempotent-replayed").map(|value| value.to_str().unwrap()), Some("true"));
+    assert_eq!(payment_id(&body), by_admin[1]);
+
     // A day later the keys are purged: the same request is a new payment.
     sqlx::query("UPDATE idempotency_keys SET created_at = created_at - interval '25 hours'")
         .execute(&mut db)

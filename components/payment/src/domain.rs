@@ -299,14 +299,18 @@ pub fn posting(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     User(String),
-    Admin(AdminRole),
+    /// An admin API key: its role, and its id (none when the host itself acts, on a schedule).
+    Admin {
+        role: AdminRole,
+        key_id: Option<String>,
+    },
 }
 
 impl Actor {
     /// Whether the actor may see a payment whose payer and payee belong to these users.
     pub fn may_see(&self, payer_user_id: &str, payee_user_id: Option<&str>) -> bool {
         match self {
-            Actor::Admin(_) => true,
+            Actor::Admin { .. } => true,
             Actor::User(user_id) => {
                 user_id.eq_ignore_ascii_case(payer_user_id)
                     || payee_user_id.is_some_and(|payee| user_id.eq_ignore_ascii_case(payee))
@@ -314,11 +318,13 @@ impl Actor {
         }
     }
 
-    /// The scope of the actor's idempotency keys: a user's own, or one per admin role.
+    /// The scope of the actor's idempotency keys: a user's own, an admin key's own (two keys
+    /// of one role never see each other's answers), or the host's, per role.
     pub fn key_scope(&self) -> String {
         match self {
             Actor::User(user_id) => format!("user:{}", user_id.to_ascii_lowercase()),
-            Actor::Admin(role) => format!("admin:{}", micropay_sdk::principal::role_name(*role)),
+            Actor::Admin { key_id: Some(key_id), .. } => format!("admin-key:{key_id}"),
+            Actor::Admin { role, key_id: None } => format!("admin:{}", micropay_sdk::principal::role_name(*role)),
         }
     }
 
@@ -326,7 +332,7 @@ impl Actor {
     pub fn user_id(&self) -> String {
         match self {
             Actor::User(user_id) => user_id.to_ascii_lowercase(),
-            Actor::Admin(_) => NIL_UUID.to_string(),
+            Actor::Admin { .. } => NIL_UUID.to_string(),
         }
     }
 }
@@ -340,7 +346,7 @@ pub fn check_payer(actor: &Actor, payer_user_id: &str, action: &str) -> Result<(
     match actor {
         Actor::User(user_id) if user_id.eq_ignore_ascii_case(payer_user_id) => Ok(()),
         Actor::User(_) => Err(ApiError::forbidden("payer_only", format!("only the payer may {action} a payment"))),
-        Actor::Admin(role) => check_treasury(*role),
+        Actor::Admin { role, .. } => check_treasury(*role),
     }
 }
 
@@ -349,7 +355,7 @@ pub fn check_payee(actor: &Actor, payee_user_id: Option<&str>) -> Result<(), Api
     match actor {
         Actor::User(user_id) if payee_user_id.is_some_and(|payee| user_id.eq_ignore_ascii_case(payee)) => Ok(()),
         Actor::User(_) => Err(ApiError::forbidden("payee_only", "only the payee may refund a payment")),
-        Actor::Admin(role) => check_treasury(*role),
+        Actor::Admin { role, .. } => check_treasury(*role),
     }
 }
 
@@ -422,6 +428,22 @@ mod tests {
 
     const A: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
     const B: &str = "1b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+
+    #[test]
+    fn idempotency_keys_are_scoped_to_each_caller() {
+        let admin =
+            |key_id: Option<&str>| Actor::Admin { role: AdminRole::Platform, key_id: key_id.map(str::to_string) };
+        let scopes = [
+            Actor::User(A.to_uppercase()).key_scope(),
+            Actor::User(B.into()).key_scope(),
+            admin(Some("k1")).key_scope(),
+            admin(Some("k2")).key_scope(),
+            admin(None).key_scope(),
+        ];
+        assert_eq!(scopes[0], format!("user:{A}"));
+        let distinct: std::collections::BTreeSet<&String> = scopes.iter().collect();
+        assert_eq!(distinct.len(), scopes.len(), "{scopes:?}");
+    }
 
     fn request() -> PaymentRequest {
         PaymentRequest {

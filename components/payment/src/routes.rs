@@ -22,7 +22,9 @@ use crate::sql;
 fn actor(ctx: &Context) -> Result<Actor, ApiError> {
     match Principal::current()? {
         Principal::User(user_id) => Ok(Actor::User(user_id)),
-        Principal::Admin => Ok(Actor::Admin(ctx.administrator()?)),
+        Principal::Admin => {
+            Ok(Actor::Admin { role: ctx.administrator()?, key_id: micropay_sdk::principal::administrator_key() })
+        }
     }
 }
 
@@ -411,7 +413,7 @@ pub fn list_payments(ctx: &mut Context) -> Result<Response, ApiError> {
     let query = domain::list_query(|name| ctx.query(name))?;
     let user_id = match &actor {
         Actor::User(user_id) => Some(user_id.clone()),
-        Actor::Admin(_) => None,
+        Actor::Admin { .. } => None,
     };
     let db = ctx.db()?;
     let mut rows = sql::list_payments(db, user_id.as_deref(), &query)?;

@@ -50,6 +50,12 @@ pub fn require_admin_role(role: AdminRole, allowed: &[AdminRole], action: &str) 
     Err(ApiError::forbidden("role_not_allowed", format!("{action} takes an admin key of role {}", names.join(" or "))))
 }
 
+/// The id of the admin API key the request was made with, when it was made with one (see
+/// `administrator-key` in `wit/platform.wit`).
+pub fn administrator_key() -> Option<String> {
+    principal::administrator_key()
+}
+
 /// A role as `micropay admin-key create --role` names it.
 pub fn role_name(role: AdminRole) -> &'static str {
     match role {

@@ -603,15 +603,15 @@ pub fn record_payments(events: &[&Event]) -> Result<(), String> {
 /// A `payment.processing` event's posting: the payment's id (lower case), the posting, and the
 /// system accounts among its legs.
 fn payment_posting_of(event: &Event) -> Result<(String, Posting, HashSet<String>), String> {
-    let request: PaymentPosting = serde_json::from_str(&event.data)
-        .map_err(|err| format!("its payload is not a payment posting: {err}"))?;
+    let request: PaymentPosting =
+        serde_json::from_str(&event.data).map_err(|err| format!("its payload is not a payment posting: {err}"))?;
     let payment_id = fields::uuid("payment_id", &request.payment_id).map_err(|err| err.message)?;
     let system: HashSet<String> =
         request.legs.iter().filter(|leg| leg.system).map(|leg| leg.leg.account_id.to_ascii_lowercase()).collect();
     let legs = request.legs.into_iter().map(|leg| leg.leg).collect();
     let mut posting = payment_posting(legs, false).map_err(|err| err.message)?;
-    posting.description = fields::text("description", request.description.as_deref(), domain::TEXT_MAX)
-        .map_err(|err| err.message)?;
+    posting.description =
+        fields::text("description", request.description.as_deref(), domain::TEXT_MAX).map_err(|err| err.message)?;
     posting.initiated_by = request.initiated_by;
     Ok((payment_id, posting, system))
 }

@@ -170,7 +170,7 @@ pub(super) async fn call(
     };
     let context = match user {
         Some(user) => InvocationContext::new(Some(user), "bench"),
-        None => InvocationContext::administrator(Role::Platform, "bench"),
+        None => InvocationContext::administrator(Role::Platform, None, "bench"),
     };
     let response = dispatcher.handle(service, request, context).await?;
     if !(200..300).contains(&response.status) {

@@ -192,7 +192,12 @@ impl EmbeddedBus {
     }
 
     /// `subscriber`'s feed of `partitions` (never empty), from its positions in them.
-    pub async fn feed(&self, subscriber: &str, partitions: &[u16], stop: watch::Receiver<bool>) -> anyhow::Result<Feed> {
+    pub async fn feed(
+        &self,
+        subscriber: &str,
+        partitions: &[u16],
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Feed> {
         let partitions: Vec<i16> = partitions.iter().map(|&partition| partition as i16).collect();
         sqlx::query(
             "INSERT INTO public.positions (subscriber, partition) SELECT $1, fed FROM UNNEST($2::smallint[]) AS fed \
@@ -202,12 +207,13 @@ impl EmbeddedBus {
         .bind(&partitions)
         .execute(&self.pool)
         .await?;
-        let rows: Vec<(i16, i64)> =
-            sqlx::query_as("SELECT partition, sequence FROM public.positions WHERE subscriber = $1 AND partition = ANY($2)")
-                .bind(subscriber)
-                .bind(&partitions)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(i16, i64)> = sqlx::query_as(
+            "SELECT partition, sequence FROM public.positions WHERE subscriber = $1 AND partition = ANY($2)",
+        )
+        .bind(subscriber)
+        .bind(&partitions)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(Feed {
             pool: self.pool.clone(),
             appended: self.appended.clone(),

@@ -165,7 +165,12 @@ impl Backend {
     /// The events of `partitions` (never empty) for `subscriber`, from its last acknowledged
     /// position in each. A feed waiting for events returns as soon as `stop` turns true. (A
     /// NATS feed's wait is short: it does not watch `stop`.)
-    pub async fn feed(&self, subscriber: &str, partitions: &[u16], stop: watch::Receiver<bool>) -> anyhow::Result<Feed> {
+    pub async fn feed(
+        &self,
+        subscriber: &str,
+        partitions: &[u16],
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Feed> {
         Ok(match self {
             Backend::Embedded(bus) => Feed::Embedded(bus.feed(subscriber, partitions, stop).await?),
             Backend::Nats(bus) => Feed::Nats(Box::new(bus.feed(subscriber, partitions).await?)),

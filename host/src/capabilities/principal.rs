@@ -1,6 +1,6 @@
 //! `principal`: who the invocation runs for: the caller the gateway authenticated before the
-//! invocation, or the administrator whose API key the request carried, and the service whose
-//! call it is.
+//! invocation, or the administrator whose API key the request carried (its role and its id),
+//! and the service whose call it is.
 
 use crate::policy::Role;
 use crate::runtime::bindings::service::micropay::platform::principal::{AdminRole, Caller, Host};
@@ -17,6 +17,10 @@ impl Host for InvocationState {
             Role::Risk => AdminRole::Risk,
             Role::Platform => AdminRole::Platform,
         }))
+    }
+
+    async fn administrator_key(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.context.admin_key.as_deref().map(str::to_string))
     }
 
     async fn calling_service(&mut self) -> wasmtime::Result<Option<String>> {

@@ -110,7 +110,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap, request_id: &str) -
         .ok_or_else(invalid)?;
     if token.starts_with(ADMIN_KEY_PREFIX) {
         let admin = state.verify_admin_key(token)?.ok_or_else(invalid)?;
-        return Ok(InvocationContext::administrator(admin.role, request_id));
+        return Ok(InvocationContext::administrator(admin.role, Some(&admin.key_id), request_id));
     }
     match state.platform.dispatcher.authenticate(token, request_id).await {
         Ok(Some(caller)) => Ok(InvocationContext::new(Some(caller), request_id)),

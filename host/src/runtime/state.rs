@@ -21,6 +21,8 @@ pub struct InvocationContext {
     /// The role of the admin API key the request was made with, if any (never together
     /// with a caller).
     pub admin: Option<Role>,
+    /// The id of that admin API key; none when the host itself acts (a schedule).
+    pub admin_key: Option<Arc<str>>,
     /// The gateway's request id.
     pub request_id: Arc<str>,
     /// How many service calls deep this invocation is (0 for a gateway request).
@@ -32,12 +34,20 @@ pub struct InvocationContext {
 impl InvocationContext {
     /// A top-level invocation.
     pub fn new(caller: Option<Caller>, request_id: &str) -> Self {
-        Self { caller, admin: None, request_id: request_id.into(), depth: 0, calling_service: None }
+        Self { caller, admin: None, admin_key: None, request_id: request_id.into(), depth: 0, calling_service: None }
     }
 
-    /// A top-level invocation on behalf of an administrator.
-    pub fn administrator(role: Role, request_id: &str) -> Self {
-        Self { caller: None, admin: Some(role), request_id: request_id.into(), depth: 0, calling_service: None }
+    /// A top-level invocation on behalf of an administrator: the key `key_id` of role `role`,
+    /// or the host itself (no key) acting with that role.
+    pub fn administrator(role: Role, key_id: Option<&str>, request_id: &str) -> Self {
+        Self {
+            caller: None,
+            admin: Some(role),
+            admin_key: key_id.map(Arc::from),
+            request_id: request_id.into(),
+            depth: 0,
+            calling_service: None,
+        }
     }
 }
 
