@@ -90,18 +90,8 @@ impl Bank {
     /// Waits until no posting is PENDING: every balance event is written and reported back.
     pub async fn wait_until_settled(&self) {
         let mut db = self.host.admin_db("transaction").await;
-        let started = Instant::now();
-        loop {
-            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions WHERE status = 'PENDING'")
-                .fetch_one(&mut db)
-                .await
-                .unwrap();
-            if pending == 0 {
-                return;
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "{pending} postings still pending");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let pending = "SELECT count(*) FROM transactions WHERE status = 'PENDING'";
+        crate::wait_until_none(&mut db, pending, Duration::from_secs(60), "postings still pending").await;
     }
 
     /// `micropay ledger check --as-of now`: its success and what it printed.

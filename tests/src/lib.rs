@@ -501,3 +501,17 @@ pub fn error_code(body: &Value) -> &str {
     assert!(body["error"]["message"].is_string(), "error without message: {body}");
     code
 }
+
+/// Polls `count` (a query answering one `count(*)`) on `db` until it answers zero; panics
+/// naming `what` and the last count when `timeout` passes first.
+pub async fn wait_until_none(db: &mut PgConnection, count: &str, timeout: Duration, what: &str) {
+    let started = Instant::now();
+    loop {
+        let left: i64 = sqlx::query_scalar(count).fetch_one(&mut *db).await.unwrap();
+        if left == 0 {
+            return;
+        }
+        assert!(started.elapsed() < timeout, "{left} {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use micropay_tests::bank::{Bank, id, money, next_random};
-use micropay_tests::{Bus, HostOptions, TestHost, User, signed_in_user};
+use micropay_tests::{Bus, HostOptions, TestHost, User, signed_in_user, wait_until_none};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
@@ -218,19 +218,8 @@ async fn check_invariants(bank: &Bank, users: &[User], accounts: &[Value], answe
         );
     }
     let mut payments = bank.host.admin_db("payment").await;
-    let started = Instant::now();
-    loop {
-        let unfinished: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM payments WHERE status NOT IN ('COMPLETED', 'FAILED')")
-                .fetch_one(&mut payments)
-                .await
-                .unwrap();
-        if unfinished == 0 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(180), "{unfinished} payments never finished");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let unfinished = "SELECT count(*) FROM payments WHERE status NOT IN ('COMPLETED', 'FAILED')";
+    wait_until_none(&mut payments, unfinished, Duration::from_secs(180), "payments never finished").await;
 
     // Each key is one payment, and the payments are exactly the answers the clients got.
     let rows: Vec<(String, String, String, String)> = sqlx::query_as(

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use micropay_tests::{Bystander, HostOptions, TestHost, error_code, signed_in_user};
+use micropay_tests::{Bystander, HostOptions, TestHost, error_code, signed_in_user, wait_until_none};
 use serde_json::{Value, json};
 use sqlx::{Connection, Row};
 
@@ -465,19 +465,9 @@ async fn resources_are_bounded_and_nothing_outlives_an_invocation() {
     // A connection on which the component prepared a statement of its own is not reused.
     let prepared = ["PREPARE red_team AS SELECT 1", "SELECT pg_backend_pid()"].map(String::from);
     let prepared_pid = scalar(&sql(&host, &prepared, false).await[1]).as_i64().unwrap();
-    let started = Instant::now();
-    loop {
-        let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
-            .bind(prepared_pid as i32)
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-        if alive == 0 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "the connection with a prepared statement lives on");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let alive = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {prepared_pid}");
+    let what = "connection with a prepared statement lives on";
+    wait_until_none(&mut admin, &alive, Duration::from_secs(5), what).await;
 
     // However hard the probe holds its connections (those that find none free in time miss
     // their deadline, or have their statement cut by the server at it, which the probe answers
