@@ -100,8 +100,10 @@ impl HostOptions {
 }
 
 /// The connections each test host may open: two tests run at once, a few with two hosts each,
-/// on a server of 100 connections.
-pub const DB_CONNECTIONS: u32 = 32;
+/// on a server of 100 connections (pools open connections as they need them, so hosts rarely
+/// hold their whole budget). Two per service pool for the eight service databases: a call
+/// chain that comes back to a service (payment → transaction → payment) needs two.
+pub const DB_CONNECTIONS: u32 = 34;
 
 /// A running `micropay serve`.
 pub struct TestHost {

@@ -24,7 +24,7 @@ async fn invocations(host: &TestHost, outcome: &str) -> f64 {
 async fn every_misbehaviour_is_contained_and_counted() {
     // Room for the probe's eight instances to wait their turn on three connections (its
     // sleeps hold one each), within the test server's connections: one host alone.
-    let options = micropay_tests::HostOptions { db_connections: 40, ..micropay_tests::HostOptions::on_test_server() };
+    let options = micropay_tests::HostOptions { db_connections: 48, ..micropay_tests::HostOptions::on_test_server() };
     let mut host = TestHost::start_with(options).await;
     let user = signed_in_user(&mut host).await;
     let host = Arc::new(host);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use micropay_sdk::contracts::{AuthorizationRequest, Leg, PaymentPosting, PostingLeg};
+use micropay_sdk::contracts::{AuthorizationRequest, Leg, PaymentPosting, PostingLeg, Recommendation};
 use micropay_sdk::cursor::Page;
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
 use micropay_sdk::{AdminRole, ApiError, fields};
@@ -131,13 +131,68 @@ impl CaptureMethod {
         }
     }
 
-    /// The status a payment has once authorized.
+    /// The stored name back (`capture_method` is kept to these by a CHECK).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "AUTOMATIC" => Some(CaptureMethod::Automatic),
+            "MANUAL" => Some(CaptureMethod::Manual),
+            _ => None,
+        }
+    }
+
+    /// The status a payment has once authorized (and, when it was held for review, approved).
     pub fn authorized_status(self) -> Status {
         match self {
             CaptureMethod::Automatic => Status::Processing,
             CaptureMethod::Manual => Status::Initiated,
         }
     }
+}
+
+/// What the fraud service said of a payment before it was authorized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screening {
+    /// Go on: the fraud service approved, or none is loaded (refunds are not screened).
+    Clear,
+    /// Authorize and hold, then wait for an analyst (`REQUIRES_REVIEW`).
+    Review,
+    /// Refuse: `FAILED` with `fraud_declined`, nothing authorized or held.
+    Decline,
+}
+
+impl Screening {
+    pub fn of(recommendation: Option<Recommendation>) -> Self {
+        match recommendation {
+            None | Some(Recommendation::Approve) => Screening::Clear,
+            Some(Recommendation::Review) => Screening::Review,
+            Some(Recommendation::Decline) => Screening::Decline,
+        }
+    }
+
+    /// The status of a payment authorized after this screening.
+    pub fn authorized_status(self, capture_method: CaptureMethod) -> Status {
+        match self {
+            Screening::Review => Status::RequiresReview,
+            Screening::Clear | Screening::Decline => capture_method.authorized_status(),
+        }
+    }
+}
+
+/// `POST /payments/{payment_id}/review`: an analyst's decision on a payment held for review.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    pub decision: ReviewDecision,
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewDecision {
+    /// The payment goes on as if it had been approved at once.
+    Approve,
+    /// It fails with `fraud_declined`; its holds and limits are given back.
+    Decline,
 }
 
 /// `POST /payments` as sent. Every field is text so that a rule it breaks is a 422 naming it.
@@ -356,6 +411,17 @@ pub fn check_payee(actor: &Actor, payee_user_id: Option<&str>) -> Result<(), Api
         Actor::User(user_id) if payee_user_id.is_some_and(|payee| user_id.eq_ignore_ascii_case(payee)) => Ok(()),
         Actor::User(_) => Err(ApiError::forbidden("payee_only", "only the payee may refund a payment")),
         Actor::Admin { role, .. } => check_treasury(*role),
+    }
+}
+
+/// Deciding a payment held for review takes a risk analyst's key (a user never gets here: the
+/// route takes admin keys only).
+pub fn check_reviewer(actor: &Actor) -> Result<(), ApiError> {
+    match actor {
+        Actor::Admin { role, .. } => {
+            micropay_sdk::principal::require_admin_role(*role, &[AdminRole::Risk], "deciding a payment in review")
+        }
+        Actor::User(_) => Err(ApiError::forbidden("admin_only", "deciding a payment in review takes an admin key")),
     }
 }
 

@@ -65,6 +65,12 @@ fn router() -> Router {
         .post("/payments/{payment_id}/capture", "Processes a manually captured payment", UserOrAdmin, capture_payment)
         .post("/payments/{payment_id}/cancel", "Cancels a payment not yet processing", UserOrAdmin, cancel_payment)
         .post(
+            "/payments/{payment_id}/review",
+            "Approves or declines a payment held for review (risk)",
+            Admin,
+            review_payment,
+        )
+        .post(
             "/payments/{payment_id}/refunds",
             "Refunds a completed payment (Idempotency-Key)",
             UserOrAdmin,

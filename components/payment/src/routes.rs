@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use micropay_sdk::contracts::{
-    Authorization, AuthorizationRequest, PostingOutlook, PostingOutlookAnswer, Released, TransactionApplied,
+    Assessment, AssessmentRequest, Authorization, AuthorizationRequest, PostingOutlook, PostingOutlookAnswer, Released,
+    TransactionApplied,
 };
 use micropay_sdk::db::DbError;
 use micropay_sdk::money;
@@ -13,7 +14,7 @@ use micropay_sdk::{ApiError, Context, Db, Principal, Response, Row, events, serv
 use serde_json::{Value as Json, json};
 
 use crate::bindings::exports::micropay::platform::subscriber::Event;
-use crate::domain::{self, Actor, Payee, PaymentType, Status};
+use crate::domain::{self, Actor, Payee, PaymentType, Screening, Status};
 use crate::idempotency::{self, Claimed};
 use crate::sql;
 
@@ -157,6 +158,8 @@ struct Authorizing<'a> {
     reference: Option<&'a str>,
     metadata: BTreeMap<String, String>,
     capture_method: domain::CaptureMethod,
+    /// What the fraud service said of it.
+    screening: Screening,
     refund_of: Option<&'a str>,
     /// Who the accounts belong to, when known before the authorization (a refund's): they
     /// see the refund even when its authorization is refused.
@@ -164,12 +167,13 @@ struct Authorizing<'a> {
     payee_user_id: Option<String>,
 }
 
-/// The steps a payment and a refund share once their request is valid and their key claimed:
-/// authorize and hold through the transaction service, under the payment's id; then write the
-/// payment (`PROCESSING`, or `INITIATED` to be captured), publish `payment.created` (and
-/// `payment.processing` to have it posted), and keep the answer for the key. A refusal of the
-/// authorization is a payment `FAILED` with the refusal's code and message, answered with the
-/// refusal, kept for the key (nothing was held). A failure after the authorization gives it
+/// The steps a payment and a refund share once their request is valid, their key claimed and
+/// the payment screened: authorize and hold through the transaction service, under the
+/// payment's id; then write the payment (`PROCESSING`, `INITIATED` to be captured, or
+/// `REQUIRES_REVIEW`), publish `payment.created` (and `payment.processing` to have it posted),
+/// and keep the answer for the key. A refusal of the authorization, or the fraud service's
+/// decline (then nothing is asked of the transaction service), is a payment `FAILED` with the
+/// refusal's code and message, answered with the refusal, kept for the key (nothing was held). A failure after the authorization gives it
 /// back before answering; one the service does not live to see (a crash, a deadline) leaves
 /// holds that the balance and account sweepers release, since no payment of that id exists.
 fn authorize_and_write(
@@ -180,8 +184,16 @@ fn authorize_and_write(
 ) -> Result<(Row, Response), ApiError> {
     let legs = domain::legs(new.payer_account_id, new.payee_account_id, &new.amount, new.currency);
     let authorization = domain::authorization(&new.payment_id, new.payment_type, legs);
-    let authorized =
-        services::call_typed::<Authorization>("transaction", "POST", "/internal/authorizations", Some(&authorization));
+    let authorized = match new.screening {
+        Screening::Decline => Err(("fraud_declined", fraud_declined("the payment was declined by the fraud check"))),
+        Screening::Clear | Screening::Review => services::call_typed::<Authorization>(
+            "transaction",
+            "POST",
+            "/internal/authorizations",
+            Some(&authorization),
+        )
+        .map_err(|refusal| ("authorization_refused", refusal)),
+    };
     let initiated_by = actor.user_id();
     let base = sql::NewPaymentRow {
         payment_id: &new.payment_id,
@@ -204,8 +216,8 @@ fn authorize_and_write(
     let db = ctx.db()?;
     let authorization_answer = match authorized {
         Ok(answer) => answer,
-        Err(refusal) if refusal.status < 500 => {
-            let failure = Some(("authorization_refused", refusal.code.as_str(), refusal.message.as_str()));
+        Err((reason, refusal)) if refusal.status < 500 => {
+            let failure = Some((reason, refusal.code.as_str(), refusal.message.as_str()));
             let failed = sql::insert_payment(db, &sql::NewPaymentRow { failure, ..base })?;
             sql::insert_metadata(db, &new.payment_id, &new.metadata)?;
             events::publish("payment.failed", &new.payment_id, &payment_json(&failed, new.metadata.clone()))?;
@@ -213,7 +225,7 @@ fn authorize_and_write(
             claim.keep(db, &new.payment_id, &response)?;
             return Ok((failed, response));
         }
-        Err(err) => return Err(err),
+        Err((_, err)) => return Err(err),
     };
     let written = write_authorized(db, claim, &new, &authorization_answer, base);
     if written.is_err()
@@ -250,7 +262,7 @@ fn write_authorized(
     };
     let payer_user_id = owner(new.payer_account_id)?;
     let payee_user_id = owner(new.payee_account_id)?;
-    let status = new.capture_method.authorized_status();
+    let status = new.screening.authorized_status(new.capture_method);
     let payment = sql::insert_payment(
         db,
         &sql::NewPaymentRow { status, payer_user_id: &payer_user_id, payee_user_id: Some(&payee_user_id), ..base },
@@ -289,8 +301,17 @@ pub fn create_payment(ctx: &mut Context) -> Result<Response, ApiError> {
         return Err(ApiError::validation("payee_account_number: a payment needs two different accounts"));
     }
     let amount = money::format(new.amount.value());
+    let payment_id = micropay_sdk::new_uuid();
+    let screening = screen(&AssessmentRequest {
+        payment_id: payment_id.clone(),
+        payer_user_id: actor.user_id(),
+        payer_account_id: new.payer_account_id.clone(),
+        payee_account_id: payee_account_id.clone(),
+        amount: amount.clone(),
+        currency: new.currency.code().to_string(),
+    })?;
     let authorizing = Authorizing {
-        payment_id: micropay_sdk::new_uuid(),
+        payment_id,
         payment_type: PaymentType::Transfer,
         payer_account_id: &new.payer_account_id,
         payee_account_id: &payee_account_id,
@@ -300,12 +321,26 @@ pub fn create_payment(ctx: &mut Context) -> Result<Response, ApiError> {
         reference: new.reference.as_deref(),
         metadata: new.metadata.clone(),
         capture_method: new.capture_method,
+        screening,
         refund_of: None,
         payer_user_id: None,
         payee_user_id: None,
     };
     let (_, response) = authorize_and_write(ctx, &actor, &claim, authorizing)?;
     Ok(response)
+}
+
+/// What the fraud service says of a payment about to be authorized, when one is loaded: its
+/// assessment is recorded under the payment's id (asking again answers the same). A fraud
+/// service that cannot answer is 503 `fraud_unavailable`: nothing is written, and the client's
+/// retry with the same key runs afresh. Money never moves unscreened while one is loaded.
+fn screen(request: &AssessmentRequest) -> Result<Screening, ApiError> {
+    let assessment = services::call_typed_if_loaded::<Assessment>("fraud", "POST", "/internal/assess", request)?;
+    Ok(Screening::of(assessment.map(|assessment| assessment.recommendation)))
+}
+
+fn fraud_declined(message: &str) -> ApiError {
+    ApiError::new(422, "fraud_declined", message)
 }
 
 /// The account a number names, through the account service (which verifies the check digits:
@@ -371,6 +406,7 @@ pub fn create_refund(ctx: &mut Context) -> Result<Response, ApiError> {
         reference: None,
         metadata: BTreeMap::new(),
         capture_method: domain::CaptureMethod::Automatic,
+        screening: Screening::Clear,
         refund_of: Some(&original_id),
         payer_user_id: original.opt_text("payee_user_id"),
         payee_user_id: Some(original.text("payer_user_id")),
@@ -443,7 +479,7 @@ pub fn capture_payment(ctx: &mut Context) -> Result<Response, ApiError> {
         return Err(ApiError::conflict("not_capturable", format!("payment is {}", row.text("status"))));
     }
     let db = ctx.db()?;
-    let processing = sql::set_status(db, &row.text("payment_id"), Status::Processing, None)?;
+    let processing = sql::set_status(db, &row.text("payment_id"), Status::Processing, None, None)?;
     request_posting(&processing)?;
     Ok(with_progress(Response::ok(&one_payment(db, &processing)?), &processing))
 }
@@ -467,17 +503,62 @@ pub fn cancel_payment(ctx: &mut Context) -> Result<Response, ApiError> {
     Ok(Response::ok(&one_payment(ctx.db()?, &cancelled)?))
 }
 
-/// Marks a locked cancellable payment `CANCELLED` and asks for its authorization to be given
-/// back (`payment.releasing`, handled by the transaction service): the holds go only once the
-/// cancel committed, so a payment whose cancel did not commit keeps them, and can still be
-/// captured with them.
+/// Marks a locked cancellable payment `CANCELLED` and has its authorization given back.
 fn cancel(db: &Db, row: &Row, reason: &str) -> Result<Row, ApiError> {
-    let payment_id = row.text("payment_id");
-    let cancelled = sql::set_status(db, &payment_id, Status::Cancelled, Some(reason))?;
+    let cancelled = sql::set_status(db, &row.text("payment_id"), Status::Cancelled, Some(reason), None)?;
     publish_payment(db, "payment.cancelled", &cancelled)?;
-    let releasing = serde_json::to_value(authorization_of(row)).expect("a contract serialises");
-    events::publish("payment.releasing", &payment_id, &releasing)?;
+    release(row)?;
     Ok(cancelled)
+}
+
+/// Asks for the authorization of the payment `row`, which will never be posted, to be given
+/// back (`payment.releasing`, handled by the transaction service), in the unit of work that
+/// ended the payment: the holds go only once that committed, so a payment whose cancel (or
+/// decline) did not commit keeps them, and can still be captured with them.
+fn release(row: &Row) -> Result<(), ApiError> {
+    let releasing = serde_json::to_value(authorization_of(row)).expect("a contract serialises");
+    events::publish("payment.releasing", &row.text("payment_id"), &releasing)?;
+    Ok(())
+}
+
+/// `POST /payments/{payment_id}/review` `{decision: "approve" | "decline", notes?}`: a risk
+/// analyst decides a payment the fraud service held for review (`REQUIRES_REVIEW`, its funds
+/// held). Approve: it goes on as if approved at once (`PROCESSING` and its posting asked for,
+/// or `INITIATED` when captured manually). Decline: `FAILED` with `fraud_declined` (the notes
+/// as its message), its holds and limits given back. 409 `not_in_review`; 403 for an admin key
+/// other than `risk`.
+pub fn review_payment(ctx: &mut Context) -> Result<Response, ApiError> {
+    let actor = actor(ctx)?;
+    domain::check_reviewer(&actor)?;
+    let request: domain::ReviewRequest = ctx.json()?;
+    let notes = micropay_sdk::fields::text("notes", request.notes.as_deref(), 1000)?;
+    // Locked: a review, a cancel and the sweeper take turns.
+    let row = visible_payment(ctx, &actor, true)?;
+    if status_of(&row)? != Status::RequiresReview {
+        return Err(ApiError::conflict("not_in_review", format!("payment is {}", row.text("status"))));
+    }
+    let payment_id = row.text("payment_id");
+    let db = ctx.db()?;
+    let reviewed = match request.decision {
+        domain::ReviewDecision::Approve => {
+            let capture_method = domain::CaptureMethod::parse(&row.text("capture_method"))
+                .ok_or_else(|| ApiError::internal(&format!("payment {payment_id} has an unknown capture method")))?;
+            let approved = sql::set_status(db, &payment_id, capture_method.authorized_status(), None, None)?;
+            if status_of(&approved)? == Status::Processing {
+                request_posting(&approved)?;
+            }
+            approved
+        }
+        domain::ReviewDecision::Decline => {
+            let message = notes.as_deref().unwrap_or("declined in review");
+            let error = Some(("fraud_declined", message));
+            let failed = sql::set_status(db, &payment_id, Status::Failed, Some("fraud_declined"), error)?;
+            publish_payment(db, "payment.failed", &failed)?;
+            release(&row)?;
+            failed
+        }
+    };
+    Ok(with_progress(Response::ok(&one_payment(db, &reviewed)?), &reviewed))
 }
 
 // ---- the transaction service's question ----

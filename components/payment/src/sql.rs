@@ -241,21 +241,35 @@ pub fn refunds_of(db: &Db, payment_id: &str) -> Result<Vec<Row>, DbError> {
 }
 
 /// Moves a locked payment to `status`, stamping what the status means (`completed_at`,
-/// `cancelled_at`, the posting's request time) and why it failed or was cancelled.
-pub fn set_status(db: &Db, payment_id: &str, status: Status, reason: Option<&str>) -> Result<Row, DbError> {
+/// `cancelled_at`, the posting's request time) and why it failed or was cancelled (`reason`;
+/// `error`: its code and message).
+pub fn set_status(
+    db: &Db,
+    payment_id: &str,
+    status: Status,
+    reason: Option<&str>,
+    error: Option<(&str, &str)>,
+) -> Result<Row, DbError> {
     db.query_one(
         concat!(
             "WITH p AS (UPDATE payments SET status = $2, updated_at = now(), \
                  completed_at = CASE WHEN $2 = 'COMPLETED' THEN now() ELSE completed_at END, \
                  cancelled_at = CASE WHEN $2 = 'CANCELLED' THEN now() ELSE cancelled_at END, \
                  posting_requested_at = CASE WHEN $2 = 'PROCESSING' THEN now() ELSE posting_requested_at END, \
-                 failure_reason = COALESCE($3, failure_reason) \
+                 failure_reason = COALESCE($3, failure_reason), \
+                 error_code = COALESCE($4, error_code), error_message = COALESCE($5, error_message) \
              WHERE payment_id = $1 RETURNING *) \
              SELECT ",
             payment_columns!(),
             " FROM p"
         ),
-        &[uuid(payment_id), text(status.as_str()), opt_text(reason)],
+        &[
+            uuid(payment_id),
+            text(status.as_str()),
+            opt_text(reason),
+            opt_text(error.map(|(code, _)| code)),
+            opt_text(error.map(|(_, message)| message)),
+        ],
     )
 }
 

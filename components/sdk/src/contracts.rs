@@ -104,3 +104,53 @@ pub struct PostingOutlookAnswer {
 pub struct TransactionApplied {
     pub transaction_id: String,
 }
+
+/// `fraud POST /internal/assess` (from the payment service): score a payment about to be
+/// authorized. The fraud service adds what it knows itself (the accounts' age, the payer's
+/// recent payments, ...) and records the assessment under `payment_id`: asking twice for one
+/// payment answers the first assessment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssessmentRequest {
+    pub payment_id: String,
+    pub payer_user_id: String,
+    pub payer_account_id: String,
+    pub payee_account_id: String,
+    /// Decimal text, as every amount crossing a service boundary.
+    pub amount: String,
+    pub currency: String,
+}
+
+/// How risky an assessed payment is, from the thresholds the risk team sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RiskLevel {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// What the fraud service asks the payment service to do with an assessed payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Recommendation {
+    /// Go on.
+    Approve,
+    /// Hold the funds and wait for an analyst (`REQUIRES_REVIEW`).
+    Review,
+    /// Refuse: the payment fails with `fraud_declined`, nothing held.
+    Decline,
+}
+
+/// The answer of `POST /internal/assess`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assessment {
+    pub assessment_id: String,
+    /// 0 to 100, two decimal places, as decimal text.
+    pub risk_score: String,
+    pub risk_level: RiskLevel,
+    pub recommendation: Recommendation,
+    /// The set of rule versions that decided (a digest; the assessment lists them).
+    pub model_version: String,
+}

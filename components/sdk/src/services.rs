@@ -35,6 +35,12 @@ pub fn call_json(
 ) -> Result<serde_json::Value, ApiError> {
     let response = call(service, method, path, body)
         .map_err(|err| ApiError::internal(&format!("call to {service} {method} {path} failed: {err:?}")))?;
+    read_json(service, method, path, response)
+}
+
+/// A callee's answer as JSON: its 2xx body; its 4xx as the same [`ApiError`]; anything else
+/// this service's 500.
+fn read_json(service: &str, method: &str, path: &str, response: http::Response) -> Result<serde_json::Value, ApiError> {
     let json: serde_json::Value = if response.body.is_empty() {
         serde_json::Value::Null
     } else {
@@ -68,5 +74,38 @@ pub fn call_typed<T: serde::de::DeserializeOwned>(
     let body = body.map(|body| serde_json::to_value(body).expect("a contract serialises"));
     let answer = call_json(service, method, path, body.as_ref())?;
     serde_json::from_value(answer)
+        .map_err(|err| ApiError::internal(&format!("{service} {method} {path} answered outside its contract: {err}")))
+}
+
+/// Calls a service that may not be loaded (the fraud service, which an installation may run
+/// without): `None` when no service of that name is loaded; otherwise as [`call_typed`], except
+/// that a callee that fails (a 5xx, a trap, its deadline) is 503 `{service}_unavailable`, so
+/// the client knows to retry.
+pub fn call_typed_if_loaded<T: serde::de::DeserializeOwned>(
+    service: &str,
+    method: &str,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<Option<T>, ApiError> {
+    let body = serde_json::to_value(body).expect("a contract serialises");
+    let unavailable = |detail: String| {
+        crate::log_warn(&format!("call to {service} {method} {path} failed: {detail}"));
+        ApiError::new(
+            503,
+            &format!("{service}_unavailable"),
+            format!("the {service} service could not answer; try again"),
+        )
+    };
+    let response = match call(service, method, path, Some(&body)) {
+        Ok(response) => response,
+        Err(CallError::UnknownService(_)) => return Ok(None),
+        Err(err) => return Err(unavailable(format!("{err:?}"))),
+    };
+    if response.status >= 500 {
+        return Err(unavailable(format!("answered {}", response.status)));
+    }
+    let answer = read_json(service, method, path, response)?;
+    serde_json::from_value(answer)
+        .map(Some)
         .map_err(|err| ApiError::internal(&format!("{service} {method} {path} answered outside its contract: {err}")))
 }

@@ -1,0 +1,315 @@
+//! The fraud service as the risk team and payers meet it: declarative rules written in shadow,
+//! backtested, promoted to decide, versioned, demoted and deactivated; payments declined (nothing
+//! held) or held for review and decided by an analyst; alerts worked through their workflow;
+//! and only the risk team reaching any of it. `micropay ledger check` judges the money at the end.
+
+use std::time::{Duration, Instant};
+
+use micropay_tests::bank::{Bank, id, money};
+use micropay_tests::{User, error_code, signed_in_user};
+use serde_json::{Value, json};
+
+const PAYMENTS: &str = "/v1/payment/payments";
+const FRAUD: &str = "/v1/fraud";
+
+struct Fixture {
+    bank: Bank,
+    risk: String,
+    ops: String,
+    payer: User,
+    payer_account: Value,
+    payee_account: Value,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        let mut bank = Bank::start().await;
+        let risk = bank.host.admin_key("risk");
+        let ops = bank.host.admin_key("ops");
+        let payer = signed_in_user(&mut bank.host).await;
+        let payee = signed_in_user(&mut bank.host).await;
+        let payer_account = bank.open_account(&payer, "USD").await;
+        let payee_account = bank.open_account(&payee, "USD").await;
+        bank.fund(&payer_account, "10000").await;
+        Self { bank, risk, ops, payer, payer_account, payee_account }
+    }
+
+    /// Pays `amount` from the payer to the payee under a fresh key, waiting up to 10 s for the
+    /// final state: the answer as it comes.
+    async fn pay(&self, amount: &str) -> (u16, Value) {
+        let key = uuid::Uuid::new_v4().to_string();
+        let body = json!({
+            "payer_account_id": id(&self.payer_account),
+            "payee_account_id": id(&self.payee_account),
+            "amount": amount,
+            "currency": "USD",
+        });
+        let headers = [("idempotency-key", key.as_str()), ("prefer", "wait=10")];
+        let (status, _, payment) =
+            self.bank.host.call_with("POST", PAYMENTS, Some(&self.payer.token), &headers, Some(body)).await;
+        (status, payment)
+    }
+
+    /// `method FRAUD+path` with the risk team's key.
+    async fn risk(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.bank.host.call(method, &format!("{FRAUD}{path}"), Some(&self.risk), body).await
+    }
+
+    /// The assessment of a payment.
+    async fn assessment(&self, payment_id: &str) -> Value {
+        let (status, page) = self.risk("GET", &format!("/assessments?payment_id={payment_id}"), None).await;
+        assert_eq!(status, 200, "{page}");
+        let assessments = page["assessments"].as_array().unwrap();
+        assert_eq!(assessments.len(), 1, "one assessment per payment: {page}");
+        assessments[0].clone()
+    }
+
+    async fn reserved(&self) -> String {
+        let balance = self.bank.balance(&self.bank.platform, id(&self.payer_account)).await;
+        balance["reserved"].as_str().unwrap().to_string()
+    }
+
+    async fn wait_until_reserved(&self, amount: &str) {
+        let started = Instant::now();
+        while money(&self.reserved().await) != money(amount) {
+            assert!(started.elapsed() < Duration::from_secs(10), "reserved is not {amount}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn payment_id(payment: &Value) -> &str {
+    payment["payment_id"].as_str().unwrap_or_else(|| panic!("no payment: {payment}"))
+}
+
+fn large_amount(impact: &str) -> Value {
+    json!({
+        "rule_name": "large-amount",
+        "description": "payments of 500 or more",
+        "rule_condition": {"feature": "amount", "op": "gte", "value": "500.00"},
+        "risk_score_impact": impact,
+        "priority": 10,
+    })
+}
+
+#[tokio::test]
+async fn a_rule_goes_from_shadow_to_deciding_and_analysts_decide_what_it_holds() {
+    let fixture = Fixture::start().await;
+
+    // No rule: approved, and the assessment says so.
+    let (status, small) = fixture.pay("10").await;
+    assert_eq!((status, small["status"].as_str()), (201, Some("COMPLETED")), "{small}");
+    let assessed = fixture.assessment(payment_id(&small)).await;
+    assert_eq!((assessed["recommendation"].as_str(), assessed["risk_score"].as_str()), (Some("APPROVE"), Some("0.00")));
+    assert_eq!(assessed["features"]["first_payment_to_payee"], true);
+
+    // A rule in shadow fires, is recorded as shadow, and changes nothing.
+    let (status, rule) = fixture.risk("POST", "/rules", Some(large_amount("90"))).await;
+    assert_eq!(status, 201, "{rule}");
+    assert_eq!((rule["shadow_version"].as_i64(), rule["enforced_version"].as_i64()), (Some(1), None));
+    let rule_id = rule["rule_id"].as_str().unwrap().to_string();
+    let (status, shadowed) = fixture.pay("600").await;
+    assert_eq!((status, shadowed["status"].as_str()), (201, Some("COMPLETED")), "{shadowed}");
+    let assessed = fixture.assessment(payment_id(&shadowed)).await;
+    assert_eq!((assessed["recommendation"].as_str(), assessed["risk_score"].as_str()), (Some("APPROVE"), Some("0.00")));
+    let factors = assessed["risk_factors"].as_array().unwrap();
+    assert_eq!(factors.len(), 1, "{assessed}");
+    assert_eq!(
+        (factors[0]["rule_name"].as_str(), factors[0]["mode"].as_str(), factors[0]["version"].as_i64()),
+        (Some("large-amount"), Some("SHADOW"), Some(1))
+    );
+    assert_eq!(assessed["features"]["first_payment_to_payee"], false);
+    assert_eq!(assessed["features"]["payer_payments_last_day"], 1);
+
+    // Backtest: over the two payments, it flags the large one, which completed (the outcome
+    // comes from the payment's event).
+    let started = Instant::now();
+    let report = loop {
+        let (status, report) =
+            fixture.risk("POST", &format!("/rules/{rule_id}/backtest"), Some(json!({"limit": 100}))).await;
+        assert_eq!(status, 200, "{report}");
+        if report["all_by_outcome"]["completed"] == 2 {
+            break report;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "outcomes never arrived: {report}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((report["assessments"].as_i64(), report["flagged"].as_i64()), (Some(2), Some(1)), "{report}");
+    assert_eq!(report["flagged_by_outcome"]["completed"], 1, "{report}");
+
+    // Promoted, it decides: declined, nothing held or posted, kept as FAILED.
+    let (status, promoted) = fixture.risk("POST", &format!("/rules/{rule_id}/promote"), None).await;
+    assert_eq!(
+        (status, promoted["enforced_version"].as_i64(), promoted["shadow_version"].as_i64()),
+        (200, Some(1), None),
+        "{promoted}"
+    );
+    let (status, declined) = fixture.pay("600").await;
+    assert_eq!((status, error_code(&declined)), (422, "fraud_declined"), "{declined}");
+    assert_eq!(money(&fixture.reserved().await), money("0"));
+    let (status, page) =
+        fixture.bank.host.call("GET", &format!("{PAYMENTS}?status=FAILED"), Some(&fixture.payer.token), None).await;
+    assert_eq!(status, 200);
+    let failed = &page["payments"][0];
+    assert_eq!(
+        (failed["error_code"].as_str(), failed["failure_reason"].as_str()),
+        (Some("fraud_declined"), Some("fraud_declined")),
+        "{page}"
+    );
+    let assessed = fixture.assessment(payment_id(failed)).await;
+    assert_eq!(
+        (assessed["recommendation"].as_str(), assessed["risk_level"].as_str()),
+        (Some("DECLINE"), Some("CRITICAL"))
+    );
+
+    // A new version (score 60: review) waits in shadow until promoted; the old one retires.
+    let version =
+        json!({"rule_condition": {"feature": "amount", "op": "gte", "value": "500"}, "risk_score_impact": "60"});
+    let (status, versioned) = fixture.risk("POST", &format!("/rules/{rule_id}/versions"), Some(version)).await;
+    assert_eq!(
+        (status, versioned["enforced_version"].as_i64(), versioned["shadow_version"].as_i64()),
+        (201, Some(1), Some(2)),
+        "{versioned}"
+    );
+    let (status, _) = fixture.risk("POST", &format!("/rules/{rule_id}/promote"), None).await;
+    assert_eq!(status, 200);
+    let (_, shown) = fixture.risk("GET", &format!("/rules/{rule_id}"), None).await;
+    let modes: Vec<(i64, &str)> = shown["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].as_i64().unwrap(), v["mode"].as_str().unwrap()))
+        .collect();
+    assert_eq!(modes, vec![(2, "ENFORCE"), (1, "RETIRED")]);
+
+    // Review: held until an analyst decides; another admin role may not.
+    let (status, held) = fixture.pay("600").await;
+    assert_eq!((status, held["status"].as_str()), (201, Some("REQUIRES_REVIEW")), "{held}");
+    fixture.wait_until_reserved("600").await;
+    let review = |payment: &Value| format!("{PAYMENTS}/{}/review", payment_id(payment));
+    let (status, body) =
+        fixture.bank.host.call("POST", &review(&held), Some(&fixture.ops), Some(json!({"decision": "approve"}))).await;
+    assert_eq!((status, error_code(&body)), (403, "role_not_allowed"));
+    let (status, body) = fixture
+        .bank
+        .host
+        .call("POST", &review(&held), Some(&fixture.payer.token), Some(json!({"decision": "approve"})))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, approved) =
+        fixture.bank.host.call("POST", &review(&held), Some(&fixture.risk), Some(json!({"decision": "approve"}))).await;
+    assert_eq!((status, approved["status"].as_str()), (200, Some("PROCESSING")), "{approved}");
+    let path = format!("{PAYMENTS}/{}", payment_id(&held));
+    fixture
+        .bank
+        .host
+        .wait_for_json_as(&path, Some(&fixture.payer.token), "status", json!("COMPLETED"), Duration::from_secs(10))
+        .await;
+    let (status, body) =
+        fixture.bank.host.call("POST", &review(&held), Some(&fixture.risk), Some(json!({"decision": "approve"}))).await;
+    assert_eq!((status, error_code(&body)), (409, "not_in_review"));
+    fixture.wait_until_reserved("0").await;
+
+    // Declined in review: failed, its hold given back.
+    let (status, held) = fixture.pay("700").await;
+    assert_eq!((status, held["status"].as_str()), (201, Some("REQUIRES_REVIEW")), "{held}");
+    let decline = json!({"decision": "decline", "notes": "card testing pattern"});
+    let (status, declined) = fixture.bank.host.call("POST", &review(&held), Some(&fixture.risk), Some(decline)).await;
+    assert_eq!(
+        (status, declined["status"].as_str(), declined["error_code"].as_str()),
+        (200, Some("FAILED"), Some("fraud_declined")),
+        "{declined}"
+    );
+    assert_eq!(declined["error_message"], "card testing pattern");
+    fixture.wait_until_reserved("0").await;
+
+    // The alerts: one per decline or review, worked OPEN -> INVESTIGATING -> FALSE_POSITIVE.
+    let (status, page) = fixture.risk("GET", "/alerts?status=OPEN", None).await;
+    assert_eq!(status, 200);
+    let alerts = page["alerts"].as_array().unwrap();
+    let types: Vec<&str> = alerts.iter().map(|alert| alert["alert_type"].as_str().unwrap()).collect();
+    assert_eq!(types, vec!["REVIEW_REQUIRED", "REVIEW_REQUIRED", "HIGH_RISK"], "{page}");
+    let alert = format!("/alerts/{}", alerts[0]["alert_id"].as_str().unwrap());
+    let (status, body) =
+        fixture.risk("PATCH", &alert, Some(json!({"status": "RESOLVED", "resolution_notes": "x"}))).await;
+    assert_eq!((status, error_code(&body)), (409, "invalid_transition"));
+    let (status, body) = fixture.risk("PATCH", &alert, Some(json!({"status": "INVESTIGATING"}))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("INVESTIGATING")), "{body}");
+    let (status, body) = fixture.risk("PATCH", &alert, Some(json!({"status": "FALSE_POSITIVE"}))).await;
+    assert_eq!((status, error_code(&body)), (422, "validation_failed"));
+    let (status, body) = fixture
+        .risk("PATCH", &alert, Some(json!({"status": "FALSE_POSITIVE", "resolution_notes": "known customer"})))
+        .await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("FALSE_POSITIVE")), "{body}");
+    assert!(body["resolved_by"].as_str().is_some_and(|key| fixture.risk.contains(key)), "{body}");
+
+    // Demoted, it is shadow again; deactivated, it is not evaluated at all.
+    let (status, demoted) = fixture.risk("POST", &format!("/rules/{rule_id}/demote"), None).await;
+    assert_eq!(
+        (status, demoted["enforced_version"].as_i64(), demoted["shadow_version"].as_i64()),
+        (200, None, Some(2)),
+        "{demoted}"
+    );
+    let (status, paid) = fixture.pay("800").await;
+    assert_eq!((status, paid["status"].as_str()), (201, Some("COMPLETED")), "{paid}");
+    assert_eq!(fixture.assessment(payment_id(&paid)).await["risk_factors"][0]["mode"], "SHADOW");
+    let (status, _) = fixture.risk("POST", &format!("/rules/{rule_id}/deactivate"), None).await;
+    assert_eq!(status, 200);
+    let (_, paid) = fixture.pay("800").await;
+    assert_eq!(fixture.assessment(payment_id(&paid)).await["risk_factors"], json!([]));
+    let (_, rules) = fixture.risk("GET", "/rules", None).await;
+    assert_eq!(
+        (rules["rules"][0]["is_active"].as_bool(), rules["rules"][0]["fired_last_day"].as_i64()),
+        (Some(false), Some(5)),
+        "{rules}"
+    );
+
+    fixture.bank.wait_until_settled().await;
+    let (clean, report) = fixture.bank.ledger_check();
+    assert!(clean, "{report}");
+}
+
+#[tokio::test]
+async fn rules_are_checked_and_only_the_risk_team_reaches_fraud_data() {
+    let fixture = Fixture::start().await;
+
+    // Conditions are checked when written, naming where they are wrong.
+    let mut bad = large_amount("50");
+    bad["rule_condition"] = json!({"all": [{"feature": "amount", "op": "gte", "value": 500.5}]});
+    let (status, body) = fixture.risk("POST", "/rules", Some(bad)).await;
+    assert_eq!((status, error_code(&body)), (422, "invalid_condition"));
+    assert!(body["error"]["message"].as_str().unwrap().contains("condition.all[0].value"), "{body}");
+    let mut bad = large_amount("101");
+    bad["rule_name"] = json!("too-much");
+    let (status, body) = fixture.risk("POST", "/rules", Some(bad)).await;
+    assert_eq!((status, error_code(&body)), (422, "validation_failed"), "{body}");
+    let (status, _) = fixture.risk("POST", "/rules", Some(large_amount("50"))).await;
+    assert_eq!(status, 201);
+    let (status, body) = fixture.risk("POST", "/rules", Some(large_amount("50"))).await;
+    assert_eq!((status, error_code(&body)), (409, "rule_name_taken"));
+
+    // Thresholds: checked, then in force.
+    let thresholds = json!({"medium_score": "20", "high_score": "40", "critical_score": "60", "review_score": "70", "decline_score": "60", "errored_rule": "REVIEW"});
+    let (status, body) = fixture.risk("PATCH", "/settings", Some(thresholds)).await;
+    assert_eq!((status, error_code(&body)), (422, "validation_failed"), "{body}");
+
+    // A user, an ops key and a platform key reach none of it; the assessment is the payment
+    // service's alone.
+    let host = &fixture.bank.host;
+    for path in ["/rules", "/alerts", "/assessments", "/settings"] {
+        let (status, _) = host.call("GET", &format!("{FRAUD}{path}"), Some(&fixture.payer.token), None).await;
+        assert_eq!(status, 403, "a user reads {path}");
+        for key in [&fixture.ops, &fixture.bank.platform] {
+            let (status, body) = host.call("GET", &format!("{FRAUD}{path}"), Some(key), None).await;
+            assert_eq!((status, error_code(&body)), (403, "role_not_allowed"), "{path}");
+        }
+    }
+    let (status, body) =
+        host.call("POST", &format!("{FRAUD}/rules"), Some(&fixture.ops), Some(large_amount("10"))).await;
+    assert_eq!((status, error_code(&body)), (403, "role_not_allowed"));
+    let assess = json!({"payment_id": uuid::Uuid::new_v4(), "payer_user_id": fixture.payer.user_id, "payer_account_id": id(&fixture.payer_account), "payee_account_id": id(&fixture.payee_account), "amount": "1", "currency": "USD"});
+    for key in [&fixture.payer.token, &fixture.risk] {
+        let (status, _) = host.call("POST", &format!("{FRAUD}/internal/assess"), Some(key), Some(assess.clone())).await;
+        assert_eq!(status, 404, "the assessment is invisible from the gateway");
+    }
+}
