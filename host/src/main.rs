@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use micropay::admin::client::{HostAddress, error_message};
+use micropay::admin::fraud_rules;
 use micropay::admin::keys::KeyFile;
 use micropay::config::Config;
 use micropay::deploy::cli;
@@ -36,6 +37,10 @@ enum Command {
     /// running host).
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// The fraud service's rules: list, promote, demote, deactivate, backtest (asks a running
+    /// host, with a risk key).
+    #[command(subcommand, name = "fraud-rules")]
+    FraudRules(fraud_rules::FraudRulesCommand),
     /// Deploy a new version of a service, checked, then swapped in on every host (asks a
     /// running host).
     Deploy(cli::DeployArgs),
@@ -146,6 +151,7 @@ fn main() -> std::process::ExitCode {
             Command::Events(command) => events(command).await,
             Command::Audit(command) => audit(command).await,
             Command::Ledger(LedgerCommand::Check { as_of, host }) => ledger_check(&host, as_of.as_deref()).await,
+            Command::FraudRules(command) => fraud_rules::run(command).await,
             Command::Deploy(args) => cli::deploy(args).await,
             Command::Components(host) => cli::components(&host).await,
             Command::Versions { name, host } => cli::versions(&host, &name).await,

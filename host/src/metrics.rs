@@ -110,6 +110,21 @@ struct DeployLabels {
     outcome: DeployOutcome,
 }
 
+/// What a fraud rule said of a payment.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RuleResult {
+    Matched,
+    NoMatch,
+    /// It could not say: it trapped, ran out of fuel or time, or was at its limit.
+    Failed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+    result: RuleResult,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResponseLabels {
     status: u16,
@@ -131,6 +146,7 @@ pub struct Metrics {
     partitions_owned: Family<SubscriberLabels, Gauge>,
     batch_rollbacks: Family<SubscriberLabels, Counter>,
     deploys: Family<DeployLabels, Counter>,
+    rule_evaluations: Family<RuleLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -206,8 +222,15 @@ impl Default for Metrics {
             "Deploys, rollbacks and promotions by component and outcome (Deployed, RolledBack, Promoted, Refused, CanaryRolledBack), and this host's swaps (Swapped)",
             deploys.clone(),
         );
+        let rule_evaluations = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "fraud_rule_evaluations",
+            "Evaluations of fraud rule components by rule and result (Matched, NoMatch, Failed)",
+            rule_evaluations.clone(),
+        );
         Self {
             registry,
+            rule_evaluations,
             deploys,
             batch_rollbacks,
             invocations,
@@ -235,6 +258,12 @@ impl Metrics {
 
     pub fn record_deploy(&self, component: &str, outcome: DeployOutcome) {
         self.deploys.get_or_create(&DeployLabels { component: component.to_string(), outcome }).inc();
+    }
+
+    /// A deployed fraud rule's evaluation (only deployed rules: a name nothing knows makes no
+    /// series).
+    pub fn record_rule(&self, rule: &str, result: RuleResult) {
+        self.rule_evaluations.get_or_create(&RuleLabels { rule: rule.to_string(), result }).inc();
     }
 
     pub fn record_refused_call(&self, component: &str) {

@@ -81,7 +81,11 @@ impl Platform {
         // relays the platform's events (both rare and short).
         let store = VersionStore::open(provisioner.control_pool(2).await?).await?;
         let stored_policies = store.active().await?.iter().map(stored_policy).collect::<anyhow::Result<Vec<_>>>()?;
-        options.fuel |= files.iter().chain(&stored_policies).any(|policy| policy.limits.fuel.is_some());
+        // A host running fraud rules meters fuel from the start, so that rules deployed later run on it.
+        options.fuel |= files
+            .iter()
+            .chain(&stored_policies)
+            .any(|policy| policy.limits.fuel.is_some() || policy.hosts(policy::Kind::FraudRule));
 
         let runtime = Runtime::new(options)?;
         let mut linker = Linker::<InvocationState>::new(&runtime.engine);

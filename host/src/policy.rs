@@ -43,6 +43,9 @@ pub struct Policy {
     /// Requests the host makes to it on a timer (maintenance jobs).
     #[serde(default)]
     pub schedule: Vec<ScheduledRequest>,
+    /// Plugins it may run (a service's only).
+    #[serde(default)]
+    pub plugins: PluginsSection,
     /// Where the policy was read from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -62,7 +65,44 @@ pub struct ComponentSection {
     /// of a host may say so: whoever answers it decides who every caller is.
     #[serde(default)]
     pub identity_provider: bool,
+    /// What the component is: a service (the default) or a plugin that a service runs.
+    #[serde(default)]
+    pub kind: Kind,
 }
+
+/// What a component is, by the world it implements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A service (`service` world and its extensions): served under `/v1/{name}`.
+    #[default]
+    Service,
+    /// A fraud rule (`fraud-rule` world): never served, evaluated by the service whose policy
+    /// hosts fraud rules. It is granted nothing, runs on fuel and within a short deadline.
+    FraudRule,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "service",
+            Kind::FraudRule => "fraud-rule",
+        }
+    }
+}
+
+/// The plugins a service runs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// Kinds of plugin it may run (`fraud-rule`: the `fraud-rules` import).
+    #[serde(default)]
+    pub host: Vec<Kind>,
+}
+
+/// The most fuel a fraud rule may burn per evaluation, and its longest deadline.
+pub const MAX_RULE_FUEL: u64 = 100_000_000;
+pub const MAX_RULE_DEADLINE_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,7 +317,7 @@ impl Policy {
         if !(1..=max_mb as u32).contains(&self.limits.memory_mb) {
             bail!("limits.memory_mb: {} is outside 1..={max_mb}", self.limits.memory_mb);
         }
-        if !(10..=60_000).contains(&self.limits.deadline_ms) {
+        if self.component.kind == Kind::Service && !(10..=60_000).contains(&self.limits.deadline_ms) {
             bail!("limits.deadline_ms: {} is outside 10..=60000", self.limits.deadline_ms);
         }
         if self.limits.fuel == Some(0) {
@@ -336,7 +376,45 @@ impl Policy {
         if self.deploy.roles.is_empty() {
             bail!("deploy.roles: at least one role must be able to deploy the component");
         }
+        if self.plugins.host.contains(&Kind::Service) {
+            bail!("plugins.host: a service is not a plugin (fraud-rule)");
+        }
+        match self.component.kind {
+            Kind::Service => Ok(()),
+            Kind::FraudRule => self.validate_plugin(),
+        }
+    }
+
+    /// A plugin is granted nothing and is bounded tightly: fuel, a short deadline.
+    fn validate_plugin(&self) -> anyhow::Result<()> {
+        let kind = self.component.kind.name();
+        let granted = [
+            ("database", self.database.is_some()),
+            ("events", !self.events.publish.is_empty() || !self.events.subscribe.is_empty()),
+            ("services.call", !self.services.call.is_empty()),
+            ("schedule", !self.schedule.is_empty()),
+            ("plugins.host", !self.plugins.host.is_empty()),
+            ("component.identity_provider", self.component.identity_provider),
+        ];
+        if let Some((field, _)) = granted.iter().find(|(_, granted)| *granted) {
+            bail!("{field}: a {kind} plugin is granted nothing");
+        }
+        match self.limits.fuel {
+            Some(fuel) if fuel <= MAX_RULE_FUEL => {}
+            _ => bail!("limits.fuel: a {kind} plugin runs on fuel: set 1..={MAX_RULE_FUEL}"),
+        }
+        if !(1..=MAX_RULE_DEADLINE_MS).contains(&self.limits.deadline_ms) {
+            bail!(
+                "limits.deadline_ms: {} is outside 1..={MAX_RULE_DEADLINE_MS} for a {kind} plugin",
+                self.limits.deadline_ms
+            );
+        }
         Ok(())
+    }
+
+    /// Whether it is a plugin of `kind` or a service that runs them.
+    pub fn hosts(&self, kind: Kind) -> bool {
+        self.plugins.host.contains(&kind)
     }
 }
 
@@ -415,4 +493,41 @@ pub fn check_compatible(other: &Policy, policy: &Policy) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Policy> {
+        Policy::parse(text, Path::new("test.toml"))
+    }
+
+    const RULE: &str = "[component]\nname = \"large\"\nfile = \"large.wasm\"\nkind = \"fraud-rule\"\n";
+
+    #[test]
+    fn a_fraud_rule_is_granted_nothing_and_runs_on_fuel_within_a_short_deadline() {
+        let rule = parse(&format!("{RULE}[limits]\nfuel = 1000000\ndeadline_ms = 5\n")).unwrap();
+        assert_eq!(rule.component.kind, Kind::FraudRule);
+        for (extra, field) in [
+            ("[database]\nname = \"large\"\n[limits]\nfuel = 10\ndeadline_ms = 5\n", "database"),
+            ("[services]\ncall = [\"user\"]\n[limits]\nfuel = 10\ndeadline_ms = 5\n", "services.call"),
+            ("[plugins]\nhost = [\"fraud-rule\"]\n[limits]\nfuel = 10\ndeadline_ms = 5\n", "plugins.host"),
+            ("[limits]\ndeadline_ms = 5\n", "limits.fuel"),
+            ("[limits]\nfuel = 1000000000\ndeadline_ms = 5\n", "limits.fuel"),
+            ("[limits]\nfuel = 10\ndeadline_ms = 5000\n", "limits.deadline_ms"),
+        ] {
+            let refused = format!("{:#}", parse(&format!("{RULE}{extra}")).unwrap_err());
+            assert!(refused.contains(field), "{extra}: {refused}");
+        }
+    }
+
+    #[test]
+    fn only_plugins_are_hosted() {
+        let service = "[component]\nname = \"fraud\"\nfile = \"fraud.wasm\"\n";
+        assert!(parse(&format!("{service}[plugins]\nhost = [\"fraud-rule\"]\n")).unwrap().hosts(Kind::FraudRule));
+        assert!(!parse(service).unwrap().hosts(Kind::FraudRule));
+        let refused = format!("{:#}", parse(&format!("{service}[plugins]\nhost = [\"service\"]\n")).unwrap_err());
+        assert!(refused.contains("plugins.host"), "{refused}");
+    }
 }

@@ -30,7 +30,7 @@ impl Fixture {
         let payee = signed_in_user(&mut bank.host).await;
         let payer_account = bank.open_account(&payer, "USD").await;
         let payee_account = bank.open_account(&payee, "USD").await;
-        bank.fund(&payer_account, "10000").await;
+        bank.fund(&payer_account, "100000").await;
         Self { bank, risk, ops, payer, payer_account, payee_account }
     }
 
@@ -312,4 +312,228 @@ async fn rules_are_checked_and_only_the_risk_team_reaches_fraud_data() {
         let (status, _) = host.call("POST", &format!("{FRAUD}/internal/assess"), Some(key), Some(assess.clone())).await;
         assert_eq!(status, 404, "the assessment is invisible from the gateway");
     }
+}
+
+// ---- rule components ----
+
+/// A component file in `target/components`, and a policy of the repository, as paths.
+fn component(file: &str) -> String {
+    micropay_tests::root().join("target/components").join(file).display().to_string()
+}
+
+fn policy(path: &str) -> String {
+    micropay_tests::root().join(path).display().to_string()
+}
+
+impl Fixture {
+    /// Deploys a rule component with the risk team's key: `micropay deploy FILE --policy P`.
+    fn deploy_rule(&self, file: &str, policy_path: &str, extra: &[&str]) -> String {
+        let (file, policy_path) = (component(file), policy(policy_path));
+        let mut args = vec!["deploy", file.as_str(), "--policy", policy_path.as_str()];
+        args.extend_from_slice(extra);
+        let (ok, printed) = self.bank.host.command(&self.risk, &args);
+        assert!(ok, "{printed}");
+        printed
+    }
+
+    /// Names a deployed rule component in a rule of the fraud service, promoted to enforce
+    /// when `enforce`: its id.
+    async fn component_rule(&self, name: &str, component: &str, enforce: bool) -> String {
+        let body =
+            json!({"rule_name": name, "rule_type": "COMPONENT", "component": component, "risk_score_impact": "100"});
+        let (status, rule) = self.risk("POST", "/rules", Some(body)).await;
+        assert_eq!(status, 201, "{rule}");
+        let rule_id = rule["rule_id"].as_str().unwrap().to_string();
+        if enforce {
+            let (status, body) = self.risk("POST", &format!("/rules/{rule_id}/promote"), None).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        rule_id
+    }
+}
+
+/// The finding of `rule` in an assessment, if it fired or failed.
+fn factor<'a>(assessment: &'a Value, rule: &str) -> Option<&'a Value> {
+    assessment["risk_factors"].as_array().unwrap().iter().find(|factor| factor["rule_name"] == rule)
+}
+
+#[tokio::test]
+async fn rule_components_are_deployed_by_the_risk_team_and_decide_once_promoted() {
+    let fixture = Fixture::start().await;
+    let host = &fixture.bank.host;
+
+    // Only the risk team (or the platform) brings a new rule; ops may not, and a rule's policy
+    // may not grant it anything.
+    let (file, large_policy) =
+        (component("large_amount.wasm"), policy("components/fraud-rules/large-amount/policy.toml"));
+    let (ok, printed) = host.command(&fixture.ops, &["deploy", &file, "--policy", &large_policy]);
+    assert!(!ok && printed.contains("new_service_needs_platform"), "{printed}");
+    let printed = fixture.deploy_rule("large_amount.wasm", "components/fraud-rules/large-amount/policy.toml", &[]);
+    assert!(printed.contains("version 1"), "{printed}");
+    let (status, body) = host.call("GET", "/v1/large_amount/anything", Some(&fixture.payer.token), None).await;
+    assert_eq!(status, 404, "a rule is not served: {body}");
+
+    // A service's component in a rule's clothing is refused before it runs.
+    let sneaky = fixture.bank.host.options.data_dir.join("sneaky.toml");
+    std::fs::write(&sneaky, "[component]\nname = \"sneaky\"\nfile = \"probe.wasm\"\nkind = \"fraud-rule\"\n[limits]\nfuel = 1000\ndeadline_ms = 5\n").unwrap();
+    let (ok, printed) =
+        host.command(&fixture.risk, &["deploy", &component("probe.wasm"), "--policy", &sneaky.display().to_string()]);
+    assert!(!ok && printed.contains("imports_not_granted"), "{printed}");
+
+    // Named in a rule, in shadow: it fires, recorded with its deployed version, and decides nothing.
+    let rule_id = fixture.component_rule("large", "large_amount", false).await;
+    let (status, paid) = fixture.pay("5000").await;
+    assert_eq!((status, paid["status"].as_str()), (201, Some("COMPLETED")), "{paid}");
+    let assessed = fixture.assessment(payment_id(&paid)).await;
+    let fired = factor(&assessed, "large").unwrap_or_else(|| panic!("{assessed}"));
+    assert_eq!(
+        (fired["mode"].as_str(), fired["version"].as_i64(), fired["score"].as_str()),
+        (Some("SHADOW"), Some(1), Some("60.00")),
+        "{fired}"
+    );
+    assert_eq!(assessed["recommendation"], "APPROVE");
+
+    // Promoted with the command, it decides: a score of 60 asks for a review.
+    let (ok, printed) = host.command(&fixture.risk, &["fraud-rules", "promote", "large"]);
+    assert!(ok && printed.contains("enforce v1"), "{printed}");
+    let (status, held) = fixture.pay("5000").await;
+    assert_eq!((status, held["status"].as_str()), (201, Some("REQUIRES_REVIEW")), "{held}");
+    // (Cancelled by the payer: the day's transfer limit is 10000.)
+    let cancel = format!("{PAYMENTS}/{}/cancel", payment_id(&held));
+    let (status, body) = host.call("POST", &cancel, Some(&fixture.payer.token), None).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A rule built with the standard wasm32-wasip2 toolchain runs too, its WASI empty.
+    fixture.deploy_rule("night_owl.wasm", "components/fraud-rules/night-owl/policy.toml", &[]);
+    fixture.component_rule("night-owl", "night_owl", false).await;
+    let (_, paid) = fixture.pay("20").await;
+    let assessed = fixture.assessment(payment_id(&paid)).await;
+    assert!(factor(&assessed, "night-owl").is_none_or(|fired| fired["error"].is_null()), "{assessed}");
+    assert_eq!(assessed["rules_evaluated"].as_array().unwrap().len(), 2, "{assessed}");
+
+    // The list and the backtest, from the command line.
+    let (ok, printed) = host.command(&fixture.risk, &["fraud-rules", "list"]);
+    assert!(
+        ok && printed.contains("component large_amount") && printed.contains("fired 2 in the last day"),
+        "{printed}"
+    );
+    let (ok, printed) = host.command(&fixture.risk, &["fraud-rules", "backtest", "large", "--limit", "10"]);
+    assert!(ok && printed.contains("flagged 2 of the last 3 assessments"), "{printed}");
+    let (ok, printed) = host.command(&fixture.ops, &["fraud-rules", "list"]);
+    assert!(!ok && printed.contains("role_not_allowed"), "{printed}");
+    let (status, body) = fixture
+        .risk(
+            "POST",
+            &format!("/rules/{rule_id}/versions"),
+            Some(json!({"rule_condition": {"feature": "amount", "op": "gt", "value": "1"}, "risk_score_impact": "1"})),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "component_rule"));
+}
+
+#[tokio::test]
+async fn a_rule_component_swapped_under_load_decides_from_the_next_payment_and_rolls_back() {
+    let fixture = Fixture::start().await;
+    // Version 1 never matches a payment of 17; version 2 (the rule probe, same name) declines it.
+    let swap_policy = fixture.bank.host.options.data_dir.join("swap_rule.toml");
+    let text = std::fs::read_to_string(policy("components/testing/rule-probe/policy.toml")).unwrap();
+    std::fs::write(&swap_policy, text.replace("name = \"rule_probe\"", "name = \"swap_rule\"")).unwrap();
+    let swap_policy = swap_policy.display().to_string();
+    let deploy = |file: &str| {
+        let file = component(file);
+        let (ok, printed) = fixture.bank.host.command(&fixture.risk, &["deploy", &file, "--policy", &swap_policy]);
+        assert!(ok, "{printed}");
+    };
+    deploy("large_amount.wasm");
+    fixture.component_rule("swap", "swap_rule", true).await;
+
+    // 16 clients pay 17 at a time, each payment stamped with when it was sent.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (http, url) = (fixture.bank.host.http.clone(), fixture.bank.host.url(PAYMENTS));
+            let (token, stop) = (fixture.payer.token.clone(), stop.clone());
+            let body = json!({"payer_account_id": id(&fixture.payer_account), "payee_account_id": id(&fixture.payee_account), "amount": "17", "currency": "USD"});
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = uuid::Uuid::new_v4().to_string();
+                    let at = Instant::now();
+                    let request = http.post(&url).bearer_auth(&token).header("idempotency-key", &key).json(&body);
+                    let response = request.send().await.expect("request sent");
+                    let status = response.status().as_u16();
+                    let answer: Value = response.json().await.unwrap_or(Value::Null);
+                    sent.push((at, status, answer));
+                }
+                sent
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    deploy("rule_probe.wasm");
+    let swapped = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (ok, printed) = fixture.bank.host.command(&fixture.risk, &["rollback", "swap_rule"]);
+    assert!(ok, "{printed}");
+    let rolled_back = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = Vec::new();
+    for client in clients {
+        sent.extend(client.await.unwrap());
+    }
+
+    // No request failed; each decision is the version's in force when the payment was sent
+    // (those sent while a swap was answering may go either way).
+    let failed: Vec<_> = sent.iter().filter(|(_, status, _)| *status >= 500).collect();
+    assert!(failed.is_empty(), "{} of {} failed: {:?}", failed.len(), sent.len(), failed.first());
+    let (mut before, mut during, mut after) = (0, 0, 0);
+    for (at, status, answer) in &sent {
+        let declined = *status == 422 && error_code(answer) == "fraud_declined";
+        if *at > swapped && *at < rolled_back - Duration::from_millis(500) {
+            assert!(declined, "sent after the deploy: {status} {answer}");
+            during += 1;
+        } else if *at > rolled_back || *at < swapped - Duration::from_millis(1000) {
+            assert_eq!(*status, 201, "sent before the deploy or after the rollback: {answer}");
+            if *at > rolled_back { after += 1 } else { before += 1 }
+        }
+    }
+    assert!(before > 0 && during > 0 && after > 0, "{before} {during} {after}");
+    // The assessments name the version that decided.
+    let (_, page) = fixture.risk("GET", "/assessments?recommendation=DECLINE&limit=1", None).await;
+    assert_eq!(factor(&page["assessments"][0], "swap").unwrap()["version"], 2, "{page}");
+    let (_, page) = fixture.risk("GET", "/assessments?limit=1", None).await;
+    assert_eq!(page["assessments"][0]["rules_evaluated"][0]["version"], 1, "rolled back to version 1: {page}");
+}
+
+#[tokio::test]
+async fn a_hostile_rule_fails_only_its_own_evaluation_as_the_policy_says() {
+    let fixture = Fixture::start().await;
+    fixture.deploy_rule("rule_probe.wasm", "components/testing/rule-probe/policy.toml", &[]);
+    fixture.component_rule("probe", "rule_probe", true).await;
+
+    // A loop, a memory bomb, a trap and a score out of range: each an errored rule, which by
+    // default asks for a review; the payment itself never fails for it.
+    for (amount, reason) in [("13", "fuel"), ("14", "memory"), ("15", "trapped"), ("16", "not a decimal from 0 to 100")]
+    {
+        let (status, held) = fixture.pay(amount).await;
+        assert_eq!((status, held["status"].as_str()), (201, Some("REQUIRES_REVIEW")), "{amount}: {held}");
+        let assessed = fixture.assessment(payment_id(&held)).await;
+        let failed = factor(&assessed, "probe").unwrap_or_else(|| panic!("{assessed}"));
+        assert!(failed["error"].as_str().is_some_and(|error| error.contains(reason)), "{amount}: {failed}");
+    }
+    // The host counts the three it cut (the fourth answered, and the fraud service refused the answer).
+    let failures =
+        fixture.bank.host.metric("micropay_fraud_rule_evaluations_total{rule=\"rule_probe\",result=\"Failed\"}").await;
+    assert!(failures >= 3.0, "{failures}");
+
+    // The policy says to ignore an errored rule: the payment goes through.
+    let settings = json!({"medium_score": "30", "high_score": "60", "critical_score": "85", "review_score": "50", "decline_score": "80", "errored_rule": "IGNORE"});
+    let (status, body) = fixture.risk("PATCH", "/settings", Some(settings)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, paid) = fixture.pay("15").await;
+    assert_eq!((status, paid["status"].as_str()), (201, Some("COMPLETED")), "{paid}");
+    // And when it answers, it decides.
+    let (status, declined) = fixture.pay("17").await;
+    assert_eq!((status, error_code(&declined)), (422, "fraud_declined"), "{declined}");
 }

@@ -154,7 +154,8 @@ const WASM_COMPONENT_LD_VERSION: &str = "0.5.31";
 /// target directory. The first run installs `wasm-component-ld` and unpacks Debian's
 /// `wasi-libc` (the C library std links on WASI) into `target/tools/`; later runs reuse them.
 fn build_wasip2_components(root: &Path) -> anyhow::Result<()> {
-    const CRATES: &[(&str, &str)] = &[("testing/wasi-probe", "wasi_probe.wasm")];
+    const CRATES: &[(&str, &str)] =
+        &[("testing/wasi-probe", "wasi_probe.wasm"), ("fraud-rules/night-owl", "night_owl.wasm")];
 
     let tools = root.join("target/tools");
     let linker = tools.join("bin/wasm-component-ld");

@@ -169,23 +169,115 @@ impl Mode {
 pub struct LiveRule {
     pub rule_id: String,
     pub rule_name: String,
+    /// The version in `fraud_rule_versions` (a rule component's is always 1: its versions are
+    /// its deploys, and the finding names the deployed one).
     pub version: i64,
     pub mode: Mode,
+    /// A declarative rule's score when it matches; the most a rule component may add.
     pub impact: Decimal,
-    /// The stored condition, or why it no longer reads (the rule then counts as errored).
-    pub condition: Result<Condition, String>,
+    pub test: Test,
 }
 
-/// `POST /rules`: a new declarative rule, its first version in shadow.
+/// How a rule judges a payment.
+#[derive(Debug, Clone)]
+pub enum Test {
+    /// A declarative condition, or why the stored one no longer reads (the rule then counts as
+    /// errored).
+    Condition(Result<Condition, String>),
+    /// A rule component deployed on the host, by name.
+    Component(String),
+}
+
+/// What the host said a rule component found: the version that ran, and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentResult {
+    pub version: i64,
+    pub outcome: ComponentOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentOutcome {
+    NoMatch,
+    /// It matched: its score (as it wrote it) and reason.
+    Matched {
+        score: String,
+        reason: String,
+    },
+    /// It could not say (not deployed, trapped, out of fuel or time).
+    Failed(String),
+}
+
+/// The longest reason kept from a rule component.
+const MAX_REASON_CHARS: usize = 500;
+
+/// `POST /rules`: a new rule, its first version in shadow: declarative (`rule_condition`) or a
+/// rule component deployed on the host (`rule_type` `COMPONENT`, `component` its name).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewRule {
     pub rule_name: String,
     pub description: Option<String>,
-    pub rule_condition: Json,
+    #[serde(default)]
+    pub rule_type: RuleType,
+    pub rule_condition: Option<Json>,
+    pub component: Option<String>,
     pub risk_score_impact: String,
     #[serde(default)]
     pub priority: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RuleType {
+    #[default]
+    Declarative,
+    Component,
+}
+
+impl RuleType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleType::Declarative => "DECLARATIVE",
+            RuleType::Component => "COMPONENT",
+        }
+    }
+}
+
+impl NewRule {
+    /// The rule's stored condition, checked: a declarative condition, or `{"component": name}`
+    /// for a rule component (a component's name as its policy gives it).
+    pub fn checked_condition(&self) -> Result<Json, ApiError> {
+        match (self.rule_type, &self.rule_condition, &self.component) {
+            (RuleType::Declarative, Some(condition), None) => {
+                Condition::parse(condition).map_err(|err| ApiError::new(422, "invalid_condition", err))?;
+                Ok(condition.clone())
+            }
+            (RuleType::Component, None, Some(name)) => {
+                let valid = (1..=32).contains(&name.len())
+                    && name.starts_with(|c: char| c.is_ascii_lowercase())
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !valid {
+                    return Err(ApiError::validation("component: a component's name (a-z, 0-9, _)"));
+                }
+                Ok(json!({ "component": name }))
+            }
+            (RuleType::Declarative, _, _) => {
+                Err(ApiError::validation("a declarative rule has a rule_condition and no component"))
+            }
+            (RuleType::Component, _, _) => {
+                Err(ApiError::validation("a COMPONENT rule names its component and has no rule_condition"))
+            }
+        }
+    }
+}
+
+/// How a stored rule judges, from its type and condition.
+pub fn test_of(rule_type: &str, condition: &Json) -> Test {
+    match (rule_type, condition["component"].as_str()) {
+        ("COMPONENT", Some(name)) => Test::Component(name.to_string()),
+        ("COMPONENT", None) => Test::Condition(Err("a rule component without a name".into())),
+        _ => Test::Condition(Condition::parse(condition)),
+    }
 }
 
 /// `POST /rules/{id}/versions`: a new version of a rule, in shadow beside the enforced one.
@@ -269,31 +361,87 @@ pub struct Decision {
     pub findings: Vec<Finding>,
 }
 
-/// Evaluates the declarative `rules` on `features`: the findings of those that matched, and
-/// of those whose stored condition no longer reads (errored; their conditions were checked
-/// when written, so only a change of the language can do that).
-pub fn evaluate(rules: &[LiveRule], features: &Features) -> Vec<Finding> {
+/// The rule components among `rules`, by name: what the host is asked to evaluate.
+pub fn components(rules: &[LiveRule]) -> Vec<String> {
+    let mut names: Vec<String> = rules
+        .iter()
+        .filter_map(|rule| match &rule.test {
+            Test::Component(name) => Some(name.clone()),
+            Test::Condition(_) => None,
+        })
+        .collect();
+    names.dedup();
+    names
+}
+
+/// Evaluates `rules` on `features`, the rule components' results as the host reported them
+/// (`components`, by name): the findings of the rules that matched, in the rules' order, and of
+/// those that failed (errored). A declarative condition was checked when written, so only a
+/// change of the language makes one fail; a rule component fails when it traps, runs out of
+/// fuel or time, is not deployed, or answers a score outside 0 to 100.
+pub fn evaluate(
+    rules: &[LiveRule],
+    features: &Features,
+    components: &BTreeMap<String, ComponentResult>,
+) -> Vec<Finding> {
     rules
         .iter()
         .filter_map(|rule| {
-            let (reason, error) = match &rule.condition {
-                Ok(condition) if condition.matches(features) => {
-                    (format!("rule {} v{} matched", rule.rule_name, rule.version), None)
-                }
-                Ok(_) => return None,
-                Err(error) => (format!("rule {} v{} failed", rule.rule_name, rule.version), Some(error.clone())),
-            };
-            Some(Finding {
+            let found = |version: i64, score: Decimal, reason: String, error: Option<String>| Finding {
                 rule_id: rule.rule_id.clone(),
                 rule_name: rule.rule_name.clone(),
-                version: rule.version,
+                version,
                 mode: rule.mode,
-                score: if error.is_some() { Decimal::ZERO } else { rule.impact },
+                score: if error.is_some() { Decimal::ZERO } else { score },
                 reason,
                 error,
-            })
+            };
+            let named = format!("rule {} v{}", rule.rule_name, rule.version);
+            match &rule.test {
+                Test::Condition(Ok(condition)) if condition.matches(features) => {
+                    Some(found(rule.version, rule.impact, format!("{named} matched"), None))
+                }
+                Test::Condition(Ok(_)) => None,
+                Test::Condition(Err(error)) => {
+                    Some(found(rule.version, Decimal::ZERO, format!("{named} failed"), Some(error.clone())))
+                }
+                Test::Component(name) => {
+                    let result = components.get(name);
+                    let version = result.map_or(0, |result| result.version);
+                    let named = format!("rule {} ({name} v{version})", rule.rule_name);
+                    match result.map(|result| &result.outcome) {
+                        Some(ComponentOutcome::NoMatch) => None,
+                        Some(ComponentOutcome::Matched { score, reason }) => {
+                            match component_score(score, rule.impact) {
+                                Ok(score) => Some(found(version, score, truncate(reason), None)),
+                                Err(error) => {
+                                    Some(found(version, Decimal::ZERO, format!("{named} failed"), Some(error)))
+                                }
+                            }
+                        }
+                        Some(ComponentOutcome::Failed(error)) => {
+                            Some(found(version, Decimal::ZERO, format!("{named} failed"), Some(error.clone())))
+                        }
+                        None => Some(found(0, Decimal::ZERO, format!("{named} failed"), Some("not evaluated".into()))),
+                    }
+                }
+            }
         })
         .collect()
+}
+
+/// A rule component's score: exact decimal text from 0 to 100 with at most two places, at
+/// most the rule's `cap`.
+pub fn component_score(text: &str, cap: Decimal) -> Result<Decimal, String> {
+    Decimal::from_str_exact(text.trim())
+        .ok()
+        .filter(|value| *value >= Decimal::ZERO && *value <= MAX_SCORE && value.normalize().scale() <= 2)
+        .map(|value| value.min(cap))
+        .ok_or_else(|| format!("the rule answered the score {text:?}, not a decimal from 0 to 100"))
+}
+
+fn truncate(reason: &str) -> String {
+    reason.chars().take(MAX_REASON_CHARS).collect()
 }
 
 /// Decides from `findings`: the score is the sum of the enforced findings' scores (at most
@@ -312,21 +460,44 @@ pub fn decide(thresholds: &Thresholds, findings: Vec<Finding>) -> Decision {
     Decision { score, level: thresholds.level(score), recommendation, findings }
 }
 
+/// The version of `rule` that judged: a declarative rule's own, a rule component's deployed
+/// one (0 when none ran).
+fn judging_version(rule: &LiveRule, components: &BTreeMap<String, ComponentResult>) -> i64 {
+    match &rule.test {
+        Test::Condition(_) => rule.version,
+        Test::Component(name) => components.get(name).map_or(0, |result| result.version),
+    }
+}
+
 /// The digest naming a set of rule versions (`model_version`): equal sets, equal names.
-pub fn model_version(rules: &[LiveRule]) -> String {
-    let mut names: Vec<String> =
-        rules.iter().map(|rule| format!("{}@{}:{}", rule.rule_id, rule.version, rule.mode.as_str())).collect();
+pub fn model_version(rules: &[LiveRule], components: &BTreeMap<String, ComponentResult>) -> String {
+    let mut names: Vec<String> = rules
+        .iter()
+        .map(|rule| format!("{}@{}:{}", rule.rule_id, judging_version(rule, components), rule.mode.as_str()))
+        .collect();
     names.sort();
     let digest = Sha256::digest(names.join("\n").as_bytes());
     format!("rules-{}", &hex::encode(digest)[..16])
 }
 
 /// The rule versions an assessment evaluated, as recorded with it.
-pub fn rules_evaluated(rules: &[LiveRule]) -> Json {
+pub fn rules_evaluated(rules: &[LiveRule], components: &BTreeMap<String, ComponentResult>) -> Json {
     Json::Array(
         rules
             .iter()
-            .map(|rule| json!({"rule_id": rule.rule_id, "rule_name": rule.rule_name, "version": rule.version, "mode": rule.mode.as_str()}))
+            .map(|rule| {
+                let component = match &rule.test {
+                    Test::Component(name) => Some(name.as_str()),
+                    Test::Condition(_) => None,
+                };
+                json!({
+                    "rule_id": rule.rule_id,
+                    "rule_name": rule.rule_name,
+                    "version": judging_version(rule, components),
+                    "component": component,
+                    "mode": rule.mode.as_str(),
+                })
+            })
             .collect(),
     )
 }
@@ -535,17 +706,59 @@ mod tests {
             version: 2,
             mode: Mode::Enforce,
             impact: Decimal::from(25),
-            condition: Condition::parse(&condition),
+            test: Test::Condition(Condition::parse(&condition)),
         };
         let rules = [
             rule("large", json!({"feature": "amount", "op": "gte", "value": "1000"})),
             rule("small", json!({"feature": "amount", "op": "lt", "value": "10"})),
         ];
-        let findings = evaluate(&rules, &sample());
+        let none = BTreeMap::new();
+        let findings = evaluate(&rules, &sample(), &none);
         assert_eq!(findings.len(), 1);
         assert_eq!((findings[0].rule_name.as_str(), findings[0].version), ("large", 2));
-        assert_ne!(model_version(&rules), model_version(&rules[..1]));
-        assert!(model_version(&rules).len() <= 50);
+        assert_ne!(model_version(&rules, &none), model_version(&rules[..1], &none));
+        assert!(model_version(&rules, &none).len() <= 50);
+    }
+
+    #[test]
+    fn rule_components_are_judged_by_what_the_host_reports() {
+        let component = |name: &str| LiveRule {
+            rule_id: name.into(),
+            rule_name: name.into(),
+            version: 1,
+            mode: Mode::Enforce,
+            impact: Decimal::from(40),
+            test: Test::Component(name.into()),
+        };
+        let rules =
+            [component("velocity"), component("quiet"), component("liar"), component("trapper"), component("gone")];
+        let results: BTreeMap<String, ComponentResult> = [
+            ("velocity", 3, ComponentOutcome::Matched { score: "75".into(), reason: "9 payments in an hour".into() }),
+            ("quiet", 1, ComponentOutcome::NoMatch),
+            ("liar", 2, ComponentOutcome::Matched { score: "1e9".into(), reason: String::new() }),
+            ("trapper", 5, ComponentOutcome::Failed("the component ran out of fuel".into())),
+        ]
+        .into_iter()
+        .map(|(name, version, outcome)| (name.to_string(), ComponentResult { version, outcome }))
+        .collect();
+        let findings = evaluate(&rules, &sample(), &results);
+        let seen: Vec<(&str, i64, String, bool)> = findings
+            .iter()
+            .map(|f| (f.rule_name.as_str(), f.version, f.score.to_string(), f.error.is_some()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("velocity", 3, "40".to_string(), false),
+                ("liar", 2, "0".to_string(), true),
+                ("trapper", 5, "0".to_string(), true),
+                ("gone", 0, "0".to_string(), true),
+            ]
+        );
+        let other: BTreeMap<String, ComponentResult> =
+            [("velocity".to_string(), ComponentResult { version: 4, outcome: ComponentOutcome::NoMatch })].into();
+        assert_ne!(model_version(&rules, &results), model_version(&rules, &other), "a new deploy is a new model");
+        assert_eq!(rules_evaluated(&rules, &results)[0]["version"], 3);
     }
 
     #[test]

@@ -2,22 +2,25 @@
 //! team writes, shadow first, backtested, then enforced; opens alerts for analysts. The
 //! contract (endpoints, events, the condition language, invariants) is `components/FRAUD.md`.
 //!
-//! - `lib.rs`: the bindings of the `subscribing-service` world, the exports and the route table.
+//! - `lib.rs`: the bindings of the `fraud-service` world, the exports and the route table.
 //! - [`routes`]: the endpoints and the event handler.
 //! - [`domain`]: the rules of scoring, the rule versions' lifecycle, alerts and backtests.
 //! - [`features`]: a payment's features, what rules decide on.
 //! - [`conditions`]: the declarative rules' condition language.
+//! - [`rule_components`]: the rule components deployed on the host, asked through it.
 //! - [`sql`]: the statements, over the tables of `migrations/fraud/`.
 
 mod conditions;
 mod domain;
 mod features;
 mod routes;
+mod rule_components;
 mod sql;
 
-/// Bindings of the `subscribing-service` world, its imports mapped onto the sdk's.
+/// Bindings of the `fraud-service` world (a subscribing service that also evaluates rule
+/// components), its platform imports mapped onto the sdk's.
 mod bindings {
-    micropay_sdk::world_bindings!("subscribing-service", "../../wit");
+    micropay_sdk::world_bindings!("fraud-service", "../../wit");
 }
 
 use bindings::exports::micropay::platform::handler;

@@ -10,10 +10,9 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::bindings::exports::micropay::platform::subscriber::Event;
-use crate::conditions::Condition;
-use crate::domain::{self, AlertStatus, LiveRule, Mode};
+use crate::domain::{self, AlertStatus, LiveRule, Mode, Test};
 use crate::features::{self, Features};
-use crate::sql;
+use crate::{rule_components, sql};
 
 const HOUR_MICROS: i64 = 3_600_000_000;
 
@@ -64,8 +63,9 @@ pub fn assess(ctx: &mut Context) -> Result<Response, ApiError> {
     let thresholds = sql::thresholds_of(&inputs);
     let rules = live_rules(&inputs.json("rules"))?;
     let features = features_of(amount.value(), currency.code(), &inputs, now);
-    let decision = domain::decide(&thresholds, domain::evaluate(&rules, &features));
-    let model_version = domain::model_version(&rules);
+    let components = rule_components::evaluate(&domain::components(&rules), &request.payment_id, &features);
+    let decision = domain::decide(&thresholds, domain::evaluate(&rules, &features, &components));
+    let model_version = domain::model_version(&rules, &components);
     let risk_score = domain::score_text(decision.score);
     let level = domain::level_name(decision.level);
     let recommendation = domain::recommendation_name(decision.recommendation);
@@ -84,7 +84,7 @@ pub fn assess(ctx: &mut Context) -> Result<Response, ApiError> {
             recommendation,
             risk_factors: Json::Array(decision.findings.iter().map(domain::Finding::to_json).collect()),
             model_version: &model_version,
-            rules_evaluated: domain::rules_evaluated(&rules),
+            rules_evaluated: domain::rules_evaluated(&rules, &components),
             features: serde_json::to_value(&features).expect("features serialise"),
             assessed_at: now,
             alert_type,
@@ -142,6 +142,7 @@ fn live_rules(rules: &Json) -> Result<Vec<LiveRule>, ApiError> {
     struct Stored {
         rule_id: String,
         rule_name: String,
+        rule_type: String,
         version: i64,
         mode: String,
         rule_condition: Json,
@@ -152,7 +153,7 @@ fn live_rules(rules: &Json) -> Result<Vec<LiveRule>, ApiError> {
     Ok(stored
         .into_iter()
         .map(|rule| LiveRule {
-            condition: Condition::parse(&rule.rule_condition),
+            test: domain::test_of(&rule.rule_type, &rule.rule_condition),
             mode: Mode::parse(&rule.mode).unwrap_or(Mode::Shadow),
             impact: money::decimal(&rule.risk_score_impact),
             rule_id: rule.rule_id,
@@ -259,21 +260,30 @@ pub fn list_rules(ctx: &mut Context) -> Result<Response, ApiError> {
     Ok(Response::ok(&json!({ "rules": rows.iter().map(rule_json).collect::<Vec<_>>() })))
 }
 
-/// `POST /rules` `{rule_name, description?, rule_condition, risk_score_impact, priority?}`: a
-/// declarative rule whose first version is in shadow. 422 `invalid_condition` (naming where);
-/// 409 `rule_name_taken`.
+/// `POST /rules` `{rule_name, description?, rule_type?, rule_condition | component,
+/// risk_score_impact, priority?}`: a rule whose first version is in shadow, declarative (the
+/// default) or a rule component deployed on the host (`COMPONENT`; its score is capped at
+/// `risk_score_impact`). 422 `invalid_condition` (naming where); 409 `rule_name_taken`.
 pub fn create_rule(ctx: &mut Context) -> Result<Response, ApiError> {
     let by = risk_team(ctx, "writing fraud rules")?;
     let new: domain::NewRule = ctx.json()?;
     let name = domain::rule_name(&new.rule_name)?;
     let description = micropay_sdk::fields::text("description", new.description.as_deref(), 1000)?;
-    let (_, impact) = domain::checked_version(&new.rule_condition, &new.risk_score_impact)?;
-    let impact = impact.to_string();
+    let condition = new.checked_condition()?;
+    let impact = domain::score("risk_score_impact", &new.risk_score_impact)?.to_string();
     let db = ctx.db()?;
-    let rule_id =
-        sql::insert_rule(db, &name, description.as_deref(), &new.rule_condition, &impact, new.priority, by.as_deref())?
-            .ok_or_else(|| ApiError::conflict("rule_name_taken", format!("a rule named {name} exists")))?;
-    sql::insert_version(db, &rule_id, 1, &new.rule_condition, &impact, Mode::Shadow, by.as_deref())?;
+    let row = sql::NewRuleRow {
+        name: &name,
+        rule_type: new.rule_type.as_str(),
+        description: description.as_deref(),
+        condition: &condition,
+        impact: &impact,
+        priority: new.priority,
+        created_by: by.as_deref(),
+    };
+    let rule_id = sql::insert_rule(db, &row)?
+        .ok_or_else(|| ApiError::conflict("rule_name_taken", format!("a rule named {name} exists")))?;
+    sql::insert_version(db, &rule_id, 1, &condition, &impact, Mode::Shadow, by.as_deref())?;
     let row = sql::find_rule(db, &rule_id, micropay_sdk::now_micros())?
         .ok_or_else(|| ApiError::internal("a rule just written is gone"))?;
     Ok(Response::created(&rule_json(&row)))
@@ -322,14 +332,21 @@ fn changed_rule(ctx: &mut Context, rule_id: &str) -> Result<Response, ApiError> 
     Ok(Response::ok(&rule_json(&row)))
 }
 
-/// `POST /rules/{rule_id}/versions` `{rule_condition, risk_score_impact}`: the next version, in
-/// shadow beside the enforced one; a shadow version it replaces is retired.
+/// `POST /rules/{rule_id}/versions` `{rule_condition, risk_score_impact}`: the next version of a
+/// declarative rule, in shadow beside the enforced one; a shadow version it replaces is
+/// retired. 409 `component_rule` for a rule component, whose versions are its deploys.
 pub fn add_version(ctx: &mut Context) -> Result<Response, ApiError> {
     let by = risk_team(ctx, "writing fraud rules")?;
     let new: domain::NewVersion = ctx.json()?;
     let (_, impact) = domain::checked_version(&new.rule_condition, &new.risk_score_impact)?;
     let rule = locked_rule(ctx)?;
     let rule_id = rule.text("rule_id");
+    if rule.text("rule_type") == domain::RuleType::Component.as_str() {
+        return Err(ApiError::conflict(
+            "component_rule",
+            "a rule component's versions are its deploys (micropay deploy, rollback, promote)",
+        ));
+    }
     let db = ctx.db()?;
     if let Some(shadow) = rule.opt_int("shadow_version") {
         sql::set_modes(db, &rule_id, &[(shadow, Mode::Retired)])?;
@@ -386,7 +403,8 @@ fn set_active(ctx: &mut Context, active: bool) -> Result<Response, ApiError> {
 }
 
 /// `POST /rules/{rule_id}/backtest` `{version?, limit?}`: runs a version (the shadow one by
-/// default, else the enforced one, else the newest) over the features of the last `limit`
+/// default, else the enforced one, else the newest; for a rule component, its deployed
+/// version) over the features of the last `limit`
 /// assessments (1000 by default, at most 10000) and counts what it would have flagged by the
 /// payments' later outcome, beside the same counts for all of them.
 pub fn backtest_rule(ctx: &mut Context) -> Result<Response, ApiError> {
@@ -413,8 +431,19 @@ pub fn backtest_rule(ctx: &mut Context) -> Result<Response, ApiError> {
     let db = ctx.db()?;
     let stored = sql::find_version(db, &rule_id, version)?
         .ok_or_else(|| ApiError::not_found(format!("rule {rule_id} has no version {version}")))?;
-    let condition = Condition::parse(&stored.json("rule_condition"))
-        .map_err(|err| ApiError::internal(&format!("version {version} no longer reads: {err}")))?;
+    let live = LiveRule {
+        rule_id: rule_id.clone(),
+        rule_name: rule.text("rule_name"),
+        version,
+        mode: Mode::Enforce,
+        impact: money::decimal(&stored.text("risk_score_impact")),
+        test: domain::test_of(&rule.text("rule_type"), &stored.json("rule_condition")),
+    };
+    if let Test::Condition(Err(err)) = &live.test {
+        return Err(ApiError::internal(&format!("version {version} no longer reads: {err}")));
+    }
+    let rules = std::slice::from_ref(&live);
+    let names = domain::components(rules);
     let past = sql::recent_assessments(db, limit)?;
     let outcomes: Vec<(&'static str, bool)> = past
         .iter()
@@ -424,8 +453,11 @@ pub fn backtest_rule(ctx: &mut Context) -> Result<Response, ApiError> {
                 &row.text("recommendation"),
                 row.opt_text("outcome").as_deref(),
             );
-            let flagged = serde_json::from_value::<Features>(row.json("features"))
-                .is_ok_and(|features| condition.matches(&features));
+            // A rule that fails on a payment did not flag it.
+            let flagged = serde_json::from_value::<Features>(row.json("features")).is_ok_and(|features| {
+                let components = rule_components::evaluate(&names, &row.text("payment_id"), &features);
+                domain::evaluate(rules, &features, &components).iter().any(|finding| finding.error.is_none())
+            });
             (outcome, flagged)
         })
         .collect();

@@ -17,8 +17,8 @@ const HOUR_MICROS: i64 = 3_600_000_000;
 // ---- assessing ----
 
 /// What an assessment reads, as of `now`: the thresholds; `rules`, a JSON array of the active
-/// declarative rule versions in shadow or enforce (`rule_id, rule_name, priority, version, mode,
-/// rule_condition, risk_score_impact`); the accounts' opening times; the payer's verification;
+/// rule versions in shadow or enforce, by priority (`rule_id, rule_name, rule_type, version,
+/// mode, rule_condition, risk_score_impact`); the accounts' opening times; the payer's verification;
 /// the payer's payments assessed in the last hour and day (count, sum, round amounts); and
 /// whether the payer paid this payee before.
 pub fn assessment_inputs(
@@ -31,11 +31,11 @@ pub fn assessment_inputs(
     db.query_one(
         "SELECT s.medium_score, s.high_score, s.critical_score, s.review_score, s.decline_score, s.errored_rule, \
              (SELECT coalesce(jsonb_agg(jsonb_build_object('rule_id', r.rule_id, 'rule_name', r.rule_name, \
-                     'priority', r.priority, 'version', v.version, 'mode', v.mode, \
+                     'rule_type', r.rule_type, 'version', v.version, 'mode', v.mode, \
                      'rule_condition', v.rule_condition, 'risk_score_impact', v.risk_score_impact::text) \
                      ORDER BY r.priority DESC, r.rule_name, v.version), '[]'::jsonb) \
                 FROM fraud_rules r JOIN fraud_rule_versions v USING (rule_id) \
-               WHERE r.is_active AND r.rule_type = 'DECLARATIVE' AND v.mode IN ('SHADOW', 'ENFORCE')) AS rules, \
+               WHERE r.is_active AND v.mode IN ('SHADOW', 'ENFORCE')) AS rules, \
              (SELECT opened_at FROM fraud_accounts WHERE account_id = $2) AS payer_opened_at, \
              (SELECT opened_at FROM fraud_accounts WHERE account_id = $3) AS payee_opened_at, \
              coalesce(u.email_verified, FALSE) AS email_verified, \
@@ -195,10 +195,10 @@ pub fn list_assessments(db: &Db, filter: &AssessmentFilter) -> Result<Vec<Row>, 
 }
 
 /// The features, decision and later outcome of the last `limit` assessments, newest first,
-/// for a backtest: `features, recommendation, outcome, alert_status`.
+/// for a backtest: `payment_id, features, recommendation, outcome, alert_status`.
 pub fn recent_assessments(db: &Db, limit: i64) -> Result<Vec<Row>, DbError> {
     db.query(
-        "SELECT a.features, a.recommendation, a.outcome, al.status AS alert_status \
+        "SELECT a.payment_id, a.features, a.recommendation, a.outcome, al.status AS alert_status \
          FROM (SELECT * FROM fraud_assessments ORDER BY assessed_at DESC, assessment_id DESC LIMIT $1) a \
          LEFT JOIN fraud_alerts al ON al.assessment_id = a.assessment_id \
          ORDER BY a.assessed_at DESC, a.assessment_id DESC",
@@ -284,20 +284,30 @@ pub fn lock_rule(db: &Db, rule_id: &str) -> Result<Option<Row>, DbError> {
     )
 }
 
-/// A new declarative rule; `None` when the name is taken.
-pub fn insert_rule(
-    db: &Db,
-    name: &str,
-    description: Option<&str>,
-    condition: &Json,
-    impact: &str,
-    priority: i64,
-    created_by: Option<&str>,
-) -> Result<Option<String>, DbError> {
+/// A new rule; `None` when the name is taken.
+pub struct NewRuleRow<'a> {
+    pub name: &'a str,
+    pub rule_type: &'a str,
+    pub description: Option<&'a str>,
+    pub condition: &'a Json,
+    pub impact: &'a str,
+    pub priority: i64,
+    pub created_by: Option<&'a str>,
+}
+
+pub fn insert_rule(db: &Db, new: &NewRuleRow) -> Result<Option<String>, DbError> {
     let row = db.query_opt(
         "INSERT INTO fraud_rules (rule_name, rule_type, rule_condition, risk_score_impact, priority, description, created_by) \
-         VALUES ($1, 'DECLARATIVE', $2, $3, $4, $5, $6) ON CONFLICT (rule_name) DO NOTHING RETURNING rule_id",
-        &[text(name), json(condition), decimal(impact), int(priority), opt_text(description), opt_text(created_by)],
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (rule_name) DO NOTHING RETURNING rule_id",
+        &[
+            text(new.name),
+            text(new.rule_type),
+            json(new.condition),
+            decimal(new.impact),
+            int(new.priority),
+            opt_text(new.description),
+            opt_text(new.created_by),
+        ],
     )?;
     Ok(row.map(|row| row.text("rule_id")))
 }
@@ -358,7 +368,8 @@ pub fn versions_of(db: &Db, rule_id: &str) -> Result<Vec<Row>, DbError> {
 /// One version of a rule: `rule_condition, risk_score_impact, mode`.
 pub fn find_version(db: &Db, rule_id: &str, version: i64) -> Result<Option<Row>, DbError> {
     db.query_opt(
-        "SELECT rule_condition, risk_score_impact, mode FROM fraud_rule_versions WHERE rule_id = $1 AND version = $2",
+        "SELECT rule_condition, risk_score_impact::text AS risk_score_impact, mode \
+         FROM fraud_rule_versions WHERE rule_id = $1 AND version = $2",
         &[uuid(rule_id), int(version)],
     )
 }

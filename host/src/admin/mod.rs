@@ -2,5 +2,6 @@
 //! platform team, and the `/admin/...` routes they unlock.
 
 pub mod client;
+pub mod fraud_rules;
 pub mod keys;
 pub mod routes;

@@ -161,16 +161,28 @@ pub(super) async fn call(
     path: &str,
     body: &Value,
 ) -> anyhow::Result<Value> {
+    let context = match user {
+        Some(user) => InvocationContext::new(Some(user), "bench"),
+        None => InvocationContext::administrator(Role::Platform, None, "bench"),
+    };
+    call_in(dispatcher, service, context, method, path, body).await
+}
+
+/// [`call`] in `context` (another administrator's, a service's call).
+pub(super) async fn call_in(
+    dispatcher: &Arc<Dispatcher>,
+    service: &Arc<Service>,
+    context: InvocationContext,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<Value> {
     let request = Request {
         method: method.into(),
         path: path.into(),
         query: String::new(),
         headers: vec![("content-type".into(), "application/json".into())],
         body: body.to_string().into_bytes(),
-    };
-    let context = match user {
-        Some(user) => InvocationContext::new(Some(user), "bench"),
-        None => InvocationContext::administrator(Role::Platform, None, "bench"),
     };
     let response = dispatcher.handle(service, request, context).await?;
     if !(200..300).contains(&response.status) {

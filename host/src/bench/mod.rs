@@ -10,6 +10,7 @@
 
 mod deploys;
 mod events;
+mod fraud;
 mod ledger;
 mod payments;
 
@@ -82,6 +83,8 @@ pub enum Part {
     Invocations,
     /// Deploys: answer, first request on the new version, request p99 during a storm of them.
     Deploys,
+    /// The fraud check: an assessment's latency with 20 rules, payments/s with and without it.
+    Fraud,
 }
 
 impl BenchArgs {
@@ -106,6 +109,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.runs(Part::Payments) {
         payments_part(&args).await?;
+    }
+    if args.runs(Part::Fraud) {
+        fraud_part(&args).await?;
     }
     if args.runs(Part::Invocations) {
         invocations_part(&args).await?;
@@ -267,6 +273,21 @@ async fn payments_part(args: &BenchArgs) -> anyhow::Result<()> {
         println!("  {run}; pgbench {baseline:.0} tps; payments / pgbench: {:.2}", run.per_second() / baseline);
     }
     println!("  an idle host: {idle:.1} commits/s on its databases (20 s, 5 s after the last run)");
+    Ok(())
+}
+
+/// The fraud check's cost: an assessment with 20 rules, and payments per second with the
+/// fraud service and without one, at the first number of clients.
+async fn fraud_part(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut config = args.config.clone();
+    config.pool_min = 1;
+    config.pool_max = config.pool_max.min(12);
+    config.nats_url = None;
+    config.db_connections = Some(config.db_connections.unwrap_or(PAYMENTS_BUDGET));
+    let clients = args.ledger_clients.first().copied().unwrap_or(16);
+    let run = fraud::run(&config, clients, args.payments).await?;
+    println!("the fraud check ({} payments at {clients} clients each way):", args.payments);
+    println!("{run}");
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod database;
 pub mod events;
+pub mod fraud_rules;
 pub mod logging;
 pub mod principal;
 pub mod random;
@@ -15,15 +16,19 @@ pub mod wasi;
 
 use wasmtime::component::Linker;
 
-use crate::runtime::bindings::service;
+use crate::runtime::bindings::{fraud_rule, fraud_service, service};
 use crate::runtime::state::InvocationState;
 
 /// Adds every capability to `linker`: the platform's interfaces and locked-down WASI.
 pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> anyhow::Result<()> {
-    service::Service::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |state| state)?;
+    use wasmtime::component::HasSelf;
+    service::Service::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    fraud_rule::micropay::platform::rule_types::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    fraud_service::micropay::platform::fraud_rules::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
     wasi::add_to_linker(linker)
 }
 
-// `types` and `http` declare only types: nothing to implement.
+// `types`, `http` and `rule-types` declare only types: nothing to implement.
 impl crate::runtime::bindings::service::micropay::platform::types::Host for InvocationState {}
 impl crate::runtime::bindings::service::micropay::platform::http::Host for InvocationState {}
+impl crate::runtime::bindings::fraud_rule::micropay::platform::rule_types::Host for InvocationState {}

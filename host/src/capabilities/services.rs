@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::runtime::bindings::Request;
+use crate::capabilities::fraud_rules::RuleError;
 use crate::runtime::bindings::service::micropay::platform::http::Response;
 use crate::runtime::bindings::service::micropay::platform::services::{CallError, Host};
+use crate::runtime::bindings::{Features, Finding, Request};
 use crate::runtime::state::{InvocationContext, InvocationState};
 
 /// Deepest chain of nested calls: a cycle between services ends here instead of exhausting
@@ -16,7 +17,8 @@ use crate::runtime::state::{InvocationContext, InvocationState};
 const MAX_CALL_DEPTH: u8 = 4;
 
 /// What an invocation may ask of the rest of the host: one HTTP request to another service,
-/// by name, as its own unit of work. (The host's dispatcher implements it.)
+/// by name, as its own unit of work; one fraud rule's evaluation. (The host's dispatcher
+/// implements it.)
 pub trait CallService: Send + Sync {
     fn call_service(
         self: Arc<Self>,
@@ -24,6 +26,16 @@ pub trait CallService: Send + Sync {
         request: Request,
         context: InvocationContext,
     ) -> BoxFuture<'static, Result<Response, CallError>>;
+
+    /// Evaluates the fraud rule `rule` on `features` (the version that serves `key`): the
+    /// version that ran and its finding, or why none could run or it failed.
+    fn evaluate_rule(
+        self: Arc<Self>,
+        rule: String,
+        key: String,
+        features: Features,
+        context: InvocationContext,
+    ) -> BoxFuture<'static, Result<(i64, Option<Finding>), RuleError>>;
 }
 
 impl Host for InvocationState {

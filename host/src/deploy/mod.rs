@@ -40,7 +40,7 @@ use wasmtime::component::Linker;
 
 use crate::admin::keys::Admin;
 use crate::metrics::DeployOutcome;
-use crate::policy::{self, Policy, Role};
+use crate::policy::{self, Kind, Policy, Role};
 use crate::runtime::invoke::Dispatcher;
 use crate::runtime::registry::{self, Compiler};
 use crate::runtime::service::{Canary, Service, Version, VersionStats};
@@ -181,43 +181,46 @@ impl Deployer {
     }
 
     /// A compiled component with its policy, as a version: imports checked, linked, routes
-    /// asked.
+    /// asked (a plugin serves none).
     async fn prepare(&self, number: i64, compiled: registry::Compiled, policy: Policy) -> Result<Version, DeployError> {
         registry::check_imports(&self.dispatcher.engine, &policy, &compiled.component)
             .map_err(|err| refused("imports_not_granted", format!("{err:#}")))?;
-        let prepared = registry::prepare(&self.linker, &policy, &compiled.component)
+        let world = registry::prepare(&self.linker, &policy, &compiled.component)
             .map_err(|err| refused("does_not_link", format!("{err:#}")))?;
-        let mut version = Version {
+        let plugin = world.kind() != Kind::Service;
+        let version = Version {
             name: policy.component.name.as_str().into(),
             number,
             digest: compiled.digest,
             from_cache: compiled.from_cache,
             exports: registry::exports(&self.dispatcher.engine, &compiled.component),
             policy: Arc::new(policy),
-            service: prepared.service,
-            identity: prepared.identity,
-            subscriber: prepared.subscriber,
+            world,
             routes: Vec::new(),
             stats: VersionStats::default(),
         };
+        if plugin {
+            return Ok(version);
+        }
         let shared = Arc::new(version);
         let routes = self
             .dispatcher
             .routes(&shared)
             .await
             .map_err(|err| refused("does_not_start", format!("the component failed to list its routes: {err}")))?;
-        version = Arc::into_inner(shared).expect("no invocation keeps the version");
+        let mut version = Arc::into_inner(shared).expect("no invocation keeps the version");
         version.routes = routes;
         Ok(version)
     }
 
     /// Whether `admin` may deploy `name` at all: a role its active policy's `[deploy] roles`
-    /// lists, or `platform` for a service no host serves. (Checked again by the deploy; this
+    /// lists, or for a component no host serves `platform` (or `risk`, for a new fraud rule,
+    /// which the deploy checks once it has read the policy). (Checked again by the deploy; this
     /// is for refusing a request before reading its body.) A refusal is recorded as any is.
     pub async fn may_deploy(&self, admin: &Admin, name: &str) -> Result<(), DeployError> {
         let allowed = match self.dispatcher.registry.get(name) {
             Some(service) => allowed(admin, &service.active().policy, "deploy"),
-            None if admin.role == Role::Platform => Ok(()),
+            None if matches!(admin.role, Role::Platform | Role::Risk) => Ok(()),
             None => Err(DeployError::Forbidden {
                 code: "new_service_needs_platform",
                 message: format!("no service named {name:?} is served; deploying a new one takes a platform key"),
@@ -382,11 +385,12 @@ impl Deployer {
                 "a new service's migrations come from the hosts' migrations directory; later ones come with its deploys",
             ));
         }
-        if admin.role != Role::Platform {
-            return Err(DeployError::Forbidden {
-                code: "new_service_needs_platform",
-                message: format!("no service named {name:?} is served; deploying a new one takes a platform key"),
-            });
+        let new_service_needs_platform = || DeployError::Forbidden {
+            code: "new_service_needs_platform",
+            message: format!("no service named {name:?} is served; deploying a new one takes a platform key"),
+        };
+        if !matches!(admin.role, Role::Platform | Role::Risk) {
+            return Err(new_service_needs_platform());
         }
         if canary.is_some() {
             return Err(refused("invalid_canary", "a new service has no active version to try a canary beside"));
@@ -395,6 +399,10 @@ impl Deployer {
             policy.ok_or_else(|| refused("policy_required", format!("{name} is a new service: send its policy")))?;
         let policy = Policy::parse(&text, Path::new("the deployed policy"))
             .map_err(|err| refused("invalid_policy", format!("{err:#}")))?;
+        // The risk team brings new fraud rules; every other new component takes the platform's key.
+        if admin.role == Role::Risk && policy.component.kind != Kind::FraudRule {
+            return Err(new_service_needs_platform());
+        }
         if policy.component.name != name {
             return Err(refused(
                 "name_mismatch",
@@ -931,6 +939,7 @@ pub fn grants_more(old: &Policy, new: &Policy) -> Vec<&'static str> {
         ("events.publish", widens(&old.events.publish, &new.events.publish)),
         ("events.subscribe", widens(&old.events.subscribe, &new.events.subscribe)),
         ("services.call", widens(&old.services.call, &new.services.call)),
+        ("plugins.host", new.plugins.host.iter().any(|kind| !old.plugins.host.contains(kind))),
         ("deploy.roles", new.deploy.roles.iter().any(|role| !old.deploy.roles.contains(role))),
         ("schedule", new.schedule.iter().any(|job| !old.schedule.contains(job))),
         ("limits.memory_mb", b.memory_mb > a.memory_mb),
@@ -987,6 +996,10 @@ mod tests {
             (
                 "[events]\npublish = [\"probe.*\"]\n[deploy]\nroles = [\"risk\"]\n[limits]\nmemory_mb = 16\nfuel = 1000\n",
                 "deploy.roles",
+            ),
+            (
+                "[events]\npublish = [\"probe.*\"]\n[plugins]\nhost = [\"fraud-rule\"]\n[limits]\nmemory_mb = 16\nfuel = 1000\n",
+                "plugins.host",
             ),
         ];
         for (extra, field) in cases {

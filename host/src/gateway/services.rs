@@ -38,8 +38,12 @@ pub async fn invoke(
 
 async fn handle(state: &AppState, peer: SocketAddr, service: &str, request: Request) -> Result<Response, ApiError> {
     let platform = &state.platform;
-    let target =
-        platform.registry().get(service).ok_or_else(|| ApiError::not_found(format!("no service named {service:?}")))?;
+    // A plugin (a fraud rule) is in the registry too, but is no service: not served.
+    let target = platform
+        .registry()
+        .get(service)
+        .filter(|target| target.is_service())
+        .ok_or_else(|| ApiError::not_found(format!("no service named {service:?}")))?;
 
     let (parts, body) = request.into_parts();
     let request_id =
@@ -193,7 +197,7 @@ fn invoke_error(service: &str, err: InvokeError) -> ApiError {
             "the connection failed while the work was being committed: it may or may not have been; \
              look it up before trying again",
         ),
-        InvokeError::Instantiate(_) => ApiError::new(
+        InvokeError::Instantiate(_) | InvokeError::WrongWorld { .. } => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "component_unavailable",
             format!("the {service} service is unavailable"),

@@ -1,8 +1,9 @@
 //! Host-side bindings of the platform contract in `wit/platform.wit`.
 //!
-//! `service` is the world every component implements; `identity` adds the `authenticator`
-//! export, `subscribing` the `subscriber` export; both reuse the service world's imports, so
-//! every capability is implemented once.
+//! `service` is the world every service implements; `identity` adds the `authenticator`
+//! export, `subscribing` the `subscriber` export, `fraud_service` the `fraud-rules` import; they
+//! reuse the service world's imports, so every capability is implemented once. `fraud_rule` is
+//! the world of fraud rule plugins, which import nothing.
 
 /// The `service` world.
 pub mod service {
@@ -17,10 +18,11 @@ pub mod service {
     });
 }
 
-/// Bindings of a world that extends `service` with more exports, its imports mapped onto the
-/// service world's, so that the capabilities implemented for those serve it too.
+/// Bindings of a world that extends `service` with more exports (or imports), its imports
+/// mapped onto the service world's, so that the capabilities implemented for those serve it
+/// too; further interfaces may be mapped onto bindings generated elsewhere.
 macro_rules! extended_service_world {
-    ($world:literal) => {
+    ($world:literal $(, $interface:literal => $module:path)*) => {
         wasmtime::component::bindgen!({
             world: $world,
             path: "../wit",
@@ -36,6 +38,7 @@ macro_rules! extended_service_world {
                 "micropay:platform/http": crate::runtime::bindings::service::micropay::platform::http,
                 "micropay:platform/services": crate::runtime::bindings::service::micropay::platform::services,
                 "micropay:platform/events": crate::runtime::bindings::service::micropay::platform::events,
+                $($interface: $module,)*
             },
         });
     };
@@ -51,6 +54,26 @@ pub mod subscribing {
     extended_service_world!("subscribing-service");
 }
 
+/// The `fraud-rule` world: a plugin exporting `rule`, importing nothing.
+pub mod fraud_rule {
+    wasmtime::component::bindgen!({
+        world: "fraud-rule",
+        path: "../wit",
+        exports: { default: async },
+    });
+}
+
+/// The `fraud-service` world: its `fraud-rules` import (the rest is the subscribing service's),
+/// over the rule types of the `fraud-rule` world's bindings.
+pub mod fraud_service {
+    extended_service_world!(
+        "fraud-service",
+        "micropay:platform/rule-types" => crate::runtime::bindings::fraud_rule::micropay::platform::rule_types
+    );
+}
+
+pub use fraud_rule::micropay::platform::rule_types::{Features, Finding};
+pub use fraud_service::micropay::platform::fraud_rules::{RuleEvaluation, RuleOutcome};
 pub use service::micropay::platform::http::{Request, Response, Route};
 pub use service::micropay::platform::principal::Caller;
 pub use service::micropay::platform::types::{DbError, RowSet, Value};

@@ -1,8 +1,9 @@
 //! Invocations: a fresh instance per unit of work, of the version that serves the caller,
 //! admitted within its service's concurrency limit, cut at its deadline (and fuel, if
 //! metered), its answer bounded in size, its transaction committed only when it succeeded.
-//! Each kind of call (an HTTP request, the routes, a token, an event) is a `Call` of its own
-//! with a method of [`Dispatcher`]; all share the admission and the run.
+//! Each kind of call (an HTTP request, the routes, a token, an event, a fraud rule's
+//! evaluation) is a `Call` of its own with a method of [`Dispatcher`]; all share the admission
+//! and the run.
 //!
 //! The deadline bounds the component's work up to its answer, not the commit that follows: a
 //! commit under way finishes, so an answer never says nothing was written when something may
@@ -19,13 +20,17 @@ use wasmtime::{Store, Trap};
 use crate::capabilities::database::{
     CommitError, ConnectionLost, EndedTransaction, QueryDeadline, QueryLimit, UnitLimits, UnitOfWork,
 };
+use crate::capabilities::fraud_rules::RuleError;
 use crate::capabilities::services::CallService;
 use crate::metrics::{Metrics, Outcome};
-use crate::policy::Limits;
+use crate::policy::{Kind, Limits};
+use crate::runtime::bindings::identity::IdentityServicePre;
+use crate::runtime::bindings::service::ServicePre;
 use crate::runtime::bindings::service::micropay::platform::services::CallError;
-use crate::runtime::bindings::{Caller, Event, Request, Response, Route};
+use crate::runtime::bindings::subscribing::SubscribingServicePre;
+use crate::runtime::bindings::{Caller, Event, Features, Finding, Request, Response, Route};
 use crate::runtime::engine::{EngineOptions, Runtime};
-use crate::runtime::registry::Registry;
+use crate::runtime::registry::{Registry, World};
 use crate::runtime::service::{Service, Version};
 use crate::runtime::state::{InvocationContext, InvocationState, MemoryExceeded};
 use crate::sessions::{Ended, Sessions};
@@ -63,6 +68,10 @@ pub enum InvokeError {
     CommitUnknown(String),
     #[error("the component cannot be instantiated: {0}")]
     Instantiate(String),
+    /// The version does not implement the world the call needs (a fraud rule asked for a
+    /// request, a service asked to evaluate a payment).
+    #[error("{component} is a {kind}, which has no {export}")]
+    WrongWorld { component: String, kind: &'static str, export: &'static str },
 }
 
 impl From<CommitError> for InvokeError {
@@ -77,7 +86,7 @@ impl From<CommitError> for InvokeError {
 impl InvokeError {
     pub fn outcome(&self) -> Outcome {
         match self {
-            InvokeError::Trap(_) | InvokeError::Instantiate(_) => Outcome::Trap,
+            InvokeError::Trap(_) | InvokeError::Instantiate(_) | InvokeError::WrongWorld { .. } => Outcome::Trap,
             InvokeError::Deadline(_) => Outcome::Deadline,
             InvokeError::OutOfFuel => Outcome::Fuel,
             InvokeError::StackOverflow => Outcome::Stack,
@@ -120,6 +129,25 @@ trait Call: Send {
     }
 }
 
+/// What the host can call on a service's version.
+struct ServiceExports<'a> {
+    handler: &'a ServicePre<InvocationState>,
+    identity: Option<&'a IdentityServicePre<InvocationState>>,
+    subscriber: Option<&'a SubscribingServicePre<InvocationState>>,
+}
+
+/// The service world of `version`, or the refusal of a call of `export` on another world.
+fn service_world<'a>(version: &'a Version, export: &'static str) -> Result<ServiceExports<'a>, InvokeError> {
+    match &version.world {
+        World::Service { handler, identity, subscriber } => {
+            Ok(ServiceExports { handler, identity: identity.as_ref(), subscriber: subscriber.as_ref() })
+        }
+        other => {
+            Err(InvokeError::WrongWorld { component: version.name.to_string(), kind: other.kind().name(), export })
+        }
+    }
+}
+
 /// `handler.handle`: an HTTP request.
 struct Handle(Request);
 
@@ -132,7 +160,8 @@ impl Call for Handle {
         store: &'a mut Store<InvocationState>,
     ) -> BoxFuture<'a, Result<wasmtime::Result<Response>, InvokeError>> {
         Box::pin(async move {
-            let instance = version.service.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
+            let handler = service_world(version, "handler")?.handler;
+            let instance = handler.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
             Ok(instance.micropay_platform_handler().call_handle(&mut *store, &self.0).await)
         })
     }
@@ -167,7 +196,8 @@ impl Call for Routes {
         store: &'a mut Store<InvocationState>,
     ) -> BoxFuture<'a, Result<wasmtime::Result<Vec<Route>>, InvokeError>> {
         Box::pin(async move {
-            let instance = version.service.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
+            let handler = service_world(version, "handler")?.handler;
+            let instance = handler.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
             Ok(instance.micropay_platform_handler().call_routes(&mut *store).await)
         })
     }
@@ -185,9 +215,8 @@ impl Call for Authenticate {
         store: &'a mut Store<InvocationState>,
     ) -> BoxFuture<'a, Result<wasmtime::Result<Option<Caller>>, InvokeError>> {
         Box::pin(async move {
-            let pre = version
+            let pre = service_world(version, "authenticator")?
                 .identity
-                .as_ref()
                 .ok_or_else(|| InvokeError::Instantiate(format!("{} does not export authenticator", version.name)))?;
             let instance = pre.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
             Ok(instance.micropay_platform_authenticator().call_authenticate(&mut *store, &self.0).await)
@@ -208,9 +237,8 @@ impl Call for HandleEvents {
         store: &'a mut Store<InvocationState>,
     ) -> BoxFuture<'a, Result<wasmtime::Result<Result<(), String>>, InvokeError>> {
         Box::pin(async move {
-            let pre = version
+            let pre = service_world(version, "subscriber")?
                 .subscriber
-                .as_ref()
                 .ok_or_else(|| InvokeError::Instantiate(format!("{} does not export subscriber", version.name)))?;
             let instance = pre.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
             Ok(instance.micropay_platform_subscriber().call_handle_events(&mut *store, &self.0).await)
@@ -223,6 +251,28 @@ impl Call for HandleEvents {
 
     fn commits(handled: &Result<(), String>) -> bool {
         handled.is_ok()
+    }
+}
+
+/// `rule.evaluate`: a fraud rule's judgement of one payment.
+struct Evaluate(Features);
+
+impl Call for Evaluate {
+    type Answer = Option<Finding>;
+
+    fn call<'a>(
+        self,
+        version: &'a Version,
+        store: &'a mut Store<InvocationState>,
+    ) -> BoxFuture<'a, Result<wasmtime::Result<Option<Finding>>, InvokeError>> {
+        Box::pin(async move {
+            let World::FraudRule(rule) = &version.world else {
+                let kind = version.world.kind().name();
+                return Err(InvokeError::WrongWorld { component: version.name.to_string(), kind, export: "rule" });
+            };
+            let instance = rule.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
+            Ok(instance.micropay_platform_rule().call_evaluate(&mut *store, &self.0).await)
+        })
     }
 }
 
@@ -443,10 +493,31 @@ impl CallService for Dispatcher {
         context: InvocationContext,
     ) -> BoxFuture<'static, Result<Response, CallError>> {
         Box::pin(async move {
-            let Some(service) = self.registry.get(&callee) else {
+            let Some(service) = self.registry.get(&callee).filter(|service| service.is_service()) else {
                 return Err(CallError::UnknownService(format!("no service named {callee}")));
             };
             self.handle(&service, request, context).await.map_err(|err| CallError::Failed(err.to_string()))
+        })
+    }
+
+    fn evaluate_rule(
+        self: Arc<Self>,
+        rule: String,
+        key: String,
+        features: Features,
+        context: InvocationContext,
+    ) -> BoxFuture<'static, Result<(i64, Option<Finding>), RuleError>> {
+        Box::pin(async move {
+            let service = self.registry.get(&rule).filter(|service| service.active().world.kind() == Kind::FraudRule);
+            let Some(service) = service else {
+                return Err(RuleError::NotDeployed(format!("no fraud rule named {rule} is deployed")));
+            };
+            let version = service.pick(&key);
+            let number = version.number;
+            let finding = self.unit_of_work(&service, version, Evaluate(features), context).await;
+            finding
+                .map(|finding| (number, finding))
+                .map_err(|err| RuleError::Failed { version: number, reason: err.to_string() })
         })
     }
 }

@@ -13,8 +13,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use crate::policy::Policy;
-use crate::runtime::bindings::{identity::IdentityServicePre, service::ServicePre, subscribing::SubscribingServicePre};
+use crate::policy::{Kind, Policy};
+use crate::runtime::bindings::{
+    fraud_rule::FraudRulePre, identity::IdentityServicePre, service::ServicePre, subscribing::SubscribingServicePre,
+};
 use crate::runtime::service::Service;
 use crate::runtime::state::InvocationState;
 
@@ -140,14 +142,26 @@ impl Compiler {
 }
 
 /// Refuses a component whose imports ask for a capability its policy does not grant, before
-/// anything of it runs. (Imports the host does not provide at all fail at linking.)
+/// anything of it runs. (Imports the host does not provide at all fail at linking.) A plugin
+/// is granted nothing: it may import only the types of its contract, and WASI, which the host
+/// gives it with nothing behind it (see `capabilities::wasi`).
 pub fn check_imports(engine: &Engine, policy: &Policy, component: &Component) -> anyhow::Result<()> {
     for (import, _) in component.component_type().imports(engine) {
         let interface = import.split('@').next().unwrap_or(import);
-        let refusal = match interface {
-            "micropay:platform/database" if policy.database.is_none() => "a database ([database] name)",
-            "micropay:platform/services" if policy.services.call.is_empty() => "service calls ([services] call)",
-            "micropay:platform/events" if policy.events.publish.is_empty() => "event topics ([events] publish)",
+        let refusal = match (policy.component.kind, interface) {
+            (Kind::FraudRule, "micropay:platform/rule-types") => continue,
+            (Kind::FraudRule, wasi) if wasi.starts_with("wasi:") => continue,
+            (Kind::FraudRule, _) => "capability at all: it is a fraud-rule plugin",
+            (Kind::Service, "micropay:platform/database") if policy.database.is_none() => "database ([database] name)",
+            (Kind::Service, "micropay:platform/services") if policy.services.call.is_empty() => {
+                "service calls ([services] call)"
+            }
+            (Kind::Service, "micropay:platform/events") if policy.events.publish.is_empty() => {
+                "event topics ([events] publish)"
+            }
+            (Kind::Service, "micropay:platform/fraud-rules") if !policy.hosts(Kind::FraudRule) => {
+                "fraud rules ([plugins] host = [\"fraud-rule\"])"
+            }
             _ => continue,
         };
         anyhow::bail!("the component imports {import}, but its policy {} grants no {refusal}", policy.source.display());
@@ -165,21 +179,42 @@ pub fn exports(engine: &Engine, component: &Component) -> BTreeSet<String> {
         .collect()
 }
 
-/// A linked component, by the worlds it implements.
-pub struct Prepared {
-    pub service: ServicePre<InvocationState>,
-    pub identity: Option<IdentityServicePre<InvocationState>>,
-    pub subscriber: Option<SubscribingServicePre<InvocationState>>,
+/// A linked component, by the world it implements: what the host can call on it.
+pub enum World {
+    /// A service: its `handler`, and `authenticator` and `subscriber` when it exports them.
+    Service {
+        handler: ServicePre<InvocationState>,
+        identity: Option<IdentityServicePre<InvocationState>>,
+        subscriber: Option<SubscribingServicePre<InvocationState>>,
+    },
+    /// A fraud rule: its `rule`.
+    FraudRule(FraudRulePre<InvocationState>),
 }
 
-/// Links a component and checks the worlds it implements: every component must export the
-/// `handler`; one whose policy names it the identity provider must export `authenticator`
-/// (exporting it without that grant gives nothing: it is never asked); one whose policy
-/// subscribes it to topics must export `subscriber`.
-pub fn prepare(linker: &Linker<InvocationState>, policy: &Policy, component: &Component) -> anyhow::Result<Prepared> {
+impl World {
+    pub fn kind(&self) -> Kind {
+        match self {
+            World::Service { .. } => Kind::Service,
+            World::FraudRule(_) => Kind::FraudRule,
+        }
+    }
+}
+
+/// Links a component and checks the world it implements, as its policy's `component.kind`
+/// says. A service must export the `handler`; one whose policy names it the identity provider
+/// must export `authenticator` (exporting it without that grant gives nothing: it is never
+/// asked); one whose policy subscribes it to topics must export `subscriber`. A fraud rule must
+/// export `rule`.
+pub fn prepare(linker: &Linker<InvocationState>, policy: &Policy, component: &Component) -> anyhow::Result<World> {
     let instance_pre =
         linker.instantiate_pre(component).map_err(anyhow::Error::from).context("linking the component's imports")?;
-    let service = ServicePre::new(instance_pre.clone())
+    if policy.component.kind == Kind::FraudRule {
+        let rule = FraudRulePre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export the fraud-rule world's rule")?;
+        return Ok(World::FraudRule(rule));
+    }
+    let handler = ServicePre::new(instance_pre.clone())
         .map_err(anyhow::Error::from)
         .context("the component does not export the service world's handler")?;
     let identity = IdentityServicePre::new(instance_pre.clone()).ok();
@@ -196,5 +231,5 @@ pub fn prepare(linker: &Linker<InvocationState>, policy: &Policy, component: &Co
             policy.source.display()
         );
     }
-    Ok(Prepared { service, identity, subscriber })
+    Ok(World::Service { handler, identity, subscriber })
 }

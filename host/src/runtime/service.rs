@@ -19,10 +19,8 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::capabilities::database::ServiceDatabase;
 use crate::policy::Policy;
-use crate::runtime::bindings::{
-    Route, identity::IdentityServicePre, service::ServicePre, subscribing::SubscribingServicePre,
-};
-use crate::runtime::state::InvocationState;
+use crate::runtime::bindings::Route;
+use crate::runtime::registry::World;
 
 /// A service: what outlives its versions.
 pub struct Service {
@@ -145,6 +143,11 @@ impl Service {
         previous
     }
 
+    /// Whether it is a service (served, callable), not a plugin.
+    pub fn is_service(&self) -> bool {
+        self.active().world.kind() == crate::policy::Kind::Service
+    }
+
     /// Instances of the service alive now, across its versions.
     pub fn in_flight(&self) -> usize {
         (self.slot_count.load(Ordering::Relaxed) as usize).saturating_sub(self.slots.available_permits())
@@ -164,13 +167,9 @@ pub struct Version {
     pub policy: Arc<Policy>,
     /// The interfaces it exports (a new version must export the same).
     pub exports: BTreeSet<String>,
-    /// The handler world, for HTTP invocations.
-    pub service: ServicePre<InvocationState>,
-    /// Present when the component also exports `authenticator`.
-    pub identity: Option<IdentityServicePre<InvocationState>>,
-    /// Present when the component also exports `subscriber`.
-    pub subscriber: Option<SubscribingServicePre<InvocationState>>,
-    /// The endpoints it serves (asked once, when it is loaded).
+    /// What the host can call on it.
+    pub world: World,
+    /// The endpoints it serves (asked once, when it is loaded; none for a plugin).
     pub routes: Vec<Route>,
     /// What it has served.
     pub stats: VersionStats,

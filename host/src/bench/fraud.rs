@@ -1,0 +1,176 @@
+//! The fraud benchmark: how long the fraud service takes to assess a payment with 20 active
+//! rules (10 declarative, 10 rule components, the example rules of `components/fraud-rules/`
+//! deployed twice each under other names), and what the assessment costs a payment: payments
+//! completed per second with the fraud service and its rules, against the same run on an
+//! installation without a fraud service, in the same bench.
+//!
+//! The rules are in shadow, so that they are all evaluated and none refuses a payment of the
+//! payments run (a shadow rule costs what an enforced one does).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use super::ledger::call_in;
+use super::{Summary, payments};
+use crate::config::Config;
+use crate::platform::Platform;
+use crate::policy::Role;
+use crate::runtime::service::Service;
+use crate::runtime::state::InvocationContext;
+
+/// The example rule components, each deployed twice.
+const RULE_COMPONENTS: [&str; 5] = ["large_amount", "velocity", "new_payee", "round_amounts", "night_owl"];
+
+/// Declarative rules of the run: conditions of the kinds the risk team writes, none matching
+/// a payment of 1.00 from a known account, all evaluated.
+fn declarative_rules() -> Vec<Value> {
+    let comparison = |feature: &str, op: &str, value: Value| json!({"feature": feature, "op": op, "value": value});
+    let conditions = [
+        comparison("amount", "gte", json!("10000.00")),
+        json!({"all": [comparison("amount", "gte", json!("1000")), comparison("first_payment_to_payee", "eq", json!(true))]}),
+        comparison("payer_payments_last_hour", "gte", json!(1000)),
+        comparison("payer_amount_last_day", "gt", json!("5000000")),
+        json!({"all": [comparison("hour_of_day", "lt", json!(5)), comparison("amount", "gte", json!("500"))]}),
+        json!({"feature": "currency", "op": "in", "values": ["XAU", "XAG", "XPT"]}),
+        json!({"all": [comparison("amount_is_round", "eq", json!(true)), comparison("payer_round_amounts_last_day", "gte", json!(500))]}),
+        json!({"any": [comparison("payer_account_age_hours", "lt", json!(-1)), comparison("payee_account_age_hours", "lt", json!(-1))]}),
+        json!({"not": comparison("amount", "gt", json!("0"))}),
+        json!({"all": [comparison("payer_email_verified", "eq", json!(false)), comparison("amount", "gte", json!("2000"))]}),
+    ];
+    conditions
+        .into_iter()
+        .enumerate()
+        .map(|(index, condition)| {
+            json!({"rule_name": format!("bench-declarative-{index}"), "rule_condition": condition, "risk_score_impact": "50"})
+        })
+        .collect()
+}
+
+/// The assessment's latency and the payments' cost of it.
+pub struct FraudRun {
+    pub assessments: Summary,
+    pub with_fraud: payments::PaymentRun,
+    pub without_fraud: payments::PaymentRun,
+}
+
+/// Writes a policies directory holding `policies`' files (without the fraud service's when
+/// `fraud` is false) and, with it, policies deploying each rule component twice.
+fn policies_dir(config: &Config, fraud: bool) -> anyhow::Result<PathBuf> {
+    let dir = config.data_dir.join(if fraud { "policies-fraud" } else { "policies-no-fraud" });
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    for source in &config.policies {
+        for entry in std::fs::read_dir(source).with_context(|| format!("reading {}", source.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().context("a file")?.to_owned();
+            let is_policy = path.extension().is_some_and(|ext| ext == "toml");
+            if is_policy && (fraud || name != "fraud.toml") {
+                std::fs::copy(&path, dir.join(&name))?;
+            }
+        }
+    }
+    if fraud {
+        for (index, component) in RULE_COMPONENTS.iter().cycle().take(10).enumerate() {
+            let policy = format!(
+                "[component]\nname = \"bench_rule_{index}\"\nfile = \"{component}.wasm\"\nkind = \"fraud-rule\"\n\
+                 [deploy]\nroles = [\"risk\"]\n[limits]\nfuel = 5000000\ndeadline_ms = 20\nmemory_mb = 8\nmax_instances = 64\nqueue_ms = 5\n"
+            );
+            std::fs::write(dir.join(format!("bench_rule_{index}.toml")), policy)?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Names the 20 rules in the fraud service (in shadow).
+async fn write_rules(platform: &Platform, fraud: &Arc<Service>) -> anyhow::Result<()> {
+    let context = || InvocationContext::administrator(Role::Risk, Some("bench"), "bench");
+    let components = (0..10).map(|index| {
+        json!({"rule_name": format!("bench-component-{index}"), "rule_type": "COMPONENT",
+               "component": format!("bench_rule_{index}"), "risk_score_impact": "100"})
+    });
+    for rule in declarative_rules().into_iter().chain(components) {
+        call_in(&platform.dispatcher, fraud, context(), "POST", "/rules", &rule).await?;
+    }
+    Ok(())
+}
+
+/// `count` assessments one after another, as the payment service asks for them: each one's
+/// duration.
+async fn assess(platform: &Platform, fraud: &Arc<Service>, count: usize) -> anyhow::Result<Summary> {
+    let mut samples = Vec::with_capacity(count);
+    let (payer, payer_account, payee_account) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for _ in 0..count {
+        let body = json!({
+            "payment_id": uuid::Uuid::new_v4(), "payer_user_id": payer, "payer_account_id": payer_account,
+            "payee_account_id": payee_account, "amount": "1.00", "currency": "USD",
+        });
+        let context = InvocationContext {
+            calling_service: Some("payment".into()),
+            depth: 1,
+            ..InvocationContext::new(None, "bench")
+        };
+        let one = Instant::now();
+        let answer = call_in(&platform.dispatcher, fraud, context, "POST", "/internal/assess", &body).await?;
+        samples.push(one.elapsed());
+        let evaluated = answer["model_version"].as_str().unwrap_or_default();
+        anyhow::ensure!(!evaluated.is_empty(), "an assessment without its model: {answer}");
+    }
+    Ok(Summary::of(&mut samples))
+}
+
+/// One installation's payments run at `clients`.
+async fn payments_run(
+    config: &Config,
+    policies: &Path,
+    prefix: &str,
+    clients: usize,
+    count: usize,
+    with_rules: bool,
+) -> anyhow::Result<(payments::PaymentRun, Option<Summary>)> {
+    let mut config = config.clone();
+    config.database_prefix = format!("{}{prefix}", config.database_prefix);
+    config.policies = vec![policies.to_path_buf()];
+    let server_url = config.database_url.clone().expect("checked at the start");
+    let mut counters = payments::Counters::connect(&server_url, &config.database_prefix).await?;
+    let platform = Platform::start(&config).await?;
+    let assessed = match platform.registry().get("fraud").filter(|_| with_rules) {
+        Some(fraud) => {
+            write_rules(&platform, &fraud).await?;
+            Some(assess(&platform, &fraud, 2_000).await?)
+        }
+        None => None,
+    };
+    let bench = payments::Payments::open(platform).await?;
+    let run = bench.run(clients, count, &mut counters).await?;
+    bench.shutdown().await;
+    Ok((run, assessed))
+}
+
+/// Runs the part: with the fraud service and 20 rules, then without a fraud service.
+pub async fn run(config: &Config, clients: usize, count: usize) -> anyhow::Result<FraudRun> {
+    let with = policies_dir(config, true)?;
+    let without = policies_dir(config, false)?;
+    let (with_fraud, assessments) = payments_run(config, &with, "fraud_", clients, count, true).await?;
+    let (without_fraud, _) = payments_run(config, &without, "nofraud_", clients, count, false).await?;
+    let assessments = assessments.context("the fraud service was not loaded")?;
+    Ok(FraudRun { assessments, with_fraud, without_fraud })
+}
+
+impl std::fmt::Display for FraudRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  an assessment with 20 rules (10 declarative, 10 components), one after another: {}",
+            self.assessments
+        )?;
+        writeln!(f, "  with the fraud service: {}", self.with_fraud)?;
+        writeln!(f, "  without a fraud service: {}", self.without_fraud)?;
+        write!(f, "  payments/s with / without: {:.2}", self.with_fraud.per_second() / self.without_fraud.per_second())
+    }
+}
