@@ -368,6 +368,10 @@ async fn rule_components_are_deployed_by_the_risk_team_and_decide_once_promoted(
         (component("large_amount.wasm"), policy("components/fraud-rules/large-amount/policy.toml"));
     let (ok, printed) = host.command(&fixture.ops, &["deploy", &file, "--policy", &large_policy]);
     assert!(!ok && printed.contains("new_service_needs_platform"), "{printed}");
+    let (status, _) = host
+        .call("POST", "/admin/components/large_amount/versions", Some(&fixture.payer.token), Some(json!({"wasm": ""})))
+        .await;
+    assert!(matches!(status, 401 | 403), "a user deploys nothing: {status}");
     let printed = fixture.deploy_rule("large_amount.wasm", "components/fraud-rules/large-amount/policy.toml", &[]);
     assert!(printed.contains("version 1"), "{printed}");
     let (status, body) = host.call("GET", "/v1/large_amount/anything", Some(&fixture.payer.token), None).await;
@@ -504,6 +508,26 @@ async fn a_rule_component_swapped_under_load_decides_from_the_next_payment_and_r
     assert_eq!(factor(&page["assessments"][0], "swap").unwrap()["version"], 2, "{page}");
     let (_, page) = fixture.risk("GET", "/assessments?limit=1", None).await;
     assert_eq!(page["assessments"][0]["rules_evaluated"][0]["version"], 1, "rolled back to version 1: {page}");
+
+    // On trial for half the payments (by payment id): each decided by the version that ran it;
+    // promoted, it decides them all.
+    let probe = component("rule_probe.wasm");
+    let (ok, printed) =
+        fixture.bank.host.command(&fixture.risk, &["deploy", &probe, "--policy", &swap_policy, "--canary", "50"]);
+    assert!(ok, "{printed}");
+    let mut versions = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        let (status, answer) = fixture.pay("17").await;
+        let (_, page) = fixture.risk("GET", "/assessments?limit=1", None).await;
+        let version = page["assessments"][0]["rules_evaluated"][0]["version"].as_i64().unwrap();
+        assert_eq!(status == 422, version == 3, "version {version} answered {status} {answer}");
+        versions.insert(version);
+    }
+    assert_eq!(versions.into_iter().collect::<Vec<_>>(), vec![1, 3], "both versions decide some payments");
+    let (ok, printed) = fixture.bank.host.command(&fixture.risk, &["promote", "swap_rule"]);
+    assert!(ok, "{printed}");
+    let (status, declined) = fixture.pay("17").await;
+    assert_eq!((status, error_code(&declined)), (422, "fraud_declined"), "{declined}");
 }
 
 #[tokio::test]

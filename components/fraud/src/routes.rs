@@ -2,10 +2,10 @@
 //! [`crate::domain`], runs the statements of [`crate::sql`], and shapes the answer.
 //! `components/FRAUD.md` is what they keep.
 
-use micropay_sdk::contracts::{Assessment, AssessmentRequest};
+use micropay_sdk::contracts::{Assessment, AssessmentRequest, PaymentStatuses, PaymentStatusesRequest};
 use micropay_sdk::cursor::Page;
 use micropay_sdk::money::{self, Amount, Currency, Decimal};
-use micropay_sdk::{AdminRole, ApiError, Context, Response, Row, events};
+use micropay_sdk::{AdminRole, ApiError, Context, Response, Row, events, services};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
@@ -185,33 +185,21 @@ fn features_of(amount: Decimal, currency: &str, inputs: &Row, now: i64) -> Featu
 
 // ---- what events teach ----
 
-/// Handles a batch of events: accounts opened (their age), users verified, and payments'
-/// outcomes (for backtests), each kind with one statement.
+/// Handles a batch of events: accounts opened (their age) and users verified, each kind with
+/// one statement.
 pub fn learn(events: &[Event]) -> Result<(), String> {
     let mut accounts = Vec::new();
     let mut verified = Vec::new();
-    let mut outcomes = Vec::new();
     for event in events {
-        let data: Json = serde_json::from_str(&event.data).unwrap_or(Json::Null);
         match event.topic.as_str() {
             "account.opened" => {
+                let data: Json = serde_json::from_str(&event.data).unwrap_or(Json::Null);
                 if let (Some(account_id), Some(user_id)) = (data["account_id"].as_str(), data["user_id"].as_str()) {
                     let opened_at = micropay_sdk::time::rfc3339(event.time);
                     accounts.push(json!({"account_id": account_id, "user_id": user_id, "opened_at": opened_at}));
                 }
             }
-            "user.verified" => verified.push(event.subject.clone()),
-            "payment.completed" | "payment.failed" | "payment.cancelled" => {
-                if let (Some(payment_id), Some(status)) = (data["payment_id"].as_str(), data["status"].as_str()) {
-                    outcomes.push(json!({"payment_id": payment_id, "outcome": status}));
-                }
-            }
-            "payment.refunded" => {
-                let payment = &data["payment"];
-                if let (Some(payment_id), Some(status)) = (payment["payment_id"].as_str(), payment["status"].as_str()) {
-                    outcomes.push(json!({"payment_id": payment_id, "outcome": status}));
-                }
-            }
+            "user.verified" if micropay_sdk::is_uuid(&event.subject) => verified.push(event.subject.clone()),
             // The policy subscribes to nothing else; another topic is acknowledged, not retried.
             other => micropay_sdk::log_warn(&format!("event {} on unexpected topic {other}", event.id)),
         }
@@ -221,12 +209,8 @@ pub fn learn(events: &[Event]) -> Result<(), String> {
     if !accounts.is_empty() {
         sql::insert_accounts(&db, &Json::Array(accounts)).map_err(failed)?;
     }
-    verified.retain(|id| micropay_sdk::is_uuid(id));
     if !verified.is_empty() {
         sql::mark_verified(&db, &verified).map_err(failed)?;
-    }
-    if !outcomes.is_empty() {
-        sql::record_outcomes(&db, &Json::Array(outcomes), micropay_sdk::now_micros()).map_err(failed)?;
     }
     Ok(())
 }
@@ -445,13 +429,14 @@ pub fn backtest_rule(ctx: &mut Context) -> Result<Response, ApiError> {
     let rules = std::slice::from_ref(&live);
     let names = domain::components(rules);
     let past = sql::recent_assessments(db, limit)?;
+    let statuses = payment_statuses(&past)?;
     let outcomes: Vec<(&'static str, bool)> = past
         .iter()
         .map(|row| {
             let outcome = domain::later_outcome(
                 row.opt_text("alert_status").as_deref(),
                 &row.text("recommendation"),
-                row.opt_text("outcome").as_deref(),
+                statuses.get(&row.text("payment_id")).map(String::as_str),
             );
             // A rule that fails on a payment did not flag it.
             let flagged = serde_json::from_value::<Features>(row.json("features")).is_ok_and(|features| {
@@ -472,6 +457,15 @@ pub fn backtest_rule(ctx: &mut Context) -> Result<Response, ApiError> {
         "flagged_by_outcome": domain::tally(outcomes.iter().filter(|(_, flagged)| *flagged).map(|(outcome, _)| *outcome)),
         "all_by_outcome": domain::tally(outcomes.iter().map(|(outcome, _)| *outcome)),
     })))
+}
+
+/// What became of the payments of `assessments`, as the payment service says now.
+fn payment_statuses(assessments: &[Row]) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let payment_ids = assessments.iter().map(|row| row.text("payment_id")).collect();
+    let request = PaymentStatusesRequest { payment_ids };
+    let answer: PaymentStatuses =
+        services::call_typed("payment", "POST", "/internal/payments/statuses", Some(&request))?;
+    Ok(answer.statuses)
 }
 
 // ---- settings ----
@@ -521,7 +515,6 @@ fn assessment_json(row: &Row) -> Json {
         "model_version": row.opt_text("model_version"),
         "rules_evaluated": row.json("rules_evaluated"),
         "features": row.json("features"),
-        "outcome": row.opt_text("outcome"),
         "assessed_at": row.rfc3339("assessed_at"),
     })
 }

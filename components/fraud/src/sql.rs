@@ -14,13 +14,28 @@ use crate::domain::{AlertStatus, Mode, Thresholds};
 
 const HOUR_MICROS: i64 = 3_600_000_000;
 
+/// The payer's activity is counted per five minutes (`fraud_payer_activity`).
+const BUCKET_MICROS: i64 = 300_000_000;
+
+/// The start of the five minutes `micros` falls in.
+fn bucket(micros: i64) -> i64 {
+    micros.div_euclid(BUCKET_MICROS) * BUCKET_MICROS
+}
+
+/// Which of a payer's eight counters of five minutes counts a payment: its id's first hex digit
+/// (random), so that concurrent payments of one payer seldom wait on one row.
+fn shard(payment_id: &str) -> i64 {
+    payment_id.chars().next().and_then(|digit| digit.to_digit(16)).map_or(0, |digit| i64::from(digit % 8))
+}
+
 // ---- assessing ----
 
 /// What an assessment reads, as of `now`: the thresholds; `rules`, a JSON array of the active
 /// rule versions in shadow or enforce, by priority (`rule_id, rule_name, rule_type, version,
-/// mode, rule_condition, risk_score_impact`); the accounts' opening times; the payer's verification;
-/// the payer's payments assessed in the last hour and day (count, sum, round amounts); and
-/// whether the payer paid this payee before.
+/// mode, rule_condition, risk_score_impact`); the accounts' opening times; the payer's
+/// verification; the payer's payments assessed in the last hour and day (count, sum, round
+/// amounts: from the five-minute counters, at most a day's of them); and whether the payer paid
+/// this payee before.
 pub fn assessment_inputs(
     db: &Db,
     payer_user_id: &str,
@@ -44,18 +59,18 @@ pub fn assessment_inputs(
          FROM fraud_settings s \
          LEFT JOIN fraud_users u ON u.user_id = $1 \
          CROSS JOIN LATERAL ( \
-             SELECT count(*) FILTER (WHERE assessed_at > $5) AS payments_last_hour, \
-                    coalesce(sum(amount) FILTER (WHERE assessed_at > $5), 0) AS amount_last_hour, \
-                    count(*) AS payments_last_day, coalesce(sum(amount), 0) AS amount_last_day, \
-                    count(*) FILTER (WHERE amount % 100 = 0) AS round_last_day \
-               FROM fraud_assessments WHERE user_id = $1 AND assessed_at > $4 AND assessed_at <= $6) d",
+             SELECT coalesce(sum(payments) FILTER (WHERE bucket >= $5), 0)::bigint AS payments_last_hour, \
+                    coalesce(sum(amount) FILTER (WHERE bucket >= $5), 0) AS amount_last_hour, \
+                    coalesce(sum(payments), 0)::bigint AS payments_last_day, \
+                    coalesce(sum(amount), 0) AS amount_last_day, \
+                    coalesce(sum(round_payments), 0)::bigint AS round_last_day \
+               FROM fraud_payer_activity WHERE user_id = $1 AND bucket >= $4) d",
         &[
             uuid(payer_user_id),
             uuid(payer_account_id),
             uuid(payee_account_id),
-            timestamp(now - 24 * HOUR_MICROS),
-            timestamp(now - HOUR_MICROS),
-            timestamp(now),
+            timestamp(bucket(now - 24 * HOUR_MICROS)),
+            timestamp(bucket(now - HOUR_MICROS)),
         ],
     )
 }
@@ -94,8 +109,9 @@ pub struct NewAssessment<'a> {
     pub alert_description: Option<String>,
 }
 
-/// Writes an assessment and its alert in one statement: `assessment_id, alert_id` (null when
-/// none), or no row when the payment was assessed already.
+/// Writes an assessment, its alert, and the payer's five-minute counter in one statement:
+/// `assessment_id, alert_id` (null when none), or no row when the payment was assessed already
+/// (then nothing is counted twice).
 pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, DbError> {
     db.query_opt(
         "WITH assessed AS ( \
@@ -108,7 +124,12 @@ pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, Db
              INSERT INTO fraud_alerts (assessment_id, payment_id, alert_type, severity, description, created_at, updated_at) \
              SELECT assessment_id, payment_id, $15::text, risk_level, $16::text, assessed_at, assessed_at FROM assessed \
              WHERE $15::text IS NOT NULL \
-             RETURNING alert_id) \
+             RETURNING alert_id), \
+         counted AS ( \
+             INSERT INTO fraud_payer_activity AS c (user_id, bucket, shard, payments, amount, round_payments) \
+             SELECT $2, $17, $18, 1, $5, CASE WHEN $5 % 100 = 0 THEN 1 ELSE 0 END FROM assessed \
+             ON CONFLICT (user_id, bucket, shard) DO UPDATE SET payments = c.payments + 1, \
+                 amount = c.amount + EXCLUDED.amount, round_payments = c.round_payments + EXCLUDED.round_payments) \
          SELECT a.assessment_id, (SELECT alert_id FROM alerted) AS alert_id FROM assessed a",
         &[
             uuid(new.payment_id),
@@ -127,6 +148,8 @@ pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, Db
             timestamp(new.assessed_at),
             opt_text(new.alert_type),
             opt_text(new.alert_description.clone()),
+            timestamp(bucket(new.assessed_at)),
+            int(shard(new.payment_id)),
         ],
     )
 }
@@ -136,7 +159,7 @@ macro_rules! assessment_columns {
     () => {
         "a.assessment_id, a.payment_id, a.user_id, a.payer_account_id, a.payee_account_id, a.amount, a.currency, \
          a.risk_score, a.risk_level, a.recommendation, a.risk_factors, a.model_version, a.rules_evaluated, \
-         a.features, a.outcome, a.assessed_at, a.assessed_at AS created_at"
+         a.features, a.assessed_at, a.assessed_at AS created_at"
     };
 }
 
@@ -194,11 +217,11 @@ pub fn list_assessments(db: &Db, filter: &AssessmentFilter) -> Result<Vec<Row>, 
     db.query(&sql, &conditions.params)
 }
 
-/// The features, decision and later outcome of the last `limit` assessments, newest first,
-/// for a backtest: `payment_id, features, recommendation, outcome, alert_status`.
+/// The features and decision of the last `limit` assessments, newest first, with their alert's
+/// status, for a backtest: `payment_id, features, recommendation, alert_status`.
 pub fn recent_assessments(db: &Db, limit: i64) -> Result<Vec<Row>, DbError> {
     db.query(
-        "SELECT a.payment_id, a.features, a.recommendation, a.outcome, al.status AS alert_status \
+        "SELECT a.payment_id, a.features, a.recommendation, al.status AS alert_status \
          FROM (SELECT * FROM fraud_assessments ORDER BY assessed_at DESC, assessment_id DESC LIMIT $1) a \
          LEFT JOIN fraud_alerts al ON al.assessment_id = a.assessment_id \
          ORDER BY a.assessed_at DESC, a.assessment_id DESC",
@@ -225,20 +248,6 @@ pub fn mark_verified(db: &Db, user_ids: &[String]) -> Result<u64, DbError> {
          SELECT DISTINCT u::uuid, TRUE FROM jsonb_array_elements_text($1::jsonb) AS t(u) \
          ON CONFLICT (user_id) DO UPDATE SET email_verified = TRUE, updated_at = CURRENT_TIMESTAMP",
         &[id_list(user_ids)],
-    )
-}
-
-/// The payments' later outcomes (`payment_id, outcome`, in the order they happened): each
-/// assessment takes the last.
-pub fn record_outcomes(db: &Db, outcomes: &Json, now: i64) -> Result<u64, DbError> {
-    db.execute(
-        "UPDATE fraud_assessments a SET outcome = o.outcome, outcome_at = $2 \
-         FROM (SELECT DISTINCT ON (payment_id) payment_id, outcome \
-                 FROM ROWS FROM (jsonb_to_recordset($1) AS (payment_id uuid, outcome text)) \
-                      WITH ORDINALITY AS o(payment_id, outcome, n) \
-                ORDER BY payment_id, n DESC) o \
-         WHERE a.payment_id = o.payment_id",
-        &[json(outcomes), timestamp(now)],
     )
 }
 

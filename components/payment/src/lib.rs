@@ -78,6 +78,12 @@ fn router() -> Router {
         )
         .get("/payments/{payment_id}/refunds", "Lists a payment's refunds", UserOrAdmin, list_refunds)
         .post("/maintenance", "Asks again for missing postings, expires captures, purges keys", Admin, maintain)
+        .post(
+            "/internal/payments/statuses",
+            "The statuses of payments, for a backtest",
+            Service(&["fraud"]),
+            payment_statuses,
+        )
         .get(
             "/internal/payments/{payment_id}/posting",
             "Whether a payment's posting is still coming",

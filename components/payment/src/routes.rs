@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use micropay_sdk::contracts::{
-    Assessment, AssessmentRequest, Authorization, AuthorizationRequest, PostingOutlook, PostingOutlookAnswer, Released,
-    TransactionApplied,
+    Assessment, AssessmentRequest, Authorization, AuthorizationRequest, MAX_PAYMENT_STATUSES, PaymentStatuses,
+    PaymentStatusesRequest, PostingOutlook, PostingOutlookAnswer, Released, TransactionApplied,
 };
 use micropay_sdk::db::DbError;
 use micropay_sdk::money;
@@ -559,6 +559,26 @@ pub fn review_payment(ctx: &mut Context) -> Result<Response, ApiError> {
         }
     };
     Ok(with_progress(Response::ok(&one_payment(db, &reviewed)?), &reviewed))
+}
+
+// ---- the fraud service's question ----
+
+/// `POST /internal/payments/statuses` `{payment_ids}` (the fraud service, for a backtest): the
+/// statuses of those payments, by id; unknown ids are left out. At most 10,000 ids, each a
+/// UUID (422 otherwise).
+pub fn payment_statuses(ctx: &mut Context) -> Result<Response, ApiError> {
+    let request: PaymentStatusesRequest = ctx.json()?;
+    if request.payment_ids.len() > MAX_PAYMENT_STATUSES {
+        return Err(ApiError::validation(format!("payment_ids: at most {MAX_PAYMENT_STATUSES}")));
+    }
+    let ids = request
+        .payment_ids
+        .iter()
+        .map(|id| micropay_sdk::fields::uuid("payment_ids", id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let statuses =
+        sql::statuses(ctx.db()?, &ids)?.iter().map(|row| (row.text("payment_id"), row.text("status"))).collect();
+    Ok(Response::ok(&PaymentStatuses { statuses }))
 }
 
 // ---- the transaction service's question ----

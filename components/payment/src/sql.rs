@@ -228,6 +228,15 @@ pub fn list_payments(db: &Db, user_id: Option<&str>, query: &ListQuery) -> Resul
     db.query(&sql, &conditions.params)
 }
 
+/// The statuses of the payments `payment_ids`: `payment_id, status`.
+pub fn statuses(db: &Db, payment_ids: &[String]) -> Result<Vec<Row>, DbError> {
+    db.query(
+        "SELECT payment_id, status FROM payments \
+         WHERE payment_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::uuid))",
+        &[id_list(payment_ids)],
+    )
+}
+
 /// The refunds of a payment, oldest first.
 pub fn refunds_of(db: &Db, payment_id: &str) -> Result<Vec<Row>, DbError> {
     db.query(

@@ -154,3 +154,23 @@ pub struct Assessment {
     /// The set of rule versions that decided (a digest; the assessment lists them).
     pub model_version: String,
 }
+
+/// `payment POST /internal/payments/statuses` (from the fraud service, for a backtest): the
+/// statuses of these payments, as they are now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentStatusesRequest {
+    /// At most [`MAX_PAYMENT_STATUSES`] ids.
+    pub payment_ids: Vec<String>,
+}
+
+/// The most payments one `POST /internal/payments/statuses` names.
+pub const MAX_PAYMENT_STATUSES: usize = 10_000;
+
+/// The answer of `POST /internal/payments/statuses`: each known payment's status
+/// (`COMPLETED`, `FAILED`, `REFUNDED`, ... as `PAYMENTS.md` names them), by id (lower case);
+/// an id no payment has is left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentStatuses {
+    pub statuses: std::collections::BTreeMap<String, String>,
+}

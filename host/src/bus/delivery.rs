@@ -279,8 +279,9 @@ impl Deliverer {
                     let age = oldest.map(|event| age_seconds(event.time)).unwrap_or(0.0);
                     self.dispatcher.metrics.set_undelivered_age(&name, partition, age);
                 }
-                self.deliver_batch(&batch).await?;
-                feed.acknowledge().await
+                let handled = self.deliver_batch(&batch).await?;
+                // A quiet feed (an empty batch) writes what it left behind.
+                feed.acknowledge(handled > 0 || batch.is_empty()).await
             };
             if let Err(err) = result.await {
                 tracing::warn!(subscriber = %name, ?partitions, "delivery stopped: {err:#}");
@@ -289,11 +290,12 @@ impl Deliverer {
         }
     }
 
-    /// Delivers a batch, in order, in chunks of at most the policy's `events.batch`. First a
+    /// Delivers a batch, in order, in chunks of at most the policy's `events.batch`, and
+    /// answers how many of its events were the subscriber's. First a
     /// whole chunk in one unit of work (the commit is what an event costs most); if any
     /// handler fails, that unit is rolled back whole, so none of its effects happened, and the
     /// chunk is delivered again one event per unit of work, with retries.
-    async fn deliver_batch(&self, batch: &[Envelope]) -> anyhow::Result<()> {
+    async fn deliver_batch(&self, batch: &[Envelope]) -> anyhow::Result<usize> {
         let name = &self.subscription.name;
         let service = self.dispatcher.registry.get(name).with_context(|| format!("{name} is no longer served"))?;
         let policy = service.active().policy.clone();
@@ -317,7 +319,7 @@ impl Deliverer {
                 self.deliver(&service, &policy.events, event).await?;
             }
         }
-        Ok(())
+        Ok(events.len())
     }
 
     /// Delivers one event (a batch of one): handled, found handled already, or dead-lettered

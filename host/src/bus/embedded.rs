@@ -66,6 +66,10 @@ const FALLBACK_POLL: Duration = Duration::from_secs(10);
 /// woken; a busy one reads at most this often, unless its batches come full.
 const PACE: Duration = Duration::from_millis(20);
 
+/// How long a feed may leave its positions behind the batches it read that held nothing for
+/// its subscriber (see `Feed::acknowledge`).
+pub const IDLE_ACKNOWLEDGE: Duration = Duration::from_secs(1);
+
 /// The channel appends notify, with the partitions they touched as the payload (`"0,3"`).
 const CHANNEL: &str = "micropay_bus";
 
@@ -223,6 +227,7 @@ impl EmbeddedBus {
                 .map(|(partition, sequence)| (partition, Position { acknowledged: sequence, delivered: sequence }))
                 .collect(),
             next_read: tokio::time::Instant::now(),
+            acknowledged_at: tokio::time::Instant::now(),
             stop,
         })
     }
@@ -254,6 +259,8 @@ pub struct Feed {
     positions: BTreeMap<i16, Position>,
     /// When the next read may start: [`PACE`] after a read that did not fill a batch.
     next_read: tokio::time::Instant,
+    /// When the positions were last written.
+    acknowledged_at: tokio::time::Instant,
     /// Ends a wait for events: the partitions are being handed over.
     stop: watch::Receiver<bool>,
 }
@@ -314,8 +321,14 @@ impl Feed {
         .await?)
     }
 
-    /// Moves the positions of the partitions the last batch went through, with one statement.
-    pub async fn acknowledge(&mut self) -> anyhow::Result<()> {
+    /// Moves the positions of the partitions the last batches went through, with one
+    /// statement; after a batch that held nothing for the subscriber (`handled` false), only
+    /// once [`IDLE_ACKNOWLEDGE`] has passed since the positions were last written.
+    pub async fn acknowledge(&mut self, handled: bool) -> anyhow::Result<()> {
+        if !handled && self.acknowledged_at.elapsed() < IDLE_ACKNOWLEDGE {
+            return Ok(());
+        }
+        self.acknowledged_at = tokio::time::Instant::now();
         let (partitions, sequences): (Vec<i16>, Vec<i64>) = self
             .positions
             .iter()

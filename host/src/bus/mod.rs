@@ -243,10 +243,15 @@ impl Feed {
         }
     }
 
-    /// Records that the last batch was handled: it will not be delivered again.
-    pub async fn acknowledge(&mut self) -> anyhow::Result<()> {
+    /// Records that the last batch was handled: it will not be delivered again. `handled` says
+    /// whether it held events for the subscriber: on the embedded bus, how far a batch of none
+    /// went (other subscribers' topics) may be recorded later: with a batch that has some,
+    /// after [`embedded::IDLE_ACKNOWLEDGE`], or once the feed falls quiet (an empty batch), so
+    /// that a subscriber of rare topics does not write its position for every event on the bus
+    /// (after a crash it reads those events again, and skips them again).
+    pub async fn acknowledge(&mut self, handled: bool) -> anyhow::Result<()> {
         match self {
-            Feed::Embedded(feed) => feed.acknowledge().await,
+            Feed::Embedded(feed) => feed.acknowledge(handled).await,
             Feed::Nats(feed) => feed.acknowledge().await,
         }
     }

@@ -4,7 +4,8 @@
 //! Invariants kept here:
 //! - only a component whose policy hosts fraud rules evaluates any (its import is refused at
 //!   load otherwise, by `registry::check_imports`, and every call is refused here again);
-//! - each rule runs as its own invocation of its own version: a fresh instance, its policy's
+//! - each rule runs as its own invocation of its own version (the rules of one call side by
+//!   side): a fresh instance, its policy's
 //!   fuel, memory and deadline, its concurrency limit; whatever it does (a trap, a loop, a
 //!   memory bomb) fails that rule's evaluation only, reported as `failed` with the reason, and
 //!   counted and logged by the dispatcher like any failed invocation;
@@ -57,10 +58,13 @@ impl Host for InvocationState {
             calling_service: Some(self.component.name.clone()),
             ..InvocationContext::new(None, &self.context.request_id)
         };
+        // Side by side: each is an invocation of its own, and the answers keep the rules' order.
+        let running = rules.iter().map(|name| {
+            self.services.clone().evaluate_rule(name.clone(), key.clone(), features.clone(), context.clone())
+        });
+        let ran = futures_util::future::join_all(running).await;
         let mut evaluations = Vec::with_capacity(rules.len());
-        for name in rules {
-            let ran =
-                self.services.clone().evaluate_rule(name.clone(), key.clone(), features.clone(), context.clone()).await;
+        for (name, ran) in rules.into_iter().zip(ran) {
             let (version, outcome, result) = match ran {
                 Ok((version, Some(finding))) => (version, RuleOutcome::Matched(finding), Some(RuleResult::Matched)),
                 Ok((version, None)) => (version, RuleOutcome::NoMatch, Some(RuleResult::NoMatch)),
