@@ -200,20 +200,9 @@ pub fn list_assessments(db: &Db, filter: &AssessmentFilter) -> Result<Vec<Row>, 
         let recommendation = conditions.bind(text(recommendation.as_str()));
         conditions.and(&format!("a.recommendation = {recommendation}"));
     }
-    if let Some(after) = &filter.page.after {
-        let time = conditions.bind(timestamp(after.time));
-        let id = conditions.bind(uuid(after.id.as_str()));
-        conditions.and(&format!("(a.assessed_at, a.assessment_id) < ({time}, {id})"));
-    }
-    let limit = conditions.bind(int(filter.page.limit + 1));
-    let sql = format!(
-        concat!(
-            "SELECT ",
-            assessment_columns!(),
-            " FROM fraud_assessments a{} ORDER BY a.assessed_at DESC, a.assessment_id DESC LIMIT {}"
-        ),
-        conditions.sql, limit
-    );
+    let order = filter.page.keyset(&mut conditions, "a.assessed_at", "a.assessment_id");
+    let sql =
+        format!(concat!("SELECT ", assessment_columns!(), " FROM fraud_assessments a{}{}"), conditions.sql, order);
     db.query(&sql, &conditions.params)
 }
 
@@ -450,20 +439,8 @@ pub fn list_alerts(db: &Db, filter: &AlertFilter) -> Result<Vec<Row>, DbError> {
         let id = conditions.bind(uuid(payment_id.as_str()));
         conditions.and(&format!("al.payment_id = {id}"));
     }
-    if let Some(after) = &filter.page.after {
-        let time = conditions.bind(timestamp(after.time));
-        let id = conditions.bind(uuid(after.id.as_str()));
-        conditions.and(&format!("(al.created_at, al.alert_id) < ({time}, {id})"));
-    }
-    let limit = conditions.bind(int(filter.page.limit + 1));
-    let sql = format!(
-        concat!(
-            "SELECT ",
-            alert_columns!(),
-            " FROM fraud_alerts al{} ORDER BY al.created_at DESC, al.alert_id DESC LIMIT {}"
-        ),
-        conditions.sql, limit
-    );
+    let order = filter.page.keyset(&mut conditions, "al.created_at", "al.alert_id");
+    let sql = format!(concat!("SELECT ", alert_columns!(), " FROM fraud_alerts al{}{}"), conditions.sql, order);
     db.query(&sql, &conditions.params)
 }
 

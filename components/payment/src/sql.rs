@@ -211,20 +211,8 @@ pub fn list_payments(db: &Db, user_id: Option<&str>, query: &ListQuery) -> Resul
         let to = conditions.bind(timestamp(to));
         conditions.and(&format!("p.created_at < {to}"));
     }
-    if let Some(after) = &query.page.after {
-        let time = conditions.bind(timestamp(after.time));
-        let id = conditions.bind(uuid(after.id.as_str()));
-        conditions.and(&format!("(p.created_at, p.payment_id) < ({time}, {id})"));
-    }
-    let limit = conditions.bind(int(query.page.limit + 1));
-    let sql = format!(
-        concat!(
-            "SELECT ",
-            payment_columns!(),
-            " FROM payments AS p{} ORDER BY p.created_at DESC, p.payment_id DESC LIMIT {}"
-        ),
-        conditions.sql, limit
-    );
+    let order = query.page.keyset(&mut conditions, "p.created_at", "p.payment_id");
+    let sql = format!(concat!("SELECT ", payment_columns!(), " FROM payments AS p{}{}"), conditions.sql, order);
     db.query(&sql, &conditions.params)
 }
 

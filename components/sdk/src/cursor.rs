@@ -2,6 +2,8 @@
 
 use chrono::{DateTime, Datelike};
 
+use crate::db::Conditions;
+use crate::db::param::{int, timestamp, uuid};
 use crate::{ApiError, Row};
 
 /// Page size of a listing when the request names none, and its maximum.
@@ -41,6 +43,19 @@ impl Page {
             })?),
         };
         Ok(Self { limit, after })
+    }
+
+    /// Ends a listing's conditions with the page's: rows older than the cursor by `(time, id)`
+    /// (columns of the query, newest first), bound in `conditions` after every filter; answers
+    /// the query's `ORDER BY ... LIMIT ...`, one row past the page (see [`Page::cut`]).
+    pub fn keyset(&self, conditions: &mut Conditions, time: &str, id: &str) -> String {
+        if let Some(after) = &self.after {
+            let after_time = conditions.bind(timestamp(after.time));
+            let after_id = conditions.bind(uuid(after.id.as_str()));
+            conditions.and(&format!("({time}, {id}) < ({after_time}, {after_id})"));
+        }
+        let limit = conditions.bind(int(self.limit + 1));
+        format!(" ORDER BY {time} DESC, {id} DESC LIMIT {limit}")
     }
 
     /// Cuts `rows` (fetched one past the page, newest first by `created_at` and `id_column`:

@@ -164,21 +164,8 @@ pub fn list_transactions(db: &Db, initiated_by: Option<&str>, query: &ListQuery)
                      WHERE e.transaction_id = t.transaction_id AND e.account_id = {placeholder})"
         ));
     }
-    if let Some(after) = &query.page.after {
-        let created_at = conditions.bind(timestamp(after.time));
-        let transaction_id = conditions.bind(uuid(&after.id));
-        conditions.and(&format!("(t.created_at, t.transaction_id) < ({created_at}, {transaction_id})"));
-    }
-    let limit = conditions.bind(int(query.page.limit + 1));
-    let sql = format!(
-        concat!(
-            "SELECT ",
-            transaction_columns!(),
-            transactions_from!(),
-            "{} ORDER BY t.created_at DESC, t.transaction_id DESC LIMIT {}"
-        ),
-        conditions.sql, limit
-    );
+    let order = query.page.keyset(&mut conditions, "t.created_at", "t.transaction_id");
+    let sql = format!(concat!("SELECT ", transaction_columns!(), transactions_from!(), "{}{}"), conditions.sql, order);
     db.query(&sql, &conditions.params)
 }
 
