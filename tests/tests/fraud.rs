@@ -384,6 +384,21 @@ async fn rule_components_are_deployed_by_the_risk_team_and_decide_once_promoted(
         host.command(&fixture.risk, &["deploy", &component("probe.wasm"), "--policy", &sneaky.display().to_string()]);
     assert!(!ok && printed.contains("imports_not_granted"), "{printed}");
 
+    // Evaluating rules is a grant: the fraud service's own component under a policy without
+    // `[plugins]` is refused before it runs, even with a platform key.
+    let fraud_policy = std::fs::read_to_string(policy("policies/fraud.toml")).unwrap();
+    let ungranted = fraud_policy
+        .replace("name = \"fraud\"", "name = \"fraud_copy\"")
+        .replace("[plugins]\nhost = [\"fraud-rule\"]", "");
+    assert!(ungranted.contains("fraud_copy") && !ungranted.contains("[plugins]"), "{ungranted}");
+    let ungranted_path = host.options.data_dir.join("fraud_copy.toml");
+    std::fs::write(&ungranted_path, ungranted).unwrap();
+    let (ok, printed) = host.command(
+        &fixture.bank.platform,
+        &["deploy", &component("fraud.wasm"), "--policy", &ungranted_path.display().to_string()],
+    );
+    assert!(!ok && printed.contains("imports_not_granted") && printed.contains("fraud-rules"), "{printed}");
+
     // Named in a rule, in shadow: it fires, recorded with its deployed version, and decides nothing.
     let rule_id = fixture.component_rule("large", "large_amount", false).await;
     let (status, paid) = fixture.pay("5000").await;
