@@ -1,14 +1,15 @@
 -- The fraud service's tables, as in the Fraud Detection Service section of the database schema
 -- spec, with the additions of components/FRAUD.md: rule versions (one lifecycle for
--- declarative rules and rule components), the thresholds the risk team sets, and what the
--- service learns from events (accounts, users, the payments' later outcomes).
+-- declarative rules and rule components), the thresholds the risk team sets, each payer's
+-- recent activity, and what the service learns from events (accounts, users).
 -- This runs as the service's own role with search_path = fraud_schema, so names are unqualified.
 --
 -- Differences from the spec, and why:
 -- - fraud_assessments: payment_id is UNIQUE (one assessment per payment: asking again answers
 --   the first); the payment's parties, amount and currency, its features (what the rules saw,
---   for backtests), the rule versions evaluated, and the payment's later outcome are kept with
---   it; model_version is a digest of the set of rule versions.
+--   for backtests) and the rule versions evaluated are kept with it; model_version is a digest
+--   of the set of rule versions. The payments' later outcomes are not copied here: a backtest
+--   asks the payment service for them when it runs.
 -- - fraud_alerts: payment_id (what the analyst acts on) and updated_at; resolved_by is the
 --   admin API key's id (an administrator is a key, not a user).
 -- - fraud_rules: rule_condition and risk_score_impact are those of the newest version; the
@@ -86,15 +87,10 @@ CREATE TABLE fraud_assessments (
     -- The rule versions evaluated, and the features they saw.
     rules_evaluated JSONB NOT NULL DEFAULT '[]',
     features JSONB NOT NULL,
-    -- The payment's later outcome, from its events: COMPLETED, FAILED, CANCELLED, REFUNDED,
-    -- PARTIALLY_REFUNDED; null while none came.
-    outcome VARCHAR(50),
-    outcome_at TIMESTAMP,
     assessed_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 
--- The payer's recent payments (velocity), the pairs already paid, and the listings.
-CREATE INDEX idx_fraud_assessments_user ON fraud_assessments (user_id, assessed_at);
+-- The pairs already paid, and the listings.
 CREATE INDEX idx_fraud_assessments_pair ON fraud_assessments (user_id, payee_account_id);
 CREATE INDEX idx_fraud_assessments_assessed_at ON fraud_assessments (assessed_at DESC, assessment_id DESC);
 CREATE INDEX idx_fraud_assessments_risk_level ON fraud_assessments (risk_level, assessed_at DESC);
@@ -132,4 +128,22 @@ CREATE TABLE fraud_users (
     user_id UUID PRIMARY KEY,
     email_verified BOOLEAN NOT NULL DEFAULT FALSE,
     updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+
+-- The payer's recent payments as counters per five minutes, written with each assessment, so
+-- that an assessment reads at most a day's buckets (288) of its payer instead of every payment
+-- the payer made that day: a payer making thousands of payments a day is assessed as fast as
+-- one making a few. The features "in the last hour" and "in the last day" are then counted to
+-- five minutes (the bucket a window starts in is counted whole). Each five minutes of a payer
+-- is split over eight rows (by the payment's id), so that a payer's concurrent payments do not
+-- all wait on one row's lock.
+CREATE TABLE fraud_payer_activity (
+    user_id UUID NOT NULL,
+    -- The start of the five minutes.
+    bucket TIMESTAMP NOT NULL,
+    shard SMALLINT NOT NULL CHECK (shard >= 0 AND shard < 8),
+    payments INTEGER NOT NULL CHECK (payments > 0),
+    amount DECIMAL(24, 4) NOT NULL,
+    round_payments INTEGER NOT NULL CHECK (round_payments >= 0),
+    PRIMARY KEY (user_id, bucket, shard)
 );

@@ -61,15 +61,21 @@ impl Bank {
     }
 
     pub async fn wait_for_balance(&self, account_id: &str, expected: Decimal) {
+        self.wait_for_funds(account_id, "balance", expected).await
+    }
+
+    /// Waits up to 30 s until the balance service shows `field` (`balance`, `reserved`,
+    /// `available`) of `account_id` at `expected`.
+    pub async fn wait_for_funds(&self, account_id: &str, field: &str, expected: Decimal) {
         let started = Instant::now();
         loop {
             let balance = self.balance(&self.platform, account_id).await;
-            if money(balance["balance"].as_str().unwrap()) == expected {
+            if money(balance[field].as_str().unwrap()) == expected {
                 return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "balance of {account_id} is not {expected}: {balance}"
+                "{field} of {account_id} is not {expected}: {balance}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

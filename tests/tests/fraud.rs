@@ -70,11 +70,7 @@ impl Fixture {
     }
 
     async fn wait_until_reserved(&self, amount: &str) {
-        let started = Instant::now();
-        while money(&self.reserved().await) != money(amount) {
-            assert!(started.elapsed() < Duration::from_secs(10), "reserved is not {amount}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.bank.wait_for_funds(id(&self.payer_account), "reserved", money(amount)).await
     }
 }
 

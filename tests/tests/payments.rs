@@ -81,11 +81,7 @@ impl Fixture {
 
     /// Waits until the payer's reserved amount is `amount`.
     async fn wait_until_reserved(&self, amount: &str) {
-        let started = std::time::Instant::now();
-        while money(&self.payer_funds().await.1) != money(amount) {
-            assert!(started.elapsed() < Duration::from_secs(10), "reserved is not {amount}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.bank.wait_for_funds(id(&self.payer_account), "reserved", money(amount)).await
     }
 
     async fn postings(&self) -> i64 {

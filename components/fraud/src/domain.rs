@@ -249,7 +249,7 @@ impl NewRule {
     pub fn checked_condition(&self) -> Result<Json, ApiError> {
         match (self.rule_type, &self.rule_condition, &self.component) {
             (RuleType::Declarative, Some(condition), None) => {
-                Condition::parse(condition).map_err(|err| ApiError::new(422, "invalid_condition", err))?;
+                check_condition(condition)?;
                 Ok(condition.clone())
             }
             (RuleType::Component, None, Some(name)) => {
@@ -298,10 +298,10 @@ pub fn rule_name(name: &str) -> Result<String, ApiError> {
     Ok(name.to_string())
 }
 
-/// A condition and impact as a rule version is written with them.
-pub fn checked_version(condition: &Json, impact: &str) -> Result<(Condition, Decimal), ApiError> {
-    let parsed = Condition::parse(condition).map_err(|err| ApiError::new(422, "invalid_condition", err))?;
-    Ok((parsed, score("risk_score_impact", impact)?))
+/// A declarative condition as written in a rule: 422 `invalid_condition`, naming where, when
+/// it does not read.
+pub fn check_condition(condition: &Json) -> Result<(), ApiError> {
+    Condition::parse(condition).map(drop).map_err(|err| ApiError::new(422, "invalid_condition", err))
 }
 
 /// What promoting a rule does, from the modes of its versions: the shadow version becomes the

@@ -322,7 +322,8 @@ fn changed_rule(ctx: &mut Context, rule_id: &str) -> Result<Response, ApiError> 
 pub fn add_version(ctx: &mut Context) -> Result<Response, ApiError> {
     let by = risk_team(ctx, "writing fraud rules")?;
     let new: domain::NewVersion = ctx.json()?;
-    let (_, impact) = domain::checked_version(&new.rule_condition, &new.risk_score_impact)?;
+    domain::check_condition(&new.rule_condition)?;
+    let impact = domain::score("risk_score_impact", &new.risk_score_impact)?;
     let rule = locked_rule(ctx)?;
     let rule_id = rule.text("rule_id");
     if rule.text("rule_type") == domain::RuleType::Component.as_str() {

@@ -242,42 +242,49 @@ pub fn mark_verified(db: &Db, user_ids: &[String]) -> Result<u64, DbError> {
 
 // ---- rules ----
 
-/// Every column of a rule, over `fraud_rules AS r`, with its enforced and shadow versions and
-/// how often each fired in the day before `$1`.
-macro_rules! rule_columns {
+/// A rule's enforced, shadow and newest versions, over `fraud_rules AS r`.
+macro_rules! rule_versions {
     () => {
-        "r.rule_id, r.rule_name, r.rule_type, r.rule_condition, r.risk_score_impact, r.is_active, r.priority, \
-         r.description, r.created_by, r.created_at, r.updated_at, \
-         (SELECT version FROM fraud_rule_versions WHERE rule_id = r.rule_id AND mode = 'ENFORCE') AS enforced_version, \
+        "(SELECT version FROM fraud_rule_versions WHERE rule_id = r.rule_id AND mode = 'ENFORCE') AS enforced_version, \
          (SELECT version FROM fraud_rule_versions WHERE rule_id = r.rule_id AND mode = 'SHADOW') AS shadow_version, \
-         (SELECT max(version) FROM fraud_rule_versions WHERE rule_id = r.rule_id) AS latest_version, \
-         (SELECT count(*) FROM fraud_assessments a, jsonb_array_elements(a.risk_factors) f \
-           WHERE a.assessed_at > $1 AND f->>'rule_id' = r.rule_id::text AND f->>'error' IS NULL) AS fired_last_day"
+         (SELECT max(version) FROM fraud_rule_versions WHERE rule_id = r.rule_id) AS latest_version"
+    };
+}
+
+/// Every column of a rule with its versions and how often it fired in the day before `$1`:
+/// the day's findings counted once for all the rules listed.
+macro_rules! rules_select {
+    () => {
+        concat!(
+            "SELECT r.rule_id, r.rule_name, r.rule_type, r.rule_condition, r.risk_score_impact, r.is_active, \
+                    r.priority, r.description, r.created_by, r.created_at, r.updated_at, ",
+            rule_versions!(),
+            ", coalesce(fired.count, 0) AS fired_last_day \
+             FROM fraud_rules r \
+             LEFT JOIN (SELECT f->>'rule_id' AS rule_id, count(*) AS count \
+                          FROM fraud_assessments a, jsonb_array_elements(a.risk_factors) f \
+                         WHERE a.assessed_at > $1 AND f->>'error' IS NULL GROUP BY 1) fired \
+                    ON fired.rule_id = r.rule_id::text"
+        )
     };
 }
 
 pub fn list_rules(db: &Db, now: i64) -> Result<Vec<Row>, DbError> {
-    db.query(
-        concat!("SELECT ", rule_columns!(), " FROM fraud_rules r ORDER BY r.priority DESC, r.rule_name"),
-        &[timestamp(now - 24 * HOUR_MICROS)],
-    )
+    db.query(concat!(rules_select!(), " ORDER BY r.priority DESC, r.rule_name"), &[timestamp(now - 24 * HOUR_MICROS)])
 }
 
 pub fn find_rule(db: &Db, rule_id: &str, now: i64) -> Result<Option<Row>, DbError> {
-    db.query_opt(
-        concat!("SELECT ", rule_columns!(), " FROM fraud_rules r WHERE r.rule_id = $2"),
-        &[timestamp(now - 24 * HOUR_MICROS), uuid(rule_id)],
-    )
+    db.query_opt(concat!(rules_select!(), " WHERE r.rule_id = $2"), &[timestamp(now - 24 * HOUR_MICROS), uuid(rule_id)])
 }
 
 /// Locks a rule (`FOR UPDATE`): its versions change one request at a time.
 pub fn lock_rule(db: &Db, rule_id: &str) -> Result<Option<Row>, DbError> {
     db.query_opt(
-        "SELECT rule_id, rule_type, \
-             (SELECT version FROM fraud_rule_versions WHERE rule_id = r.rule_id AND mode = 'ENFORCE') AS enforced_version, \
-             (SELECT version FROM fraud_rule_versions WHERE rule_id = r.rule_id AND mode = 'SHADOW') AS shadow_version, \
-             (SELECT max(version) FROM fraud_rule_versions WHERE rule_id = r.rule_id) AS latest_version \
-         FROM fraud_rules r WHERE rule_id = $1 FOR UPDATE",
+        concat!(
+            "SELECT r.rule_id, r.rule_type, ",
+            rule_versions!(),
+            " FROM fraud_rules r WHERE r.rule_id = $1 FOR UPDATE"
+        ),
         &[uuid(rule_id)],
     )
 }
@@ -374,19 +381,25 @@ pub fn find_version(db: &Db, rule_id: &str, version: i64) -> Result<Option<Row>,
 
 // ---- settings ----
 
+/// The thresholds as `GET /settings` shows them.
+macro_rules! settings_columns {
+    () => {
+        "medium_score, high_score, critical_score, review_score, decline_score, errored_rule, updated_at, updated_by"
+    };
+}
+
 pub fn settings(db: &Db) -> Result<Row, DbError> {
-    db.query_one(
-        "SELECT medium_score, high_score, critical_score, review_score, decline_score, errored_rule, updated_at, updated_by \
-         FROM fraud_settings",
-        &[],
-    )
+    db.query_one(concat!("SELECT ", settings_columns!(), " FROM fraud_settings"), &[])
 }
 
 pub fn update_settings(db: &Db, thresholds: &Thresholds, updated_by: Option<&str>) -> Result<Row, DbError> {
     db.query_one(
-        "UPDATE fraud_settings SET medium_score = $1, high_score = $2, critical_score = $3, review_score = $4, \
-             decline_score = $5, errored_rule = $6, updated_by = $7, updated_at = CURRENT_TIMESTAMP \
-         RETURNING medium_score, high_score, critical_score, review_score, decline_score, errored_rule, updated_at, updated_by",
+        concat!(
+            "UPDATE fraud_settings SET medium_score = $1, high_score = $2, critical_score = $3, review_score = $4, \
+                 decline_score = $5, errored_rule = $6, updated_by = $7, updated_at = CURRENT_TIMESTAMP \
+             RETURNING ",
+            settings_columns!()
+        ),
         &[
             decimal(thresholds.medium.to_string()),
             decimal(thresholds.high.to_string()),

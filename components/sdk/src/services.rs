@@ -73,6 +73,16 @@ pub fn call_typed<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let body = body.map(|body| serde_json::to_value(body).expect("a contract serialises"));
     let answer = call_json(service, method, path, body.as_ref())?;
+    contract(service, method, path, answer)
+}
+
+/// A callee's JSON answer as the contract's type `T`; anything else is this service's 500.
+fn contract<T: serde::de::DeserializeOwned>(
+    service: &str,
+    method: &str,
+    path: &str,
+    answer: serde_json::Value,
+) -> Result<T, ApiError> {
     serde_json::from_value(answer)
         .map_err(|err| ApiError::internal(&format!("{service} {method} {path} answered outside its contract: {err}")))
 }
@@ -105,7 +115,5 @@ pub fn call_typed_if_loaded<T: serde::de::DeserializeOwned>(
         return Err(unavailable(format!("answered {}", response.status)));
     }
     let answer = read_json(service, method, path, response)?;
-    serde_json::from_value(answer)
-        .map(Some)
-        .map_err(|err| ApiError::internal(&format!("{service} {method} {path} answered outside its contract: {err}")))
+    contract(service, method, path, answer).map(Some)
 }
