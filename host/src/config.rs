@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::bus::BusSettings;
+use crate::capabilities::messaging::ChannelSettings;
 use crate::postgres::provision::PoolSettings;
 
 /// Log line format.
@@ -120,6 +121,32 @@ pub struct Config {
     /// service delivers them. Never in production.
     #[arg(long, env = "MICROPAY_DEV_LOG_SECRETS")]
     pub dev_log_secrets: bool,
+
+    /// The SMTP server emails go through: `smtp://host:port`, with `user:password@` for a
+    /// server that authenticates (the connection is not encrypted: a relay on the host's own
+    /// network). Without one, emails are kept in the host's outbox (`micropay notifications
+    /// outbox`).
+    #[arg(long, env = "MICROPAY_SMTP_URL")]
+    pub smtp_url: Option<String>,
+
+    /// The sender of every email.
+    #[arg(long, env = "MICROPAY_EMAIL_FROM", default_value = "MicroPay <no-reply@micropay.local>")]
+    pub email_from: String,
+
+    /// The SMS provider's endpoint: each message is POSTed to it as JSON `{"id", "channel",
+    /// "to", "text"}`. Without one, SMS are kept in the outbox.
+    #[arg(long, env = "MICROPAY_SMS_URL")]
+    pub sms_url: Option<String>,
+
+    /// The push provider's endpoint (`{"id", "channel", "to", "title", "text"}`). Without one,
+    /// push messages are kept in the outbox.
+    #[arg(long, env = "MICROPAY_PUSH_URL")]
+    pub push_url: Option<String>,
+
+    /// Development and tests only: let webhooks go to loopback and private addresses (refused
+    /// otherwise, so that a registered URL cannot reach the host's own network).
+    #[arg(long, env = "MICROPAY_WEBHOOKS_TO_PRIVATE_ADDRESSES")]
+    pub webhooks_to_private_addresses: bool,
 }
 
 impl Config {
@@ -135,6 +162,17 @@ impl Config {
     /// The event bus's settings.
     pub fn bus_settings(&self) -> BusSettings {
         BusSettings { nats_url: self.nats_url.clone(), prefix: self.database_prefix.clone(), relay: self.relay }
+    }
+
+    /// Where the `messaging` capability sends.
+    pub fn channel_settings(&self) -> ChannelSettings {
+        ChannelSettings {
+            smtp_url: self.smtp_url.clone(),
+            email_from: self.email_from.clone(),
+            sms_url: self.sms_url.clone(),
+            push_url: self.push_url.clone(),
+            webhooks_to_private_addresses: self.webhooks_to_private_addresses,
+        }
     }
 
     /// The admin API keys file.

@@ -41,6 +41,10 @@ enum Command {
     /// host, with a risk key).
     #[command(subcommand, name = "fraud-rules")]
     FraudRules(fraud_rules::FraudRulesCommand),
+    /// The messages the host kept because no server is configured for their channel (emails
+    /// without `--smtp-url`, ...): asks a running host, with an ops or platform key.
+    #[command(subcommand)]
+    Notifications(NotificationsCommand),
     /// Deploy a new version of a service, checked, then swapped in on every host (asks a
     /// running host).
     Deploy(cli::DeployArgs),
@@ -106,6 +110,21 @@ enum EventsCommand {
 }
 
 #[derive(Subcommand)]
+enum NotificationsCommand {
+    /// The messages kept in the outbox, newest first.
+    Outbox {
+        /// Only those to this recipient.
+        #[arg(long)]
+        to: Option<String>,
+        /// How many (1 to 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[command(flatten)]
+        host: HostAddress,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Walk every hash chain of the audit trail; exits 1 naming the first broken record.
     Verify(HostAddress),
@@ -152,6 +171,7 @@ fn main() -> std::process::ExitCode {
             Command::Audit(command) => audit(command).await,
             Command::Ledger(LedgerCommand::Check { as_of, host }) => ledger_check(&host, as_of.as_deref()).await,
             Command::FraudRules(command) => fraud_rules::run(command).await,
+            Command::Notifications(command) => notifications(command).await,
             Command::Deploy(args) => cli::deploy(args).await,
             Command::Components(host) => cli::components(&host).await,
             Command::Versions { name, host } => cli::versions(&host, &name).await,
@@ -231,6 +251,32 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn notifications(command: NotificationsCommand) -> anyhow::Result<()> {
+    let NotificationsCommand::Outbox { to, limit, host } = command;
+    let mut query = vec![("limit", limit.to_string())];
+    query.extend(to.map(|to| ("to", to)));
+    let url = reqwest::Url::parse_with_params("http://host/admin/messages/outbox", &query)?;
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    let (status, body) = host.request(Method::GET, &path).await?;
+    anyhow::ensure!(status == 200, "{}", error_message(status, &body));
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    if messages.is_empty() {
+        println!("the outbox is empty");
+    }
+    for message in &messages {
+        println!(
+            "{}  {} to {} from {}  {}",
+            message["kept_at"].as_str().unwrap_or_default(),
+            message["channel"].as_str().unwrap_or_default(),
+            message["recipient"].as_str().unwrap_or_default(),
+            message["sender"].as_str().unwrap_or_default(),
+            message["subject"].as_str().unwrap_or_default(),
+        );
+        println!("{}\n", message["text_body"].as_str().unwrap_or_default());
+    }
+    Ok(())
 }
 
 async fn audit(command: AuditCommand) -> anyhow::Result<()> {

@@ -126,6 +126,32 @@ struct RuleLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MessageLabels {
+    component: String,
+    channel: &'static str,
+    /// sent, delivered, kept, rejected, unavailable, refused.
+    result: &'static str,
+}
+
+/// What became of a template's rendering.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RenderResult {
+    /// The version picked rendered it.
+    Rendered,
+    /// It failed, and the version deployed before rendered it.
+    FellBack,
+    /// No version could render it.
+    Failed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TemplateLabels {
+    component: String,
+    template: String,
+    result: RenderResult,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResponseLabels {
     status: u16,
 }
@@ -147,6 +173,8 @@ pub struct Metrics {
     batch_rollbacks: Family<SubscriberLabels, Counter>,
     deploys: Family<DeployLabels, Counter>,
     rule_evaluations: Family<RuleLabels, Counter>,
+    messages: Family<MessageLabels, Counter>,
+    renders: Family<TemplateLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -228,8 +256,22 @@ impl Default for Metrics {
             "Evaluations of fraud rule components by rule and result (Matched, NoMatch, Failed)",
             rule_evaluations.clone(),
         );
+        let messages = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Messages sent through the host's channels by component, channel and result (sent, delivered, kept, rejected, unavailable, refused)",
+            messages.clone(),
+        );
+        let renders = Family::<TemplateLabels, Counter>::default();
+        registry.register(
+            "template_renders",
+            "Template renderings by template component, template and result (Rendered, FellBack, Failed)",
+            renders.clone(),
+        );
         Self {
             registry,
+            messages,
+            renders,
             rule_evaluations,
             deploys,
             batch_rollbacks,
@@ -264,6 +306,17 @@ impl Metrics {
     /// series).
     pub fn record_rule(&self, rule: &str, result: RuleResult) {
         self.rule_evaluations.get_or_create(&RuleLabels { rule: rule.to_string(), result }).inc();
+    }
+
+    /// A message a component sent (or tried to) on a channel.
+    pub fn record_message(&self, component: &str, channel: &'static str, result: &'static str) {
+        self.messages.get_or_create(&MessageLabels { component: component.to_string(), channel, result }).inc();
+    }
+
+    /// A rendering of a deployed template component.
+    pub fn record_render(&self, component: &str, template: &str, result: RenderResult) {
+        let labels = TemplateLabels { component: component.to_string(), template: template.to_string(), result };
+        self.renders.get_or_create(&labels).inc();
     }
 
     pub fn record_refused_call(&self, component: &str) {

@@ -15,6 +15,7 @@ use wasmtime::component::Linker;
 
 use crate::bus::{EventBus, PlatformOutbox};
 use crate::capabilities::database::ServiceDatabase;
+use crate::capabilities::messaging::Channels;
 use crate::config::Config;
 use crate::deploy::migrations::{Applied, NewMigration};
 use crate::deploy::signing::TrustedKeys;
@@ -81,17 +82,18 @@ impl Platform {
         // relays the platform's events (both rare and short).
         let store = VersionStore::open(provisioner.control_pool(2).await?).await?;
         let stored_policies = store.active().await?.iter().map(stored_policy).collect::<anyhow::Result<Vec<_>>>()?;
-        // A host running fraud rules meters fuel from the start, so that rules deployed later run on it.
+        // A host running plugins meters fuel from the start, so that plugins deployed later run on it.
         options.fuel |= files
             .iter()
             .chain(&stored_policies)
-            .any(|policy| policy.limits.fuel.is_some() || policy.hosts(policy::Kind::FraudRule));
+            .any(|policy| policy.limits.fuel.is_some() || !policy.plugins.host.is_empty());
 
         let runtime = Runtime::new(options)?;
         let mut linker = Linker::<InvocationState>::new(&runtime.engine);
         crate::capabilities::add_to_linker(&mut linker)?;
         let compiler = Compiler::new(runtime.engine.clone(), config.cache_dir());
-        let dispatcher = Dispatcher::new(&runtime, Metrics::default(), config.dev_log_secrets);
+        let channels = Channels::open(&config.channel_settings(), store.pool().clone()).await?;
+        let dispatcher = Dispatcher::new(&runtime, Metrics::default(), config.dev_log_secrets, channels);
         let deployer = Arc::new(Deployer::new(dispatcher.clone(), linker, compiler, store, trusted));
         deployer.store_files(&config.components_dir, &files).await?;
 

@@ -46,6 +46,9 @@ pub struct Policy {
     /// Plugins it may run (a service's only).
     #[serde(default)]
     pub plugins: PluginsSection,
+    /// Channels it may send messages on (a service's only).
+    #[serde(default)]
+    pub messaging: MessagingSection,
     /// Where the policy was read from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -80,6 +83,9 @@ pub enum Kind {
     /// A fraud rule (`fraud-rule` world): never served, evaluated by the service whose policy
     /// hosts fraud rules. It is granted nothing, runs on fuel and within a short deadline.
     FraudRule,
+    /// A set of message templates (`template` world): never served, rendered by the service
+    /// whose policy hosts templates. Granted nothing, on fuel, within a short deadline.
+    Template,
 }
 
 impl Kind {
@@ -87,6 +93,7 @@ impl Kind {
         match self {
             Kind::Service => "service",
             Kind::FraudRule => "fraud-rule",
+            Kind::Template => "template",
         }
     }
 }
@@ -95,12 +102,42 @@ impl Kind {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsSection {
-    /// Kinds of plugin it may run (`fraud-rule`: the `fraud-rules` import).
+    /// Kinds of plugin it may run (`fraud-rule`: the `fraud-rules` import; `template`: the
+    /// `templates` import).
     #[serde(default)]
     pub host: Vec<Kind>,
 }
 
-/// The most fuel a fraud rule may burn per evaluation, and its longest deadline.
+/// The channels a service may send messages on (the `messaging` import).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingSection {
+    #[serde(default)]
+    pub channels: Vec<Channel>,
+}
+
+/// A channel of the `messaging` import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Channel {
+    Email,
+    Webhook,
+    Sms,
+    Push,
+}
+
+impl Channel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Webhook => "webhook",
+            Channel::Sms => "sms",
+            Channel::Push => "push",
+        }
+    }
+}
+
+/// The most fuel a plugin (a fraud rule, a template) may burn per call, and its longest deadline.
 pub const MAX_RULE_FUEL: u64 = 100_000_000;
 pub const MAX_RULE_DEADLINE_MS: u64 = 1_000;
 
@@ -366,8 +403,8 @@ impl Policy {
             if !job.path.starts_with('/') {
                 bail!("schedule.path: {:?} must start with /", job.path);
             }
-            if !(60..=31 * 86_400).contains(&job.every_secs) {
-                bail!("schedule.every_secs: {} is outside 60..=2678400", job.every_secs);
+            if !(1..=31 * 86_400).contains(&job.every_secs) {
+                bail!("schedule.every_secs: {} is outside 1..=2678400", job.every_secs);
             }
         }
         for service in &self.services.call {
@@ -377,11 +414,11 @@ impl Policy {
             bail!("deploy.roles: at least one role must be able to deploy the component");
         }
         if self.plugins.host.contains(&Kind::Service) {
-            bail!("plugins.host: a service is not a plugin (fraud-rule)");
+            bail!("plugins.host: a service is not a plugin (fraud-rule, template)");
         }
         match self.component.kind {
             Kind::Service => Ok(()),
-            Kind::FraudRule => self.validate_plugin(),
+            Kind::FraudRule | Kind::Template => self.validate_plugin(),
         }
     }
 
@@ -394,6 +431,7 @@ impl Policy {
             ("services.call", !self.services.call.is_empty()),
             ("schedule", !self.schedule.is_empty()),
             ("plugins.host", !self.plugins.host.is_empty()),
+            ("messaging.channels", !self.messaging.channels.is_empty()),
             ("component.identity_provider", self.component.identity_provider),
         ];
         if let Some((field, _)) = granted.iter().find(|(_, granted)| *granted) {
@@ -415,6 +453,11 @@ impl Policy {
     /// Whether it is a plugin of `kind` or a service that runs them.
     pub fn hosts(&self, kind: Kind) -> bool {
         self.plugins.host.contains(&kind)
+    }
+
+    /// Whether it may send messages on `channel`.
+    pub fn sends(&self, channel: Channel) -> bool {
+        self.messaging.channels.contains(&channel)
     }
 }
 
@@ -529,5 +572,21 @@ mod tests {
         assert!(!parse(service).unwrap().hosts(Kind::FraudRule));
         let refused = format!("{:#}", parse(&format!("{service}[plugins]\nhost = [\"service\"]\n")).unwrap_err());
         assert!(refused.contains("plugins.host"), "{refused}");
+    }
+
+    #[test]
+    fn a_template_is_a_plugin_granted_no_channel_and_a_service_sends_only_on_its_channels() {
+        let template = "[component]\nname = \"templates\"\nfile = \"t.wasm\"\nkind = \"template\"\n";
+        let limits = "[limits]\nfuel = 1000\ndeadline_ms = 50\n";
+        assert_eq!(parse(&format!("{template}{limits}")).unwrap().component.kind, Kind::Template);
+        let refused =
+            format!("{:#}", parse(&format!("{template}[messaging]\nchannels = [\"email\"]\n{limits}")).unwrap_err());
+        assert!(refused.contains("messaging.channels"), "{refused}");
+
+        let service = "[component]\nname = \"notification\"\nfile = \"n.wasm\"\n";
+        let sender = parse(&format!("{service}[messaging]\nchannels = [\"email\", \"sms\"]\n")).unwrap();
+        assert!(sender.sends(Channel::Email) && sender.sends(Channel::Sms));
+        assert!(!sender.sends(Channel::Webhook) && !sender.sends(Channel::Push));
+        assert!(parse(&format!("{service}[messaging]\nchannels = [\"fax\"]\n")).is_err());
     }
 }

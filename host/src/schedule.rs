@@ -14,6 +14,9 @@ use crate::runtime::invoke::Dispatcher;
 use crate::runtime::service::Service;
 use crate::runtime::state::InvocationContext;
 
+/// Jobs more frequent than this log their successes at debug level only.
+const FREQUENT_SECS: u64 = 60;
+
 /// Starts the scheduled requests of `service`. They end when it is no longer served; abort the
 /// tasks to stop them sooner.
 pub fn start(dispatcher: &Arc<Dispatcher>, service: &Service) -> Vec<JoinHandle<()>> {
@@ -37,6 +40,11 @@ async fn run(dispatcher: Arc<Dispatcher>, name: Arc<str>, job: ScheduledRequest)
         let request_id = format!("schedule-{}", uuid::Uuid::new_v4().simple());
         let context = InvocationContext::administrator(Role::Platform, None, &request_id);
         match dispatcher.handle(&service, request, context).await {
+            // A job of every few seconds (a retry sweep) would fill the log at info.
+            Ok(response) if response.status < 400 && job.every_secs < FREQUENT_SECS => tracing::debug!(
+                component = %name, method = %job.method, path = %job.path, status = response.status,
+                body = %String::from_utf8_lossy(&response.body), "scheduled request done"
+            ),
             Ok(response) if response.status < 400 => tracing::info!(
                 component = %name, method = %job.method, path = %job.path, status = response.status,
                 body = %String::from_utf8_lossy(&response.body), "scheduled request done"

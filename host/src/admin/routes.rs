@@ -50,6 +50,7 @@ pub fn router() -> axum::Router<Arc<AppState>> {
         .route("/components/{name}/undeploy", post(undeploy))
         .route("/events/dead-letters", get(dead_letters))
         .route("/events/dead-letters/{event_id}/replay", post(replay_dead_letter))
+        .route("/messages/outbox", get(outbox))
 }
 
 impl Admin {
@@ -61,6 +62,30 @@ impl Admin {
             Role::Risk => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs an ops or platform key")),
         }
     }
+}
+
+/// `?limit=` (1 to 1000, default 100) and `?to=` (one recipient).
+#[derive(Deserialize)]
+struct OutboxQuery {
+    limit: Option<i64>,
+    to: Option<String>,
+}
+
+/// The messages kept in the host's outbox (no server configured for their channel), newest
+/// first: for ops only, since they hold what was sent to people (verification codes).
+async fn outbox(
+    admin: Admin,
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(query): axum::extract::Query<OutboxQuery>,
+) -> Result<Json<Value>, ApiError> {
+    admin.operates()?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limit", "limit is 1 to 1000"));
+    }
+    let channels = &state.platform.dispatcher.channels;
+    let messages = channels.outbox(limit, query.to.as_deref()).await.map_err(unavailable)?;
+    Ok(Json(json!({ "messages": messages })))
 }
 
 /// Every subscriber's dead letters, oldest failure first.

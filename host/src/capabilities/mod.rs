@@ -9,14 +9,16 @@ pub mod database;
 pub mod events;
 pub mod fraud_rules;
 pub mod logging;
+pub mod messaging;
 pub mod principal;
 pub mod random;
 pub mod services;
+pub mod templates;
 pub mod wasi;
 
 use wasmtime::component::Linker;
 
-use crate::runtime::bindings::{fraud_rule, fraud_service, service};
+use crate::runtime::bindings::{fraud_rule, fraud_service, notification_service, service, template};
 use crate::runtime::state::InvocationState;
 
 /// Adds every capability to `linker`: the platform's interfaces and locked-down WASI.
@@ -25,10 +27,14 @@ pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> anyhow::Result<()>
     service::Service::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
     fraud_rule::micropay::platform::rule_types::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
     fraud_service::micropay::platform::fraud_rules::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    template::micropay::platform::template_types::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    notification_service::micropay::platform::templates::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    notification_service::micropay::platform::messaging::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
     wasi::add_to_linker(linker)
 }
 
-// `types`, `http` and `rule-types` declare only types: nothing to implement.
+// `types`, `http`, `rule-types` and `template-types` declare only types: nothing to implement.
 impl crate::runtime::bindings::service::micropay::platform::types::Host for InvocationState {}
 impl crate::runtime::bindings::service::micropay::platform::http::Host for InvocationState {}
 impl crate::runtime::bindings::fraud_rule::micropay::platform::rule_types::Host for InvocationState {}
+impl crate::runtime::bindings::template::micropay::platform::template_types::Host for InvocationState {}

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::capabilities::fraud_rules::RuleError;
+use crate::capabilities::templates::{RenderFailure, TemplateRequest};
 use crate::runtime::bindings::service::micropay::platform::http::Response;
 use crate::runtime::bindings::service::micropay::platform::services::{CallError, Host};
-use crate::runtime::bindings::{Features, Finding, Request};
+use crate::runtime::bindings::{Features, Finding, Rendering, Request};
 use crate::runtime::state::{InvocationContext, InvocationState};
 
 /// Deepest chain of nested calls: a cycle between services ends here instead of exhausting
@@ -17,7 +18,7 @@ use crate::runtime::state::{InvocationContext, InvocationState};
 const MAX_CALL_DEPTH: u8 = 4;
 
 /// What an invocation may ask of the rest of the host: one HTTP request to another service,
-/// by name, as its own unit of work; one fraud rule's evaluation. (The host's dispatcher
+/// by name, as its own unit of work; one fraud rule's evaluation; one template's rendering. (The host's dispatcher
 /// implements it.)
 pub trait CallService: Send + Sync {
     fn call_service(
@@ -36,6 +37,16 @@ pub trait CallService: Send + Sync {
         features: Features,
         context: InvocationContext,
     ) -> BoxFuture<'static, Result<(i64, Option<Finding>), RuleError>>;
+
+    /// Renders a template of the template component `component` (the version that serves
+    /// `key`, or the one before it when that one fails).
+    fn render_template(
+        self: Arc<Self>,
+        component: String,
+        request: TemplateRequest,
+        key: String,
+        context: InvocationContext,
+    ) -> BoxFuture<'static, Result<Rendering, RenderFailure>>;
 }
 
 impl Host for InvocationState {

@@ -940,6 +940,7 @@ pub fn grants_more(old: &Policy, new: &Policy) -> Vec<&'static str> {
         ("events.subscribe", widens(&old.events.subscribe, &new.events.subscribe)),
         ("services.call", widens(&old.services.call, &new.services.call)),
         ("plugins.host", new.plugins.host.iter().any(|kind| !old.plugins.host.contains(kind))),
+        ("messaging.channels", new.messaging.channels.iter().any(|channel| !old.messaging.channels.contains(channel))),
         ("deploy.roles", new.deploy.roles.iter().any(|role| !old.deploy.roles.contains(role))),
         ("schedule", new.schedule.iter().any(|job| !old.schedule.contains(job))),
         ("limits.memory_mb", b.memory_mb > a.memory_mb),

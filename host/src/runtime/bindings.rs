@@ -1,9 +1,10 @@
 //! Host-side bindings of the platform contract in `wit/platform.wit`.
 //!
 //! `service` is the world every service implements; `identity` adds the `authenticator`
-//! export, `subscribing` the `subscriber` export, `fraud_service` the `fraud-rules` import; they
-//! reuse the service world's imports, so every capability is implemented once. `fraud_rule` is
-//! the world of fraud rule plugins, which import nothing.
+//! export, `subscribing` the `subscriber` export, `fraud_service` the `fraud-rules` import,
+//! `notification_service` the `templates` and `messaging` imports; they reuse the service
+//! world's imports, so every capability is implemented once. `fraud_rule` and `template` are the
+//! worlds of plugins, which import nothing.
 
 /// The `service` world.
 pub mod service {
@@ -72,9 +73,30 @@ pub mod fraud_service {
     );
 }
 
+/// The `template` world: a plugin exporting `template`, importing nothing.
+pub mod template {
+    wasmtime::component::bindgen!({
+        world: "template",
+        path: "../wit",
+        exports: { default: async },
+    });
+}
+
+/// The `notification-service` world: its `templates` and `messaging` imports (the rest is the
+/// subscribing service's), over the template types of the `template` world's bindings.
+pub mod notification_service {
+    extended_service_world!(
+        "notification-service",
+        "micropay:platform/template-types" => crate::runtime::bindings::template::micropay::platform::template_types
+    );
+}
+
 pub use fraud_rule::micropay::platform::rule_types::{Features, Finding};
 pub use fraud_service::micropay::platform::fraud_rules::{RuleEvaluation, RuleOutcome};
+pub use notification_service::micropay::platform::messaging::{Email, Receipt, SendError, ShortMessage, Webhook};
+pub use notification_service::micropay::platform::templates::Rendering;
 pub use service::micropay::platform::http::{Request, Response, Route};
 pub use service::micropay::platform::principal::Caller;
 pub use service::micropay::platform::types::{DbError, RowSet, Value};
 pub use subscribing::exports::micropay::platform::subscriber::Event;
+pub use template::micropay::platform::template_types::{RenderError, Rendered};

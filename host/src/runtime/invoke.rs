@@ -21,14 +21,18 @@ use crate::capabilities::database::{
     CommitError, ConnectionLost, EndedTransaction, QueryDeadline, QueryLimit, UnitLimits, UnitOfWork,
 };
 use crate::capabilities::fraud_rules::RuleError;
+use crate::capabilities::messaging::Channels;
 use crate::capabilities::services::CallService;
+use crate::capabilities::templates::{RenderFailure, TemplateRequest};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{Kind, Limits};
 use crate::runtime::bindings::identity::IdentityServicePre;
 use crate::runtime::bindings::service::ServicePre;
 use crate::runtime::bindings::service::micropay::platform::services::CallError;
 use crate::runtime::bindings::subscribing::SubscribingServicePre;
-use crate::runtime::bindings::{Caller, Event, Features, Finding, Request, Response, Route};
+use crate::runtime::bindings::{
+    Caller, Event, Features, Finding, RenderError, Rendered, Rendering, Request, Response, Route,
+};
 use crate::runtime::engine::{EngineOptions, Runtime};
 use crate::runtime::registry::{Registry, World};
 use crate::runtime::service::{Service, Version};
@@ -276,6 +280,39 @@ impl Call for Evaluate {
     }
 }
 
+/// `renderer.render`: a message rendered by a template component.
+struct Render {
+    name: String,
+    locale: String,
+    variables: String,
+}
+
+impl Call for Render {
+    type Answer = Result<Rendered, RenderError>;
+
+    fn call<'a>(
+        self,
+        version: &'a Version,
+        store: &'a mut Store<InvocationState>,
+    ) -> BoxFuture<'a, Result<wasmtime::Result<Self::Answer>, InvokeError>> {
+        Box::pin(async move {
+            let World::Template(template) = &version.world else {
+                let kind = version.world.kind().name();
+                return Err(InvokeError::WrongWorld { component: version.name.to_string(), kind, export: "renderer" });
+            };
+            let instance = template.instantiate_async(&mut *store).await.map_err(instantiate_error)?;
+            let renderer = instance.micropay_platform_renderer();
+            Ok(renderer.call_render(&mut *store, &self.name, &self.locale, &self.variables).await)
+        })
+    }
+
+    /// A template that cannot render what it is asked counts against its version (a canary
+    /// that fails renders is rolled back).
+    fn outcome(answer: &Self::Answer) -> Outcome {
+        if answer.is_ok() { Outcome::Ok } else { Outcome::Error }
+    }
+}
+
 /// Runs invocations: the engine, the services and the metrics, shared by the gateway, the bus,
 /// the schedules and components calling each other.
 pub struct Dispatcher {
@@ -287,10 +324,12 @@ pub struct Dispatcher {
     pub dev_log_secrets: bool,
     /// Bearer tokens resolved lately.
     pub sessions: Sessions,
+    /// The channel adapters of the `messaging` capability.
+    pub channels: Arc<Channels>,
 }
 
 impl Dispatcher {
-    pub fn new(runtime: &Runtime, metrics: Metrics, dev_log_secrets: bool) -> Arc<Self> {
+    pub fn new(runtime: &Runtime, metrics: Metrics, dev_log_secrets: bool, channels: Channels) -> Arc<Self> {
         Arc::new(Self {
             engine: runtime.engine.clone(),
             options: runtime.options,
@@ -298,6 +337,7 @@ impl Dispatcher {
             metrics: Arc::new(metrics),
             dev_log_secrets,
             sessions: Sessions::default(),
+            channels: Arc::new(channels),
         })
     }
 
@@ -467,8 +507,15 @@ impl Dispatcher {
         unit: UnitOfWork,
     ) -> Result<(C::Answer, UnitOfWork), InvokeError> {
         let limits = &version.policy.limits;
-        let state =
-            InvocationState::new(version, context, unit, self.clone(), self.metrics.clone(), self.dev_log_secrets);
+        let state = InvocationState::new(
+            version,
+            context,
+            unit,
+            self.clone(),
+            self.metrics.clone(),
+            self.dev_log_secrets,
+            self.channels.clone(),
+        );
         let mut store = Store::new(&self.engine, state);
         if self.options.limits {
             store.limiter(|state| &mut state.limits);
@@ -519,6 +566,73 @@ impl CallService for Dispatcher {
                 .map(|finding| (number, finding))
                 .map_err(|err| RuleError::Failed { version: number, reason: err.to_string() })
         })
+    }
+
+    fn render_template(
+        self: Arc<Self>,
+        component: String,
+        request: TemplateRequest,
+        key: String,
+        context: InvocationContext,
+    ) -> BoxFuture<'static, Result<Rendering, RenderFailure>> {
+        Box::pin(async move { self.render(&component, request, &key, context).await })
+    }
+}
+
+impl Dispatcher {
+    /// Renders `name` with the version of template component `component` that serves `key`;
+    /// when that version fails, with the version before it (the active one when a canary
+    /// failed, the one the active version replaced otherwise), if this host still has it.
+    async fn render(
+        self: &Arc<Self>,
+        component: &str,
+        request: TemplateRequest,
+        key: &str,
+        context: InvocationContext,
+    ) -> Result<Rendering, RenderFailure> {
+        let service = self.registry.get(component).filter(|service| service.active().world.kind() == Kind::Template);
+        let Some(service) = service else {
+            return Err(RenderFailure::NotDeployed(format!("no template component named {component} is deployed")));
+        };
+        let picked = service.pick(key);
+        let fallback = match Arc::ptr_eq(&picked, &service.active()) {
+            true => service.previous(),
+            false => Some(service.active()),
+        };
+        let first = self.render_with(&service, picked.clone(), &request, context.clone()).await;
+        let failed = match first {
+            Ok(rendered) => return Ok(Rendering { version: picked.number, rendered, fell_back_from: None }),
+            Err(reason) => reason,
+        };
+        let Some(fallback) = fallback else {
+            return Err(RenderFailure::Failed { version: picked.number, reason: failed });
+        };
+        let number = fallback.number;
+        match self.render_with(&service, fallback, &request, context).await {
+            Ok(rendered) => Ok(Rendering { version: number, rendered, fell_back_from: Some(picked.number) }),
+            Err(reason) => Err(RenderFailure::Failed {
+                version: picked.number,
+                reason: format!("{failed}; version {number} failed too: {reason}"),
+            }),
+        }
+    }
+
+    async fn render_with(
+        self: &Arc<Self>,
+        service: &Arc<Service>,
+        version: Arc<Version>,
+        request: &TemplateRequest,
+        context: InvocationContext,
+    ) -> Result<Rendered, String> {
+        let call =
+            Render { name: request.name.clone(), locale: request.locale.clone(), variables: request.variables.clone() };
+        match self.unit_of_work(service, version, call, context).await {
+            Ok(Ok(rendered)) => Ok(rendered),
+            Ok(Err(RenderError::UnknownTemplate(why))) => Err(format!("unknown template: {why}")),
+            Ok(Err(RenderError::InvalidVariables(why))) => Err(format!("invalid variables: {why}")),
+            Ok(Err(RenderError::Failed(why))) => Err(format!("the template failed: {why}")),
+            Err(err) => Err(err.to_string()),
+        }
     }
 }
 

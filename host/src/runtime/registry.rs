@@ -16,6 +16,7 @@ use wasmtime::component::{Component, Linker};
 use crate::policy::{Kind, Policy};
 use crate::runtime::bindings::{
     fraud_rule::FraudRulePre, identity::IdentityServicePre, service::ServicePre, subscribing::SubscribingServicePre,
+    template::TemplatePre,
 };
 use crate::runtime::service::Service;
 use crate::runtime::state::InvocationState;
@@ -150,8 +151,10 @@ pub fn check_imports(engine: &Engine, policy: &Policy, component: &Component) ->
         let interface = import.split('@').next().unwrap_or(import);
         let refusal = match (policy.component.kind, interface) {
             (Kind::FraudRule, "micropay:platform/rule-types") => continue,
-            (Kind::FraudRule, wasi) if wasi.starts_with("wasi:") => continue,
+            (Kind::Template, "micropay:platform/template-types") => continue,
+            (Kind::FraudRule | Kind::Template, wasi) if wasi.starts_with("wasi:") => continue,
             (Kind::FraudRule, _) => "capability at all: it is a fraud-rule plugin",
+            (Kind::Template, _) => "capability at all: it is a template plugin",
             (Kind::Service, "micropay:platform/database") if policy.database.is_none() => "database ([database] name)",
             (Kind::Service, "micropay:platform/services") if policy.services.call.is_empty() => {
                 "service calls ([services] call)"
@@ -161,6 +164,12 @@ pub fn check_imports(engine: &Engine, policy: &Policy, component: &Component) ->
             }
             (Kind::Service, "micropay:platform/fraud-rules") if !policy.hosts(Kind::FraudRule) => {
                 "fraud rules ([plugins] host = [\"fraud-rule\"])"
+            }
+            (Kind::Service, "micropay:platform/templates") if !policy.hosts(Kind::Template) => {
+                "templates ([plugins] host = [\"template\"])"
+            }
+            (Kind::Service, "micropay:platform/messaging") if policy.messaging.channels.is_empty() => {
+                "channel ([messaging] channels)"
             }
             _ => continue,
         };
@@ -189,6 +198,8 @@ pub enum World {
     },
     /// A fraud rule: its `rule`.
     FraudRule(FraudRulePre<InvocationState>),
+    /// A set of templates: its `renderer`.
+    Template(TemplatePre<InvocationState>),
 }
 
 impl World {
@@ -196,6 +207,7 @@ impl World {
         match self {
             World::Service { .. } => Kind::Service,
             World::FraudRule(_) => Kind::FraudRule,
+            World::Template(_) => Kind::Template,
         }
     }
 }
@@ -204,7 +216,7 @@ impl World {
 /// says. A service must export the `handler`; one whose policy names it the identity provider
 /// must export `authenticator` (exporting it without that grant gives nothing: it is never
 /// asked); one whose policy subscribes it to topics must export `subscriber`. A fraud rule must
-/// export `rule`.
+/// export `rule`, a template `renderer`.
 pub fn prepare(linker: &Linker<InvocationState>, policy: &Policy, component: &Component) -> anyhow::Result<World> {
     let instance_pre =
         linker.instantiate_pre(component).map_err(anyhow::Error::from).context("linking the component's imports")?;
@@ -213,6 +225,12 @@ pub fn prepare(linker: &Linker<InvocationState>, policy: &Policy, component: &Co
             .map_err(anyhow::Error::from)
             .context("the component does not export the fraud-rule world's rule")?;
         return Ok(World::FraudRule(rule));
+    }
+    if policy.component.kind == Kind::Template {
+        let template = TemplatePre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export the template world's renderer")?;
+        return Ok(World::Template(template));
     }
     let handler = ServicePre::new(instance_pre.clone())
         .map_err(anyhow::Error::from)

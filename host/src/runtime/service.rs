@@ -38,6 +38,10 @@ pub struct Service {
     /// one of its units of work on this host committed events.
     pub events_committed: Notify,
     active: RwLock<Arc<Version>>,
+    /// The version the active one replaced, when it is older (a rollback keeps none): a
+    /// plugin's fallback while the new version fails. Kept for plugins only (services never
+    /// fall back, and keep no second compiled version alive).
+    previous: RwLock<Option<Arc<Version>>>,
     /// A version serving a share of the callers beside the active one, if one is on trial.
     canary: RwLock<Option<Arc<Canary>>>,
 }
@@ -89,6 +93,7 @@ impl Service {
             outbox_written: Arc::default(),
             events_committed: Notify::new(),
             active: RwLock::new(version),
+            previous: RwLock::new(None),
             canary: RwLock::new(None),
         }
     }
@@ -102,6 +107,11 @@ impl Service {
             return canary.version.clone();
         }
         self.active()
+    }
+
+    /// The version the active one replaced, if it is kept (see `previous`).
+    pub fn previous(&self) -> Option<Arc<Version>> {
+        self.previous.read().unwrap().clone()
     }
 
     /// The version on trial, if any.
@@ -123,7 +133,16 @@ impl Service {
     /// Invocations admitted before keep theirs to the end.
     pub fn activate(self: &Arc<Self>, version: Arc<Version>) -> Arc<Version> {
         let wanted = version.policy.limits.max_instances;
+        let number = version.number;
+        let plugin = version.world.kind() != crate::policy::Kind::Service;
         let previous = std::mem::replace(&mut *self.active.write().unwrap(), version);
+        let mut kept = self.previous.write().unwrap();
+        if plugin && previous.number < number {
+            *kept = Some(previous.clone());
+        } else if kept.as_ref().is_some_and(|kept| !plugin || kept.number >= number) {
+            *kept = None;
+        }
+        drop(kept);
         let had = self.slot_count.swap(wanted, Ordering::Relaxed);
         if wanted > had {
             self.slots.add_permits((wanted - had) as usize);

@@ -6,6 +6,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 
 use crate::capabilities::database::UnitOfWork;
+use crate::capabilities::messaging::Channels;
 use crate::capabilities::services::CallService;
 use crate::capabilities::wasi::LockedWasi;
 use crate::metrics::Metrics;
@@ -74,6 +75,8 @@ pub struct InvocationState {
     pub dev_log_secrets: bool,
     /// WASI, created on first use (most components never import it).
     pub wasi: Option<LockedWasi>,
+    /// The `messaging` capability's adapters (used only as the policy grants channels).
+    pub channels: Arc<Channels>,
 }
 
 /// The component an invocation runs: its service's name, its version, its policy.
@@ -92,6 +95,7 @@ impl InvocationState {
         services: Arc<dyn CallService>,
         metrics: Arc<Metrics>,
         dev_log_secrets: bool,
+        channels: Arc<Channels>,
     ) -> Self {
         let policy = version.policy.clone();
         Self {
@@ -104,6 +108,7 @@ impl InvocationState {
             metrics,
             dev_log_secrets,
             wasi: None,
+            channels,
         }
     }
 }
