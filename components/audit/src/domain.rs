@@ -26,6 +26,9 @@ const MAX_LIMIT: i64 = 500;
 const IP_ADDRESS_MAX: usize = 45;
 const ENTITY_TYPE_MAX: usize = 200;
 
+/// What the trail keeps of an event's `secret` field (`micropay_sdk::contracts::SECRET_FIELD`).
+pub const REDACTED: &str = "[redacted]";
+
 /// One row of `audit_logs`, before the database chains it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -52,12 +55,17 @@ pub struct Record {
 /// - `event_type` is the topic, `service_name` its publisher, `entity_id` its subject;
 /// - `entity_type` is the topic's first word (`user` for `user.registered`) unless the data
 ///   names one, and `action` the rest of the topic (`registered`);
-/// - `new_values` is the data, or its `new_values` object when it carries `old_values` too;
+/// - `new_values` is the data (its `secret` field [`REDACTED`]), or its `new_values` object when
+///   it carries `old_values` too;
 /// - `metadata` is the data's `metadata` object with the event's trace id and source, which the
 ///   payload cannot override.
 pub fn record(event: &Event) -> Record {
     // The host only publishes JSON; anything else is kept verbatim, as a JSON string.
-    let data: Json = serde_json::from_str(&event.data).unwrap_or_else(|_| Json::String(event.data.clone()));
+    let mut data: Json = serde_json::from_str(&event.data).unwrap_or_else(|_| Json::String(event.data.clone()));
+    // An event's secret (a one-time code) is for its one reader, never for the trail.
+    if let Some(secret) = data.get_mut(micropay_sdk::contracts::SECRET_FIELD) {
+        *secret = Json::String(REDACTED.into());
+    }
     let (first_word, rest) = event.topic.split_once('.').unwrap_or((&event.topic, &event.topic));
     let string = |field: &str| data.get(field).and_then(Json::as_str);
 
@@ -379,4 +387,14 @@ mod tests {
 
     #[test]
     fn uuids() {}
+
+    #[test]
+    fn an_events_secret_is_redacted() {
+        let data = json!({ "user_id": USER, "destination": "a@example.com", "secret": { "code": "123456" } });
+        let record = record(&event("user.code_issued", USER, &data.to_string()));
+        let kept = record.new_values.unwrap();
+        assert_eq!(kept["secret"], json!(REDACTED));
+        assert_eq!(kept["destination"], json!("a@example.com"));
+        assert!(!kept.to_string().contains("123456"));
+    }
 }

@@ -174,3 +174,79 @@ pub const MAX_PAYMENT_STATUSES: usize = 10_000;
 pub struct PaymentStatuses {
     pub statuses: std::collections::BTreeMap<String, String>,
 }
+
+/// Event `user.contact_changed` (user → notification): how to reach a user and what they
+/// agreed to receive, as it is now. Published on sign-up and whenever the email, the phone
+/// number or a notification preference changes; the last one of a user is the truth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserContact {
+    pub user_id: String,
+    pub email: String,
+    pub email_verified: bool,
+    pub phone_number: Option<String>,
+    pub phone_verified: bool,
+    pub email_notifications_enabled: bool,
+    pub sms_notifications_enabled: bool,
+    pub push_notifications_enabled: bool,
+}
+
+/// What a one-time code is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CodePurpose {
+    /// Proves control of the email address (`POST /verifications/email`).
+    VerifyEmail,
+    /// Proves control of the phone number (`POST /me/phone/verify`).
+    VerifyPhone,
+    /// Sets a new password (`POST /password-resets/confirm`).
+    ResetPassword,
+}
+
+/// The secret part of an event: a payload's `secret` field. The audit service stores the
+/// event with it replaced by `"[redacted]"`; only the notification service reads it, to put
+/// it in the one message meant for the person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeSecret {
+    pub code: String,
+}
+
+/// Event `user.code_issued` (user → notification): a one-time code to send to `destination`
+/// (the email address for `VERIFY_EMAIL` and `RESET_PASSWORD`, the phone number for
+/// `VERIFY_PHONE`). The code is in `secret`, never anywhere else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeIssued {
+    pub user_id: String,
+    pub purpose: CodePurpose,
+    pub destination: String,
+    /// When the code stops working (RFC 3339).
+    pub expires_at: String,
+    pub secret: CodeSecret,
+}
+
+/// The field of an event payload that holds a secret (see [`CodeSecret`]).
+pub const SECRET_FIELD: &str = "secret";
+
+/// What the notification service reads of a payment event (`payment.completed`,
+/// `payment.failed`; `payment.refunded` carries two, `payment` and `refund`): a part of the
+/// payment as the payment service shows it (`PAYMENTS.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentSummary {
+    pub payment_id: String,
+    pub payer_account_id: String,
+    pub payee_account_id: String,
+    /// Decimal text.
+    pub amount: String,
+    pub currency: String,
+    pub description: Option<String>,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    /// The payment a refund gives back, for a refund.
+    pub refund_of: Option<String>,
+}
+
+/// Event `payment.refunded`: the refunded payment and the refund.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub payment: PaymentSummary,
+    pub refund: PaymentSummary,
+}

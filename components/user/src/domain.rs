@@ -5,6 +5,7 @@
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use chrono::{DateTime, NaiveDate};
+use micropay_sdk::contracts::{CodeIssued, CodePurpose, CodeSecret};
 use micropay_sdk::{ApiError, Db};
 use sha2::{Digest, Sha256};
 
@@ -317,16 +318,29 @@ pub fn count_code_request(db: &Db, channel: Channel, address: &str) -> Result<()
     Ok(())
 }
 
-/// Issues a verification code for `channel`, replacing any outstanding one, and delivers it.
-///
-/// Delivery is a log line until a notification service exists; its shape is relied upon.
-pub fn issue_code(db: &Db, user_id: &str, channel: Channel) -> Result<(), ApiError> {
+/// Issues a verification code for `channel`, replacing any outstanding one, and has it
+/// delivered to `destination`: event `user.code_issued`, the code in its `secret` (the
+/// notification service sends it; the audit trail keeps the event redacted).
+pub fn issue_code(db: &Db, user_id: &str, channel: Channel, destination: &str) -> Result<(), ApiError> {
     sql::consume_open_codes(db, user_id, channel.as_str())?;
     let code = new_code();
-    sql::insert_code(db, user_id, channel.as_str(), &code_hash(user_id, &code), CODE_TTL)?;
+    let expires_at = sql::insert_code(db, user_id, channel.as_str(), &code_hash(user_id, &code), CODE_TTL)?;
+    let purpose = match channel {
+        Channel::Email => CodePurpose::VerifyEmail,
+        Channel::Phone => CodePurpose::VerifyPhone,
+    };
+    // A development host (`--dev-log-secrets`) also logs it; any other drops this line.
     let channel = channel.as_str();
-    // Until the notification service delivers it: dropped by the host, except in development.
     micropay_sdk::log_development_secret(&format!("verification code for {channel} of user {user_id}: {code}"));
+    let issued = CodeIssued {
+        user_id: user_id.to_string(),
+        purpose,
+        destination: destination.to_string(),
+        expires_at,
+        secret: CodeSecret { code },
+    };
+    let data = serde_json::to_value(&issued).expect("a contract serialises");
+    micropay_sdk::events::publish("user.code_issued", user_id, &data)?;
     Ok(())
 }
 

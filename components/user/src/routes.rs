@@ -1,6 +1,7 @@
 //! The endpoints: each reads its input, applies the rules of [`crate::domain`], runs the
 //! statements of [`crate::sql`] and shapes the answer.
 
+use micropay_sdk::contracts::UserContact;
 use micropay_sdk::db::DbError;
 use micropay_sdk::db::param::{boolean, opt_text};
 use micropay_sdk::{ApiError, Caller, Context, Db, Response, Row, fields};
@@ -228,6 +229,25 @@ fn record(
     Ok(())
 }
 
+/// Event `user.contact_changed`: how to reach the user and what they agreed to receive, as
+/// this unit of work leaves it.
+fn publish_contact(db: &Db, user_id: &str) -> Result<(), ApiError> {
+    let row = sql::contact(db, user_id)?;
+    let contact = UserContact {
+        user_id: row.text("user_id"),
+        email: row.text("email"),
+        email_verified: row.bool("email_verified"),
+        phone_number: row.opt_text("phone_number"),
+        phone_verified: row.bool("phone_verified"),
+        email_notifications_enabled: row.bool("email_notifications_enabled"),
+        sms_notifications_enabled: row.bool("sms_notifications_enabled"),
+        push_notifications_enabled: row.bool("push_notifications_enabled"),
+    };
+    let data = serde_json::to_value(&contact).expect("a contract serialises");
+    micropay_sdk::events::publish("user.contact_changed", user_id, &data)?;
+    Ok(())
+}
+
 fn client_ip(ctx: &Context) -> Option<String> {
     ctx.header(CLIENT_IP_HEADER).filter(|ip| !ip.is_empty() && ip.len() <= IP_ADDRESS_MAX).map(str::to_string)
 }
@@ -293,8 +313,9 @@ pub fn sign_up(ctx: &mut Context) -> Result<Response, ApiError> {
     let user_id = user.text("user_id");
     sql::insert_user_settings(db, &user_id)?;
     record(db, &user_id, Activity::SignedUp, None, ip.as_deref())?;
+    publish_contact(db, &user_id)?;
     domain::count_code_request(db, Channel::Email, &email)?;
-    domain::issue_code(db, &user_id, Channel::Email)?;
+    domain::issue_code(db, &user_id, Channel::Email, &email)?;
     Ok(Response::created(&user_json(&user)))
 }
 
@@ -310,6 +331,7 @@ pub fn verify_email(ctx: &mut Context) -> Result<Response, ApiError> {
     redeem_or_refuse(db, &user_id, Channel::Email, &body.code)?;
     let user = sql::mark_email_verified(db, &user_id)?;
     record(db, &user_id, Activity::EmailVerified, None, ip.as_deref())?;
+    publish_contact(db, &user_id)?;
     Ok(Response::ok(&user_json(&user)))
 }
 
@@ -327,7 +349,7 @@ pub fn resend_email_code(ctx: &mut Context) -> Result<Response, ApiError> {
         && !user.bool("email_verified")
     {
         let user_id = user.text("user_id");
-        domain::issue_code(db, &user_id, Channel::Email)?;
+        domain::issue_code(db, &user_id, Channel::Email, &email)?;
         record(db, &user_id, Activity::EmailVerificationSent, None, ip.as_deref())?;
     }
     Ok(sent())
@@ -346,8 +368,9 @@ pub fn request_phone_code(ctx: &mut Context) -> Result<Response, ApiError> {
     if user.bool("phone_verified") {
         return Err(ApiError::conflict("already_verified", "the phone number is already verified"));
     }
-    domain::count_code_request(db, Channel::Phone, &user.text("phone_number"))?;
-    domain::issue_code(db, &caller.user_id, Channel::Phone)?;
+    let phone_number = user.text("phone_number");
+    domain::count_code_request(db, Channel::Phone, &phone_number)?;
+    domain::issue_code(db, &caller.user_id, Channel::Phone, &phone_number)?;
     record(db, &caller.user_id, Activity::PhoneVerificationSent, None, ip.as_deref())?;
     Ok(sent())
 }
@@ -369,6 +392,7 @@ pub fn verify_phone(ctx: &mut Context) -> Result<Response, ApiError> {
     redeem_or_refuse(db, &caller.user_id, Channel::Phone, &body.code)?;
     let user = sql::mark_phone_verified(db, &caller.user_id)?;
     record(db, &caller.user_id, Activity::PhoneVerified, None, ip.as_deref())?;
+    publish_contact(db, &caller.user_id)?;
     Ok(Response::ok(&user_json(&user)))
 }
 
@@ -537,6 +561,9 @@ pub fn update_me(ctx: &mut Context) -> Result<Response, ApiError> {
     }
     let metadata = json!({ "fields": changed });
     record(db, &caller.user_id, Activity::UserUpdated, Some(&metadata), ip.as_deref())?;
+    if phone_changed {
+        publish_contact(db, &caller.user_id)?;
+    }
     Ok(Response::ok(&user_json(&user)))
 }
 
@@ -672,5 +699,6 @@ pub fn update_preferences(ctx: &mut Context) -> Result<Response, ApiError> {
     let preferences = patch.apply(db, &caller.user_id)?;
     let metadata = json!({ "fields": changed });
     record(db, &caller.user_id, Activity::PreferencesUpdated, Some(&metadata), ip.as_deref())?;
+    publish_contact(db, &caller.user_id)?;
     Ok(Response::ok(&preferences_json(&preferences)))
 }

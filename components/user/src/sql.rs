@@ -244,14 +244,29 @@ pub fn insert_code_request(db: &Db, channel: &str, address_sha256: &str) -> Resu
     Ok(())
 }
 
-/// Stores a new code's hash, valid for `ttl` (an SQL interval such as `15 minutes`).
-pub fn insert_code(db: &Db, user_id: &str, channel: &str, code_hash: &str, ttl: &str) -> Result<(), DbError> {
-    db.execute(
+/// Stores a new code's hash, valid for `ttl` (an SQL interval such as `15 minutes`), and
+/// returns when it expires (RFC 3339).
+pub fn insert_code(db: &Db, user_id: &str, channel: &str, code_hash: &str, ttl: &str) -> Result<String, DbError> {
+    let row = db.query_one(
         "INSERT INTO user_verification_codes (user_id, channel, code_hash, expires_at) \
-         VALUES ($1, $2, $3, now() + $4::interval)",
+         VALUES ($1, $2, $3, now() + $4::interval) RETURNING expires_at",
         &[uuid(user_id), text(channel), text(code_hash), text(ttl)],
     )?;
-    Ok(())
+    Ok(row.rfc3339("expires_at"))
+}
+
+/// How to reach a user and what they agreed to receive (event `user.contact_changed`).
+pub fn contact(db: &Db, user_id: &str) -> Result<Row, DbError> {
+    db.query_one(
+        "SELECT u.user_id, u.email, u.phone_number, \
+                COALESCE(u.email_verified, FALSE) AS email_verified, \
+                COALESCE(u.phone_verified, FALSE) AS phone_verified, \
+                COALESCE(p.email_notifications_enabled, TRUE) AS email_notifications_enabled, \
+                COALESCE(p.sms_notifications_enabled, TRUE) AS sms_notifications_enabled, \
+                COALESCE(p.push_notifications_enabled, TRUE) AS push_notifications_enabled \
+         FROM users u LEFT JOIN user_preferences p USING (user_id) WHERE u.user_id = $1",
+        &[uuid(user_id)],
+    )
 }
 
 /// The user's outstanding code for a channel, locked so concurrent guesses count one by one;
