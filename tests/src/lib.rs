@@ -5,6 +5,7 @@
 //! compiled-component cache.
 
 pub mod bank;
+pub mod mail;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -101,9 +102,9 @@ impl HostOptions {
 
 /// The connections each test host may open: two tests run at once, a few with two hosts each,
 /// on a server of 100 connections (pools open connections as they need them, so hosts rarely
-/// hold their whole budget). Two per service pool for the eight service databases: a call
+/// hold their whole budget). Two per service pool for the nine service databases: a call
 /// chain that comes back to a service (payment → transaction → payment) needs two.
-pub const DB_CONNECTIONS: u32 = 34;
+pub const DB_CONNECTIONS: u32 = 37;
 
 /// A running `micropay serve`.
 pub struct TestHost {

@@ -12,8 +12,10 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages the build, the embedded database and the NATS bus tests need.
-const SYSTEM_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "lld-19", "postgresql", "nats-server"];
+/// Debian packages the build, the embedded database, the NATS bus tests and the notification
+/// tests' SMTP server (OpenSSL) need.
+const SYSTEM_PACKAGES: &[&str] =
+    &["rustc-web", "cargo-web", "rust-web-src", "lld-19", "postgresql", "nats-server", "libssl-dev", "pkg-config"];
 
 /// The machine's PostgreSQL, which the tests and the bench use.
 const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
