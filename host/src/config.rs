@@ -122,10 +122,10 @@ pub struct Config {
     #[arg(long, env = "MICROPAY_DEV_LOG_SECRETS")]
     pub dev_log_secrets: bool,
 
-    /// The SMTP server emails go through: `smtp://host:port`, with `user:password@` for a
-    /// server that authenticates (the connection is not encrypted: a relay on the host's own
-    /// network). Without one, emails are kept in the host's outbox (`micropay notifications
-    /// outbox`).
+    /// The SMTP server emails go through: `smtp://host:port` (plain, a relay on the host's own
+    /// network), `smtp://host?tls=required` (STARTTLS), `smtps://host` (TLS), with
+    /// `user:password@` for a server that authenticates. Without one, emails are kept in the
+    /// host's outbox (`micropay notifications outbox`).
     #[arg(long, env = "MICROPAY_SMTP_URL")]
     pub smtp_url: Option<String>,
 

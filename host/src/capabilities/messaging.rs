@@ -47,7 +47,8 @@ pub const WEBHOOK_ID_HEADER: &str = "micropay-webhook-id";
 /// Where the adapters send, from the host's configuration.
 #[derive(Debug, Clone, Default)]
 pub struct ChannelSettings {
-    /// `smtp://[user:password@]host[:port]`; none keeps emails in the outbox.
+    /// `smtp://host:port` (plain), `smtp://host?tls=required` (STARTTLS), `smtps://host` (TLS),
+    /// with `user:password@` for a server that authenticates; none keeps emails in the outbox.
     pub smtp_url: Option<String>,
     /// The sender of every email.
     pub email_from: String,
@@ -77,7 +78,15 @@ impl Channels {
     /// The adapters the settings describe, creating the outbox table if it is missing.
     pub async fn open(settings: &ChannelSettings, platform: PgPool) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let smtp = settings.smtp_url.as_deref().map(smtp_transport).transpose()?;
+        let smtp = match &settings.smtp_url {
+            Some(url) => Some(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .context("MICROPAY_SMTP_URL is not an SMTP URL")?
+                    .timeout(Some(SEND_TIMEOUT))
+                    .build(),
+            ),
+            None => None,
+        };
         let from = settings.email_from.parse().context("MICROPAY_EMAIL_FROM is not an email address")?;
         let endpoint = |url: &Option<String>, name: &str| {
             url.as_deref()
@@ -254,24 +263,6 @@ pub struct KeptMessage {
     pub text_body: String,
     pub html_body: Option<String>,
     pub kept_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// The SMTP transport of `smtp://[user:password@]host[:port]` (port 25 by default).
-fn smtp_transport(url: &str) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
-    let url = reqwest::Url::parse(url).map_err(|_| anyhow::anyhow!("MICROPAY_SMTP_URL is not a URL"))?;
-    anyhow::ensure!(url.scheme() == "smtp", "MICROPAY_SMTP_URL: only smtp:// is supported");
-    let host = url.host_str().ok_or_else(|| anyhow::anyhow!("MICROPAY_SMTP_URL names no host"))?;
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-        .port(url.port().unwrap_or(25))
-        .timeout(Some(SEND_TIMEOUT));
-    if !url.username().is_empty() {
-        let password = url.password().unwrap_or_default().to_string();
-        builder = builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
-            url.username().to_string(),
-            password,
-        ));
-    }
-    Ok(builder.build())
 }
 
 /// The outbox of messages no server was configured for.
