@@ -118,20 +118,26 @@ fn build_components(root: &Path) -> anyhow::Result<()> {
             encode_component(&path, &out_dir.join(name))?;
         }
     }
-    build_second_probe(root, &out_dir)?;
+    build_second_builds(root, &out_dir)?;
     build_wasip2_components(root)
 }
 
-/// The probe built with its `second-build` feature, as `probe_second.wasm`: a second version
-/// for the deploy tests. In a target directory of its own, so that neither build undoes the
-/// other's features.
-fn build_second_probe(root: &Path, out_dir: &Path) -> anyhow::Result<()> {
+/// The probe and the templates built with their `second-build` feature, as
+/// `probe_second.wasm` and `templates_second.wasm`: second versions for the deploy and
+/// hot-swap tests. In a target directory of its own, so that neither build undoes the other's
+/// features.
+fn build_second_builds(root: &Path, out_dir: &Path) -> anyhow::Result<()> {
     let target_dir = root.join("target/wasm-second");
     let mut build = wasm_build(root, &root.join("components"), "wasm32-unknown-unknown", &target_dir);
-    build.args(["--package", "probe", "--features", "probe/second-build"]);
+    build.args(["--package", "probe", "--package", "templates"]);
+    build.args(["--features", "probe/second-build,templates/second-build"]);
     build.env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", "/usr/bin/wasm-ld-19");
-    run(&mut build).context("building the second probe")?;
-    encode_component(&target_dir.join("wasm32-unknown-unknown/release/probe.wasm"), &out_dir.join("probe_second.wasm"))
+    run(&mut build).context("building the second builds")?;
+    let built = target_dir.join("wasm32-unknown-unknown/release");
+    for name in ["probe", "templates"] {
+        encode_component(&built.join(format!("{name}.wasm")), &out_dir.join(format!("{name}_second.wasm")))?;
+    }
+    Ok(())
 }
 
 /// Encodes the core module at `core` as a component at `out`.

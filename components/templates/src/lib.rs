@@ -39,6 +39,10 @@ impl Guest for Templates {
     }
 }
 
+/// The line every text body ends with; the second build's says so, for the hot-swap tests.
+const SIGNATURE: &str =
+    if cfg!(feature = "second-build") { "\n-- \nMicroPay (templates, second build)\n" } else { "\n-- \nMicroPay\n" };
+
 fn render(message: &Message, variables: &Value) -> Result<Rendered, RenderError> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -50,7 +54,7 @@ fn render(message: &Message, variables: &Value) -> Result<Rendered, RenderError>
     };
     Ok(Rendered {
         subject: message.subject.map(|source| part("subject.txt", source)).transpose()?,
-        text: part("body.txt", message.text)?,
+        text: part("body.txt", message.text)? + SIGNATURE,
         // The `.html` name turns escaping on.
         html: message.html.map(|source| part("body.html", source)).transpose()?,
     })
