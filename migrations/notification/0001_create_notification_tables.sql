@@ -20,6 +20,19 @@ CREATE TABLE account_owners (
     user_id UUID NOT NULL
 );
 
+-- The URLs a user registered to receive their notifications as signed webhooks. The secret
+-- signs each delivery (HMAC-SHA256, as the receiver checks it), so it is kept to sign with; the
+-- API shows it once, when the endpoint is made.
+CREATE TABLE webhook_endpoints (
+    endpoint_id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id UUID NOT NULL,
+    url VARCHAR(2048) NOT NULL,
+    secret VARCHAR(100) NOT NULL,
+    is_active BOOLEAN NOT NULL DEFAULT TRUE,
+    created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE INDEX idx_webhook_endpoints_user ON webhook_endpoints (user_id) WHERE is_active;
+
 -- Each template name and channel, and the template component that renders it. The spec's
 -- subject and body templates live in that component (its versions are the templates'
 -- versions: deployed, canaried, rolled back by ops); `variables` lists what it is given.

@@ -246,9 +246,22 @@ async fn users_read_only_their_own_in_app_notifications() {
     let owner = mailed_user(&host, &mail).await;
     let other = mailed_user(&host, &mail).await;
 
+    // A webhook to this machine: the host refuses to post to a private address.
+    let hook = json!({"url": "http://127.0.0.1:9/hook"});
+    let (status, endpoint) = host.call("POST", "/v1/notification/webhooks", Some(&owner.token), Some(hook)).await;
+    assert_eq!(status, 201, "{endpoint}");
+    let endpoint_path = format!("/v1/notification/webhooks/{}", endpoint["endpoint_id"].as_str().unwrap());
+    let (status, body) = host.call("DELETE", &endpoint_path, Some(&other.token), None).await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"), "another user removed the endpoint: {body}");
+
     let change = json!({"current_password": PASSWORD, "new_password": "another horse 43 staple"});
     let (status, body) = host.call("POST", "/v1/user/me/password", Some(&owner.token), Some(change)).await;
     assert_eq!(status, 204, "{body}");
+    let ops = host.admin_key("ops");
+    let refused =
+        wait_for_message(&host, &ops, &owner.user_id, |m| m["channel"] == "WEBHOOK" && m["status"] != "PENDING").await;
+    assert_eq!(refused["status"], "FAILED", "{refused}");
+    assert!(refused["failure_reason"].as_str().unwrap().contains("127.0.0.1 is not a public address"), "{refused}");
     let started = Instant::now();
     let notification = loop {
         let (status, inbox) = host.call("GET", "/v1/notification/notifications", Some(&owner.token), None).await;
@@ -308,4 +321,150 @@ async fn without_smtp_emails_are_kept_in_the_outbox_for_ops_and_previews_render_
     assert_eq!((status, error_code(&body)), (422, "render_failed"), "{body}");
     let (status, _) = host.call("POST", path, Some(&risk), Some(preview)).await;
     assert_eq!(status, 403);
+}
+
+/// Sign-ups made under load: the user's id, the email, and whether the deploy had answered.
+type SignUps = std::sync::Arc<std::sync::Mutex<Vec<(String, String, bool)>>>;
+
+#[tokio::test]
+async fn a_template_deployed_under_load_renders_from_the_next_message_on_and_a_broken_one_falls_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mail = MailServer::start();
+    let host = host_mailing_to(&mail.url()).await;
+    let ops = host.admin_key("ops");
+    let components = micropay_tests::root().join("target/components");
+
+    // Four clients sign up again and again: every sign-up sends a code by email.
+    let deployed = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let signed_up: SignUps = Arc::default();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, url) = (host.http.clone(), host.url("/v1/user/users"));
+            let (deployed, stop, signed_up) = (deployed.clone(), stop.clone(), signed_up.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    // Sent after the deploy answered: the new version's to render.
+                    let after = deployed.load(Ordering::SeqCst);
+                    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+                    let answer = http.post(&url).json(&json!({"email": email, "password": PASSWORD})).send().await;
+                    let answer = answer.expect("sign-up sent");
+                    assert_eq!(answer.status().as_u16(), 201, "a sign-up failed during the swap");
+                    let body: Value = answer.json().await.unwrap();
+                    let user_id = body["user_id"].as_str().unwrap().to_string();
+                    signed_up.lock().unwrap().push((user_id, email, after));
+                }
+            })
+        })
+        .collect();
+    let count = |signed_up: &SignUps| signed_up.lock().unwrap().len();
+    while count(&signed_up) < 4 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = components.join("templates_second.wasm");
+    let (ok, printed) = host.command(&ops, &["deploy", second.to_str().unwrap(), "--name", "templates"]);
+    assert!(ok, "{printed}");
+    deployed.store(true, Ordering::SeqCst);
+    let before = count(&signed_up);
+    while count(&signed_up) < before + 8 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    // Every message was delivered; those asked for after the deploy by the new version.
+    let everyone = signed_up.lock().unwrap().clone();
+    for (user_id, email, after) in &everyone {
+        let received = mail.wait_for(email, "Your MicroPay code is").await;
+        let message = wait_for_message(&host, &ops, user_id, |m| m["status"] != "PENDING").await;
+        assert_eq!(message["status"], "SENT", "{message}");
+        if *after {
+            assert!(received.text().contains("second build"), "{}", received.data);
+            assert_eq!(message["template_version"], 2, "{message}");
+        }
+    }
+
+    // A version that renders nothing: the messages still go out, rendered by the one before.
+    let broken = components.join("broken_templates.wasm");
+    let (ok, printed) = host.command(&ops, &["deploy", broken.to_str().unwrap(), "--name", "templates"]);
+    assert!(ok, "{printed}");
+    let (user_id, email) = sign_up(&host).await;
+    let received = mail.wait_for(&email, "Your MicroPay code is").await;
+    assert!(received.text().contains("second build"), "{}", received.data);
+    let message = wait_for_message(&host, &ops, &user_id, |m| m["status"] == "SENT").await;
+    assert_eq!(message["template_version"], 2, "{message}");
+    let fell_back =
+        r#"micropay_template_renders_total{component="templates",template="verification_code",result="FellBack"}"#;
+    assert!(host.metric(fell_back).await >= 1.0, "no fallback counted");
+    let (ok, printed) = host.command(&ops, &["rollback", "templates"]);
+    assert!(ok, "{printed}");
+}
+
+#[tokio::test]
+async fn a_webhook_is_signed_with_its_endpoints_secret_and_a_tampered_one_does_not_verify() {
+    use hmac::{Hmac, Mac};
+
+    // A real HTTP receiver.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(axum::http::HeaderMap, String)>();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                tx.send((headers, body)).ok();
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, receiver).await.ok() });
+
+    let mail = MailServer::start();
+    let options = HostOptions {
+        dev_log_secrets: false,
+        extra_args: vec!["--smtp-url".into(), mail.url(), "--webhooks-to-private-addresses".into()],
+        ..HostOptions::on_test_server()
+    };
+    let host = TestHost::start_with(options).await;
+    let ops = host.admin_key("ops");
+    let user = mailed_user(&host, &mail).await;
+    let hook = json!({"url": format!("http://{address}/hook")});
+    let (status, endpoint) = host.call("POST", "/v1/notification/webhooks", Some(&user.token), Some(hook)).await;
+    assert_eq!(status, 201, "{endpoint}");
+    let secret = endpoint["secret"].as_str().unwrap().to_string();
+    let (status, listed) = host.call("GET", "/v1/notification/webhooks", Some(&user.token), None).await;
+    assert_eq!(status, 200);
+    assert!(!listed.to_string().contains(&secret), "a listing shows the secret: {listed}");
+
+    let change = json!({"current_password": PASSWORD, "new_password": "another horse 43 staple"});
+    let (status, body) = host.call("POST", "/v1/user/me/password", Some(&user.token), Some(change)).await;
+    assert_eq!(status, 204, "{body}");
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap();
+    let posted: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(posted["type"], "password_changed", "{posted}");
+    assert_eq!(headers["micropay-webhook-id"].to_str().unwrap(), posted["id"].as_str().unwrap());
+
+    // The receiver's check: HMAC-SHA256 of "<t>.<body>" with the shared secret.
+    let signature = headers["micropay-signature"].to_str().unwrap().to_string();
+    let (t, v1) = signature.split_once(',').unwrap();
+    let (t, v1) = (t.strip_prefix("t=").unwrap(), v1.strip_prefix("v1=").unwrap());
+    let verifies = |secret: &str, body: &str| {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{t}.{body}").as_bytes());
+        mac.verify_slice(&hex::decode(v1).unwrap()).is_ok()
+    };
+    assert!(verifies(&secret, &body), "the signature does not verify: {signature}");
+    assert!(!verifies(&secret, &body.replace("password_changed", "payment_received")), "a tampered body verifies");
+    assert!(!verifies("whsec_someone_else", &body), "another secret verifies");
+    let age = chrono::Utc::now().timestamp() - t.parse::<i64>().unwrap();
+    assert!((0..60).contains(&age), "the timestamp is {age} s old");
+
+    let delivered =
+        wait_for_message(&host, &ops, &user.user_id, |m| m["channel"] == "WEBHOOK" && m["status"] != "PENDING").await;
+    assert_eq!(delivered["status"], "DELIVERED", "{delivered}");
 }

@@ -12,10 +12,12 @@ pub enum Channel {
     Push,
     /// A row the user reads in the app: delivered when written.
     InApp,
+    /// A signed POST to a URL the user registered.
+    Webhook,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [Channel::Email, Channel::Sms, Channel::Push, Channel::InApp];
+    pub const ALL: [Channel; 5] = [Channel::Email, Channel::Sms, Channel::Push, Channel::InApp, Channel::Webhook];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -23,6 +25,7 @@ impl Channel {
             Channel::Sms => "SMS",
             Channel::Push => "PUSH",
             Channel::InApp => "IN_APP",
+            Channel::Webhook => "WEBHOOK",
         }
     }
 
@@ -61,10 +64,12 @@ pub struct Intent {
 
 /// The channels and addresses `intent` goes to: its own when it names one; otherwise every
 /// channel it has an active template on that the recipient can be reached on and agreed to
-/// (a critical message ignores the agreement, never the address). In-app needs no address.
+/// (a critical message ignores the agreement, never the address), and each webhook endpoint
+/// the user registered (by its id: registering one is the agreement). In-app needs no address.
 pub fn destinations(
     intent: &Intent,
     recipient: Option<&Recipient>,
+    webhooks: &[String],
     templated: impl Fn(Channel) -> bool,
 ) -> Vec<(Channel, Option<String>)> {
     if let Some((channel, address)) = &intent.to {
@@ -74,11 +79,13 @@ pub fn destinations(
         };
     }
     let critical = intent.critical;
-    Channel::ALL
+    let mut destinations: Vec<(Channel, Option<String>)> = Channel::ALL
         .into_iter()
         .filter(|channel| templated(*channel))
         .filter_map(|channel| match (channel, recipient) {
             (Channel::InApp, _) => Some((channel, None)),
+            // Each registered endpoint, below.
+            (Channel::Webhook, _) => None,
             (_, None) => None,
             (Channel::Email, Some(r)) => (critical || r.email_enabled).then(|| (channel, Some(r.email.clone()))),
             (Channel::Sms, Some(r)) => {
@@ -87,7 +94,9 @@ pub fn destinations(
             // Push goes to the user's devices, which the provider knows by user id.
             (Channel::Push, Some(r)) => (critical || r.push_enabled).then(|| (channel, Some(intent.user_id.clone()))),
         })
-        .collect()
+        .collect();
+    destinations.extend(webhooks.iter().map(|endpoint| (Channel::Webhook, Some(endpoint.clone()))));
+    destinations
 }
 
 /// The id of the message `intent` makes on `channel`: the same event, user, template and
@@ -195,16 +204,18 @@ mod tests {
     }
 
     fn channels(intent: &Intent, recipient: Option<&Recipient>) -> Vec<Channel> {
-        destinations(intent, recipient, |_| true).into_iter().map(|(channel, _)| channel).collect()
+        destinations(intent, recipient, &[], |_| true).into_iter().map(|(channel, _)| channel).collect()
     }
+
+    const SENT_ON_ALL: [Channel; 4] = [Channel::Email, Channel::Sms, Channel::Push, Channel::InApp];
 
     #[test]
     fn opted_out_channels_are_skipped_unless_the_message_is_critical() {
         let everything = recipient(true, true, true);
-        assert_eq!(channels(&intent(false), Some(&everything)), Channel::ALL.to_vec());
+        assert_eq!(channels(&intent(false), Some(&everything)), SENT_ON_ALL.to_vec());
         let nothing = recipient(false, false, false);
         assert_eq!(channels(&intent(false), Some(&nothing)), vec![Channel::InApp]);
-        assert_eq!(channels(&intent(true), Some(&nothing)), Channel::ALL.to_vec());
+        assert_eq!(channels(&intent(true), Some(&nothing)), SENT_ON_ALL.to_vec());
         // No address, no message on that channel, critical or not.
         let no_phone = Recipient { phone_number: None, ..nothing };
         assert_eq!(channels(&intent(true), Some(&no_phone)), vec![Channel::Email, Channel::Push, Channel::InApp]);
@@ -215,8 +226,20 @@ mod tests {
     fn a_message_with_its_own_address_goes_there_only_if_it_has_a_template() {
         let code = Intent { to: Some((Channel::Email, "b@example.com".into())), ..intent(true) };
         let off = recipient(false, false, false);
-        assert_eq!(destinations(&code, Some(&off), |_| true), vec![(Channel::Email, Some("b@example.com".into()))]);
-        assert!(destinations(&code, Some(&off), |channel| channel != Channel::Email).is_empty());
+        let hooks = ["endpoint".to_string()];
+        let to = destinations(&code, Some(&off), &hooks, |_| true);
+        assert_eq!(to, vec![(Channel::Email, Some("b@example.com".into()))], "a code never goes to a webhook");
+        assert!(destinations(&code, Some(&off), &hooks, |channel| channel != Channel::Email).is_empty());
+    }
+
+    #[test]
+    fn every_registered_webhook_gets_the_message() {
+        let hooks = ["e1".to_string(), "e2".to_string()];
+        let to = destinations(&intent(false), None, &hooks, |_| true);
+        assert_eq!(
+            to,
+            vec![(Channel::InApp, None), (Channel::Webhook, Some("e1".into())), (Channel::Webhook, Some("e2".into())),]
+        );
     }
 
     #[test]

@@ -55,6 +55,19 @@ fn router() -> Router {
     Router::new()
         .get("/notifications", "Lists the caller's in-app notifications, newest first", Authenticated, list_mine)
         .post("/notifications/{notification_id}/read", "Marks an in-app notification read", Authenticated, mark_read)
+        .post(
+            "/webhooks",
+            "Registers a URL to receive the caller's notifications, signed",
+            Authenticated,
+            create_endpoint,
+        )
+        .get("/webhooks", "Lists the caller's webhook endpoints", Authenticated, list_endpoints)
+        .delete(
+            "/webhooks/{endpoint_id}",
+            "Removes one of the caller's webhook endpoints",
+            Authenticated,
+            delete_endpoint,
+        )
         .get("/messages", "Lists every message with its delivery state", Admin, list_messages)
         .get("/messages/{notification_id}", "Shows a message and its delivery state", Admin, get_message)
         .post("/internal/deliveries", "Tries the messages whose next attempt is due", Admin, deliver_due)

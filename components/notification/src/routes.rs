@@ -199,11 +199,17 @@ fn make(db: &Db, intents: &[Intent]) -> Result<Vec<Row>, micropay_sdk::db::DbErr
     users.dedup();
     let recipients: BTreeMap<String, Recipient> =
         sql::recipients(db, &users)?.iter().map(|row| (row.text("user_id"), recipient(row))).collect();
+    let mut webhooks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in sql::active_endpoints(db, &users)? {
+        webhooks.entry(row.text("user_id")).or_default().push(row.text("endpoint_id"));
+    }
     let mut rows = Vec::new();
     for intent in intents {
         let recipient = recipients.get(&intent.user_id);
+        let hooks = webhooks.get(&intent.user_id).map_or(&[][..], Vec::as_slice);
         let component = |channel: Channel| templates.get(&(intent.template.to_string(), channel.as_str().to_string()));
-        for (channel, destination) in domain::destinations(intent, recipient, |channel| component(channel).is_some()) {
+        let templated = |channel: Channel| component(channel).is_some();
+        for (channel, destination) in domain::destinations(intent, recipient, hooks, templated) {
             rows.push(json!({
                 "notification_id": domain::notification_id(&intent.event_id, &intent.user_id, intent.template, channel),
                 "user_id": intent.user_id,
@@ -211,7 +217,8 @@ fn make(db: &Db, intents: &[Intent]) -> Result<Vec<Row>, micropay_sdk::db::DbErr
                 "channel": channel.as_str(),
                 "event_id": intent.event_id,
                 "template_name": intent.template,
-                "template_component": component(channel),
+                // A webhook is not rendered: its body is the message's JSON.
+                "template_component": component(channel).map_or("none", String::as_str),
                 "locale": recipient.map_or("en", |r| r.locale.as_str()),
                 "destination": destination,
                 "critical": intent.critical,
@@ -278,6 +285,71 @@ pub fn mark_read(ctx: &mut Context) -> Result<Response, ApiError> {
     Ok(Response::ok(&inbox_json(&row)))
 }
 
+// ---- users: their webhook endpoints ----
+
+/// The most endpoints one user may register.
+const MAX_ENDPOINTS: i64 = 5;
+
+fn endpoint_json(row: &Row) -> Json {
+    json!({
+        "endpoint_id": row.text("endpoint_id"),
+        "url": row.text("url"),
+        "created_at": row.rfc3339("created_at"),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEndpoint {
+    url: String,
+}
+
+/// `POST /webhooks` `{url}`: registers an `http`/`https` URL to receive the caller's
+/// notifications as webhooks, each signed with the secret this answer shows, once
+/// (`MicroPay-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`). At most
+/// [`MAX_ENDPOINTS`]; the host posts only to public addresses.
+pub fn create_endpoint(ctx: &mut Context) -> Result<Response, ApiError> {
+    let caller = ctx.caller()?;
+    let body: NewEndpoint = ctx.json()?;
+    let url = body.url.trim();
+    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+    let host_part = url.split("://").nth(1).unwrap_or_default();
+    if !scheme_ok || url.len() > 2048 || host_part.is_empty() || url.chars().any(char::is_whitespace) {
+        return Err(ApiError::validation("url: an http or https URL of at most 2048 characters"));
+    }
+    let db = ctx.db()?;
+    if sql::count_endpoints(db, &caller.user_id)? >= MAX_ENDPOINTS {
+        return Err(ApiError::conflict("too_many_endpoints", format!("at most {MAX_ENDPOINTS} webhook endpoints")));
+    }
+    let secret = format!("whsec_{}", hex::encode(micropay_sdk::random_bytes(24)));
+    let row = sql::insert_endpoint(db, &caller.user_id, url, &secret)?;
+    let mut shown = endpoint_json(&row);
+    shown["secret"] = json!(secret);
+    Ok(Response::created(&shown))
+}
+
+/// `GET /webhooks`: the caller's endpoints (never their secrets).
+pub fn list_endpoints(ctx: &mut Context) -> Result<Response, ApiError> {
+    let caller = ctx.caller()?;
+    let rows = sql::endpoints_of(ctx.db()?, &caller.user_id)?;
+    Ok(Response::ok(&json!({ "endpoints": rows.iter().map(endpoint_json).collect::<Vec<_>>() })))
+}
+
+/// `DELETE /webhooks/{endpoint_id}`: removes one of the caller's endpoints; anyone else's is
+/// 404. Messages made for it and not yet delivered fail.
+pub fn delete_endpoint(ctx: &mut Context) -> Result<Response, ApiError> {
+    let caller = ctx.caller()?;
+    let id = ctx.param("endpoint_id").to_string();
+    let missing = || ApiError::not_found(format!("no webhook endpoint {id}"));
+    if !micropay_sdk::is_uuid(&id) {
+        return Err(missing());
+    }
+    match sql::deactivate_endpoint(ctx.db()?, &caller.user_id, &id)? {
+        true => Ok(Response::no_content()),
+        false => Err(missing()),
+    }
+}
+
 // ---- ops ----
 
 /// Refuses every admin role but ops and platform.
@@ -322,7 +394,9 @@ pub fn list_messages(ctx: &mut Context) -> Result<Response, ApiError> {
     let channel = match ctx.query("channel").filter(|channel| !channel.is_empty()) {
         Some(text) => Some(
             Channel::parse(&text)
-                .ok_or_else(|| ApiError::bad_request("invalid_channel", "channel is EMAIL, SMS, PUSH or IN_APP"))?
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_channel", "channel is EMAIL, SMS, PUSH, IN_APP or WEBHOOK")
+                })?
                 .as_str(),
         ),
         None => None,

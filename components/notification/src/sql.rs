@@ -251,3 +251,70 @@ pub fn update_template(
         &[text(name), text(channel), opt_text(component), micropay_sdk::db::param::opt_boolean(is_active)],
     )
 }
+
+// ---- webhook endpoints ----
+
+/// The columns of an endpoint as its user sees it (never its secret).
+macro_rules! endpoint_columns {
+    () => {
+        "endpoint_id, user_id, url, is_active, created_at"
+    };
+}
+
+/// Registers an endpoint and returns it.
+pub fn insert_endpoint(db: &Db, user_id: &str, url: &str, secret: &str) -> Result<Row, DbError> {
+    db.query_one(
+        concat!(
+            "INSERT INTO webhook_endpoints (user_id, url, secret) VALUES ($1, $2, $3) RETURNING ",
+            endpoint_columns!()
+        ),
+        &[uuid(user_id), text(url), text(secret)],
+    )
+}
+
+/// A user's active endpoints, oldest first.
+pub fn endpoints_of(db: &Db, user_id: &str) -> Result<Vec<Row>, DbError> {
+    db.query(
+        concat!(
+            "SELECT ",
+            endpoint_columns!(),
+            " FROM webhook_endpoints WHERE user_id = $1 AND is_active ORDER BY created_at, endpoint_id"
+        ),
+        &[uuid(user_id)],
+    )
+}
+
+/// How many active endpoints a user has.
+pub fn count_endpoints(db: &Db, user_id: &str) -> Result<i64, DbError> {
+    Ok(db
+        .query_one("SELECT count(*) AS n FROM webhook_endpoints WHERE user_id = $1 AND is_active", &[uuid(user_id)])?
+        .int("n"))
+}
+
+/// Removes one of `user_id`'s endpoints; whether there was one.
+pub fn deactivate_endpoint(db: &Db, user_id: &str, endpoint_id: &str) -> Result<bool, DbError> {
+    Ok(db.execute(
+        "UPDATE webhook_endpoints SET is_active = FALSE WHERE endpoint_id = $1 AND user_id = $2 AND is_active",
+        &[uuid(endpoint_id), uuid(user_id)],
+    )? == 1)
+}
+
+/// The active endpoints of these users (their ids, by user).
+pub fn active_endpoints(db: &Db, user_ids: &[String]) -> Result<Vec<Row>, DbError> {
+    db.query(
+        "SELECT endpoint_id, user_id FROM webhook_endpoints WHERE is_active \
+         AND user_id IN (SELECT u::uuid FROM jsonb_array_elements_text($1::jsonb) AS t(u)) \
+         ORDER BY created_at, endpoint_id",
+        &[micropay_sdk::db::param::id_list(user_ids)],
+    )
+}
+
+/// These endpoints' URLs and secrets, to deliver to (removed ones included: a message made
+/// before the removal fails rather than goes).
+pub fn endpoints_by_id(db: &Db, endpoint_ids: &[String]) -> Result<Vec<Row>, DbError> {
+    db.query(
+        "SELECT endpoint_id, url, secret, is_active FROM webhook_endpoints \
+         WHERE endpoint_id IN (SELECT e::uuid FROM jsonb_array_elements_text($1::jsonb) AS t(e))",
+        &[micropay_sdk::db::param::id_list(endpoint_ids)],
+    )
+}
