@@ -468,3 +468,41 @@ async fn a_webhook_is_signed_with_its_endpoints_secret_and_a_tampered_one_does_n
         wait_for_message(&host, &ops, &user.user_id, |m| m["channel"] == "WEBHOOK" && m["status"] != "PENDING").await;
     assert_eq!(delivered["status"], "DELIVERED", "{delivered}");
 }
+
+#[tokio::test]
+async fn a_forgotten_password_is_reset_with_the_code_sent_by_email() {
+    let mail = MailServer::start();
+    let host = host_mailing_to(&mail.url()).await;
+    let user = mailed_user(&host, &mail).await;
+
+    // The same answer for an address no account has.
+    for email in [user.email.as_str(), "nobody-here@example.com"] {
+        let (status, body) = host.call("POST", "/v1/user/password-resets", None, Some(json!({"email": email}))).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let code = code_in(&mail.wait_for(&user.email, "choose a new password").await);
+    let new_password = "a brand new 44 password";
+    let confirm = |code: &str, password: &str| json!({"email": user.email, "code": code, "new_password": password});
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (status, body) =
+        host.call("POST", "/v1/user/password-resets/confirm", None, Some(confirm(wrong, new_password))).await;
+    assert_eq!((status, error_code(&body)), (422, "invalid_code"), "{body}");
+    let (status, body) =
+        host.call("POST", "/v1/user/password-resets/confirm", None, Some(confirm(&code, "short"))).await;
+    assert_eq!(status, 422, "a weak password was taken: {body}");
+    let (status, body) =
+        host.call("POST", "/v1/user/password-resets/confirm", None, Some(confirm(&code, new_password))).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) =
+        host.call("POST", "/v1/user/password-resets/confirm", None, Some(confirm(&code, new_password))).await;
+    assert_eq!((status, error_code(&body)), (422, "invalid_code"), "a code worked twice: {body}");
+
+    // Every session ended; the new password works, the old one does not.
+    assert_eq!(host.call("GET", "/v1/user/me", Some(&user.token), None).await.0, 401);
+    let log_in = |password: &str| json!({"email": user.email, "password": password});
+    assert_eq!(host.call("POST", "/v1/user/sessions", None, Some(log_in(PASSWORD))).await.0, 401);
+    let (status, body) = host.call("POST", "/v1/user/sessions", None, Some(log_in(new_password))).await;
+    assert_eq!(status, 201, "{body}");
+    mail.wait_for(&user.email, "Your MicroPay password was changed").await;
+    assert!(!host.log_text().contains(&code), "the reset code reached the host's log");
+}

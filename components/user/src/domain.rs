@@ -32,11 +32,13 @@ const PASSWORD_MAX: usize = 128;
 const DUMMY_PASSWORD_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$ArqjzFYYNUh8CEE7s7imfg$EuVTd4rBAxTf8tF9AAShaZNFDYguDgW4XhQsk4DbNjM";
 
-/// What a verification code proves control of.
+/// What a one-time code proves control of: the email address, the phone number, or (a reset
+/// code, sent to the email address) the account whose password is forgotten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
     Email,
     Phone,
+    Reset,
 }
 
 impl Channel {
@@ -45,6 +47,7 @@ impl Channel {
         match self {
             Channel::Email => "EMAIL",
             Channel::Phone => "PHONE",
+            Channel::Reset => "RESET",
         }
     }
 }
@@ -65,6 +68,7 @@ pub enum Activity {
     ProfileUpdated,
     PreferencesUpdated,
     PasswordChanged,
+    PasswordResetRequested,
     AccountDeleted,
 }
 
@@ -85,6 +89,7 @@ impl Activity {
             Activity::ProfileUpdated => "PROFILE_UPDATED",
             Activity::PreferencesUpdated => "PREFERENCES_UPDATED",
             Activity::PasswordChanged => "PASSWORD_CHANGED",
+            Activity::PasswordResetRequested => "PASSWORD_RESET_REQUESTED",
             Activity::AccountDeleted => "ACCOUNT_DELETED",
         }
     }
@@ -105,6 +110,7 @@ impl Activity {
             Activity::ProfileUpdated => "user.profile_updated",
             Activity::PreferencesUpdated => "user.preferences_updated",
             Activity::PasswordChanged => "user.password_changed",
+            Activity::PasswordResetRequested => "user.password_reset_requested",
             Activity::AccountDeleted => "user.deleted",
         }
     }
@@ -125,6 +131,7 @@ impl Activity {
             Activity::ProfileUpdated => "Profile updated",
             Activity::PreferencesUpdated => "Preferences updated",
             Activity::PasswordChanged => "Password changed",
+            Activity::PasswordResetRequested => "Password reset code sent",
             Activity::AccountDeleted => "Account deleted",
         }
     }
@@ -328,6 +335,7 @@ pub fn issue_code(db: &Db, user_id: &str, channel: Channel, destination: &str) -
     let purpose = match channel {
         Channel::Email => CodePurpose::VerifyEmail,
         Channel::Phone => CodePurpose::VerifyPhone,
+        Channel::Reset => CodePurpose::ResetPassword,
     };
     // A development host (`--dev-log-secrets`) also logs it; any other drops this line.
     let channel = channel.as_str();

@@ -49,6 +49,8 @@ fn router() -> Router {
         .post("/users", "Signs up: creates an account and emails a verification code", Public, sign_up)
         .post("/verifications/email", "Verifies the email address with its code", Public, verify_email)
         .post("/verifications/email/resend", "Sends a new email verification code", Public, resend_email_code)
+        .post("/password-resets", "Sends a code to choose a new password", Public, request_password_reset)
+        .post("/password-resets/confirm", "Sets a new password with its code", Public, confirm_password_reset)
         .post("/sessions", "Logs in and issues a bearer token", Public, log_in)
         .get("/sessions", "Lists the caller's active sessions", Authenticated, list_sessions)
         // Before `/sessions/{session_id}`, which would match `current` too.

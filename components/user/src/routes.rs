@@ -58,6 +58,20 @@ struct ResendEmailCode {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct PasswordReset {
+    email: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordResetConfirmation {
+    email: String,
+    code: String,
+    new_password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct VerifyPhone {
     code: String,
 }
@@ -353,6 +367,43 @@ pub fn resend_email_code(ctx: &mut Context) -> Result<Response, ApiError> {
         record(db, &user_id, Activity::EmailVerificationSent, None, ip.as_deref())?;
     }
     Ok(sent())
+}
+
+/// `POST /password-resets` `{email}`: sends a code to choose a new password to the account's
+/// email address; answers the same whatever the email, so it reveals nothing (the hourly limit
+/// of codes to one address counts every address asked for, known or not).
+pub fn request_password_reset(ctx: &mut Context) -> Result<Response, ApiError> {
+    let body: PasswordReset = ctx.json()?;
+    let ip = client_ip(ctx);
+    let db = ctx.db()?;
+
+    let email = domain::canonical_email(&body.email);
+    domain::count_code_request(db, Channel::Email, &email)?;
+    if let Some(user) = sql::find_user_by_email(db, &email)? {
+        let user_id = user.text("user_id");
+        domain::issue_code(db, &user_id, Channel::Reset, &email)?;
+        record(db, &user_id, Activity::PasswordResetRequested, None, ip.as_deref())?;
+    }
+    Ok(sent())
+}
+
+/// `POST /password-resets/confirm` `{email, code, new_password}`: sets the new password with
+/// the code and ends every session of the account. A wrong, expired or used code, or an unknown
+/// email, is the same 422 `invalid_code`.
+pub fn confirm_password_reset(ctx: &mut Context) -> Result<Response, ApiError> {
+    let body: PasswordResetConfirmation = ctx.json()?;
+    domain::check_password_strength(&body.new_password)?;
+    let ip = client_ip(ctx);
+    let db = ctx.db()?;
+
+    let user = sql::find_user_by_email(db, &domain::canonical_email(&body.email))?.ok_or_else(invalid_code)?;
+    let user_id = user.text("user_id");
+    redeem_or_refuse(db, &user_id, Channel::Reset, &body.code)?;
+    sql::set_password_hash(db, &user_id, &domain::hash_password(&body.new_password)?)?;
+    let revoked = sql::delete_sessions(db, &user_id)?;
+    let metadata = json!({ "sessions_revoked": revoked, "by": "reset" });
+    record(db, &user_id, Activity::PasswordChanged, Some(&metadata), ip.as_deref())?;
+    Ok(sessions_ended(Response::no_content(), "user", &user_id))
 }
 
 /// `POST /me/phone/verification`: sends a code to the caller's phone.
