@@ -92,7 +92,9 @@ impl Platform {
         let mut linker = Linker::<InvocationState>::new(&runtime.engine);
         crate::capabilities::add_to_linker(&mut linker)?;
         let compiler = Compiler::new(runtime.engine.clone(), config.cache_dir());
-        let channels = Channels::open(&config.channel_settings(), store.pool().clone()).await?;
+        // One connection of its own for the message outbox, so that a busy outbox never slows
+        // a deploy on the version store's.
+        let channels = Channels::open(&config.channel_settings(), provisioner.control_pool(1).await?).await?;
         let dispatcher = Dispatcher::new(&runtime, Metrics::default(), config.dev_log_secrets, channels);
         let deployer = Arc::new(Deployer::new(dispatcher.clone(), linker, compiler, store, trusted));
         deployer.store_files(&config.components_dir, &files).await?;

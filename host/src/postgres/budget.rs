@@ -23,7 +23,8 @@ pub struct Plumbing {
     /// In the platform database: the connection that holds this host's delivery partitions,
     /// the pool that ends backends cut off at a deadline, the version store's pool (one
     /// connection listens for deploys; the other reads and writes versions and relays the
-    /// platform's events), and the connection that hears and tells ended sessions.
+    /// platform's events), the connection that hears and tells ended sessions, and the message
+    /// outbox's (`capabilities::messaging`).
     pub coordination: u32,
     /// The embedded bus's pool (none on NATS).
     pub bus: u32,
@@ -83,7 +84,7 @@ impl Shares {
     /// pool is at most `pool_max`. Refuses a budget too small for one connection per service.
     pub fn of(budget: u32, databases: u32, embedded_bus: bool, pool_max: u32) -> anyhow::Result<Self> {
         let plumbing =
-            Plumbing { per_database: PLATFORM_POOL, coordination: 5, bus: if embedded_bus { BUS_POOL } else { 0 } };
+            Plumbing { per_database: PLATFORM_POOL, coordination: 6, bus: if embedded_bus { BUS_POOL } else { 0 } };
         let fixed = plumbing.coordination + plumbing.bus + plumbing.per_database * databases;
         let per_service = budget.saturating_sub(fixed).checked_div(databases).unwrap_or(0).min(pool_max);
         if databases > 0 && per_service == 0 {
@@ -123,8 +124,8 @@ mod tests {
     #[test]
     fn a_budget_too_small_is_refused_with_what_it_needs() {
         let err = Shares::of(8, 6, true, 20).unwrap_err().to_string();
-        assert!(err.contains("at least 22"), "{err}");
-        assert_eq!(Shares::of(22, 6, true, 20).unwrap().per_service, 1);
+        assert!(err.contains("at least 23"), "{err}");
+        assert_eq!(Shares::of(23, 6, true, 20).unwrap().per_service, 1);
     }
 
     #[test]
