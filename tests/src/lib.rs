@@ -101,10 +101,10 @@ impl HostOptions {
 }
 
 /// The connections each test host may open: two tests run at once, a few with two hosts each,
-/// on a server of 100 connections (pools open connections as they need them, so hosts rarely
+/// on a server of 200 connections (`cargo xtask test` sees to it; pools open connections as they need them, so hosts rarely
 /// hold their whole budget). Two per service pool for the nine service databases: a call
 /// chain that comes back to a service (payment → transaction → payment) needs two.
-pub const DB_CONNECTIONS: u32 = 37;
+pub const DB_CONNECTIONS: u32 = 38;
 
 /// A running `micropay serve`.
 pub struct TestHost {
@@ -202,7 +202,7 @@ fn spawn(options: &HostOptions) -> (Child, Arc<Mutex<Vec<String>>>) {
         .arg(&options.components_dir)
         .arg("--migrations-dir")
         .arg(&options.migrations_dir)
-        // Several hosts run at once on a server of 100 connections.
+        // Several hosts run at once on a server of 200 connections.
         .args(["--pool-min", "1", "--db-connections", &options.db_connections.to_string()])
         .args(["--spare-services", &options.spare_services.to_string()])
         .args(options.dev_log_secrets.then_some("--dev-log-secrets"))

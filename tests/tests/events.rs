@@ -24,7 +24,16 @@ async fn user_events_are_published_with_the_work_that_caused_them() {
 
     let events = outbox(&host, "user").await;
     let topics: Vec<&str> = events.iter().map(|event| event.0.as_str()).collect();
-    assert_eq!(topics, ["user.registered", "user.verified", "user.logged_in", "user.login_failed"]);
+    let expected = [
+        "user.registered",
+        "user.contact_changed",
+        "user.code_issued",
+        "user.verified",
+        "user.contact_changed",
+        "user.logged_in",
+        "user.login_failed",
+    ];
+    assert_eq!(topics, expected);
     for (_, source, subject, data, trace_id) in &events {
         assert_eq!((source.as_str(), subject.as_str()), ("user", user.user_id.as_str()));
         assert_eq!(data["user_id"].as_str(), Some(user.user_id.as_str()));

@@ -264,20 +264,44 @@ fn unpack_wasi_libc(tools: &Path, dest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connections the test server must accept: two tests run at once, some with two hosts, each
+/// host up to `DB_CONNECTIONS` of `tests/src/lib.rs` (38).
+const TEST_MAX_CONNECTIONS: u32 = 200;
+
 /// The tests need a PostgreSQL server at `MICROPAY_TEST_DATABASE_URL` (default
-/// 127.0.0.1:5432); start the machine's cluster if it is installed but stopped.
+/// 127.0.0.1:5432); start the machine's cluster if it is installed but stopped, and let it
+/// accept [`TEST_MAX_CONNECTIONS`] (Debian's default is 100).
 fn ensure_test_postgres() -> anyhow::Result<()> {
-    if std::env::var_os("MICROPAY_TEST_DATABASE_URL").is_some()
-        || std::net::TcpStream::connect("127.0.0.1:5432").is_ok()
-    {
+    if std::env::var_os("MICROPAY_TEST_DATABASE_URL").is_some() {
         return Ok(());
     }
-    let versions =
-        std::fs::read_dir("/etc/postgresql").context("no PostgreSQL at 127.0.0.1:5432 and no cluster to start")?;
-    for version in versions.flatten() {
-        let version = version.file_name().to_string_lossy().into_owned();
-        eprintln!("xtask: starting the PostgreSQL {version} cluster");
-        run(Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &version, "main", "start"]))?;
+    let running = std::net::TcpStream::connect("127.0.0.1:5432").is_ok();
+    let clusters: Vec<String> = match std::fs::read_dir("/etc/postgresql") {
+        Ok(versions) => versions.flatten().map(|version| version.file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) if running => return Ok(()),
+        Err(err) => return Err(err).context("no PostgreSQL at 127.0.0.1:5432 and no cluster to start"),
+    };
+    let cluster = |action: &str, version: &str| {
+        run(Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", version, "main", action]))
+    };
+    if !running {
+        for version in &clusters {
+            eprintln!("xtask: starting the PostgreSQL {version} cluster");
+            cluster("start", version)?;
+        }
+    }
+    let psql = |sql: &str| -> anyhow::Result<String> {
+        let output = Command::new("psql").args(["-h", "127.0.0.1", "-U", "postgres", "-Atc", sql]).output()?;
+        anyhow::ensure!(output.status.success(), "psql: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    let accepted: u32 = psql("SHOW max_connections")?.parse().context("reading max_connections")?;
+    if accepted < TEST_MAX_CONNECTIONS {
+        eprintln!("xtask: letting PostgreSQL accept {TEST_MAX_CONNECTIONS} connections (it accepts {accepted})");
+        psql(&format!("ALTER SYSTEM SET max_connections = {TEST_MAX_CONNECTIONS}"))?;
+        for version in &clusters {
+            cluster("restart", version)?;
+        }
     }
     Ok(())
 }
