@@ -25,6 +25,10 @@ use crate::sql;
 /// The longest subject kept (the column's width).
 const SUBJECT_MAX: usize = 255;
 
+/// How long one batch may spend sending, in microseconds: well within the policy's deadline
+/// (30 s), since one send may take up to the host's 10 s. What is left waits for the sweep.
+const SENDING_BUDGET_MICROS: i64 = 12_000_000;
+
 /// Tries to deliver each of `rows` (messages `PENDING`, locked or just inserted) and records
 /// what became of them. Returns how many were sent or delivered.
 pub fn deliver(db: &Db, rows: &[Row]) -> Result<usize, DbError> {
@@ -36,8 +40,14 @@ pub fn deliver(db: &Db, rows: &[Row]) -> Result<usize, DbError> {
     let mut down = BTreeMap::new();
     let mut outcomes = Vec::with_capacity(rows.len());
     let mut done = 0;
+    let started = micropay_sdk::now_micros();
     for row in rows {
-        let (attempt, content) = attempt(row, &endpoints, &mut down);
+        // Slow receivers (a user's webhook that never answers) must not cost the batch its
+        // deadline, and with it every other message.
+        let (attempt, content) = match micropay_sdk::now_micros() - started > SENDING_BUDGET_MICROS {
+            true => (Attempt::NotTried("the batch's time for sending was spent".into()), None),
+            false => attempt(row, &endpoints, &mut down),
+        };
         let after = domain::after(&attempt, row.int("retry_count"), &policy);
         done += usize::from(matches!(after.status, "SENT" | "DELIVERED"));
         let content = content.as_ref();
@@ -104,7 +114,7 @@ fn attempt(
         return (Attempt::Rejected(format!("no channel {}", row.text("channel"))), None);
     };
     if let Some(reason) = down.get(&channel) {
-        return (Attempt::Unavailable(format!("not tried: {reason}")), None);
+        return (Attempt::NotTried(format!("its channel is down: {reason}")), None);
     }
     let id = row.text("notification_id");
     let to = row.opt_text("destination").unwrap_or_default();

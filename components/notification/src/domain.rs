@@ -136,6 +136,9 @@ pub enum Attempt {
     Rejected(String),
     /// Not sent now (the server down, the template failing): try again later.
     Unavailable(String),
+    /// Not tried (its channel found down by another message of the batch, or the batch's time
+    /// spent): it waits as after its last attempt, which this one does not count as.
+    NotTried(String),
 }
 
 /// A message's state after an attempt.
@@ -156,6 +159,12 @@ pub fn after(attempt: &Attempt, retry_count: i64, policy: &RetryPolicy) -> After
         Attempt::Rejected(reason) => {
             After { status: "FAILED", retry_count, retry_in_ms: None, failure_reason: Some(reason.clone()) }
         }
+        Attempt::NotTried(reason) => After {
+            status: "PENDING",
+            retry_count,
+            retry_in_ms: Some(policy.backoff_ms(retry_count.max(1))),
+            failure_reason: Some(reason.clone()),
+        },
         Attempt::Unavailable(reason) => {
             let attempts = retry_count + 1;
             if attempts >= policy.max_attempts {
@@ -263,6 +272,8 @@ mod tests {
         assert_eq!((third.status, third.retry_count), ("FAILED", 3));
         assert!(third.failure_reason.unwrap().contains("after 3 attempts"));
         assert_eq!(after(&Attempt::Rejected("bad".into()), 1, &policy).status, "FAILED");
+        let waiting = after(&Attempt::NotTried("later".into()), 2, &policy);
+        assert_eq!((waiting.status, waiting.retry_count, waiting.retry_in_ms), ("PENDING", 2, Some(150)));
         assert_eq!(after(&Attempt::Sent, 2, &policy).status, "SENT");
     }
 }
