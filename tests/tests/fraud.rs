@@ -478,16 +478,20 @@ async fn a_rule_component_swapped_under_load_decides_from_the_next_payment_and_r
                     let response = request.send().await.expect("request sent");
                     let status = response.status().as_u16();
                     let answer: Value = response.json().await.unwrap_or(Value::Null);
-                    sent.push((at, status, answer));
+                    sent.push((at, Instant::now(), status, answer));
                 }
                 sent
             })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A payment is decided between its sending and its answer: one that spans a swap's command
+    // may go either way.
+    let deploying = Instant::now();
     deploy("rule_probe.wasm");
     let swapped = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rolling_back = Instant::now();
     let (ok, printed) = fixture.bank.host.command(&fixture.risk, &["rollback", "swap_rule"]);
     assert!(ok, "{printed}");
     let rolled_back = Instant::now();
@@ -499,16 +503,16 @@ async fn a_rule_component_swapped_under_load_decides_from_the_next_payment_and_r
     }
 
     // No request failed; each decision is the version's in force when the payment was sent
-    // (those sent while a swap was answering may go either way).
-    let failed: Vec<_> = sent.iter().filter(|(_, status, _)| *status >= 500).collect();
+    // (those in flight while a swap's command ran may go either way).
+    let failed: Vec<_> = sent.iter().filter(|(_, _, status, _)| *status >= 500).collect();
     assert!(failed.is_empty(), "{} of {} failed: {:?}", failed.len(), sent.len(), failed.first());
     let (mut before, mut during, mut after) = (0, 0, 0);
-    for (at, status, answer) in &sent {
+    for (at, answered, status, answer) in &sent {
         let declined = *status == 422 && error_code(answer) == "fraud_declined";
-        if *at > swapped && *at < rolled_back - Duration::from_millis(500) {
+        if *at > swapped && *answered < rolling_back {
             assert!(declined, "sent after the deploy: {status} {answer}");
             during += 1;
-        } else if *at > rolled_back || *at < swapped - Duration::from_millis(1000) {
+        } else if *at > rolled_back || *answered < deploying {
             assert_eq!(*status, 201, "sent before the deploy or after the rollback: {answer}");
             if *at > rolled_back { after += 1 } else { before += 1 }
         }
