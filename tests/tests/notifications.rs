@@ -506,3 +506,26 @@ async fn a_forgotten_password_is_reset_with_the_code_sent_by_email() {
     mail.wait_for(&user.email, "Your MicroPay password was changed").await;
     assert!(!host.log_text().contains(&code), "the reset code reached the host's log");
 }
+
+#[tokio::test]
+async fn sending_and_rendering_are_grants_the_notification_component_is_refused_without() {
+    let host = TestHost::start().await;
+    let platform = host.admin_key("platform");
+    let component = micropay_tests::root().join("target/components/notification.wasm");
+    let policy = std::fs::read_to_string(micropay_tests::root().join("policies/notification.toml")).unwrap();
+    let copy = policy.replace("name = \"notification\"", "name = \"notification_copy\"");
+    for (section, import) in [
+        ("[messaging]\nchannels = [\"email\", \"sms\", \"push\", \"webhook\"]", "messaging"),
+        ("[plugins]\nhost = [\"template\"]", "templates"),
+    ] {
+        let ungranted = copy.replace(section, "");
+        assert!(ungranted.contains("notification_copy") && !ungranted.contains(section), "{ungranted}");
+        let path = host.options.data_dir.join(format!("notification_without_{import}.toml"));
+        std::fs::write(&path, ungranted).unwrap();
+        let (ok, printed) =
+            host.command(&platform, &["deploy", component.to_str().unwrap(), "--policy", &path.display().to_string()]);
+        assert!(!ok && printed.contains("imports_not_granted") && printed.contains(import), "{import}: {printed}");
+    }
+    let (status, _) = host.call("GET", "/v1/notification_copy/templates", Some(&platform), None).await;
+    assert_eq!(status, 404, "a refused component is served");
+}
