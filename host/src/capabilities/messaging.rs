@@ -9,9 +9,10 @@
 //!   component importing `messaging` under a policy that grants none is refused at load
 //!   (`registry::check_imports`), and every call is checked again here;
 //! - a webhook goes only to an `http`/`https` URL whose every address is public (no loopback,
-//!   private, link-local, shared, multicast or unspecified address, IPv4 or IPv6), checked after
-//!   resolving it, and the request is pinned to the addresses checked (a second resolution
-//!   cannot swap them) and follows no redirect; a host started with
+//!   private, link-local, shared, multicast or unspecified address, IPv4 or IPv6): a literal
+//!   address is checked before sending, a name by the webhook client's own resolver as it
+//!   connects (so a second resolution cannot swap the address checked), and it follows no
+//!   redirect; a host started with
 //!   `--webhooks-to-private-addresses` (development, tests) lifts the address check only;
 //! - what a message says is never logged: the log names the component, the channel and the
 //!   message's id, and the reason of a failure (which never quotes the message);
@@ -19,6 +20,7 @@
 //!   failure is `unavailable` when trying again may help and `rejected` when it will not.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -69,6 +71,8 @@ pub struct Channels {
     push_url: Option<reqwest::Url>,
     /// For the providers' endpoints, which ops configured.
     providers: reqwest::Client,
+    /// For webhooks: resolves names to public addresses only (unless private ones are allowed).
+    webhooks: reqwest::Client,
     webhooks_to_private_addresses: bool,
     /// The platform database (the platform role's pool), for the outbox.
     outbox: PgPool,
@@ -98,6 +102,12 @@ impl Channels {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("building the providers' HTTP client")?;
+        let webhooks = reqwest::Client::builder()
+            .timeout(SEND_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(PublicOnly { private_allowed: settings.webhooks_to_private_addresses }))
+            .build()
+            .context("building the webhooks' HTTP client")?;
         sqlx::query(OUTBOX_TABLE).execute(&platform).await.context("creating the message outbox")?;
         Ok(Self {
             smtp,
@@ -105,6 +115,7 @@ impl Channels {
             sms_url: endpoint(&settings.sms_url, "MICROPAY_SMS_URL")?,
             push_url: endpoint(&settings.push_url, "MICROPAY_PUSH_URL")?,
             providers,
+            webhooks,
             webhooks_to_private_addresses: settings.webhooks_to_private_addresses,
             outbox: platform,
         })
@@ -148,34 +159,18 @@ impl Channels {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(SendError::Rejected("a webhook URL is http or https".into()));
         }
-        let host = url.host_str().ok_or_else(|| SendError::Rejected("the URL names no host".into()))?.to_string();
-        let port = url.port_or_known_default().unwrap_or(443);
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let addresses: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::time::timeout(SEND_TIMEOUT, tokio::net::lookup_host((bare, port)))
-                .await
-                .map_err(|_| SendError::Unavailable("resolving the host timed out".into()))?
-                .map_err(|err| SendError::Unavailable(format!("the host does not resolve: {err}")))?
-                .collect(),
-        };
-        if addresses.is_empty() {
-            return Err(SendError::Unavailable("the host has no address".into()));
-        }
-        if !self.webhooks_to_private_addresses
-            && let Some(address) = addresses.iter().find(|address| !is_public(address.ip()))
+        // A name is checked by the client's resolver (`PublicOnly`) as it connects, so that a
+        // second resolution cannot swap the address; a literal address is checked here.
+        let host = url.host_str().ok_or_else(|| SendError::Rejected("the URL names no host".into()))?;
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>()
+            && !self.webhooks_to_private_addresses
+            && !is_public(ip)
         {
-            return Err(SendError::Rejected(format!("{} is not a public address", address.ip())));
+            return Err(SendError::Rejected(format!("{ip} is not a public address")));
         }
-        // Pinned to the addresses checked, so a second resolution cannot swap them.
-        let client = reqwest::Client::builder()
-            .timeout(SEND_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .resolve_to_addrs(&host, &addresses)
-            .build()
-            .map_err(|err| SendError::Unavailable(format!("building the HTTP client: {err}")))?;
         let timestamp = chrono::Utc::now().timestamp();
-        let answer = client
+        let answer = self
+            .webhooks
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(WEBHOOK_ID_HEADER, id.to_string())
@@ -183,6 +178,11 @@ impl Channels {
             .body(hook.body)
             .send()
             .await;
+        if let Err(err) = &answer
+            && let Some(refused) = not_public(err)
+        {
+            return Err(SendError::Rejected(refused.to_string()));
+        }
         http_receipt(answer, Receipt::Delivered, "the receiver")
     }
 
@@ -282,6 +282,46 @@ struct Kept<'a> {
     channel: Channel,
     to: &'a str,
     subject: Option<&'a str>,
+}
+
+/// The webhooks' resolver: a name resolves only when every address it has is public.
+struct PublicOnly {
+    private_allowed: bool,
+}
+
+/// A webhook's host resolved to an address that is not public.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not a public address")]
+struct NotPublic(IpAddr);
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (host, private_allowed) = (name.as_str().to_string(), self.private_allowed);
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if !private_allowed && let Some(address) = addresses.iter().find(|address| !is_public(address.ip())) {
+                return Err(Box::new(NotPublic(address.ip())) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The resolver's refusal in a request's error, if that is why it failed.
+fn not_public(err: &reqwest::Error) -> Option<&NotPublic> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<NotPublic>() {
+            return Some(refused);
+        }
+        // Wrapped in an I/O error on the way, whose `source` skips what it wraps.
+        let wrapped = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        if let Some(refused) = wrapped.and_then(|inner| inner.downcast_ref::<NotPublic>()) {
+            return Some(refused);
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// `MicroPay-Signature: t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
@@ -387,7 +427,7 @@ impl Host for InvocationState {
 
 impl InvocationState {
     /// The adapters, when the policy grants `channel`; logs and counts a refusal.
-    fn granted(&self, channel: Channel, id: &str) -> Option<std::sync::Arc<Channels>> {
+    fn granted(&self, channel: Channel, id: &str) -> Option<Arc<Channels>> {
         if self.component.policy.sends(channel) {
             return Some(self.channels.clone());
         }
