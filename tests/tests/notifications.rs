@@ -246,7 +246,10 @@ async fn users_read_only_their_own_in_app_notifications() {
     let owner = mailed_user(&host, &mail).await;
     let other = mailed_user(&host, &mail).await;
 
-    // A webhook to this machine: the host refuses to post to a private address.
+    // Webhooks to this machine: the host refuses to post to a private address, named or not.
+    let named = json!({"url": "http://localhost:9/hook"});
+    let (status, named) = host.call("POST", "/v1/notification/webhooks", Some(&owner.token), Some(named)).await;
+    assert_eq!(status, 201, "{named}");
     let hook = json!({"url": "http://127.0.0.1:9/hook"});
     let (status, endpoint) = host.call("POST", "/v1/notification/webhooks", Some(&owner.token), Some(hook)).await;
     assert_eq!(status, 201, "{endpoint}");
@@ -258,10 +261,16 @@ async fn users_read_only_their_own_in_app_notifications() {
     let (status, body) = host.call("POST", "/v1/user/me/password", Some(&owner.token), Some(change)).await;
     assert_eq!(status, 204, "{body}");
     let ops = host.admin_key("ops");
-    let refused =
-        wait_for_message(&host, &ops, &owner.user_id, |m| m["channel"] == "WEBHOOK" && m["status"] != "PENDING").await;
+    let done_for = |endpoint: &Value| {
+        let endpoint_id = endpoint["endpoint_id"].clone();
+        move |m: &Value| m["destination"] == endpoint_id && m["status"] != "PENDING"
+    };
+    let refused = wait_for_message(&host, &ops, &owner.user_id, done_for(&endpoint)).await;
     assert_eq!(refused["status"], "FAILED", "{refused}");
     assert!(refused["failure_reason"].as_str().unwrap().contains("127.0.0.1 is not a public address"), "{refused}");
+    let refused = wait_for_message(&host, &ops, &owner.user_id, done_for(&named)).await;
+    assert_eq!(refused["status"], "FAILED", "{refused}");
+    assert!(refused["failure_reason"].as_str().unwrap().contains("is not a public address"), "{refused}");
     let started = Instant::now();
     let notification = loop {
         let (status, inbox) = host.call("GET", "/v1/notification/notifications", Some(&owner.token), None).await;

@@ -99,10 +99,18 @@ pub fn destinations(
     destinations
 }
 
-/// The id of the message `intent` makes on `channel`: the same event, user, template and
-/// channel always make the same id, so an event handled twice makes one message.
-pub fn notification_id(event_id: &str, user_id: &str, template: &str, channel: Channel) -> String {
-    let digest = Sha256::digest(format!("{event_id}/{user_id}/{template}/{}", channel.as_str()));
+/// The id of the message `intent` makes on `channel` to `destination`: the same event, user,
+/// template, channel and destination always make the same id, so an event handled twice makes
+/// one message (and each of a user's webhook endpoints its own).
+pub fn notification_id(
+    event_id: &str,
+    user_id: &str,
+    template: &str,
+    channel: Channel,
+    destination: Option<&str>,
+) -> String {
+    let to = destination.unwrap_or_default();
+    let digest = Sha256::digest(format!("{event_id}/{user_id}/{template}/{}/{to}", channel.as_str()));
     let hex = hex::encode(&digest[..16]);
     // A version-8 (custom) UUID, RFC 9562.
     let variant = (u8::from_str_radix(&hex[16..17], 16).unwrap_or(0) & 0x3) | 0x8;
@@ -253,11 +261,13 @@ mod tests {
 
     #[test]
     fn ids_are_uuids_and_stable() {
-        let id = notification_id("e1", "u1", "payment_sent", Channel::Email);
+        let id = notification_id("e1", "u1", "payment_sent", Channel::Email, None);
         assert!(micropay_sdk::is_uuid(&id), "{id}");
-        assert_eq!(id, notification_id("e1", "u1", "payment_sent", Channel::Email));
-        assert_ne!(id, notification_id("e1", "u1", "payment_sent", Channel::Push));
-        assert_ne!(id, notification_id("e2", "u1", "payment_sent", Channel::Email));
+        assert_eq!(id, notification_id("e1", "u1", "payment_sent", Channel::Email, None));
+        assert_ne!(id, notification_id("e1", "u1", "payment_sent", Channel::Push, None));
+        assert_ne!(id, notification_id("e2", "u1", "payment_sent", Channel::Email, None));
+        let hook = |endpoint| notification_id("e1", "u1", "payment_sent", Channel::Webhook, Some(endpoint));
+        assert_ne!(hook("endpoint-1"), hook("endpoint-2"), "two endpoints, two messages");
     }
 
     #[test]

@@ -211,7 +211,13 @@ fn make(db: &Db, intents: &[Intent]) -> Result<Vec<Row>, micropay_sdk::db::DbErr
         let templated = |channel: Channel| component(channel).is_some();
         for (channel, destination) in domain::destinations(intent, recipient, hooks, templated) {
             rows.push(json!({
-                "notification_id": domain::notification_id(&intent.event_id, &intent.user_id, intent.template, channel),
+                "notification_id": domain::notification_id(
+                    &intent.event_id,
+                    &intent.user_id,
+                    intent.template,
+                    channel,
+                    destination.as_deref(),
+                ),
                 "user_id": intent.user_id,
                 "notification_type": intent.template,
                 "channel": channel.as_str(),
