@@ -48,6 +48,7 @@ pub fn deliver(db: &Db, rows: &[Row]) -> Result<usize, DbError> {
             true => (Attempt::NotTried("the batch's time for sending was spent".into()), None),
             false => attempt(row, &endpoints, &mut down),
         };
+        let attempted_at = micropay_sdk::now_micros();
         let after = domain::after(&attempt, row.int("retry_count"), &policy);
         done += usize::from(matches!(after.status, "SENT" | "DELIVERED"));
         let content = content.as_ref();
@@ -62,6 +63,7 @@ pub fn deliver(db: &Db, rows: &[Row]) -> Result<usize, DbError> {
             "retry_count": after.retry_count,
             "retry_in_ms": after.retry_in_ms,
             "redact": !row.is_null("secret_variables"),
+            "attempted_at_micros": attempted_at,
         }));
     }
     sql::record_attempts(db, &Json::Array(outcomes))?;

@@ -117,8 +117,10 @@ pub fn due(db: &Db, limit: i64) -> Result<Vec<Row>, DbError> {
 }
 
 /// Writes the attempts' outcomes: a JSON array of `{notification_id, status, subject, message,
-/// html_message, template_version, failure_reason, retry_count, retry_in_ms, redact}`. A
-/// message leaving `PENDING` forgets its secret variables, and its text when `redact`.
+/// html_message, template_version, failure_reason, retry_count, retry_in_ms, redact,
+/// attempted_at_micros}`. A message leaving `PENDING` forgets its secret variables, and its
+/// text when `redact`; `sent_at` and `delivered_at` are when its channel took it (the host's
+/// clock as the attempt ended), not when the batch began.
 pub fn record_attempts(db: &Db, outcomes: &Json) -> Result<u64, DbError> {
     db.execute(
         "UPDATE notifications n SET status = o.status, \
@@ -128,14 +130,16 @@ pub fn record_attempts(db: &Db, outcomes: &Json) -> Result<u64, DbError> {
                                  ELSE COALESCE(o.html_message, n.html_message) END, \
              template_version = COALESCE(o.template_version, n.template_version), \
              failure_reason = o.failure_reason, retry_count = o.retry_count, \
-             sent_at = CASE WHEN o.status IN ('SENT', 'DELIVERED') THEN CURRENT_TIMESTAMP ELSE n.sent_at END, \
-             delivered_at = CASE WHEN o.status = 'DELIVERED' THEN CURRENT_TIMESTAMP ELSE n.delivered_at END, \
+             sent_at = CASE WHEN o.status IN ('SENT', 'DELIVERED') THEN to_timestamp(o.attempted_at_micros / 1e6)::timestamp \
+                       ELSE n.sent_at END, \
+             delivered_at = CASE WHEN o.status = 'DELIVERED' THEN to_timestamp(o.attempted_at_micros / 1e6)::timestamp \
+                            ELSE n.delivered_at END, \
              next_attempt_at = CASE WHEN o.status = 'PENDING' \
                                     THEN CURRENT_TIMESTAMP + o.retry_in_ms * INTERVAL '1 millisecond' END, \
              secret_variables = CASE WHEN o.status = 'PENDING' THEN n.secret_variables END \
          FROM jsonb_to_recordset($1) AS o(notification_id uuid, status text, subject text, message text, \
               html_message text, template_version bigint, failure_reason text, retry_count int, \
-              retry_in_ms bigint, redact boolean) \
+              retry_in_ms bigint, redact boolean, attempted_at_micros bigint) \
          WHERE n.notification_id = o.notification_id",
         &[json(outcomes), text(crate::domain::REDACTED)],
     )
