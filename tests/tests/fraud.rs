@@ -219,6 +219,26 @@ async fn a_rule_goes_from_shadow_to_deciding_and_analysts_decide_what_it_holds()
     assert_eq!(declined["error_message"], "card testing pattern");
     fixture.wait_until_reserved("0").await;
 
+    // The payer was told, in the app, of each payment held for review.
+    let started = std::time::Instant::now();
+    loop {
+        let (status, inbox) =
+            fixture.bank.host.call("GET", "/v1/notification/notifications", Some(&fixture.payer.token), None).await;
+        assert_eq!(status, 200, "{inbox}");
+        let told: Vec<&Value> = inbox["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|shown| shown["notification_type"] == "payment_under_review")
+            .collect();
+        if told.len() == 2 {
+            assert!(told[0]["message"].as_str().unwrap().contains("700.0000 USD is being reviewed"), "{inbox}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not told of the reviews: {inbox}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The alerts: one per decline or review, worked OPEN -> INVESTIGATING -> FALSE_POSITIVE.
     let (status, page) = fixture.risk("GET", "/alerts?status=OPEN", None).await;
     assert_eq!(status, 200);

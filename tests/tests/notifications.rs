@@ -517,6 +517,39 @@ async fn a_forgotten_password_is_reset_with_the_code_sent_by_email() {
 }
 
 #[tokio::test]
+async fn a_login_from_a_new_device_is_told_by_email_once_and_never_for_the_first_device() {
+    let mail = MailServer::start();
+    let host = host_mailing_to(&mail.url()).await;
+    let user = mailed_user(&host, &mail).await; // logged in once, from no named device
+    let log_in = |device: Option<&str>| {
+        let device_info = device.map(|id| json!({"device_id": id, "os": "ios"}));
+        json!({"email": user.email, "password": PASSWORD, "device_info": device_info})
+    };
+    for device in [None, Some("phone-2"), Some("phone-2"), Some("tablet-3")] {
+        let (status, body) = host.call("POST", "/v1/user/sessions", None, Some(log_in(device))).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    mail.wait_for(&user.email, "logged in to from a device it had not seen before").await;
+
+    // Once for each new device (tablet-3's comes after phone-2's second login), never for the
+    // first one nor a device seen before; in the app too.
+    let ops = host.admin_key("ops");
+    let told = |all: &[Value], channel: &str| {
+        all.iter().filter(|m| m["notification_type"] == "new_device_login" && m["channel"] == channel).count()
+    };
+    let started = Instant::now();
+    let all = loop {
+        let all = messages(&host, &ops, &user.user_id).await;
+        if told(&all, "IN_APP") == 2 {
+            break all;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not told of both devices: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((told(&all, "IN_APP"), told(&all, "EMAIL")), (2, 2), "{all:#?}");
+}
+
+#[tokio::test]
 async fn sending_and_rendering_are_grants_the_notification_component_is_refused_without() {
     let host = TestHost::start().await;
     let platform = host.admin_key("platform");

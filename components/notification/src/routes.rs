@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use micropay_sdk::contracts::{CodeIssued, CodePurpose, PaymentRefunded, PaymentSummary, UserContact};
+use micropay_sdk::contracts::{CodeIssued, CodePurpose, NewDeviceLogin, PaymentRefunded, PaymentSummary, UserContact};
 use micropay_sdk::cursor::Page;
 use micropay_sdk::principal::require_admin_role;
 use micropay_sdk::{AdminRole, ApiError, Context, Db, Response, Row};
@@ -119,6 +119,13 @@ fn warranted(event: &Event) -> Result<Vec<Pending>, serde_json::Error> {
             let variables = json!({ "changed_at": when, "sessions_revoked": revoked });
             vec![Pending::for_user(intent(&event.subject, "password_changed", true, variables))]
         }
+        "user.new_device_login" => {
+            let login: NewDeviceLogin = serde_json::from_str(&event.data)?;
+            let variables = json!({
+                "logged_in_at": login.logged_in_at, "user_agent": login.user_agent, "ip_address": login.ip_address,
+            });
+            vec![Pending::for_user(intent(&login.user_id, "new_device_login", true, variables))]
+        }
         "account.frozen" => {
             let data: Json = serde_json::from_str(&event.data)?;
             let user_id = data["user_id"].as_str().unwrap_or_default();
@@ -135,6 +142,11 @@ fn warranted(event: &Event) -> Result<Vec<Pending>, serde_json::Error> {
                 Pending::for_account(&payment.payer_account_id, intent("", "payment_sent", false, variables.clone())),
                 Pending::for_account(&payment.payee_account_id, intent("", "payment_received", false, variables)),
             ]
+        }
+        "payment.requires_review" => {
+            let payment: PaymentSummary = serde_json::from_str(&event.data)?;
+            let variables = payment_variables(&payment);
+            vec![Pending::for_account(&payment.payer_account_id, intent("", "payment_under_review", false, variables))]
         }
         "payment.failed" => {
             let payment: PaymentSummary = serde_json::from_str(&event.data)?;

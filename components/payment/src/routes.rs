@@ -271,6 +271,9 @@ fn write_authorized(
     // Its metadata is what was just written: no need to read it back.
     let shown = payment_json(&payment, new.metadata.clone());
     events::publish("payment.created", &new.payment_id, &shown)?;
+    if status == Status::RequiresReview {
+        events::publish("payment.requires_review", &new.payment_id, &shown)?;
+    }
     if status == Status::Processing {
         request_posting(&payment)?;
     }

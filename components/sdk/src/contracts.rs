@@ -223,6 +223,18 @@ pub struct CodeIssued {
     pub secret: CodeSecret,
 }
 
+/// Event `user.new_device_login` (user → notification): the user logged in from a device they
+/// never used before (not their first one), so that they learn of it if it was not them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewDeviceLogin {
+    pub user_id: String,
+    /// RFC 3339.
+    pub logged_in_at: String,
+    /// As the client sent it: untrusted text.
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+}
+
 /// The field of an event payload that holds a secret (see [`CodeSecret`]).
 pub const SECRET_FIELD: &str = "secret";
 

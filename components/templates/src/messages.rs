@@ -80,6 +80,22 @@ pub const ALL: &[Message] = &[
         ),
     },
     Message {
+        name: "new_device_login",
+        locale: "en",
+        variables: &["logged_in_at", "user_agent", "ip_address"],
+        subject: Some("A new device logged in to your MicroPay account"),
+        text: "Your MicroPay account was logged in to from a device it had not seen before, at {{ logged_in_at }}\
+               {% if user_agent %} ({{ user_agent }}){% endif %}{% if ip_address %} from {{ ip_address }}{% endif %}.\n\n\
+               If this was you, there is nothing to do. If it was not, change your password at once: \
+               that signs every other session out.\n",
+        html: Some(
+            "<p>Your MicroPay account was logged in to from a device it had not seen before, at {{ logged_in_at }}\
+             {% if user_agent %} ({{ user_agent }}){% endif %}{% if ip_address %} from {{ ip_address }}{% endif %}.</p>\
+             <p>If this was you, there is nothing to do. <strong>If it was not, change your password at once</strong>: \
+             that signs every other session out.</p>",
+        ),
+    },
+    Message {
         name: "account_frozen",
         locale: "en",
         variables: &["account_id"],
@@ -112,6 +128,22 @@ pub const ALL: &[Message] = &[
                Payment {{ payment_id }}\n",
         html: Some(
             "<p>You received <strong>{{ amount }} {{ currency }}</strong>{% if description %} ({{ description }}){% endif %}.</p>\
+             <p>Payment {{ payment_id }}</p>",
+        ),
+    },
+    Message {
+        name: "payment_under_review",
+        locale: "en",
+        variables: PAYMENT,
+        subject: Some("Your payment of {{ amount }} {{ currency }} is being reviewed"),
+        text: "Your payment of {{ amount }} {{ currency }}{% if description %} ({{ description }}){% endif %} \
+               is being reviewed before it goes through. The amount is held on your account meanwhile; \
+               you will hear from us when it completes, or when it is declined and the amount released.\n\n\
+               Payment {{ payment_id }}\n",
+        html: Some(
+            "<p>Your payment of <strong>{{ amount }} {{ currency }}</strong>{% if description %} ({{ description }}){% endif %} \
+             is being reviewed before it goes through. The amount is held on your account meanwhile; \
+             you will hear from us when it completes, or when it is declined and the amount released.</p>\
              <p>Payment {{ payment_id }}</p>",
         ),
     },

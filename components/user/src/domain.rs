@@ -269,6 +269,17 @@ pub fn device_info(value: Option<serde_json::Value>) -> Result<Option<serde_json
     }
 }
 
+/// What tells a user's devices apart, hashed: the client's own `device_info.device_id` when it
+/// sends one (an app's installation id), else its User-Agent. Stored only as this hash.
+pub fn device_hash(device_info: Option<&serde_json::Value>, user_agent: Option<&str>) -> String {
+    let device_id = device_info.and_then(|info| info.get("device_id")).and_then(|id| id.as_str());
+    match (device_id, user_agent) {
+        (Some(id), _) => sha256_hex(&format!("device:{id}")),
+        (None, Some(agent)) => sha256_hex(&format!("agent:{agent}")),
+        (None, None) => sha256_hex("unknown"),
+    }
+}
+
 /// SHA-256 of `text`, as lower-case hex: how tokens and codes are stored.
 pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
@@ -425,6 +436,16 @@ mod tests {
         assert!(same_hash("ab", "ab") && !same_hash("ab", "ac") && !same_hash("ab", "abc"));
         assert!(is_session_token(&"a1".repeat(32)));
         assert!(!is_session_token("a1") && !is_session_token(&"zz".repeat(32)));
+    }
+
+    #[test]
+    fn devices_are_told_apart_by_their_id_then_their_agent() {
+        let info = serde_json::json!({ "device_id": "install-1", "os": "ios" });
+        assert_eq!(device_hash(Some(&info), Some("A")), device_hash(Some(&info), Some("B")));
+        assert_ne!(device_hash(Some(&info), None), device_hash(None, Some("install-1")));
+        assert_ne!(device_hash(None, Some("A")), device_hash(None, Some("B")));
+        assert_eq!(device_hash(Some(&serde_json::json!({ "os": "ios" })), Some("A")), device_hash(None, Some("A")));
+        assert_eq!(device_hash(None, None).len(), 64);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The endpoints: each reads its input, applies the rules of [`crate::domain`], runs the
 //! statements of [`crate::sql`] and shapes the answer.
 
-use micropay_sdk::contracts::UserContact;
+use micropay_sdk::contracts::{NewDeviceLogin, UserContact};
 use micropay_sdk::db::DbError;
 use micropay_sdk::db::param::{boolean, opt_text};
 use micropay_sdk::{ApiError, Caller, Context, Db, Response, Row, fields};
@@ -488,6 +488,16 @@ pub fn log_in(ctx: &mut Context) -> Result<Response, ApiError> {
         },
     )?;
     let session_id = session.text("session_id");
+    if sql::seen_device(db, &user_id, &domain::device_hash(device_info.as_ref(), user_agent.as_deref()))? {
+        let login = NewDeviceLogin {
+            user_id: user_id.clone(),
+            logged_in_at: micropay_sdk::time::rfc3339(micropay_sdk::now_micros()),
+            user_agent: user_agent.clone(),
+            ip_address: ip.clone(),
+        };
+        let data = serde_json::to_value(&login).expect("a contract serialises");
+        micropay_sdk::events::publish("user.new_device_login", &user_id, &data)?;
+    }
     let user = sql::record_login(db, &user_id)?;
     let metadata = json!({ "session_id": session_id });
     record(db, &user_id, Activity::LoggedIn, Some(&metadata), ip.as_deref())?;

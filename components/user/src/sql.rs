@@ -119,6 +119,18 @@ pub fn record_login(db: &Db, user_id: &str) -> Result<Row, DbError> {
     )
 }
 
+/// Records that `user_id` logged in from the device `device_hash` and says whether that is a
+/// new device: one the user never logged in from, while they have logged in from another
+/// (their first device is not news). One statement: the count is read as the unit of work
+/// found the table, before the upsert.
+pub fn seen_device(db: &Db, user_id: &str, device_hash: &str) -> Result<bool, DbError> {
+    let row = db.query_one(
+        "WITH before AS (              SELECT count(*) AS devices, count(*) FILTER (WHERE device_hash = $2) AS this              FROM user_devices WHERE user_id = $1          ), seen AS (              INSERT INTO user_devices (user_id, device_hash) VALUES ($1, $2)              ON CONFLICT (user_id, device_hash) DO UPDATE SET last_seen_at = now()          )          SELECT devices > 0 AND this = 0 AS new_device FROM before",
+        &[uuid(user_id), text(device_hash)],
+    )?;
+    Ok(row.bool("new_device"))
+}
+
 /// Replaces the password hash.
 pub fn set_password_hash(db: &Db, user_id: &str, password_hash: &str) -> Result<(), DbError> {
     db.execute(
