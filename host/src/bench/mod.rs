@@ -6,12 +6,14 @@
 //! The invocation and HTTP endpoint is the probe's `GET /ping`, which touches no database: the
 //! figures are the platform's own overhead (instantiate + call + drop, routing, request ids,
 //! metrics). The bus figures are in [`events`], the ledger's in [`ledger`], the deploys' in
-//! [`deploys`].
+//! [`deploys`], the payments' in [`payments`], the fraud check's in [`fraud`], the
+//! notifications' (through a real SMTP server) in [`notifications`].
 
 mod deploys;
 mod events;
 mod fraud;
 mod ledger;
+mod notifications;
 mod payments;
 
 use std::net::SocketAddr;
@@ -61,6 +63,9 @@ pub struct BenchArgs {
     /// Payments at each number of clients (the payments part).
     #[arg(long, default_value_t = 5_000)]
     pub payments: usize,
+    /// Notifications sent (the notifications part).
+    #[arg(long, default_value_t = 2_000)]
+    pub notifications: usize,
     /// Deploys measured one after another (the deploy part).
     #[arg(long, default_value_t = 20)]
     pub deploys: usize,
@@ -85,6 +90,9 @@ pub enum Part {
     Deploys,
     /// The fraud check: an assessment's latency with 20 rules, payments/s with and without it.
     Fraud,
+    /// Notifications per second from an event to an SMTP server's acceptance, against a plain
+    /// SMTP client; render time per template.
+    Notifications,
 }
 
 impl BenchArgs {
@@ -112,6 +120,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.runs(Part::Fraud) {
         fraud_part(&args).await?;
+    }
+    if args.runs(Part::Notifications) {
+        notifications_part(&args).await?;
     }
     if args.runs(Part::Invocations) {
         invocations_part(&args).await?;
@@ -287,6 +298,15 @@ async fn fraud_part(args: &BenchArgs) -> anyhow::Result<()> {
     let clients = args.ledger_clients.first().copied().unwrap_or(16);
     let run = fraud::run(&config, clients, args.payments).await?;
     println!("the fraud check ({} payments at {clients} clients each way):", args.payments);
+    println!("{run}");
+    Ok(())
+}
+
+/// Notifications through a real SMTP server, and each template's render time.
+async fn notifications_part(args: &BenchArgs) -> anyhow::Result<()> {
+    let config = Config { pool_min: 1, nats_url: None, ..args.config.clone() };
+    let run = notifications::run(&config, args.notifications).await?;
+    println!("notifications, user.code_issued on the bus → email accepted by aiosmtpd (a sink):");
     println!("{run}");
     Ok(())
 }
