@@ -17,6 +17,9 @@ use anyhow::{Context as _, bail};
 const SYSTEM_PACKAGES: &[&str] =
     &["rustc-web", "cargo-web", "rust-web-src", "lld-19", "postgresql", "nats-server", "libssl-dev", "pkg-config"];
 
+/// What the bench needs beside: an SMTP server for the notifications part (aiosmtpd's sink).
+const BENCH_PACKAGES: &[&str] = &["python3-aiosmtpd"];
+
 /// The machine's PostgreSQL, which the tests and the bench use.
 const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         }
         "bench" => {
             setup()?;
+            install(BENCH_PACKAGES)?;
             build_components(&root)?;
             ensure_test_postgres()?;
             ensure_test_nats(&root)?;
@@ -79,9 +83,14 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-/// Installs the Debian packages that are missing.
+/// Installs the Debian packages the build and the tests need that are missing.
 fn setup() -> anyhow::Result<()> {
-    let missing: Vec<&str> = SYSTEM_PACKAGES.iter().copied().filter(|package| !installed(package)).collect();
+    install(SYSTEM_PACKAGES)
+}
+
+/// Installs those of `packages` that are missing.
+fn install(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|package| !installed(package)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -118,26 +127,7 @@ fn build_components(root: &Path) -> anyhow::Result<()> {
             encode_component(&path, &out_dir.join(name))?;
         }
     }
-    build_second_builds(root, &out_dir)?;
     build_wasip2_components(root)
-}
-
-/// The probe and the templates built with their `second-build` feature, as
-/// `probe_second.wasm` and `templates_second.wasm`: second versions for the deploy and
-/// hot-swap tests. In a target directory of its own, so that neither build undoes the other's
-/// features.
-fn build_second_builds(root: &Path, out_dir: &Path) -> anyhow::Result<()> {
-    let target_dir = root.join("target/wasm-second");
-    let mut build = wasm_build(root, &root.join("components"), "wasm32-unknown-unknown", &target_dir);
-    build.args(["--package", "probe", "--package", "templates"]);
-    build.args(["--features", "probe/second-build,templates/second-build"]);
-    build.env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", "/usr/bin/wasm-ld-19");
-    run(&mut build).context("building the second builds")?;
-    let built = target_dir.join("wasm32-unknown-unknown/release");
-    for name in ["probe", "templates"] {
-        encode_component(&built.join(format!("{name}.wasm")), &out_dir.join(format!("{name}_second.wasm")))?;
-    }
-    Ok(())
 }
 
 /// Encodes the core module at `core` as a component at `out`.
@@ -172,7 +162,9 @@ fn build_wasip2_components(root: &Path) -> anyhow::Result<()> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut install = Command::new(cargo);
         install
-            .args(["install", "wasm-component-ld", "--locked", "--version", WASM_COMPONENT_LD_VERSION, "--root"])
+            // Unoptimised: it links two small test components, and builds in half the time.
+            .args(["install", "wasm-component-ld", "--locked", "--debug", "--version", WASM_COMPONENT_LD_VERSION])
+            .arg("--root")
             .arg(&tools);
         for var in HOST_BUILD_VARS {
             install.env_remove(var);
