@@ -155,19 +155,7 @@ impl Channels {
         if serde_json::from_str::<serde::de::IgnoredAny>(&hook.body).is_err() {
             return Err(SendError::Rejected("the body is not one JSON document".into()));
         }
-        let url = reqwest::Url::parse(&hook.url).map_err(|_| SendError::Rejected("the URL is malformed".into()))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(SendError::Rejected("a webhook URL is http or https".into()));
-        }
-        // A name is checked by the client's resolver (`PublicOnly`) as it connects, so that a
-        // second resolution cannot swap the address; a literal address is checked here.
-        let host = url.host_str().ok_or_else(|| SendError::Rejected("the URL names no host".into()))?;
-        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>()
-            && !self.webhooks_to_private_addresses
-            && !is_public(ip)
-        {
-            return Err(SendError::Rejected(format!("{ip} is not a public address")));
-        }
+        let url = webhook_url(&hook.url, self.webhooks_to_private_addresses)?;
         let timestamp = chrono::Utc::now().timestamp();
         let answer = self
             .webhooks
@@ -359,6 +347,27 @@ fn http_receipt(
     }
 }
 
+/// The URL a webhook may be posted to: http or https, to a host. A literal address must be
+/// public (unless `private_allowed`), however the URL spells it (`127.1`, `0x7f.0.0.1` and
+/// `[::ffff:127.0.0.1]` are parsed to the address they mean); a name is checked by the
+/// client's resolver (`PublicOnly`) as it connects, so that a second resolution cannot swap
+/// the address.
+fn webhook_url(url: &str, private_allowed: bool) -> Result<reqwest::Url, SendError> {
+    let url = reqwest::Url::parse(url).map_err(|_| SendError::Rejected("the URL is malformed".into()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(SendError::Rejected("a webhook URL is http or https".into()));
+    }
+    // The parser writes a literal address in its canonical form, IPv6 in brackets.
+    let host = url.host_str().ok_or_else(|| SendError::Rejected("the URL names no host".into()))?;
+    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>()
+        && !private_allowed
+        && !is_public(ip)
+    {
+        return Err(SendError::Rejected(format!("{ip} is not a public address")));
+    }
+    Ok(url)
+}
+
 /// Whether an address is one the public internet routes: not loopback, private, link-local,
 /// shared (CGNAT), documentation, benchmarking, multicast, broadcast or unspecified; an IPv6
 /// address mapping or embedding an IPv4 one is judged as that.
@@ -475,6 +484,35 @@ fn not_granted(channel: Channel) -> SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_webhook_url_reaches_no_private_address_however_spelt() {
+        for hostile in [
+            "http://127.0.0.1/hook",
+            "http://127.1/hook",
+            "http://0x7f.0.0.1/hook",
+            "http://2130706433/hook",
+            "http://0177.0.0.1/hook",
+            "http://[::1]:8080/hook",
+            "http://[::ffff:127.0.0.1]/hook",
+            "http://[::ffff:a9fe:a9fe]/latest/meta-data",
+            "http://169.254.169.254/latest/meta-data",
+            "http://0.0.0.0:5432/",
+            "https://10.0.0.1/hook",
+            "file:///etc/passwd",
+            "gopher://example.com/",
+            "ftp://example.com/hook",
+            "http://",
+            "not a url",
+        ] {
+            assert!(matches!(webhook_url(hostile, false), Err(SendError::Rejected(_))), "{hostile} was let through");
+        }
+        assert!(webhook_url("https://hooks.example.com/micropay", false).is_ok());
+        assert!(webhook_url("http://93.184.216.34/hook", false).is_ok());
+        // Development: the operator's flag lets a local receiver in; the scheme still counts.
+        assert!(webhook_url("http://127.0.0.1:9/hook", true).is_ok());
+        assert!(webhook_url("file:///etc/passwd", true).is_err());
+    }
 
     #[test]
     fn only_public_addresses_are_public() {
