@@ -260,6 +260,7 @@ impl ServiceStarter {
             platform: self.provisioner.platform_pool(service, self.shares.plumbing.per_database).await?,
             control: self.control.clone(),
             host_key: self.provisioner.host_key(service),
+            plans: Default::default(),
         })
     }
 }

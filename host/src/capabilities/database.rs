@@ -99,6 +99,44 @@ pub struct ServiceDatabase {
     pub control: sqlx::PgPool,
     /// Presented to the platform's functions; the database keeps only its hash.
     pub host_key: Vec<u8>,
+    /// When the statements of each of the pool's connections were last made afresh.
+    pub plans: PlanAges,
+}
+
+/// How long a service connection keeps its prepared statements, and with them their plans:
+/// a generic plan is made with the tables as they are then (a sequential scan of a table still
+/// small), and PostgreSQL replaces it only when the table's statistics change, which can be a
+/// minute or more behind a table's growth. Making them afresh costs a parse and a few plans
+/// per statement and connection.
+pub const PLAN_LIFETIME: Duration = Duration::from_secs(10);
+
+/// When each connection of a pool (by its backend's pid) last made its statements afresh.
+#[derive(Default)]
+pub struct PlanAges(std::sync::Mutex<std::collections::HashMap<i32, Instant>>);
+
+impl PlanAges {
+    /// Whether the statements of the connection of backend `pid` are older than
+    /// [`PLAN_LIFETIME`] and are to be made afresh now; counts them fresh from now if so, and
+    /// from now for a connection not seen before (its statements are all new).
+    fn due(&self, pid: i32) -> bool {
+        let now = Instant::now();
+        let mut ages = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match ages.get(&pid) {
+            Some(since) if now.duration_since(*since) < PLAN_LIFETIME => false,
+            Some(_) => {
+                ages.insert(pid, now);
+                true
+            }
+            None => {
+                // Backends of closed connections leave their entries: pruned as they age.
+                if ages.len() >= 1024 {
+                    ages.retain(|_, since| now.duration_since(*since) < PLAN_LIFETIME);
+                }
+                ages.insert(pid, now);
+                false
+            }
+        }
+    }
 }
 
 /// What one invocation's database work may take, from its policy.
@@ -371,6 +409,21 @@ impl UnitOfWork {
                 }
             };
             let pid = pid.ok_or_else(|| refused("the session's backend did not say who it is"))?;
+            if database.plans.due(pid) {
+                match tokio::time::timeout_at(deadline, sqlx::Connection::clear_cached_statements(&mut *connection))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        connection.close_on_drop();
+                        return Err(db_error(err).into());
+                    }
+                    Err(_) => {
+                        connection.close_on_drop();
+                        return Err(late());
+                    }
+                }
+            }
             self.session = Some(Session { connection, pid, busy: false });
         }
         Ok(self.session.as_mut().expect("begun above"))

@@ -146,11 +146,17 @@ impl Provisioner {
 
     /// Connection options of `service`'s own role on its own database, its schema first. Its
     /// statement cache is small: a component's statements are cached by their text, on the host
-    /// and on the server, for the connection's life.
+    /// and on the server. Their plans are PostgreSQL's choice (`plan_cache_mode = auto`: a
+    /// generic plan once it costs no more than planning for the parameters), where the host's
+    /// own connections plan every execution (see [`pinned`]): a component's statements run
+    /// thousands of times a second on the money path, and planning each execution was a
+    /// quarter of the server's work there. A generic plan made while a table was small is not
+    /// kept past [`crate::capabilities::database::PLAN_LIFETIME`]: the units of work make the
+    /// connection's statements afresh then.
     pub fn service_options(&self, service: &str) -> PgConnectOptions {
         let role = self.role_name(service);
         pinned(self.admin.clone(), &format!("{service}_schema"))
-            .options([("log_parameter_max_length_on_error", "0")])
+            .options([("log_parameter_max_length_on_error", "0"), ("plan_cache_mode", "auto")])
             .statement_cache_capacity(SERVICE_STATEMENT_CACHE)
             .log_statements(tracing::log::LevelFilter::Trace)
             .username(&role)
@@ -443,7 +449,9 @@ impl Provisioner {
 /// and statements planned for their parameters each time (`plan_cache_mode`): a pooled
 /// connection lives for half an hour and its prepared statements with it, and a generic plan
 /// made while a table was still empty (a sequential scan) would otherwise outlive the table's
-/// growth until the next `ANALYZE`. (sqlx sends the time zone, UTC, itself.)
+/// growth until the next `ANALYZE`. A service's own pool plans as PostgreSQL chooses, its
+/// statements made afresh now and then (see [`Provisioner::service_options`]). (sqlx sends the
+/// time zone, UTC, itself.)
 fn pinned(options: PgConnectOptions, search_path: &str) -> PgConnectOptions {
     options.options([
         ("search_path", search_path),
