@@ -9,7 +9,12 @@
 //! - rows are sent in outbox order, so events of one key keep the order in which their
 //!   publishing units of work took their outbox sequence numbers;
 //! - an event leaves with the publisher's name as its source: the relay of a database stamps
-//!   it, so a subscriber can trust it (only the host writes the outbox besides).
+//!   it, so a subscriber can trust it (only the host writes the outbox besides);
+//! - the outbox stays quick to read however fast it turns over: marking rows relayed leaves
+//!   their old versions behind in the index of unrelayed rows, which every read walks from its
+//!   start, so the relay vacuums the outbox after every [`VACUUM_EVERY`] rows it relayed
+//!   rather than wait for autovacuum (a minute or more behind: 12,000 payments' events made a
+//!   read 6 ms).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +36,9 @@ pub const IDLE_POLL: Duration = Duration::from_secs(1);
 /// have read the outbox before this host's rows committed.
 const BUSY_RETRY: Duration = Duration::from_millis(10);
 
+/// How many rows a relay marks relayed before it vacuums the outbox.
+const VACUUM_EVERY: usize = 2_000;
+
 /// One publisher's relay.
 pub struct Relay {
     /// The publishing service.
@@ -49,9 +57,18 @@ pub struct Relay {
 impl Relay {
     /// Relays until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut since_vacuum = 0;
         while !*shutdown.borrow() {
             let wake = self.wake.notified();
-            let pause = match self.relay_once().await {
+            let relayed = self.relay_once().await;
+            if let Ok(Relayed::Rows(rows)) = relayed {
+                since_vacuum += rows;
+                if since_vacuum >= VACUUM_EVERY {
+                    since_vacuum = 0;
+                    self.vacuum().await;
+                }
+            }
+            let pause = match relayed {
                 Ok(Relayed::Rows(relayed)) if relayed == BATCH => continue,
                 Ok(Relayed::Rows(_)) => self.idle_poll,
                 Ok(Relayed::Busy) => BUSY_RETRY,
@@ -65,6 +82,15 @@ impl Relay {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => {}
             }
+        }
+    }
+
+    /// Vacuums the outbox (see the invariants above). A failure is only logged: the outbox is
+    /// slower to read until the next one, or autovacuum, succeeds.
+    async fn vacuum(&self) {
+        let vacuumed = sqlx::raw_sql("VACUUM (SKIP_LOCKED) micropay_platform.outbox").execute(&self.pool).await;
+        if let Err(err) = vacuumed {
+            tracing::warn!(source = %self.source, "vacuuming the outbox failed: {err}");
         }
     }
 
