@@ -549,12 +549,14 @@ pub fn authorize(ctx: &mut Context) -> Result<Response, ApiError> {
         if limits.len() != LimitType::ALL.len() * counted.len() {
             return Err(ApiError::internal(&format!("limit rows missing among accounts {counted_ids:?}")));
         }
+        let mut usages = Vec::with_capacity(limits.len());
         for limit in &limits {
             let account_id = limit.text("account_id");
             let (currency, debited) = &counted[account_id.as_str()];
             let usage = limit_usage(limit).charge(*debited, now, &account_id, currency)?;
-            sql::set_usage(db, &limit.text("limit_id"), &usage)?;
+            usages.push((limit.text("limit_id"), usage));
         }
+        sql::set_usages(db, &usages)?;
     }
     Ok(Response::ok(&json!({ "accounts": answer })))
 }
@@ -585,14 +587,16 @@ pub fn release_limits(ctx: &mut Context) -> Result<Response, ApiError> {
     let ids: Vec<String> = debited.keys().cloned().collect();
     // System accounts have no limit rows: only user accounts come back.
     let mut released: BTreeMap<String, Decimal> = BTreeMap::new();
+    let mut usages = Vec::new();
     for limit in sql::lock_limits(db, &ids)? {
         let account_id = limit.text("account_id");
         let amount = debited[&account_id];
         if let Some(usage) = limit_usage(&limit).release(amount, now) {
-            sql::set_usage(db, &limit.text("limit_id"), &usage)?;
+            usages.push((limit.text("limit_id"), usage));
         }
         released.insert(account_id, amount);
     }
+    sql::set_usages(db, &usages)?;
     let released: Vec<Json> = released
         .into_iter()
         .map(|(account_id, amount)| json!({ "account_id": account_id, "amount": money::format(amount) }))

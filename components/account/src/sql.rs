@@ -310,13 +310,33 @@ pub fn lock_limits(db: &Db, ids: &[String]) -> Result<Vec<Row>, DbError> {
     )
 }
 
-/// Stores a limit row's usage and period (after counting, giving back or rolling over).
-pub fn set_usage(db: &Db, limit_id: &str, usage: &LimitUsage) -> Result<(), DbError> {
-    let Period { start, end } = usage.period;
+/// Stores limit rows' usage and periods (after counting, giving back or rolling over), each
+/// `(limit_id, usage)`, with one statement. The rows are the caller's, locked by
+/// [`lock_limits`].
+pub fn set_usages(db: &Db, usages: &[(String, LimitUsage)]) -> Result<(), DbError> {
+    if usages.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = usages
+        .iter()
+        .map(|(limit_id, usage)| {
+            serde_json::json!({
+                "limit_id": limit_id,
+                "current_usage": money::format(usage.current_usage),
+                "period_start_at": usage.period.start,
+                "period_end_at": usage.period.end,
+            })
+        })
+        .collect();
     db.execute(
-        "UPDATE account_limits SET current_usage = $2, period_start_at = $3, period_end_at = $4, updated_at = now() \
-         WHERE limit_id = $1",
-        &[uuid(limit_id), money_value(usage.current_usage), timestamp(start), timestamp(end)],
+        "UPDATE account_limits AS l SET current_usage = u.current_usage, \
+                period_start_at = 'epoch'::timestamp + u.period_start_at * interval '1 microsecond', \
+                period_end_at = 'epoch'::timestamp + u.period_end_at * interval '1 microsecond', \
+                updated_at = now() \
+         FROM jsonb_to_recordset($1) AS u(limit_id uuid, current_usage numeric, period_start_at bigint, \
+                                          period_end_at bigint) \
+         WHERE l.limit_id = u.limit_id",
+        &[json(&serde_json::Value::Array(rows))],
     )?;
     Ok(())
 }
