@@ -199,8 +199,7 @@ fn check_reservation_visible(principal: &Principal, account_id: &str) -> Result<
 fn lock_funds(db: &Db, accounts: &BTreeMap<String, String>) -> Result<BTreeMap<String, Funds>, ApiError> {
     let ids: Vec<String> = accounts.keys().cloned().collect();
     let rows: Vec<_> = accounts.iter().map(|(id, currency)| (id.clone(), currency.clone(), false)).collect();
-    sql::ensure_accounts(db, &rows)?;
-    sql::lock_accounts(db, &ids)?;
+    sql::lock_or_create_accounts(db, &rows)?;
     let mut funds = BTreeMap::new();
     for row in sql::positions(db, &ids)? {
         let account_id = row.text("account_id");
@@ -556,8 +555,7 @@ fn apply(db: &Db, postings: &[(&Event, Posting)]) -> Result<(), String> {
     let ids: Vec<String> = accounts.keys().cloned().collect();
     let rows: Vec<_> =
         accounts.iter().map(|(id, account)| (id.clone(), account.currency.clone(), account.system)).collect();
-    sql::ensure_accounts(db, &rows).map_err(failed)?;
-    sql::lock_accounts(db, &ids).map_err(failed)?;
+    sql::lock_or_create_accounts(db, &rows).map_err(failed)?;
 
     let entry_ids: Vec<String> = postings.iter().flat_map(|(_, posting)| posting.entry_ids()).collect();
     let applied: BTreeSet<String> = sql::applied_entries(db, &entry_ids).map_err(failed)?.into_iter().collect();

@@ -54,7 +54,7 @@ ON CONFLICT (account_id) DO NOTHING";
 
 /// Creates the `balance_accounts` rows that are missing, in `account_id` order; an existing row
 /// is left as it is (its currency never changes). `accounts` is `(id, currency, system)`.
-pub fn ensure_accounts(db: &Db, accounts: &[(String, String, bool)]) -> Result<(), DbError> {
+fn ensure_accounts(db: &Db, accounts: &[(String, String, bool)]) -> Result<(), DbError> {
     let rows: Vec<_> = accounts
         .iter()
         .map(|(account_id, currency, system)| {
@@ -76,8 +76,23 @@ FOR UPDATE";
 ///
 /// Only the lock is taken here: what the rows hold is read by [`positions`], a later
 /// statement, which therefore sees everything committed by whoever held a lock before.
-pub fn lock_accounts(db: &Db, account_ids: &[String]) -> Result<(), DbError> {
-    db.query(LOCK_ACCOUNTS, &[id_list(account_ids)])?;
+pub fn lock_accounts(db: &Db, account_ids: &[String]) -> Result<usize, DbError> {
+    Ok(db.query(LOCK_ACCOUNTS, &[id_list(account_ids)])?.len())
+}
+
+/// Locks the accounts' rows as [`lock_accounts`] does, creating the missing ones
+/// ([`ensure_accounts`]; `accounts` is `(id, currency, system)`, their ids distinct). The rows
+/// exist for every hold and posting but an account's first, so they are locked first, and
+/// created only when some are missing: then the missing ones are created (a row created is
+/// locked by its creation, and no one else holds it) and the whole set locked again, which
+/// takes the rows another unit of work created meanwhile.
+pub fn lock_or_create_accounts(db: &Db, accounts: &[(String, String, bool)]) -> Result<(), DbError> {
+    let ids: Vec<String> = accounts.iter().map(|(id, _, _)| id.clone()).collect();
+    if lock_accounts(db, &ids)? == ids.len() {
+        return Ok(());
+    }
+    ensure_accounts(db, accounts)?;
+    lock_accounts(db, &ids)?;
     Ok(())
 }
 
