@@ -118,8 +118,7 @@ impl PlanAges {
     /// Whether the statements of the connection of backend `pid` are older than
     /// [`PLAN_LIFETIME`] and are to be made afresh now; counts them fresh from now if so, and
     /// from now for a connection not seen before (its statements are all new).
-    fn due(&self, pid: i32) -> bool {
-        let now = Instant::now();
+    fn due(&self, pid: i32, now: Instant) -> bool {
         let mut ages = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match ages.get(&pid) {
             Some(since) if now.duration_since(*since) < PLAN_LIFETIME => false,
@@ -409,7 +408,7 @@ impl UnitOfWork {
                 }
             };
             let pid = pid.ok_or_else(|| refused("the session's backend did not say who it is"))?;
-            if database.plans.due(pid) {
+            if database.plans.due(pid, Instant::now()) {
                 match tokio::time::timeout_at(deadline, sqlx::Connection::clear_cached_statements(&mut *connection))
                     .await
                 {
@@ -887,5 +886,23 @@ fn db_error(err: sqlx::Error) -> DbError {
             constraint: None,
         },
         _ => DbError { code: "58000".into(), message: err.to_string(), constraint: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_makes_its_statements_afresh_once_per_plan_lifetime() {
+        let ages = PlanAges::default();
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        assert!(!ages.due(7, start), "a connection's first statements are new");
+        assert!(!ages.due(7, start + PLAN_LIFETIME - second));
+        assert!(ages.due(7, start + PLAN_LIFETIME));
+        assert!(!ages.due(7, start + PLAN_LIFETIME + second), "counted afresh from then");
+        assert!(ages.due(7, start + 2 * PLAN_LIFETIME));
+        assert!(!ages.due(8, start + 2 * PLAN_LIFETIME), "another backend has its own age");
     }
 }
