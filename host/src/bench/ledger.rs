@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
+use super::cpu::BusyTime;
 use crate::platform::Platform;
 use crate::policy::Role;
 use crate::runtime::bindings::{Caller, Request};
@@ -191,22 +192,40 @@ pub(super) async fn call_in(
     Ok(serde_json::from_slice(&response.body)?)
 }
 
+/// What a `pgbench` run did.
+pub struct Pgbench {
+    /// Transactions per second.
+    pub tps: f64,
+    /// The machine's busy CPU time per transaction (pgbench's and the server's), ms.
+    pub cpu_ms: f64,
+}
+
+impl std::fmt::Display for Pgbench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} tps, {:.2} ms CPU per transaction", self.tps, self.cpu_ms)
+    }
+}
+
 /// `pgbench`'s TPC-B-like transaction on its own scratch database of `server_url`'s server:
-/// transactions per second at `clients` connections for `seconds`.
-pub fn pgbench(server_url: &str, database: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+/// transactions per second at `clients` connections for `seconds`, and the CPU time each took.
+pub fn pgbench(server_url: &str, database: &str, clients: usize, seconds: u64) -> anyhow::Result<Pgbench> {
     let base = server_url.rsplit_once('/').map_or(server_url, |(base, _)| base);
     let url = format!("{base}/{database}");
+    let busy = BusyTime::now();
     let output = std::process::Command::new("pgbench")
         .args(["--no-vacuum", "--client", &clients.to_string(), "--jobs", "2", "--time", &seconds.to_string()])
         .arg(&url)
         .output()
         .context("running pgbench (Debian's postgresql-client)")?;
+    let busy_after = BusyTime::now();
     let stdout = String::from_utf8_lossy(&output.stdout);
     anyhow::ensure!(output.status.success(), "pgbench failed: {}{}", stdout, String::from_utf8_lossy(&output.stderr));
-    stdout
+    let tps: f64 = stdout
         .lines()
         .find_map(|line| line.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no tps in pgbench's output: {stdout}"))
+        .with_context(|| format!("no tps in pgbench's output: {stdout}"))?;
+    let transactions = (tps * seconds as f64).round() as usize;
+    Ok(Pgbench { tps, cpu_ms: busy_after.ms_per(busy, transactions) })
 }
 
 /// Creates the scratch database and loads pgbench's tables (scale 1: 100,000 accounts).

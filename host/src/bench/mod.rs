@@ -9,6 +9,7 @@
 //! [`deploys`], the payments' in [`payments`], the fraud check's in [`fraud`], the
 //! notifications' (through a real SMTP server) in [`notifications`].
 
+mod cpu;
 mod deploys;
 mod events;
 mod fraud;
@@ -241,7 +242,7 @@ async fn ledger_part(args: &BenchArgs) -> anyhow::Result<()> {
     println!("ledger, two-entry transfers with their balance events, against pgbench TPC-B (10 s each):");
     for (run, baseline) in runs.iter().zip(baselines) {
         let baseline = baseline?;
-        println!("  {run}; pgbench {baseline:.0} tps; ledger / pgbench: {:.2}", run.per_second() / baseline);
+        println!("  {run}; pgbench {baseline}; ledger / pgbench: {:.2}", run.per_second() / baseline.tps);
     }
     Ok(())
 }
@@ -281,7 +282,11 @@ async fn payments_part(args: &BenchArgs) -> anyhow::Result<()> {
     );
     for (run, baseline) in runs.iter().zip(baselines) {
         let baseline = baseline?;
-        println!("  {run}; pgbench {baseline:.0} tps; payments / pgbench: {:.2}", run.per_second() / baseline);
+        println!(
+            "  {run}; pgbench {baseline}; payments / pgbench: {:.2} (by CPU time: {:.2})",
+            run.per_second() / baseline.tps,
+            baseline.cpu_ms / run.cpu_ms
+        );
     }
     println!("  an idle host: {idle:.1} commits/s on its databases (20 s, 5 s after the last run)");
     Ok(())
@@ -312,7 +317,11 @@ async fn notifications_part(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// `pgbench` TPC-B for 10 s at each number of `clients`, on a scratch database.
-fn pgbench_baselines(server_url: &str, prefix: &str, clients: &[usize]) -> anyhow::Result<Vec<anyhow::Result<f64>>> {
+fn pgbench_baselines(
+    server_url: &str,
+    prefix: &str,
+    clients: &[usize],
+) -> anyhow::Result<Vec<anyhow::Result<ledger::Pgbench>>> {
     let scratch = format!("{prefix}pgbench");
     ledger::pgbench_init(server_url, &scratch)?;
     let baselines = clients.iter().map(|&clients| ledger::pgbench(server_url, &scratch, clients, 10)).collect();

@@ -15,6 +15,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
 use super::Summary;
+use super::cpu::BusyTime;
 use crate::bus::Backend;
 use crate::platform::Platform;
 use crate::runtime::bindings::{Caller, Request};
@@ -39,6 +40,10 @@ pub struct PaymentRun {
     pub completion_ms: (f64, f64),
     /// What the database did per payment.
     pub cost: DatabaseCost,
+    /// The machine's busy CPU time per payment (the host's and PostgreSQL's), ms.
+    pub cpu_ms: f64,
+    /// The host's share of it (this process, with the bench's clients), ms.
+    pub host_cpu_ms: f64,
 }
 
 impl PaymentRun {
@@ -52,7 +57,7 @@ impl std::fmt::Display for PaymentRun {
         write!(
             f,
             "{:>3} clients: {:.0} payments/s completed ({} in {:.2} s); API {}; created → completed p50 {:.1} ms, \
-             p99 {:.1} ms; per payment {}",
+             p99 {:.1} ms; per payment {}, {:.2} ms CPU ({:.2} in the host)",
             self.clients,
             self.per_second(),
             self.payments,
@@ -61,6 +66,8 @@ impl std::fmt::Display for PaymentRun {
             self.completion_ms.0,
             self.completion_ms.1,
             self.cost,
+            self.cpu_ms,
+            self.host_cpu_ms,
         )
     }
 }
@@ -185,6 +192,7 @@ impl Payments {
         let pool = self.pool("payment")?;
         let run_start: chrono::NaiveDateTime = sqlx::query_scalar("SELECT LOCALTIMESTAMP").fetch_one(&pool).await?;
         let started = Instant::now();
+        let busy = BusyTime::now();
         let next = Arc::new(AtomicU64::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for client in 0..clients {
@@ -234,6 +242,8 @@ impl Payments {
         }
         self.wait_until_quiet(started).await?;
         let elapsed = started.elapsed();
+        let busy_after = BusyTime::now();
+        let (cpu_ms, host_cpu_ms) = (busy_after.ms_per(busy, payments), busy_after.process_ms_per(busy, payments));
         let (p50, p99): (f64, f64) = sqlx::query_as(
             "SELECT (percentile_cont(0.5) WITHIN GROUP (ORDER BY d))::float8, \
                     (percentile_cont(0.99) WITHIN GROUP (ORDER BY d))::float8 \
@@ -255,6 +265,8 @@ impl Payments {
                 commits: per_payment(commits_before, commits_after),
                 statements: statements_before.zip(statements_after).map(|(before, after)| per_payment(before, after)),
             },
+            cpu_ms,
+            host_cpu_ms,
         })
     }
 
