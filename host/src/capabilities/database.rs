@@ -78,10 +78,13 @@ const END_GRACE: Duration = Duration::from_secs(5);
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the end of a unit runs after its COMMIT or ROLLBACK, in the same round trip: nothing
-/// of the session outlives the unit; the last row says whether the component prepared
-/// statements of its own.
-const RESET: &str = "RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); \
-    SELECT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
+/// of the session outlives the unit; the row's second column ([`PREPARED_COLUMN`]) says
+/// whether the component prepared statements of its own.
+const RESET: &str = "RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(), \
+    EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
+
+/// The column of [`RESET`]'s row that says whether the component prepared statements.
+const PREPARED_COLUMN: usize = 1;
 
 /// The `connection` resource. It carries nothing: every handle of an invocation shares that
 /// invocation's [`UnitOfWork`].
@@ -616,11 +619,13 @@ async fn commit_unit(
         }
     }
     // PostgreSQL runs deferred triggers at COMMIT with no statement timeout: they are fired
-    // first, by `SET CONSTRAINTS ALL IMMEDIATE`, under the commit's bound, so that the COMMIT
-    // itself has nothing of the component's left to run. (A trigger that defers more again
-    // runs at the COMMIT unbounded on the server; the host's own wait then ends its backend.)
-    let end = format!("SET LOCAL statement_timeout = {bound_ms}; SET CONSTRAINTS ALL IMMEDIATE; COMMIT; {RESET}");
-    const COMMIT_POSITION: usize = 3;
+    // first, by `SET CONSTRAINTS ALL IMMEDIATE`, under the commit's bound (set above when the
+    // outbox was written), so that the COMMIT itself has nothing of the component's left to
+    // run. (A trigger that defers more again runs at the COMMIT unbounded on the server; the
+    // host's own wait then ends its backend.)
+    let bounded = if staged.is_empty() { format!("SET LOCAL statement_timeout = {bound_ms}; ") } else { String::new() };
+    let end = format!("{bounded}SET CONSTRAINTS ALL IMMEDIATE; COMMIT; {RESET}");
+    let commit_position = if staged.is_empty() { 3 } else { 2 };
     let mut committed = false;
     let mut prepared_by_component = None;
     let outcome = tokio::time::timeout(waited, async {
@@ -630,9 +635,9 @@ async fn commit_unit(
             match result {
                 Either::Left(_) => {
                     completed += 1;
-                    committed |= completed == COMMIT_POSITION;
+                    committed |= completed == commit_position;
                 }
-                Either::Right(row) => prepared_by_component = row.try_get::<bool, _>(0).ok(),
+                Either::Right(row) => prepared_by_component = row.try_get::<bool, _>(PREPARED_COLUMN).ok(),
             }
         }
         Ok::<(), sqlx::Error>(())
@@ -667,7 +672,8 @@ async fn roll_back(connection: &mut PgConnection) -> Result<Afterwards, CommitEr
     let rows = simple_query(connection, &format!("ROLLBACK; {RESET}"))
         .await
         .map_err(|err| CommitError::NotCommitted(format!("rolling back: {err}")))?;
-    let prepared_by_component = rows.last().map(|row| row.try_get::<bool, _>(0)).transpose().ok().flatten();
+    let prepared_by_component =
+        rows.last().map(|row| row.try_get::<bool, _>(PREPARED_COLUMN)).transpose().ok().flatten();
     Ok(if prepared_by_component == Some(false) { Afterwards::Reuse } else { Afterwards::Close })
 }
 
