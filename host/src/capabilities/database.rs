@@ -397,7 +397,10 @@ impl UnitOfWork {
                 .map_err(|_| late())?
                 .map_err(db_error)?;
             let left = deadline.saturating_duration_since(Instant::now()).as_millis().max(1);
-            let begin = format!("BEGIN; SET LOCAL statement_timeout = {left}; SELECT pg_catalog.pg_backend_pid()");
+            // `set_config(.., true)` is `SET LOCAL`, in the statement that asks the backend's pid.
+            let begin = format!(
+                "BEGIN; SELECT pg_catalog.pg_backend_pid(), pg_catalog.set_config('statement_timeout', '{left}', true)"
+            );
             let begun = tokio::time::timeout_at(deadline, simple_query(&mut connection, &begin)).await;
             let pid = match begun {
                 Ok(Ok(rows)) => rows.first().map(|row| row.try_get::<i32, _>(0)).transpose().map_err(db_error)?,
@@ -601,8 +604,10 @@ async fn commit_unit(
         // The host key is a parameter of the next statement: an error of it must not put its
         // parameters in the server's log, whatever the component set. (This fails, as it
         // should, on a transaction a failed statement aborted.)
-        let quiet =
-            format!("SET LOCAL log_parameter_max_length_on_error = 0; SET LOCAL statement_timeout = {bound_ms}");
+        let quiet = format!(
+            "SELECT pg_catalog.set_config('log_parameter_max_length_on_error', '0', true), \
+                 pg_catalog.set_config('statement_timeout', '{bound_ms}', true)"
+        );
         let appended = tokio::time::timeout(waited, async {
             simple_query(connection, &quiet).await?;
             append_outbox(connection, host_key, staged).await
