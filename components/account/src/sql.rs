@@ -12,7 +12,7 @@ use micropay_sdk::db::param::{boolean, decimal, id_list, int, json, text, timest
 use micropay_sdk::money::{self, Decimal};
 use micropay_sdk::{Db, Row, Value};
 
-use crate::domain::{AccountType, LimitType, LimitUsage, Period, SYSTEM_USER_ID, Status, TransferLimits};
+use crate::domain::{AccountType, LimitType, LimitUsage, SYSTEM_USER_ID, Status, TransferLimits};
 
 /// The columns of an account as the API shows it.
 macro_rules! account_columns {
