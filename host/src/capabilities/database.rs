@@ -402,32 +402,14 @@ impl UnitOfWork {
                 "BEGIN; SELECT pg_catalog.pg_backend_pid(), pg_catalog.set_config('statement_timeout', '{left}', true)"
             );
             let begun = tokio::time::timeout_at(deadline, simple_query(&mut connection, &begin)).await;
-            let pid = match begun {
-                Ok(Ok(rows)) => rows.first().map(|row| row.try_get::<i32, _>(0)).transpose().map_err(db_error)?,
-                Ok(Err(err)) => {
-                    connection.close_on_drop();
-                    return Err(db_error(err).into());
-                }
-                Err(_) => {
-                    connection.close_on_drop();
-                    return Err(late());
-                }
-            };
+            let rows = closed_unless_done(&mut connection, begun)?;
+            let pid = rows.first().map(|row| row.try_get::<i32, _>(0)).transpose().map_err(db_error)?;
             let pid = pid.ok_or_else(|| refused("the session's backend did not say who it is"))?;
             if database.plans.due(pid, Instant::now()) {
-                match tokio::time::timeout_at(deadline, sqlx::Connection::clear_cached_statements(&mut *connection))
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => {
-                        connection.close_on_drop();
-                        return Err(db_error(err).into());
-                    }
-                    Err(_) => {
-                        connection.close_on_drop();
-                        return Err(late());
-                    }
-                }
+                let cleared =
+                    tokio::time::timeout_at(deadline, sqlx::Connection::clear_cached_statements(&mut *connection))
+                        .await;
+                closed_unless_done(&mut connection, cleared)?;
             }
             self.session = Some(Session { connection, pid, busy: false });
         }
@@ -501,6 +483,25 @@ impl UnitOfWork {
         session.busy = false;
         check_still_in_transaction(session)?;
         Ok(done.rows_affected())
+    }
+}
+
+/// What a statement sent on a connection not yet a session's came to (within the deadline, or
+/// not): its result, or the connection closed rather than pooled, and the error.
+fn closed_unless_done<T>(
+    connection: &mut PoolConnection<Postgres>,
+    outcome: Result<Result<T, sqlx::Error>, tokio::time::error::Elapsed>,
+) -> Result<T, StatementError> {
+    match outcome {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(err)) => {
+            connection.close_on_drop();
+            Err(db_error(err).into())
+        }
+        Err(_) => {
+            connection.close_on_drop();
+            Err(StatementError::Trap(QueryDeadline.into()))
+        }
     }
 }
 
