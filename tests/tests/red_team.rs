@@ -427,10 +427,11 @@ async fn resources_are_bounded_and_nothing_outlives_an_invocation() {
         "SELECT pg_advisory_lock(4242)",
         "DECLARE red_team CURSOR WITH HOLD FOR SELECT 1",
         "LISTEN red_team",
+        "SET plan_cache_mode = force_generic_plan",
         "SELECT pg_backend_pid()",
     ]
     .map(String::from);
-    let pid = scalar(&sql(&host, &dirty, false).await[6]).clone();
+    let pid = scalar(&sql(&host, &dirty, false).await[7]).clone();
     assert_clean_when_reused(&host, &mut admin, pid).await;
     let at_commit = [
         "CREATE TABLE red_team_dirt (id int)",
@@ -518,6 +519,7 @@ async fn assert_clean_when_reused(host: &TestHost, admin: &mut sqlx::PgConnectio
         "SELECT current_setting('idle_in_transaction_session_timeout') || ' ' || current_setting('search_path') \
          || ' ' || coalesce(current_setting('red_team.flag', true), '')",
         "SELECT (SELECT count(*) FROM pg_cursors WHERE is_holdable) + (SELECT count(*) FROM pg_listening_channels())",
+        "SELECT current_setting('plan_cache_mode')",
     ]
     .map(String::from);
     let started = Instant::now();
@@ -526,6 +528,7 @@ async fn assert_clean_when_reused(host: &TestHost, admin: &mut sqlx::PgConnectio
         if *scalar(&results[0]) == pid {
             assert_eq!(*scalar(&results[1]), json!("1min probe_schema "), "{results:?}");
             assert_eq!(*scalar(&results[2]), json!(0), "{results:?}");
+            assert_eq!(*scalar(&results[3]), json!("auto"), "the host's plan mode for services: {results:?}");
             return;
         }
         assert!(started.elapsed() < Duration::from_secs(10), "the dirty connection never came back");
@@ -568,6 +571,29 @@ async fn an_answer_says_what_became_of_the_work() {
     assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
     assert_eq!(committed(2).fetch_one(&mut probe_db).await.unwrap(), 0);
     assert_no_statement_like(&mut probe_db, &Names::of(&host).role, "%slow_commits%").await;
+
+    // The same in a unit that publishes, whose commit's bound is set where its outbox is
+    // written, after the component turned its own statement timeout off: cancelled at the
+    // bound, and neither the row nor the event kept. The same unit with a quick commit keeps
+    // both.
+    let outbox = |topic: &'static str| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM micropay_platform.outbox WHERE topic = $1").bind(topic)
+    };
+    let started = Instant::now();
+    let statements = ["SET statement_timeout = 0", "INSERT INTO slow_commits VALUES (5, 600)"];
+    let body = json!({ "statements": statements, "savepoints": false, "publish": "probe.slow_commit" });
+    let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+    assert_eq!((status, error_code(&answer)), (503, "commit_failed"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    assert_eq!(committed(5).fetch_one(&mut probe_db).await.unwrap(), 0);
+    assert_eq!(outbox("probe.slow_commit").fetch_one(&mut probe_db).await.unwrap(), 0);
+    assert_no_statement_like(&mut probe_db, &Names::of(&host).role, "%slow_commits%").await;
+    let statements = ["SET statement_timeout = 0", "INSERT INTO slow_commits VALUES (6, 0)"];
+    let body = json!({ "statements": statements, "savepoints": false, "publish": "probe.quick_commit" });
+    let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(committed(6).fetch_one(&mut probe_db).await.unwrap(), 1);
+    assert_eq!(outbox("probe.quick_commit").fetch_one(&mut probe_db).await.unwrap(), 1);
 
     // A component that answers success after a statement failed (and PostgreSQL aborted its
     // transaction) is not answered as if its work were kept: it was not.

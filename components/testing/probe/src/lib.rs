@@ -12,7 +12,8 @@
 //! - `GET /foreign` tries to read another service's tables and database from its own handle.
 //! - `GET /catalog` asks PostgreSQL's catalog for the other databases.
 //! - `POST /sql` runs the statements it is given, `{"statements": [...]}`, each in a savepoint
-//!   of its own (unless `"savepoints": false`), and answers how each went: the red team's hand.
+//!   of its own (unless `"savepoints": false`), then publishes an event on `"publish"` if the
+//!   body names a topic, and answers how each went: the red team's hand.
 //! - `GET /memory-bomb` allocates until something stops it.
 //! - `GET /recurse` recurses without end.
 //! - `GET /huge-response` answers 100 MB; `GET /big-response?kb=N` answers N KiB.
@@ -225,6 +226,9 @@ fn run_sql(ctx: &mut Context) -> Result<Response, ApiError> {
         statements: Vec<String>,
         #[serde(default = "yes")]
         savepoints: bool,
+        /// A topic to publish an event on in the same unit of work, after the statements.
+        #[serde(default)]
+        publish: Option<String>,
     }
     fn yes() -> bool {
         true
@@ -249,6 +253,10 @@ fn run_sql(ctx: &mut Context) -> Result<Response, ApiError> {
             db.execute("RELEASE SAVEPOINT attempt", &[])?;
         }
         results.push(result);
+    }
+    if let Some(topic) = &body.publish {
+        micropay_sdk::events::publish(topic, "probe-key", &json!({ "after_sql": true }))
+            .map_err(|err| ApiError::new(400, "publish_refused", format!("{err:?}")))?;
     }
     Ok(Response::ok(&json!({ "results": results })))
 }
