@@ -271,17 +271,17 @@ impl Deliverer {
                 return;
             }
         };
+        let subscribed = || self.dispatcher.registry.get(&name).map(|service| service.active().policy.clone());
         while !*stop.borrow() {
             let result = async {
-                let batch = feed.next_batch().await?;
+                let batch = feed.next_batch(&subscribed).await?;
                 for &partition in &partitions {
                     let oldest = batch.iter().find(|event| event.partition() == partition);
                     let age = oldest.map(|event| age_seconds(event.time)).unwrap_or(0.0);
                     self.dispatcher.metrics.set_undelivered_age(&name, partition, age);
                 }
-                let handled = self.deliver_batch(&batch).await?;
-                // A quiet feed (an empty batch) writes what it left behind.
-                feed.acknowledge(handled > 0 || batch.is_empty()).await
+                self.deliver_batch(&batch).await?;
+                feed.acknowledge().await
             };
             if let Err(err) = result.await {
                 tracing::warn!(subscriber = %name, ?partitions, "delivery stopped: {err:#}");
@@ -290,12 +290,12 @@ impl Deliverer {
         }
     }
 
-    /// Delivers a batch, in order, in chunks of at most the policy's `events.batch`, and
-    /// answers how many of its events were the subscriber's. First a
+    /// Delivers a batch, in order, in chunks of at most the policy's `events.batch`: those of
+    /// its events the subscriber takes (a feed may return others: NATS's do). First a
     /// whole chunk in one unit of work (the commit is what an event costs most); if any
     /// handler fails, that unit is rolled back whole, so none of its effects happened, and the
     /// chunk is delivered again one event per unit of work, with retries.
-    async fn deliver_batch(&self, batch: &[Envelope]) -> anyhow::Result<usize> {
+    async fn deliver_batch(&self, batch: &[Envelope]) -> anyhow::Result<()> {
         let name = &self.subscription.name;
         let service = self.dispatcher.registry.get(name).with_context(|| format!("{name} is no longer served"))?;
         let policy = service.active().policy.clone();
@@ -319,7 +319,7 @@ impl Deliverer {
                 self.deliver(&service, &policy.events, event).await?;
             }
         }
-        Ok(events.len())
+        Ok(())
     }
 
     /// Delivers one event (a batch of one): handled, found handled already, or dead-lettered

@@ -5,26 +5,32 @@
 //! - appends take one advisory lock, so events commit in the order of their sequence numbers
 //!   and a reader that has seen sequence N will never later find a smaller one committed;
 //! - an event id is stored once (`UNIQUE`): a relay that sends a batch again adds nothing;
-//! - a subscriber's position in a partition only moves forward, past events it handled; a feed
-//!   reads the partitions a host delivers to a subscriber together, each from its own position
-//!   and in its own order, so one statement reads a batch and one acknowledges it;
-//! - an append wakes every host's feeds of the partitions it touched: its transaction sends a
-//!   `NOTIFY` (delivered at its commit, so a woken feed finds the events) which each host's
-//!   listener turns into a wake-up of its feeds. An idle feed asks the database only every
-//!   [`FALLBACK_POLL`], for a wake-up lost while a listener reconnected (which also wakes every
-//!   feed), so an idle host costs the bus's database next to nothing.
+//! - a subscriber's position in a partition only moves forward, past events it handled or
+//!   that are not of its topics; a feed reads the partitions a host delivers to a subscriber
+//!   together, each from its own position and in its own order, so one statement reads a batch
+//!   and one acknowledges it;
+//! - a read returns only events of the subscriber's topics, and moves past the others it
+//!   looked at without returning them: the statement takes the ids of the next events of those
+//!   topics in each partition, the data of the ones it keeps, and tells how far each partition
+//!   was looked through (see [`Feed::read`]);
+//! - an append wakes the feeds that may have something to read in it: its transaction sends a
+//!   `NOTIFY` naming the partitions and topics it touched (delivered at its commit, so a woken
+//!   feed finds the events) which each host's listener turns into a wake-up of the feeds of
+//!   those partitions whose subscribers take one of those topics. An idle feed asks the
+//!   database only every [`FALLBACK_POLL`], for a wake-up lost while a listener reconnected
+//!   (which also wakes every feed), so an idle host, and a subscriber of rare topics on a busy
+//!   one, costs the bus's database next to nothing.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
-use tokio::sync::futures::Notified;
-use tokio::sync::{Notify, watch};
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{FromRow, PgPool, Row};
+use tokio::sync::{broadcast, watch};
 
-use super::{BATCH, Envelope, EnvelopeColumns, EnvelopeRow, PARTITIONS, RETENTION_DAYS, locks};
+use super::{BATCH, Envelope, EnvelopeColumns, EnvelopeRow, PARTITIONS, RETENTION_DAYS, Subscribed, locks};
+use crate::policy::EventsSection;
 use crate::postgres::provision::index_if_missing;
 
 /// The statements that make the bus tables.
@@ -66,38 +72,102 @@ const FALLBACK_POLL: Duration = Duration::from_secs(10);
 /// woken; a busy one reads at most this often, unless its batches come full.
 const PACE: Duration = Duration::from_millis(20);
 
-/// How long a feed may leave its positions behind the batches it read that held nothing for
-/// its subscriber (see `Feed::acknowledge`).
-pub const IDLE_ACKNOWLEDGE: Duration = Duration::from_secs(1);
-
-/// The channel appends notify, with the partitions they touched as the payload (`"0,3"`).
+/// The channel appends notify. The payload names the partitions an append touched, then its
+/// topics (`0,3;account.opened,payment.created`); only the partitions (`0,3`) when the topics
+/// would take more than [`NAMED_TOPICS`] bytes.
 const CHANNEL: &str = "micropay_bus";
+
+/// The most bytes of topics a notification names: `NOTIFY` takes at most 8,000, and a
+/// publisher may append events of many topics at once.
+const NAMED_TOPICS: usize = 2000;
+
+/// How many appends a feed may hear of while it reads before it loses count (and reads again).
+const WAKE_BACKLOG: usize = 1024;
+
+/// One append, as this host's feeds hear of it.
+#[derive(Debug, PartialEq)]
+struct Appended {
+    /// The partitions it touched, one bit each.
+    partitions: u32,
+    /// Its topics; `None` when they are not known (too many to name, or notifications lost
+    /// while a listener reconnected), which wakes every feed of the partitions.
+    topics: Option<Vec<String>>,
+}
+
+impl Appended {
+    /// Anything, anywhere: what a listener that may have missed appends tells the feeds.
+    fn anything() -> Self {
+        Self { partitions: u32::MAX, topics: None }
+    }
+
+    fn of(events: &[Envelope]) -> Self {
+        let mut topics: Vec<String> = events.iter().map(|event| event.topic.clone()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let named = topics.iter().map(|topic| topic.len() + 1).sum::<usize>() <= NAMED_TOPICS;
+        Self {
+            partitions: events.iter().fold(0, |bits, event| bits | 1 << event.partition()),
+            topics: named.then_some(topics),
+        }
+    }
+
+    /// The `NOTIFY` payload.
+    fn payload(&self) -> String {
+        let partitions: Vec<String> =
+            (0..PARTITIONS).filter(|&partition| self.partitions & 1 << partition != 0).map(|p| p.to_string()).collect();
+        let mut payload = partitions.join(",");
+        if let Some(topics) = &self.topics {
+            payload.push(';');
+            payload.push_str(&topics.join(","));
+        }
+        payload
+    }
+
+    /// A `NOTIFY` payload read back; a payload without topics (an older host's too) names none.
+    fn parse(payload: &str) -> Self {
+        let (partitions, topics) = match payload.split_once(';') {
+            Some((partitions, topics)) => (partitions, Some(topics.split(',').map(str::to_string).collect())),
+            None => (payload, None),
+        };
+        Self {
+            partitions: partitions
+                .split(',')
+                .filter_map(|partition| partition.parse::<u16>().ok())
+                .filter(|&partition| partition < PARTITIONS)
+                .fold(0, |bits, partition| bits | 1 << partition),
+            topics,
+        }
+    }
+
+    /// Whether it may have appended events for a feed of `partitions` whose subscriber takes
+    /// `events`' topics.
+    fn concerns(&self, partitions: u32, events: &EventsSection) -> bool {
+        self.partitions & partitions != 0
+            && self.topics.as_ref().is_none_or(|topics| topics.iter().any(|topic| events.subscribes_to(topic)))
+    }
+}
 
 /// The bus on its database.
 pub struct EmbeddedBus {
     pool: PgPool,
-    /// One per partition: wakes this host's feeds of a partition when any host appended to
-    /// it. Per partition, so that an append wakes the feeds that may have something to read,
-    /// not every subscriber's every partition.
-    appended: Arc<[Notify]>,
+    /// Every append this host hears of, its own and (through the listener) every other host's:
+    /// what wakes its feeds.
+    appended: broadcast::Sender<Arc<Appended>>,
 }
 
 impl EmbeddedBus {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, appended: (0..PARTITIONS).map(|_| Notify::new()).collect() }
+        Self { pool, appended: broadcast::channel(WAKE_BACKLOG).0 }
     }
 
     pub async fn publish(&self, events: &[Envelope]) -> anyhow::Result<()> {
         let partitions: Vec<i16> = events.iter().map(|event| event.partition() as i16).collect();
-        let mut touched = partitions.clone();
-        touched.sort_unstable();
-        touched.dedup();
-        let payload = touched.iter().map(i16::to_string).collect::<Vec<_>>().join(",");
+        let appended = Arc::new(Appended::of(events));
         let mut transaction = self.pool.begin().await?;
         sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock($1, 0), pg_catalog.pg_notify($2, $3)")
             .bind(locks::APPEND)
             .bind(CHANNEL)
-            .bind(&payload)
+            .bind(appended.payload())
             .execute(&mut *transaction)
             .await?;
         let columns = EnvelopeColumns::of(events);
@@ -122,10 +192,9 @@ impl EmbeddedBus {
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
-        // This host's feeds need not wait for the notification's round trip.
-        for partition in touched {
-            self.appended[partition as usize].notify_waiters();
-        }
+        // This host's feeds need not wait for the notification's round trip. (None listening
+        // is no error.)
+        let _ = self.appended.send(appended);
         Ok(())
     }
 
@@ -160,18 +229,12 @@ impl EmbeddedBus {
                 self.wake_all();
                 continue;
             };
-            for partition in notification.payload().split(',').filter_map(|p| p.parse::<usize>().ok()) {
-                if let Some(appended) = self.appended.get(partition) {
-                    appended.notify_waiters();
-                }
-            }
+            let _ = self.appended.send(Arc::new(Appended::parse(notification.payload())));
         }
     }
 
     fn wake_all(&self) {
-        for appended in self.appended.iter() {
-            appended.notify_waiters();
-        }
+        let _ = self.appended.send(Arc::new(Appended::anything()));
     }
 
     /// Deletes events past the retention.
@@ -227,25 +290,60 @@ impl EmbeddedBus {
                 .map(|(partition, sequence)| (partition, Position { acknowledged: sequence, delivered: sequence }))
                 .collect(),
             next_read: tokio::time::Instant::now(),
-            acknowledged_at: tokio::time::Instant::now(),
             stop,
         })
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct BusRow {
+/// A row of a feed's read: an event it keeps, or how far it looked through a partition.
+enum ReadRow {
+    Event { partition: i16, sequence: i64, event: EnvelopeRow },
+    Partition(Looked),
+}
+
+/// How far a read looked through one partition.
+#[derive(Debug, Clone, Copy)]
+struct Looked {
     partition: i16,
-    sequence: i64,
-    #[sqlx(flatten)]
-    event: EnvelopeRow,
+    /// The bus's last sequence number when the read ran (0 for an empty bus). Appends commit in
+    /// sequence order, so no event of this partition up to it can appear later.
+    last: i64,
+    /// How many of the events after the feed's position are of its subscriber's topics, counted
+    /// up to [`BATCH`].
+    matched: i64,
+}
+
+impl FromRow<'_, PgRow> for ReadRow {
+    fn from_row(row: &PgRow) -> sqlx::Result<Self> {
+        let partition = row.try_get("partition")?;
+        let sequence = row.try_get("sequence")?;
+        Ok(match row.try_get::<Option<i64>, _>("matched")? {
+            Some(matched) => ReadRow::Partition(Looked { partition, last: sequence, matched }),
+            None => ReadRow::Event { partition, sequence, event: EnvelopeRow::from_row(row)? },
+        })
+    }
+}
+
+impl Looked {
+    /// How far the feed may move in this partition, from `after`, once it hands out `kept` (the
+    /// partition's events the read kept, in order). Past the bus's last event when the
+    /// read saw every event of the subscriber's topics there and kept them all: the events in
+    /// between are others'. Otherwise (more of its topics than a batch, or the batch filled up
+    /// with other partitions' earlier events) past the last kept, the rest to be read again.
+    fn reached(&self, after: i64, kept: &[i64]) -> i64 {
+        if self.matched < BATCH as i64 && kept.len() as i64 == self.matched {
+            self.last.max(after)
+        } else {
+            kept.last().copied().unwrap_or(after)
+        }
+    }
 }
 
 /// Where a feed stands in one partition.
 struct Position {
     /// The last acknowledged sequence number.
     acknowledged: i64,
-    /// The last sequence number handed out.
+    /// How far the events handed out went.
     delivered: i64,
 }
 
@@ -253,82 +351,108 @@ struct Position {
 /// statement reads a batch across them, one records how far the batch went in each.
 pub struct Feed {
     pool: PgPool,
-    /// Every partition's wake-up, of which this feed waits on its own.
-    appended: Arc<[Notify]>,
+    /// Every append this host hears of.
+    appended: broadcast::Sender<Arc<Appended>>,
     subscriber: String,
     positions: BTreeMap<i16, Position>,
     /// When the next read may start: [`PACE`] after a read that did not fill a batch.
     next_read: tokio::time::Instant,
-    /// When the positions were last written.
-    acknowledged_at: tokio::time::Instant,
     /// Ends a wait for events: the partitions are being handed over.
     stop: watch::Receiver<bool>,
 }
 
 impl Feed {
-    pub async fn next_batch(&mut self) -> anyhow::Result<Vec<Envelope>> {
-        let notifies = self.appended.clone();
-        let mut appended: Vec<Pin<Box<Notified>>> =
-            self.positions.keys().map(|&partition| Box::pin(notifies[partition as usize].notified())).collect();
-        for wake in &mut appended {
-            wake.as_mut().enable();
-        }
+    /// The next batch of the subscriber's events. A read that finds none waits for an append
+    /// that may have some (its partitions, its subscriber's topics), or [`FALLBACK_POLL`], and
+    /// reads again; empty when that found none either, or when the feed is stopped.
+    pub async fn next_batch(&mut self, subscribed: &Subscribed<'_>) -> anyhow::Result<Vec<Envelope>> {
+        // Hearing of appends from before the read on: one committed after it wakes the wait.
+        let mut appended = self.appended.subscribe();
         let mut stop = self.stop.clone();
         tokio::select! {
             _ = tokio::time::sleep_until(self.next_read) => {}
             _ = stop.changed() => return Ok(Vec::new()),
         }
-        let mut batch = self.read().await?;
-        if batch.is_empty() && !appended.is_empty() && !*self.stop.borrow() {
+        let mut batch = self.read(subscribed).await?;
+        if batch.is_empty() && !*self.stop.borrow() {
+            let partitions = self.positions.keys().fold(0u32, |bits, &partition| bits | 1 << partition);
             tokio::select! {
-                _ = tokio::time::timeout(FALLBACK_POLL, futures_util::future::select_all(appended)) => {}
+                _ = tokio::time::timeout(FALLBACK_POLL, concerning(&mut appended, partitions, subscribed)) => {}
                 _ = stop.changed() => return Ok(Vec::new()),
             }
-            batch = self.read().await?;
+            batch = self.read(subscribed).await?;
         }
         if batch.len() < BATCH {
             self.next_read = tokio::time::Instant::now() + PACE;
         }
-        Ok(batch
-            .into_iter()
-            .map(|row| {
-                if let Some(position) = self.positions.get_mut(&row.partition) {
-                    position.delivered = row.sequence;
-                }
-                row.event.into()
-            })
-            .collect())
+        Ok(batch)
     }
 
-    /// The next events after those handed out, in sequence order: in each partition the ones
-    /// that follow its position (an index range each), at most [`BATCH`] in all.
-    async fn read(&self) -> anyhow::Result<Vec<BusRow>> {
+    /// The subscriber's next events after those handed out, in sequence order: in each
+    /// partition the ones of its topics that follow its position (an index range each), at
+    /// most [`BATCH`] in all. Moves the positions past them, and past the other subscribers'
+    /// events it looked through.
+    ///
+    /// One statement: it takes the sequence numbers of up to a batch of the subscriber's
+    /// events in each partition, keeps the first batch of them, and returns those events with
+    /// their data and, for each partition, how many of its events matched, with the bus's last
+    /// sequence number. Only kept events are fetched whole.
+    async fn read(&mut self, subscribed: &Subscribed<'_>) -> anyhow::Result<Vec<Envelope>> {
+        let policy = subscribed().ok_or_else(|| anyhow::anyhow!("{} is no longer served", self.subscriber))?;
+        let topics = TopicFilter::of(&policy.events.subscribe);
         let (partitions, after): (Vec<i16>, Vec<i64>) =
             self.positions.iter().map(|(&partition, position)| (partition, position.delivered)).unzip();
-        Ok(sqlx::query_as(
-            "SELECT e.partition, e.sequence, e.event_id, e.topic, e.source, e.subject, e.data, e.trace_id, \
-                    e.occurred_at \
-             FROM UNNEST($1::smallint[], $2::bigint[]) AS fed(partition, after) \
-             CROSS JOIN LATERAL (SELECT * FROM public.events AS e \
-                                 WHERE e.partition = fed.partition AND e.sequence > fed.after \
-                                 ORDER BY e.sequence LIMIT $3) AS e \
-             ORDER BY e.sequence LIMIT $3",
+        let rows: Vec<ReadRow> = sqlx::query_as(
+            "WITH fed AS (SELECT fed.partition, fed.after FROM UNNEST($1::smallint[], $2::bigint[]) AS fed(partition, after)), \
+             matched AS MATERIALIZED ( \
+                 SELECT m.partition, m.sequence FROM fed CROSS JOIN LATERAL ( \
+                     SELECT e.partition, e.sequence FROM public.events AS e \
+                     WHERE e.partition = fed.partition AND e.sequence > fed.after \
+                       AND ($4 OR e.topic = ANY($5::text[]) OR e.topic LIKE ANY($6::text[])) \
+                     ORDER BY e.sequence LIMIT $3) AS m), \
+             kept AS (SELECT matched.sequence FROM matched ORDER BY matched.sequence LIMIT $3) \
+             SELECT e.partition, e.sequence, NULL::bigint AS matched, e.event_id, e.topic, e.source, e.subject, e.data, \
+                    e.trace_id, e.occurred_at \
+             FROM kept JOIN public.events AS e ON e.sequence = kept.sequence \
+             UNION ALL \
+             SELECT fed.partition, COALESCE((SELECT max(e.sequence) FROM public.events AS e), 0), \
+                    COALESCE(counted.matched, 0), NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+             FROM fed LEFT JOIN (SELECT matched.partition, count(*) AS matched FROM matched GROUP BY matched.partition) \
+                  AS counted ON counted.partition = fed.partition",
         )
         .bind(&partitions)
         .bind(&after)
         .bind(BATCH as i64)
+        .bind(topics.every)
+        .bind(&topics.exact)
+        .bind(&topics.prefixes)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        let mut events = Vec::new();
+        let mut looked = Vec::new();
+        for row in rows {
+            match row {
+                ReadRow::Event { partition, sequence, event } => events.push((partition, sequence, event)),
+                ReadRow::Partition(partition) => looked.push(partition),
+            }
+        }
+        events.sort_unstable_by_key(|&(_, sequence, _)| sequence);
+        for partition in looked {
+            let kept: Vec<i64> = events
+                .iter()
+                .filter(|(kept_partition, ..)| *kept_partition == partition.partition)
+                .map(|&(_, sequence, _)| sequence)
+                .collect();
+            if let Some(position) = self.positions.get_mut(&partition.partition) {
+                position.delivered = partition.reached(position.delivered, &kept);
+            }
+        }
+        Ok(events.into_iter().map(|(_, _, event)| event.into()).collect())
     }
 
-    /// Moves the positions of the partitions the last batches went through, with one
-    /// statement; after a batch that held nothing for the subscriber (`handled` false), only
-    /// once [`IDLE_ACKNOWLEDGE`] has passed since the positions were last written.
-    pub async fn acknowledge(&mut self, handled: bool) -> anyhow::Result<()> {
-        if !handled && self.acknowledged_at.elapsed() < IDLE_ACKNOWLEDGE {
-            return Ok(());
-        }
-        self.acknowledged_at = tokio::time::Instant::now();
+    /// Records how far the batches handed out went in each partition, with one statement (none
+    /// when they went nowhere).
+    pub async fn acknowledge(&mut self) -> anyhow::Result<()> {
         let (partitions, sequences): (Vec<i16>, Vec<i64>) = self
             .positions
             .iter()
@@ -352,5 +476,126 @@ impl Feed {
             position.acknowledged = position.delivered;
         }
         Ok(())
+    }
+}
+
+/// Waits until `appended` tells of an append that may concern a feed of `partitions` (one bit
+/// each): one of them, a topic its subscriber takes now. A feed that lost count of the appends
+/// (more than [`WAKE_BACKLOG`] while it read) reads anyway.
+async fn concerning(appended: &mut broadcast::Receiver<Arc<Appended>>, partitions: u32, subscribed: &Subscribed<'_>) {
+    loop {
+        match appended.recv().await {
+            Ok(append) => match subscribed() {
+                Some(policy) if !append.concerns(partitions, &policy.events) => continue,
+                // No longer served: the read says so.
+                _ => return,
+            },
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            // The bus is gone: the fallback poll ends the wait.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// A subscriber's topic patterns as a read's filter: `*` every topic, `user.*` a prefix (as
+/// `LIKE 'user.%'`), anything else one topic.
+#[derive(Debug, Default, PartialEq)]
+struct TopicFilter {
+    every: bool,
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl TopicFilter {
+    fn of(patterns: &[String]) -> Self {
+        let mut filter = TopicFilter::default();
+        for pattern in patterns {
+            match pattern.strip_suffix('*') {
+                Some("") => filter.every = true,
+                // Topics are words of a-z, 0-9 and `_` between dots: `_` is the one `LIKE`
+                // would read as a wildcard.
+                Some(prefix) => filter.prefixes.push(format!("{}%", prefix.replace('_', "\\_"))),
+                None => filter.exact.push(pattern.clone()),
+            }
+        }
+        filter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn looked(last: i64, matched: i64) -> Looked {
+        Looked { partition: 0, last, matched }
+    }
+
+    #[test]
+    fn a_read_moves_past_others_events_only_when_it_kept_every_match() {
+        // Nothing of the subscriber's: past the bus's last event.
+        assert_eq!(looked(90, 0).reached(10, &[]), 90);
+        // All matches kept: past the last event too.
+        assert_eq!(looked(90, 2).reached(10, &[20, 40]), 90);
+        // A match cut by the batch's limit (other partitions' earlier events): past the last kept.
+        assert_eq!(looked(90, 3).reached(10, &[20, 40]), 40);
+        assert_eq!(looked(90, 1).reached(10, &[]), 10);
+        // A full batch of matches in the partition: more may follow unseen.
+        let full: Vec<i64> = (1..=BATCH as i64).collect();
+        assert_eq!(looked(10_000, BATCH as i64).reached(0, &full), BATCH as i64);
+        // An empty partition never moves a position back.
+        assert_eq!(looked(0, 0).reached(10, &[]), 10);
+    }
+
+    #[test]
+    fn notifications_name_partitions_and_topics_within_bounds() {
+        let appended =
+            Appended { partitions: 0b1001, topics: Some(vec!["account.opened".into(), "user.verified".into()]) };
+        assert_eq!(appended.payload(), "0,3;account.opened,user.verified");
+        assert_eq!(Appended::parse(&appended.payload()), appended);
+        // An older host's payload, and partitions out of range.
+        assert_eq!(Appended::parse("2,9,x"), Appended { partitions: 0b100, topics: None });
+        let events = EventsSection { subscribe: vec!["user.verified".into()], ..Default::default() };
+        assert!(appended.concerns(0b1000, &events));
+        assert!(!appended.concerns(0b0110, &events));
+        let others = EventsSection { subscribe: vec!["payment.*".into()], ..Default::default() };
+        assert!(!appended.concerns(0b1001, &others));
+        assert!(Appended::parse("0").concerns(1, &others));
+    }
+
+    fn event(topic: String) -> Envelope {
+        Envelope {
+            id: uuid::Uuid::new_v4(),
+            topic,
+            source: "probe".into(),
+            subject: "key".into(),
+            time: chrono::Utc::now(),
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            trace_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_append_of_too_many_topics_to_name_wakes_by_partition() {
+        let few: Vec<Envelope> = ["probe.a", "probe.b", "probe.a"].map(|topic| event(topic.into())).into();
+        assert_eq!(Appended::of(&few).topics, Some(vec!["probe.a".into(), "probe.b".into()]));
+        let long = format!("probe.{}", "x".repeat(190));
+        let many: Vec<Envelope> = (0..100).map(|n| event(format!("{long}{n}"))).collect();
+        let appended = Appended::of(&many);
+        assert_eq!(appended.topics, None);
+        assert!(appended.payload().len() < 100, "{}", appended.payload());
+        assert_eq!(appended.partitions, 1 << many[0].partition());
+    }
+
+    #[test]
+    fn topic_patterns_become_a_filter() {
+        let patterns = ["*", "user.*", "fraud.rule_fired", "payment.some_thing.*"].map(String::from);
+        assert_eq!(
+            TopicFilter::of(&patterns),
+            TopicFilter {
+                every: true,
+                exact: vec!["fraud.rule_fired".into()],
+                prefixes: vec!["user.%".into(), "payment.some\\_thing.%".into()],
+            }
+        );
     }
 }

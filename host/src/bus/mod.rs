@@ -34,6 +34,7 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::policy::Policy;
 use crate::postgres::provision::Provisioner;
 use crate::runtime::bindings::Event;
 use crate::runtime::invoke::Dispatcher;
@@ -227,6 +228,10 @@ async fn housekeeping(
     }
 }
 
+/// The topics a feed's subscriber takes: its active version's policy, asked afresh at every read
+/// and wake-up, since a deploy may change them; `None` once it is no longer served.
+pub type Subscribed<'a> = dyn Fn() -> Option<Arc<Policy>> + Send + Sync + 'a;
+
 /// One subscriber's events of the partitions a host delivers to it, each partition's in order.
 pub enum Feed {
     Embedded(embedded::Feed),
@@ -235,23 +240,20 @@ pub enum Feed {
 
 impl Feed {
     /// The next events after the last batch (at most [`BATCH`]); empty when none arrived
-    /// within a short wait, so the caller can look up from time to time.
-    pub async fn next_batch(&mut self) -> anyhow::Result<Vec<Envelope>> {
+    /// within a short wait, so the caller can look up from time to time. The embedded bus
+    /// returns only events of the subscriber's topics; NATS returns every event, its
+    /// subscriber's and others' alike.
+    pub async fn next_batch(&mut self, subscribed: &Subscribed<'_>) -> anyhow::Result<Vec<Envelope>> {
         match self {
-            Feed::Embedded(feed) => feed.next_batch().await,
+            Feed::Embedded(feed) => feed.next_batch(subscribed).await,
             Feed::Nats(feed) => feed.next_batch().await,
         }
     }
 
-    /// Records that the last batch was handled: it will not be delivered again. `handled` says
-    /// whether it held events for the subscriber: on the embedded bus, how far a batch of none
-    /// went (other subscribers' topics) may be recorded later: with a batch that has some,
-    /// after [`embedded::IDLE_ACKNOWLEDGE`], or once the feed falls quiet (an empty batch), so
-    /// that a subscriber of rare topics does not write its position for every event on the bus
-    /// (after a crash it reads those events again, and skips them again).
-    pub async fn acknowledge(&mut self, handled: bool) -> anyhow::Result<()> {
+    /// Records that the last batch was handled: it will not be delivered again.
+    pub async fn acknowledge(&mut self) -> anyhow::Result<()> {
         match self {
-            Feed::Embedded(feed) => feed.acknowledge(handled).await,
+            Feed::Embedded(feed) => feed.acknowledge().await,
             Feed::Nats(feed) => feed.acknowledge().await,
         }
     }
