@@ -33,6 +33,7 @@ on_both_buses!(
     redelivered_events_take_effect_once,
     a_poison_event_is_set_aside_and_replayed_after_a_fix,
     two_hosts_share_the_work_and_handle_each_event_once,
+    an_append_of_many_long_topics_is_delivered_and_the_bus_goes_on,
 );
 
 async fn publish(host: &TestHost, topic: &str, key: &str, data: Option<Value>) {
@@ -222,4 +223,20 @@ async fn two_hosts_share_the_work_and_handle_each_event_once(bus: Bus) {
             && second.metric("micropay_bus_deliveries_total{subscriber=\"probe\",outcome=\"Handled\"}").await > 0.0,
         "both hosts took part"
     );
+}
+
+/// A publisher may append a batch of events on many topics at once, each up to 200 characters:
+/// more than a notification can name (`NOTIFY` takes 8,000 bytes). The append is made all the
+/// same, its events delivered, and the events after it too.
+async fn an_append_of_many_long_topics_is_delivered_and_the_bus_goes_on(bus: Bus) {
+    let host = TestHost::start_with(HostOptions::with_bus(bus)).await;
+    let long = format!("probe.{}", "x".repeat(190));
+    let publish_many = format!("/v1/probe/publish-many?topic={long}&count=100&numbered=true");
+    let (status, body) = host.call("POST", &publish_many, None, None).await;
+    assert_eq!(status, 201, "{body}");
+    for n in [0, 57, 99] {
+        wait_for_effects(&host, &format!("{long}{n}"), 1).await;
+    }
+    publish(&host, "probe.after", "key", None).await;
+    wait_for_effects(&host, "probe.after", 1).await;
 }

@@ -21,7 +21,8 @@
 //! - `GET /sleep?ms=N` holds its instance for N ms (without spinning).
 //! - `POST /publish?topic=T[&key=K]` publishes an event (the body, if any, is its data);
 //!   `POST /publish-then-fail?topic=T` publishes, then answers 500;
-//!   `POST /publish-many?topic=T&count=N` publishes N events over 16 keys in one unit of work.
+//!   `POST /publish-many?topic=T&count=N[&numbered=true]` publishes N events over 16 keys in
+//!   one unit of work (with `numbered`, each on a topic of its own: `T0`, `T1`, ...).
 //! - As a subscriber (`probe.*`), it records an effect row per event handled (in
 //!   `probe_effects`, `migrations/probe/`), except that
 //!   `probe.flaky` fails while the attempt is at most the data's `fail_times`, and
@@ -341,7 +342,9 @@ fn publish_then_fail(ctx: &mut Context) -> Result<Response, ApiError> {
 fn publish_many(ctx: &mut Context) -> Result<Response, ApiError> {
     let topic = ctx.query("topic").unwrap_or_default();
     let count: u32 = ctx.query("count").and_then(|n| n.parse().ok()).unwrap_or(1);
+    let numbered = ctx.query("numbered").as_deref() == Some("true");
     for i in 0..count {
+        let topic = if numbered { format!("{topic}{i}") } else { topic.clone() };
         micropay_sdk::events::publish(&topic, &format!("key-{}", i % 16), &json!({ "n": i }))?;
     }
     Ok(Response::created(&json!({ "published": count })))
