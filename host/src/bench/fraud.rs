@@ -1,8 +1,10 @@
 //! The fraud benchmark: how long the fraud service takes to assess a payment with 20 active
 //! rules (10 declarative, 10 rule components, the example rules of `components/fraud-rules/`
 //! deployed twice each under other names), and what the assessment costs a payment: payments
-//! completed per second with the fraud service and its rules, against the same run on an
-//! installation without a fraud service, in the same bench.
+//! completed per second with the fraud service and its rules, against the same payments on an
+//! installation without a fraud service, in the same bench. Both installations run side by
+//! side and take turns, in [`ROUNDS`] rounds each: the machine's neighbours change over the
+//! minutes of a run, and taking turns spreads that over both sides alike.
 //!
 //! The rules are in shadow, so that they are all evaluated and none refuses a payment of the
 //! payments run (a shadow rule costs what an enforced one does).
@@ -21,6 +23,9 @@ use crate::platform::Platform;
 use crate::policy::Role;
 use crate::runtime::service::Service;
 use crate::runtime::state::InvocationContext;
+
+/// How many turns each installation's payments are made in.
+const ROUNDS: usize = 5;
 
 /// The example rule components, each deployed twice.
 const RULE_COMPONENTS: [&str; 5] = ["large_amount", "velocity", "new_payee", "round_amounts", "night_owl"];
@@ -53,8 +58,28 @@ fn declarative_rules() -> Vec<Value> {
 /// The assessment's latency and the payments' cost of it.
 pub struct FraudRun {
     pub assessments: Summary,
-    pub with_fraud: payments::PaymentRun,
-    pub without_fraud: payments::PaymentRun,
+    /// Each round's payments with the fraud service, then without, made one after the other.
+    pub rounds: Vec<(payments::PaymentRun, payments::PaymentRun)>,
+}
+
+impl FraudRun {
+    /// Payments per second with the fraud service over those without, over every round.
+    fn ratio(&self) -> f64 {
+        let rate = |runs: Vec<&payments::PaymentRun>| {
+            let payments: usize = runs.iter().map(|run| run.payments).sum();
+            payments as f64 / runs.iter().map(|run| run.elapsed.as_secs_f64()).sum::<f64>()
+        };
+        rate(self.rounds.iter().map(|(with, _)| with).collect())
+            / rate(self.rounds.iter().map(|(_, without)| without).collect())
+    }
+
+    /// The machine's CPU time per payment without the fraud service over that with it, over
+    /// every round (the rounds are of equal size).
+    fn cpu_ratio(&self) -> f64 {
+        let cpu =
+            |side: fn(&(payments::PaymentRun, payments::PaymentRun)) -> f64| self.rounds.iter().map(side).sum::<f64>();
+        cpu(|(_, without)| without.cpu_ms) / cpu(|(with, _)| with.cpu_ms)
+    }
 }
 
 /// Writes a policies directory holding `policies`' files (without the fraud service's when
@@ -124,20 +149,19 @@ async fn assess(platform: &Platform, fraud: &Arc<Service>, count: usize) -> anyh
     Ok(Summary::of(&mut samples))
 }
 
-/// One installation's payments run at `clients`.
-async fn payments_run(
+/// One installation, started and with its accounts open: with the fraud service, its 20
+/// rules and the assessments' latency measured first.
+async fn install(
     config: &Config,
     policies: &Path,
     prefix: &str,
-    clients: usize,
-    count: usize,
     with_rules: bool,
-) -> anyhow::Result<(payments::PaymentRun, Option<Summary>)> {
+) -> anyhow::Result<(payments::Payments, payments::Counters, Option<Summary>)> {
     let mut config = config.clone();
     config.database_prefix = format!("{}{prefix}", config.database_prefix);
     config.policies = vec![policies.to_path_buf()];
     let server_url = config.database_url.clone().expect("checked at the start");
-    let mut counters = payments::Counters::connect(&server_url, &config.database_prefix).await?;
+    let counters = payments::Counters::connect(&server_url, &config.database_prefix).await?;
     let platform = Platform::start(&config).await?;
     let assessed = match platform.registry().get("fraud").filter(|_| with_rules) {
         Some(fraud) => {
@@ -146,20 +170,25 @@ async fn payments_run(
         }
         None => None,
     };
-    let bench = payments::Payments::open(platform).await?;
-    let run = bench.run(clients, count, &mut counters).await?;
-    bench.shutdown().await;
-    Ok((run, assessed))
+    Ok((payments::Payments::open(platform).await?, counters, assessed))
 }
 
-/// Runs the part: with the fraud service and 20 rules, then without a fraud service.
+/// Runs the part: an installation with the fraud service and 20 rules beside one without a
+/// fraud service, `count` payments each at `clients`, in turns.
 pub async fn run(config: &Config, clients: usize, count: usize) -> anyhow::Result<FraudRun> {
-    let with = policies_dir(config, true)?;
-    let without = policies_dir(config, false)?;
-    let (with_fraud, assessments) = payments_run(config, &with, "fraud_", clients, count, true).await?;
-    let (without_fraud, _) = payments_run(config, &without, "nofraud_", clients, count, false).await?;
+    let (with, mut with_counters, assessments) = install(config, &policies_dir(config, true)?, "fraud_", true).await?;
+    let (without, mut without_counters, _) = install(config, &policies_dir(config, false)?, "nofraud_", false).await?;
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        let payments = count / ROUNDS + usize::from(round < count % ROUNDS);
+        let with_fraud = with.run(clients, payments, &mut with_counters).await?;
+        let without_fraud = without.run(clients, payments, &mut without_counters).await?;
+        rounds.push((with_fraud, without_fraud));
+    }
+    with.shutdown().await;
+    without.shutdown().await;
     let assessments = assessments.context("the fraud service was not loaded")?;
-    Ok(FraudRun { assessments, with_fraud, without_fraud })
+    Ok(FraudRun { assessments, rounds })
 }
 
 impl std::fmt::Display for FraudRun {
@@ -169,8 +198,21 @@ impl std::fmt::Display for FraudRun {
             "  an assessment with 20 rules (10 declarative, 10 components), one after another: {}",
             self.assessments
         )?;
-        writeln!(f, "  with the fraud service: {}", self.with_fraud)?;
-        writeln!(f, "  without a fraud service: {}", self.without_fraud)?;
-        write!(f, "  payments/s with / without: {:.2}", self.with_fraud.per_second() / self.without_fraud.per_second())
+        for (round, (with, without)) in self.rounds.iter().enumerate() {
+            writeln!(f, "  round {}, with the fraud service: {with}", round + 1)?;
+            writeln!(f, "  round {}, without a fraud service: {without}", round + 1)?;
+        }
+        let by_round: Vec<String> = self
+            .rounds
+            .iter()
+            .map(|(with, without)| format!("{:.2}", with.per_second() / without.per_second()))
+            .collect();
+        write!(
+            f,
+            "  payments/s with / without: {:.2} over the rounds (each: {}); by CPU time per payment: {:.2}",
+            self.ratio(),
+            by_round.join(", "),
+            self.cpu_ratio()
+        )
     }
 }
