@@ -73,8 +73,9 @@ const FALLBACK_POLL: Duration = Duration::from_secs(10);
 const PACE: Duration = Duration::from_millis(20);
 
 /// The channel appends notify. The payload names the partitions an append touched, then its
-/// topics (`0,3;account.opened,payment.created`); only the partitions (`0,3`) when the topics
-/// would take more than [`NAMED_TOPICS`] bytes.
+/// topics (`0,3,;account.opened;payment.created`); only the partitions (`0,3`) when the topics
+/// would take more than [`NAMED_TOPICS`] bytes. (A host that reads partitions only, split at
+/// commas, takes the topics for one more item it cannot read, and skips it.)
 const CHANNEL: &str = "micropay_bus";
 
 /// The most bytes of topics a notification names: `NOTIFY` takes at most 8,000, and a
@@ -111,22 +112,22 @@ impl Appended {
         }
     }
 
-    /// The `NOTIFY` payload.
+    /// The `NOTIFY` payload. Topics hold neither `,` nor `;` (`policy::is_topic`).
     fn payload(&self) -> String {
         let partitions: Vec<String> =
             (0..PARTITIONS).filter(|&partition| self.partitions & 1 << partition != 0).map(|p| p.to_string()).collect();
         let mut payload = partitions.join(",");
         if let Some(topics) = &self.topics {
-            payload.push(';');
-            payload.push_str(&topics.join(","));
+            payload.push_str(",;");
+            payload.push_str(&topics.join(";"));
         }
         payload
     }
 
     /// A `NOTIFY` payload read back; a payload without topics (an older host's too) names none.
     fn parse(payload: &str) -> Self {
-        let (partitions, topics) = match payload.split_once(';') {
-            Some((partitions, topics)) => (partitions, Some(topics.split(',').map(str::to_string).collect())),
+        let (partitions, topics) = match payload.split_once(",;") {
+            Some((partitions, topics)) => (partitions, Some(topics.split(';').map(str::to_string).collect())),
             None => (payload, None),
         };
         Self {
@@ -550,8 +551,11 @@ mod tests {
     fn notifications_name_partitions_and_topics_within_bounds() {
         let appended =
             Appended { partitions: 0b1001, topics: Some(vec!["account.opened".into(), "user.verified".into()]) };
-        assert_eq!(appended.payload(), "0,3;account.opened,user.verified");
+        assert_eq!(appended.payload(), "0,3,;account.opened;user.verified");
         assert_eq!(Appended::parse(&appended.payload()), appended);
+        // What a host that reads partitions only takes of it: both partitions.
+        let read_by_partitions: Vec<u16> = appended.payload().split(',').filter_map(|p| p.parse().ok()).collect();
+        assert_eq!(read_by_partitions, [0, 3]);
         // An older host's payload, and partitions out of range.
         assert_eq!(Appended::parse("2,9,x"), Appended { partitions: 0b100, topics: None });
         let events = EventsSection { subscribe: vec!["user.verified".into()], ..Default::default() };
