@@ -629,9 +629,12 @@ async fn commit_unit(
     // outbox was written), so that the COMMIT itself has nothing of the component's left to
     // run. (A trigger that defers more again runs at the COMMIT unbounded on the server; the
     // host's own wait then ends its backend.)
-    let bounded = if staged.is_empty() { format!("SET LOCAL statement_timeout = {bound_ms}; ") } else { String::new() };
+    // The COMMIT's position among the statements of `end`, which the results are counted by.
+    let (bounded, commit_position) = match staged.is_empty() {
+        true => (format!("SET LOCAL statement_timeout = {bound_ms}; "), 3),
+        false => (String::new(), 2),
+    };
     let end = format!("{bounded}SET CONSTRAINTS ALL IMMEDIATE; COMMIT; {RESET}");
-    let commit_position = if staged.is_empty() { 3 } else { 2 };
     let mut committed = false;
     let mut prepared_by_component = None;
     let outcome = tokio::time::timeout(waited, async {
