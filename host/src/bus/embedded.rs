@@ -102,13 +102,13 @@ impl Appended {
     }
 
     fn of(events: &[Envelope]) -> Self {
-        let mut topics: Vec<String> = events.iter().map(|event| event.topic.clone()).collect();
+        let mut topics: Vec<&str> = events.iter().map(|event| event.topic.as_str()).collect();
         topics.sort_unstable();
         topics.dedup();
         let named = topics.iter().map(|topic| topic.len() + 1).sum::<usize>() <= NAMED_TOPICS;
         Self {
             partitions: events.iter().fold(0, |bits, event| bits | 1 << event.partition()),
-            topics: named.then_some(topics),
+            topics: named.then(|| topics.into_iter().map(str::to_string).collect()),
         }
     }
 
