@@ -404,7 +404,8 @@ async fn a_canary_serves_its_share_of_callers_and_is_promoted_or_rolled_back_by_
     assert!(ok, "{printed}");
     assert!(builds_by_user(&host, &users, 1).await.iter().all(|build| build == "second"));
 
-    // A failing canary: its deadline is too short for /sleep?ms=30. The host rolls it back.
+    // A failing canary: its deadline is too short for /sleep?ms=150 (and long enough for the
+    // deploy's own checks on a busy machine). The host rolls it back.
     let (status, body) = host
         .call(
             "POST",
@@ -412,7 +413,7 @@ async fn a_canary_serves_its_share_of_callers_and_is_promoted_or_rolled_back_by_
             Some(&ops),
             Some(json!({
                 "wasm": BASE64.encode(component("probe.wasm")),
-                "policy": probe_policy().replace("deadline_ms = 500", "deadline_ms = 10"),
+                "policy": probe_policy().replace("deadline_ms = 500", "deadline_ms = 50"),
                 "canary": { "percent": 50, "margin": 0.05, "min_requests": 10 },
             })),
         )
@@ -422,7 +423,7 @@ async fn a_canary_serves_its_share_of_callers_and_is_promoted_or_rolled_back_by_
     loop {
         let mut failed = 0;
         for user in &users {
-            let (status, _) = host.call("GET", "/v1/probe/sleep?ms=30", Some(&user.token), None).await;
+            let (status, _) = host.call("GET", "/v1/probe/sleep?ms=150", Some(&user.token), None).await;
             failed += usize::from(status != 200);
         }
         if failed == 0 {
