@@ -64,6 +64,21 @@ impl Fixture {
         assessments[0].clone()
     }
 
+    /// Pays 10 and names the rules its assessment evaluated, with their modes, sorted.
+    async fn evaluated_by_next_payment(&self) -> Vec<(String, String)> {
+        let (status, payment) = self.pay("10").await;
+        assert_eq!((status, payment["status"].as_str()), (201, Some("COMPLETED")), "{payment}");
+        let assessed = self.assessment(payment_id(&payment)).await;
+        let mut evaluated: Vec<(String, String)> = assessed["rules_evaluated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rule| (rule["rule_name"].as_str().unwrap().into(), rule["mode"].as_str().unwrap().into()))
+            .collect();
+        evaluated.sort();
+        evaluated
+    }
+
     async fn reserved(&self) -> String {
         let balance = self.bank.balance(&self.bank.platform, id(&self.payer_account)).await;
         balance["reserved"].as_str().unwrap().to_string()
@@ -328,6 +343,47 @@ async fn rules_are_checked_and_only_the_risk_team_reaches_fraud_data() {
         let (status, _) = host.call("POST", &format!("{FRAUD}/internal/assess"), Some(key), Some(assess.clone())).await;
         assert_eq!(status, 404, "the assessment is invisible from the gateway");
     }
+}
+
+/// An assessment reads the rule versions in force as one document, which every change of the
+/// rules rewrites: rules written at once, promoted at once, then some deactivated at once, are
+/// in force exactly as those changes left them, none lost to a change made beside it.
+#[tokio::test]
+async fn rules_changed_at_once_are_in_force_as_the_changes_left_them() {
+    const RULES: usize = 8;
+    let fixture = Fixture::start().await;
+    let written = futures_util::future::join_all((0..RULES).map(|index| {
+        let mut rule = large_amount("1");
+        rule["rule_name"] = json!(format!("at-once-{index}"));
+        fixture.risk("POST", "/rules", Some(rule))
+    }))
+    .await;
+    let rule_ids: Vec<&str> = written
+        .iter()
+        .map(|(status, rule)| {
+            assert_eq!(*status, 201, "{rule}");
+            rule["rule_id"].as_str().unwrap()
+        })
+        .collect();
+    let paths: Vec<String> = rule_ids.iter().map(|rule_id| format!("/rules/{rule_id}/promote")).collect();
+    let promoted = futures_util::future::join_all(paths.iter().map(|path| fixture.risk("POST", path, None))).await;
+    for (status, rule) in &promoted {
+        assert_eq!((*status, rule["enforced_version"].as_i64()), (200, Some(1)), "{rule}");
+    }
+
+    let in_force = |rules: Vec<usize>| -> Vec<(String, String)> {
+        rules.into_iter().map(|index| (format!("at-once-{index}"), "ENFORCE".into())).collect()
+    };
+    assert_eq!(fixture.evaluated_by_next_payment().await, in_force((0..RULES).collect()));
+
+    // Deactivating is one statement per rule: each must still see the others' commits.
+    let paths: Vec<String> =
+        rule_ids.iter().skip(1).step_by(2).map(|rule_id| format!("/rules/{rule_id}/deactivate")).collect();
+    let deactivated = futures_util::future::join_all(paths.iter().map(|path| fixture.risk("POST", path, None))).await;
+    for (status, rule) in &deactivated {
+        assert_eq!((*status, rule["is_active"].as_bool()), (200, Some(false)), "{rule}");
+    }
+    assert_eq!(fixture.evaluated_by_next_payment().await, in_force((0..RULES).step_by(2).collect()));
 }
 
 // ---- rule components ----

@@ -32,10 +32,10 @@ fn shard(payment_id: &str) -> i64 {
 
 /// What an assessment reads, as of `now`: the thresholds; `rules`, a JSON array of the active
 /// rule versions in shadow or enforce, by priority (`rule_id, rule_name, rule_type, version,
-/// mode, rule_condition, risk_score_impact`); the accounts' opening times; the payer's
-/// verification; the payer's payments assessed in the last hour and day (count, sum, round
-/// amounts: from the five-minute counters, at most a day's of them); and whether the payer paid
-/// this payee before.
+/// mode, rule_condition, risk_score_impact`), as `fraud_live_rules` keeps it; the accounts'
+/// opening times; the payer's verification; the payer's payments assessed in the last hour and
+/// day (count, sum, round amounts: from the five-minute counters, at most a day's of them); and
+/// whether the payer paid this payee before.
 pub fn assessment_inputs(
     db: &Db,
     payer_user_id: &str,
@@ -45,12 +45,7 @@ pub fn assessment_inputs(
 ) -> Result<Row, DbError> {
     db.query_one(
         "SELECT s.medium_score, s.high_score, s.critical_score, s.review_score, s.decline_score, s.errored_rule, \
-             (SELECT coalesce(jsonb_agg(jsonb_build_object('rule_id', r.rule_id, 'rule_name', r.rule_name, \
-                     'rule_type', r.rule_type, 'version', v.version, 'mode', v.mode, \
-                     'rule_condition', v.rule_condition, 'risk_score_impact', v.risk_score_impact::text) \
-                     ORDER BY r.priority DESC, r.rule_name, v.version), '[]'::jsonb) \
-                FROM fraud_rules r JOIN fraud_rule_versions v USING (rule_id) \
-               WHERE r.is_active AND v.mode IN ('SHADOW', 'ENFORCE')) AS rules, \
+             (SELECT rules FROM fraud_live_rules) AS rules, \
              (SELECT opened_at FROM fraud_accounts WHERE account_id = $2) AS payer_opened_at, \
              (SELECT opened_at FROM fraud_accounts WHERE account_id = $3) AS payee_opened_at, \
              coalesce(u.email_verified, FALSE) AS email_verified, \
@@ -109,15 +104,16 @@ pub struct NewAssessment<'a> {
     pub alert_description: Option<String>,
 }
 
-/// Writes an assessment, its alert, and the payer's five-minute counter in one statement:
+/// Writes an assessment, its alert, the payer's five-minute counter and, the first time its
+/// model assesses, the model's rule versions (`fraud_models`), in one statement:
 /// `assessment_id, alert_id` (null when none), or no row when the payment was assessed already
 /// (then nothing is counted twice).
 pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, DbError> {
     db.query_opt(
         "WITH assessed AS ( \
              INSERT INTO fraud_assessments (payment_id, user_id, payer_account_id, payee_account_id, amount, currency, \
-                 risk_score, risk_level, recommendation, risk_factors, model_version, rules_evaluated, features, assessed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 risk_score, risk_level, recommendation, risk_factors, model_version, features, assessed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14) \
              ON CONFLICT (payment_id) DO NOTHING \
              RETURNING assessment_id, payment_id, risk_level, assessed_at), \
          alerted AS ( \
@@ -129,7 +125,12 @@ pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, Db
              INSERT INTO fraud_payer_activity AS c (user_id, bucket, shard, payments, amount, round_payments) \
              SELECT $2, $17, $18, 1, $5, CASE WHEN $5 % 100 = 0 THEN 1 ELSE 0 END FROM assessed \
              ON CONFLICT (user_id, bucket, shard) DO UPDATE SET payments = c.payments + 1, \
-                 amount = c.amount + EXCLUDED.amount, round_payments = c.round_payments + EXCLUDED.round_payments) \
+                 amount = c.amount + EXCLUDED.amount, round_payments = c.round_payments + EXCLUDED.round_payments), \
+         modelled AS ( \
+             INSERT INTO fraud_models (model_version, rules_evaluated, first_assessed_at) \
+             SELECT $11, $12::jsonb, $14 FROM assessed \
+             WHERE NOT EXISTS (SELECT FROM fraud_models WHERE model_version = $11) \
+             ON CONFLICT (model_version) DO NOTHING) \
          SELECT a.assessment_id, (SELECT alert_id FROM alerted) AS alert_id FROM assessed a",
         &[
             uuid(new.payment_id),
@@ -143,7 +144,7 @@ pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, Db
             text(new.recommendation),
             json(&new.risk_factors),
             text(new.model_version),
-            json(&new.rules_evaluated),
+            text(new.rules_evaluated.to_string()),
             json(&new.features),
             timestamp(new.assessed_at),
             opt_text(new.alert_type),
@@ -154,25 +155,34 @@ pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, Db
     )
 }
 
-/// Every column of an assessment as the API shows it, over `fraud_assessments AS a`.
+/// Every column of an assessment as the API shows it, over [`assessments!`].
 macro_rules! assessment_columns {
     () => {
         "a.assessment_id, a.payment_id, a.user_id, a.payer_account_id, a.payee_account_id, a.amount, a.currency, \
-         a.risk_score, a.risk_level, a.recommendation, a.risk_factors, a.model_version, a.rules_evaluated, \
+         a.risk_score, a.risk_level, a.recommendation, a.risk_factors, a.model_version, \
+         coalesce(m.rules_evaluated, a.rules_evaluated) AS rules_evaluated, \
          a.features, a.assessed_at, a.assessed_at AS created_at"
+    };
+}
+
+/// The assessments (`a`) with the rule versions of their model (`m`; assessments written before
+/// `fraud_models` kept their own).
+macro_rules! assessments {
+    () => {
+        " FROM fraud_assessments a LEFT JOIN fraud_models m ON m.model_version = a.model_version"
     };
 }
 
 pub fn find_assessment(db: &Db, assessment_id: &str) -> Result<Option<Row>, DbError> {
     db.query_opt(
-        concat!("SELECT ", assessment_columns!(), " FROM fraud_assessments a WHERE a.assessment_id = $1"),
+        concat!("SELECT ", assessment_columns!(), assessments!(), " WHERE a.assessment_id = $1"),
         &[uuid(assessment_id)],
     )
 }
 
 pub fn assessment_of_payment(db: &Db, payment_id: &str) -> Result<Option<Row>, DbError> {
     db.query_opt(
-        concat!("SELECT ", assessment_columns!(), " FROM fraud_assessments a WHERE a.payment_id = $1"),
+        concat!("SELECT ", assessment_columns!(), assessments!(), " WHERE a.payment_id = $1"),
         &[uuid(payment_id)],
     )
 }
@@ -201,8 +211,7 @@ pub fn list_assessments(db: &Db, filter: &AssessmentFilter) -> Result<Vec<Row>, 
         conditions.and(&format!("a.recommendation = {recommendation}"));
     }
     let order = filter.page.keyset(&mut conditions, "a.assessed_at", "a.assessment_id");
-    let sql =
-        format!(concat!("SELECT ", assessment_columns!(), " FROM fraud_assessments a{}{}"), conditions.sql, order);
+    let sql = format!(concat!("SELECT ", assessment_columns!(), assessments!(), "{}{}"), conditions.sql, order);
     db.query(&sql, &conditions.params)
 }
 
