@@ -70,7 +70,7 @@ const FALLBACK_POLL: Duration = Duration::from_secs(10);
 /// arriving meanwhile make the next batch, which shares one read, one unit of work and one
 /// acknowledgement, instead of each setting off its own. An idle feed reads as soon as it is
 /// woken; a busy one reads at most this often, unless its batches come full.
-const PACE: Duration = Duration::from_millis(20);
+const PACE: Duration = Duration::from_millis(50);
 
 /// The channel appends notify. The payload names the partitions an append touched, then its
 /// topics (`0,3,;account.opened;payment.created`); only the partitions (`0,3`) when the topics
