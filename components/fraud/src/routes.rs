@@ -61,7 +61,7 @@ pub fn assess(ctx: &mut Context) -> Result<Response, ApiError> {
     let inputs =
         sql::assessment_inputs(db, &request.payer_user_id, &request.payer_account_id, &request.payee_account_id, now)?;
     let thresholds = sql::thresholds_of(&inputs);
-    let rules = live_rules(&inputs.json("rules"))?;
+    let rules = live_rules(&inputs.text("rules"))?;
     let features = features_of(amount.value(), currency.code(), &inputs, now);
     let components = rule_components::evaluate(&domain::components(&rules), &request.payment_id, &features);
     let decision = domain::decide(&thresholds, domain::evaluate(&rules, &features, &components));
@@ -137,7 +137,7 @@ fn answer_of(row: &Row) -> Assessment {
 }
 
 /// The rule versions of [`sql::assessment_inputs`]' `rules`, their conditions read.
-fn live_rules(rules: &Json) -> Result<Vec<LiveRule>, ApiError> {
+fn live_rules(rules: &str) -> Result<Vec<LiveRule>, ApiError> {
     #[derive(Deserialize)]
     struct Stored {
         rule_id: String,
@@ -148,7 +148,7 @@ fn live_rules(rules: &Json) -> Result<Vec<LiveRule>, ApiError> {
         rule_condition: Json,
         risk_score_impact: String,
     }
-    let stored: Vec<Stored> = serde_json::from_value(rules.clone())
+    let stored: Vec<Stored> = serde_json::from_str(rules)
         .map_err(|err| ApiError::internal(&format!("the rules as stored do not read: {err}")))?;
     Ok(stored
         .into_iter()
