@@ -480,26 +480,35 @@ pub fn model_version(rules: &[LiveRule], components: &BTreeMap<String, Component
     format!("rules-{}", &hex::encode(digest)[..16])
 }
 
-/// The rule versions an assessment evaluated, as recorded with it.
-pub fn rules_evaluated(rules: &[LiveRule], components: &BTreeMap<String, ComponentResult>) -> Json {
-    Json::Array(
-        rules
-            .iter()
-            .map(|rule| {
-                let component = match &rule.test {
-                    Test::Component(name) => Some(name.as_str()),
-                    Test::Condition(_) => None,
-                };
-                json!({
-                    "rule_id": rule.rule_id,
-                    "rule_name": rule.rule_name,
-                    "version": judging_version(rule, components),
-                    "component": component,
-                    "mode": rule.mode.as_str(),
-                })
-            })
-            .collect(),
-    )
+/// A rule version an assessment evaluated, as its model records it (`fraud_models`).
+#[derive(Debug, Serialize)]
+pub struct EvaluatedRule<'a> {
+    pub rule_id: &'a str,
+    pub rule_name: &'a str,
+    pub version: i64,
+    /// A rule component's name; none for a declarative rule.
+    pub component: Option<&'a str>,
+    pub mode: &'static str,
+}
+
+/// The rule versions an assessment evaluated.
+pub fn rules_evaluated<'a>(
+    rules: &'a [LiveRule],
+    components: &BTreeMap<String, ComponentResult>,
+) -> Vec<EvaluatedRule<'a>> {
+    rules
+        .iter()
+        .map(|rule| EvaluatedRule {
+            rule_id: &rule.rule_id,
+            rule_name: &rule.rule_name,
+            version: judging_version(rule, components),
+            component: match &rule.test {
+                Test::Component(name) => Some(name),
+                Test::Condition(_) => None,
+            },
+            mode: rule.mode.as_str(),
+        })
+        .collect()
 }
 
 /// The alert an assessment opens, if any: a review asked for, or a high risk.
@@ -758,7 +767,7 @@ mod tests {
         let other: BTreeMap<String, ComponentResult> =
             [("velocity".to_string(), ComponentResult { version: 4, outcome: ComponentOutcome::NoMatch })].into();
         assert_ne!(model_version(&rules, &results), model_version(&rules, &other), "a new deploy is a new model");
-        assert_eq!(rules_evaluated(&rules, &results)[0]["version"], 3);
+        assert_eq!(rules_evaluated(&rules, &results)[0].version, 3);
     }
 
     #[test]

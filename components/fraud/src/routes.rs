@@ -85,7 +85,7 @@ pub fn assess(ctx: &mut Context) -> Result<Response, ApiError> {
             risk_factors: Json::Array(decision.findings.iter().map(domain::Finding::to_json).collect()),
             model_version: &model_version,
             rules_evaluated: domain::rules_evaluated(&rules, &components),
-            features: serde_json::to_value(&features).expect("features serialise"),
+            features: &features,
             assessed_at: now,
             alert_type,
             alert_description: alert_type.map(|_| {

@@ -96,8 +96,8 @@ pub struct NewAssessment<'a> {
     pub recommendation: &'a str,
     pub risk_factors: Json,
     pub model_version: &'a str,
-    pub rules_evaluated: Json,
-    pub features: Json,
+    pub rules_evaluated: Vec<crate::domain::EvaluatedRule<'a>>,
+    pub features: &'a crate::features::Features,
     pub assessed_at: i64,
     /// The alert it opens, if any: its type.
     pub alert_type: Option<&'a str>,
@@ -144,8 +144,9 @@ pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, Db
             text(new.recommendation),
             json(&new.risk_factors),
             text(new.model_version),
-            text(new.rules_evaluated.to_string()),
-            json(&new.features),
+            // Text, read as JSON only when the model is new.
+            text(serde_json::to_string(&new.rules_evaluated).expect("rule versions serialise")),
+            json(new.features),
             timestamp(new.assessed_at),
             opt_text(new.alert_type),
             opt_text(new.alert_description.clone()),

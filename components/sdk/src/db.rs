@@ -204,8 +204,10 @@ pub mod param {
     pub fn timestamp(micros: i64) -> Value {
         Value::Timestamp(micros)
     }
-    pub fn json(value: &serde_json::Value) -> Value {
-        Value::Json(value.to_string())
+    /// Anything that serialises as JSON: a `serde_json::Value`, or a typed record written
+    /// straight to text without a JSON tree of it.
+    pub fn json(value: &(impl serde::Serialize + ?Sized)) -> Value {
+        Value::Json(serde_json::to_string(value).expect("a value serialises as JSON"))
     }
     pub fn decimal(s: impl Into<String>) -> Value {
         Value::Decimal(s.into())
