@@ -34,6 +34,7 @@ on_both_buses!(
     a_poison_event_is_set_aside_and_replayed_after_a_fix,
     two_hosts_share_the_work_and_handle_each_event_once,
     an_append_of_many_long_topics_is_delivered_and_the_bus_goes_on,
+    a_subscriber_receives_only_its_topics_whatever_others_publish,
 );
 
 async fn publish(host: &TestHost, topic: &str, key: &str, data: Option<Value>) {
@@ -239,4 +240,32 @@ async fn an_append_of_many_long_topics_is_delivered_and_the_bus_goes_on(bus: Bus
     }
     publish(&host, "probe.after", "key", None).await;
     wait_for_effects(&host, "probe.after", 1).await;
+}
+
+/// A publisher names its topics as it likes within its grant; a subscriber still receives only
+/// the topics its policy names. Here the probe subscribes to `probe.a_b.*` only: `_` is a letter
+/// of the topic, not a wildcard (the embedded bus matches prefixes with `LIKE`), and topics
+/// that differ from it there, or extend its last word, or lie outside its subscription, are
+/// passed over. They are published under the same key, so in one partition, before the
+/// probe's own: once that is handled, every one of them has been looked at.
+async fn a_subscriber_receives_only_its_topics_whatever_others_publish(bus: Bus) {
+    let mut options = HostOptions::with_bus(bus);
+    let policies = options.data_dir.join("narrow-probe");
+    std::fs::create_dir_all(&policies).unwrap();
+    let probe = std::fs::read_to_string(micropay_tests::root().join("tests/policies/probe.toml")).unwrap();
+    let narrowed = probe.replace("subscribe = [\"probe.*\"]", "subscribe = [\"probe.a_b.*\"]");
+    assert_ne!(narrowed, probe, "the probe's policy names its subscription as expected");
+    std::fs::write(policies.join("probe.toml"), narrowed).unwrap();
+    options.policies = vec![micropay_tests::root().join("policies"), policies];
+    let host = TestHost::start_with(options).await;
+
+    let others = ["probe.axb.one", "probe.a_bc.two", "probe.a.b.three", "bench.a_b.four", "probe.other"];
+    for topic in others {
+        publish(&host, topic, "one-key", None).await;
+    }
+    publish(&host, "probe.a_b.mine", "one-key", None).await;
+    wait_for_effects(&host, "probe.a_b.mine", 1).await;
+    for topic in others {
+        assert_eq!(effects(&host, topic).await, 0, "{topic} reached a subscriber of probe.a_b.*");
+    }
 }
