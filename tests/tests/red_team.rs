@@ -558,7 +558,7 @@ async fn an_answer_says_what_became_of_the_work() {
     let started = Instant::now();
     let body = json!({ "statements": ["SELECT pg_sleep(0.35)", "INSERT INTO slow_commits VALUES (1, 0.35)"], "savepoints": false });
     let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
-    assert!(started.elapsed() > Duration::from_millis(700), "the work did not take its time");
+    assert!(started.elapsed() > Duration::from_millis(700), "the work did not take its time: {status} {answer}");
     assert_eq!(status, 200, "the commit under way at the deadline finished: {answer}");
     assert_eq!(committed(1).fetch_one(&mut probe_db).await.unwrap(), 1);
 
@@ -613,6 +613,85 @@ async fn an_answer_says_what_became_of_the_work() {
     // The connections all this left are fit for the next invocations.
     for _ in 0..5 {
         assert_eq!(host.call("GET", "/v1/probe/writes", None, None).await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn the_first_statement_begins_the_unit_and_fails_inside_it() {
+    // A unit's BEGIN and statement timeout go with its first statement, in its round trip:
+    // whatever that statement is, it runs inside the unit's transaction, under the time left,
+    // and its failure aborts the unit as a later statement's would.
+    let host = TestHost::start().await;
+    let mut probe_db = host.admin_db("probe").await;
+    for result in sql(&host, &["CREATE TABLE firsts (id int)".into()], false).await {
+        assert_eq!(result["ok"], true, "{result}");
+    }
+    let kept = |id: i32| sqlx::query_scalar::<_, i64>("SELECT count(*) FROM firsts WHERE id = $1").bind(id);
+
+    // Under the time left, in one transaction with what follows.
+    let statements = ["SHOW statement_timeout", "SELECT txid_current()::text", "SELECT txid_current()::text"];
+    let results = sql(&host, &statements.map(String::from), false).await;
+    assert_ne!(scalar(&results[0]), "0", "the first statement ran without the unit's timeout");
+    assert_eq!(scalar(&results[1]), scalar(&results[2]), "the first statement ran in a transaction of its own");
+
+    // A first statement that fails to parse, or fails to run (again and again, so that it runs
+    // prepared, with the BEGIN before the same Sync), aborts the unit: the row written after it
+    // is not kept, though the component answers success.
+    for (id, first) in [(1, "SELEC 1"), (2, "SELECT 1 / 0"), (3, "SELECT 1 / 0"), (4, "SELECT 1 / 0")] {
+        let body = json!({ "statements": [first, format!("INSERT INTO firsts VALUES ({id})")], "savepoints": false });
+        let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+        assert_eq!((status, error_code(&answer)), (503, "commit_failed"), "{first}: {answer}");
+        assert_eq!(kept(id).fetch_one(&mut probe_db).await.unwrap(), 0, "{first}");
+    }
+
+    // A first statement that ends the transaction stops the component there: nothing after it
+    // runs.
+    let body = json!({ "statements": ["COMMIT", "INSERT INTO firsts VALUES (5)"], "savepoints": false });
+    let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+    assert_eq!((status, error_code(&answer)), (503, "commit_outcome_unknown"), "{answer}");
+    assert_eq!(kept(5).fetch_one(&mut probe_db).await.unwrap(), 0);
+
+    // And the connections are fit for the next units.
+    for id in 6..10 {
+        let body = json!({ "statements": [format!("INSERT INTO firsts VALUES ({id})")], "savepoints": false });
+        assert_eq!(host.call("POST", "/v1/probe/sql", None, Some(body)).await.0, 200);
+        assert_eq!(kept(id).fetch_one(&mut probe_db).await.unwrap(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_session_the_server_ended_in_the_pool_is_not_handed_to_a_unit() {
+    // The pool takes a quiet connection without a round trip to the server; one whose backend
+    // was ended while it waited there has the server's last words to read, and is dropped
+    // rather than given to the next unit.
+    let host = TestHost::start().await;
+    let role = Names::of(&host).role;
+    let mut admin = host.admin_db("probe").await;
+    for round in 0..3 {
+        for _ in 0..4 {
+            assert_eq!(host.call("POST", "/v1/probe/write", None, None).await.0, 201, "round {round}");
+        }
+        let ended: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE usename = $1")
+            .bind(&role)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid")
+            .bind(&ended)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        assert!(!ended.is_empty(), "round {round}: no session of the probe's to end");
+        let started = Instant::now();
+        let alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY ($1)";
+        while sqlx::query_scalar::<_, i64>(alive).bind(&ended).fetch_one(&mut admin).await.unwrap() > 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "round {round}: the ended sessions linger");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..4 {
+            let (status, answer) = host.call("POST", "/v1/probe/write", None, None).await;
+            assert_eq!(status, 201, "round {round}: a unit was given a session the server had ended: {answer}");
+        }
     }
 }
 

@@ -10,7 +10,9 @@
 //!   component that ends the transaction itself (its own `COMMIT`) is stopped at once, and its
 //!   answer says its work may or may not have been kept;
 //! - no statement outlives the invocation's deadline: the transaction begins with a
-//!   `statement_timeout` of the time left, and a statement still running at the deadline traps
+//!   `statement_timeout` of the time left (its `BEGIN` and `SET LOCAL` go with the first
+//!   statement, before the same Sync, and the statement runs only if they did: see
+//!   `vendor/sqlx-postgres/PATCHES.md`), and a statement still running at the deadline traps
 //!   the invocation, after which its backend is ended from the platform database (the
 //!   component may change its own `statement_timeout`; the host does not depend on it). The
 //!   commit is not cut at the deadline, but has a bound of its own (the policy's deadline
@@ -396,21 +398,18 @@ impl UnitOfWork {
                 .await
                 .map_err(|_| late())?
                 .map_err(db_error)?;
-            let left = deadline.saturating_duration_since(Instant::now()).as_millis().max(1);
-            // `set_config(.., true)` is `SET LOCAL`, in the statement that asks the backend's pid.
-            let begin = format!(
-                "BEGIN; SELECT pg_catalog.pg_backend_pid(), pg_catalog.set_config('statement_timeout', '{left}', true)"
-            );
-            let begun = tokio::time::timeout_at(deadline, simple_query(&mut connection, &begin)).await;
-            let rows = closed_unless_done(&mut connection, begun)?;
-            let pid = rows.first().map(|row| row.try_get::<i32, _>(0)).transpose().map_err(db_error)?;
-            let pid = pid.ok_or_else(|| refused("the session's backend did not say who it is"))?;
+            // The backend's pid, as the server gave it when the connection was made.
+            let pid = i32::try_from(connection.backend_pid())
+                .map_err(|_| refused("the session's backend did not say who it is"))?;
             if database.plans.due(pid, Instant::now()) {
                 let cleared =
                     tokio::time::timeout_at(deadline, sqlx::Connection::clear_cached_statements(&mut *connection))
                         .await;
                 closed_unless_done(&mut connection, cleared)?;
             }
+            // The transaction begins with the unit's first statement, in its round trip.
+            let left = deadline.saturating_duration_since(Instant::now()).as_millis().max(1);
+            connection.begin_with_next_statement(u64::try_from(left).unwrap_or(u64::MAX));
             self.session = Some(Session { connection, pid, busy: false });
         }
         Ok(self.session.as_mut().expect("begun above"))

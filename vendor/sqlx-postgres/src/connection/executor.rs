@@ -204,6 +204,21 @@ impl PgConnection {
     ) -> Result<impl Stream<Item = Result<Either<PgQueryResult, PgRow>, Error>> + 'e, Error> {
         let mut logger = QueryLogger::new(query, self.inner.log_settings.clone());
 
+        // MicroPay: a transaction to begin with this statement (`begin_with_next_statement`).
+        // It stays pending until its statements are written, so that no error on the way
+        // leaves the next statement without it. Ahead of a statement still to be parsed, it is
+        // a round trip of its own, awaited below (an error in it stops the statement), so that
+        // the statement's parse fails inside the transaction, as a later statement's would.
+        let mut begin_results = 0;
+        if self.inner.begin_with_next.is_some()
+            && arguments.is_some()
+            && !(persistent && self.inner.cache_statement.contains_key(query))
+        {
+            if let Some(timeout_ms) = self.inner.begin_with_next.take() {
+                self.queue_simple_query(&begin_statements(timeout_ms).join("; "))?;
+            }
+        }
+
         // before we continue, wait until we are "ready" to accept more queries
         self.wait_until_ready().await?;
 
@@ -236,6 +251,32 @@ impl PgConnection {
 
             // consume messages till `ReadyForQuery` before bind and execute
             self.wait_until_ready().await?;
+
+            // MicroPay: the transaction's statements, before the same Sync as this one's (a
+            // prepared statement of its own here: `BEGIN` does not replace it).
+            if let Some(timeout_ms) = self.inner.begin_with_next.take() {
+                let begin = begin_statements(timeout_ms);
+                for statement in &begin {
+                    self.inner.stream.write_msg(Parse {
+                        statement: StatementId::UNNAMED,
+                        query: statement,
+                        param_types: &[],
+                    })?;
+                    self.inner.stream.write_msg(Bind {
+                        portal: PortalId::UNNAMED,
+                        statement: StatementId::UNNAMED,
+                        formats: &[],
+                        num_params: 0,
+                        params: &[],
+                        result_formats: &[],
+                    })?;
+                    self.inner.stream.write_msg(message::Execute {
+                        portal: PortalId::UNNAMED,
+                        limit: 0,
+                    })?;
+                }
+                begin_results = begin.len();
+            }
 
             // bind to attach the arguments to the statement and create a portal
             self.inner.stream.write_msg(Bind {
@@ -278,6 +319,18 @@ impl PgConnection {
             // prepared statements are binary
             PgValueFormat::Binary
         } else {
+            // MicroPay: the transaction's statements, ahead of the query's in its text.
+            let prefixed;
+            let query = match self.inner.begin_with_next.take() {
+                Some(timeout_ms) => {
+                    let begin = begin_statements(timeout_ms);
+                    begin_results = begin.len();
+                    prefixed = format!("{}; {query}", begin.join("; "));
+                    prefixed.as_str()
+                }
+                None => query,
+            };
+
             // Query will trigger a ReadyForQuery
             self.inner.stream.write_msg(Query(query))?;
             self.inner.pending_ready_for_query_count += 1;
@@ -304,6 +357,11 @@ impl PgConnection {
                     | BackendMessageFormat::CloseComplete
                     => {
                         // harmless messages to ignore
+                    }
+
+                    // MicroPay: the transaction's statements, begun with this one
+                    BackendMessageFormat::CommandComplete if begin_results > 0 => {
+                        begin_results -= 1;
                     }
 
                     // "Execute phase is always terminated by the appearance of
@@ -375,6 +433,11 @@ impl PgConnection {
             Ok(())
         })
     }
+}
+
+/// MicroPay: the statements that begin a transaction with its statement timeout.
+fn begin_statements(timeout_ms: u64) -> [String; 2] {
+    ["BEGIN".to_string(), format!("SET LOCAL statement_timeout = {timeout_ms}")]
 }
 
 impl<'c> Executor<'c> for &'c mut PgConnection {

@@ -45,7 +45,6 @@ pub struct PgConnectionInner {
 
     // process id of this backend
     // used to send cancel requests
-    #[allow(dead_code)]
     process_id: u32,
 
     // secret key of this backend
@@ -73,12 +72,33 @@ pub struct PgConnectionInner {
     pub(crate) transaction_depth: usize,
 
     log_settings: LogSettings,
+
+    // MicroPay: the statement timeout (ms) of a transaction to begin with the next statement,
+    // when one is to be (see `PgConnection::begin_with_next_statement`)
+    pub(crate) begin_with_next: Option<u64>,
 }
 
 impl PgConnection {
     /// the version number of the server in `libpq` format
     pub fn server_version_num(&self) -> Option<u32> {
         self.inner.stream.server_version_num
+    }
+
+    /// MicroPay: the process id of the session's backend, as the server gave it when the
+    /// connection was made.
+    pub fn backend_pid(&self) -> u32 {
+        self.inner.process_id
+    }
+
+    /// MicroPay: the next statement sent on this connection begins a transaction first, with
+    /// `statement_timeout` set to `timeout_ms` for that transaction, in the same round trip,
+    /// and runs only if both did: `BEGIN` and `SET LOCAL` go ahead of a prepared statement as
+    /// messages before the same Sync (an error skips the rest), and ahead of a simple query in
+    /// its text. Their results are not the statement's. (A statement of the unnamed prepared
+    /// statement, whose Parse the `BEGIN` would replace, has them sent first, as a simple
+    /// query of their own.)
+    pub fn begin_with_next_statement(&mut self, timeout_ms: u64) {
+        self.inner.begin_with_next = Some(timeout_ms);
     }
 
     /// MicroPay: whether the server last reported the session inside a transaction block
@@ -185,6 +205,17 @@ impl Connection for PgConnection {
         // self.execute("/* SQLx ping */").map_ok(|_| ()).boxed()
 
         Box::pin(async move {
+            // MicroPay: the pool pings on every acquire and every release. A connection with no
+            // exchange under way, nothing left to send and nothing unread answers without a
+            // round trip; any other is pinged as before, which reads what the server said
+            // unasked (the error it sends before it ends a session, say) or finds it gone.
+            if self.inner.pending_ready_for_query_count == 0
+                && self.inner.stream.write_buffer_mut().is_empty()
+                && self.inner.stream.is_quiet()
+            {
+                return Ok(());
+            }
+
             // The simplest call-and-response that's possible.
             self.write_sync();
             self.wait_until_ready().await
