@@ -662,9 +662,8 @@ async fn the_first_statement_begins_the_unit_and_fails_inside_it() {
 
 #[tokio::test]
 async fn a_session_the_server_ended_in_the_pool_is_not_handed_to_a_unit() {
-    // The pool takes a quiet connection without a round trip to the server; one whose backend
-    // was ended while it waited there has the server's last words to read, and is dropped
-    // rather than given to the next unit.
+    // A pooled connection whose backend was ended while it waited there is dropped, not given
+    // to the next unit (whose BEGIN now goes with its first statement).
     let host = TestHost::start().await;
     let role = Names::of(&host).role;
     let mut admin = host.admin_db("probe").await;

@@ -205,17 +205,6 @@ impl Connection for PgConnection {
         // self.execute("/* SQLx ping */").map_ok(|_| ()).boxed()
 
         Box::pin(async move {
-            // MicroPay: the pool pings on every acquire and every release. A connection with no
-            // exchange under way, nothing left to send and nothing unread answers without a
-            // round trip; any other is pinged as before, which reads what the server said
-            // unasked (the error it sends before it ends a session, say) or finds it gone.
-            if self.inner.pending_ready_for_query_count == 0
-                && self.inner.stream.write_buffer_mut().is_empty()
-                && self.inner.stream.is_quiet()
-            {
-                return Ok(());
-            }
-
             // The simplest call-and-response that's possible.
             self.write_sync();
             self.wait_until_ready().await

@@ -3,7 +3,7 @@ use std::ops::{ControlFlow, Deref, DerefMut};
 use std::str::FromStr;
 
 use futures_channel::mpsc::UnboundedSender;
-use futures_util::{FutureExt, SinkExt};
+use futures_util::SinkExt;
 use log::Level;
 use sqlx_core::bytes::Buf;
 
@@ -127,19 +127,6 @@ impl PgStream {
                 Ok(ControlFlow::Break(ReceivedMessage { format, contents }))
             })
             .await
-    }
-
-    /// MicroPay: whether nothing from the server is left unread, looked at without waiting:
-    /// what is buffered, then one read of the socket that does not block. A message the
-    /// server sent unasked, or the end of the stream, is not quiet (and stays to be read).
-    pub(crate) fn is_quiet(&mut self) -> bool {
-        let unread = self.inner.try_read(|buf| {
-            Ok(match buf.is_empty() {
-                true => ControlFlow::Continue(1),
-                false => ControlFlow::Break(()),
-            })
-        });
-        unread.now_or_never().is_none()
     }
 
     // Get the next message from the server
