@@ -652,6 +652,20 @@ async fn the_first_statement_begins_the_unit_and_fails_inside_it() {
     assert_eq!((status, error_code(&answer)), (503, "commit_outcome_unknown"), "{answer}");
     assert_eq!(kept(5).fetch_one(&mut probe_db).await.unwrap(), 0);
 
+    // So does a COMMIT that opens a new transaction at once (`AND CHAIN`, `END AND CHAIN`):
+    // the session is in a transaction again, but what came before it was committed.
+    for (chain, id) in [("COMMIT AND CHAIN", 20), ("END AND CHAIN", 22)] {
+        let statements = [
+            format!("INSERT INTO firsts VALUES ({id})"),
+            chain.to_string(),
+            format!("INSERT INTO firsts VALUES ({})", id + 1),
+        ];
+        let body = json!({ "statements": statements, "savepoints": false });
+        let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;
+        assert_eq!((status, error_code(&answer)), (503, "commit_outcome_unknown"), "{chain}: {answer}");
+        assert_eq!(kept(id + 1).fetch_one(&mut probe_db).await.unwrap(), 0, "{chain}");
+    }
+
     // And the connections are fit for the next units.
     for id in 6..10 {
         let body = json!({ "statements": [format!("INSERT INTO firsts VALUES ({id})")], "savepoints": false });

@@ -7,8 +7,8 @@
 //! - every statement of one invocation runs in one transaction, begun on first use and ended
 //!   by [`UnitOfWork::finish`]: committed only when the invocation succeeded; rolled back in
 //!   every other case, including a trap, a missed deadline, or a unit dropped unfinished. A
-//!   component that ends the transaction itself (its own `COMMIT`) is stopped at once, and its
-//!   answer says its work may or may not have been kept;
+//!   component that ends the transaction itself (its own `COMMIT`, also `AND CHAIN`) is
+//!   stopped at once, and its answer says its work may or may not have been kept;
 //! - no statement outlives the invocation's deadline: the transaction begins with a
 //!   `statement_timeout` of the time left (its `BEGIN` and `SET LOCAL` go with the first
 //!   statement, before the same Sync, and the statement runs only if they did: see
@@ -580,9 +580,13 @@ fn check_statement(sql: &str) -> Result<(), DbError> {
 }
 
 /// After a component's statement, the unit's transaction must still be open (in progress or
-/// failed): a component that ended it cannot go on, and what it did may have been kept.
+/// failed) and still the one the unit began: a component that ended it cannot go on, and what
+/// it did may have been kept. (`COMMIT AND CHAIN` commits and leaves a new transaction open:
+/// its COMMIT is what tells. `ROLLBACK AND CHAIN`, which keeps nothing, is not told from
+/// `ROLLBACK TO SAVEPOINT`; the unit goes on, as if it had written nothing before it.)
 fn check_still_in_transaction(session: &Session) -> Result<(), StatementError> {
-    if session.connection.in_transaction_block() {
+    let connection = &session.connection;
+    if connection.in_transaction_block() && !connection.last_statement_committed() {
         return Ok(());
     }
     Err(StatementError::Trap(EndedTransaction.into()))

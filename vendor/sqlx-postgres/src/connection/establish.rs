@@ -144,6 +144,7 @@ impl PgConnection {
                 transaction_depth: 0,
                 pending_ready_for_query_count: 0,
                 begin_with_next: None,
+                last_statement_committed: false,
                 next_statement_id: StatementId::NAMED_START,
                 cache_statement: StatementCache::new(options.statement_cache_capacity),
                 cache_type_oid: HashMap::new(),

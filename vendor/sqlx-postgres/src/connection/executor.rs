@@ -48,6 +48,11 @@ async fn prepare(
     // flush and wait until we are re-ready
     conn.wait_until_ready().await?;
 
+    // MicroPay: a transaction to begin with this statement goes before its Parse, in the same
+    // Sync: an error in it skips the Parse, and the Parse's own error leaves the transaction
+    // begun and failed, as a later statement's would.
+    let mut begin_results = conn.write_begin()?;
+
     // next we send the PARSE command to the server
     conn.inner.stream.write_msg(Parse {
         param_types: &param_types,
@@ -65,6 +70,20 @@ async fn prepare(
     // we ask for the server to immediately send us the result of the PARSE command
     conn.write_sync();
     conn.inner.stream.flush().await?;
+
+    // MicroPay: the transaction's statements ran
+    while begin_results > 0 {
+        let message = conn.inner.stream.recv().await?;
+        match message.format {
+            BackendMessageFormat::ParseComplete | BackendMessageFormat::BindComplete => {}
+            BackendMessageFormat::CommandComplete => begin_results -= 1,
+            format => {
+                return Err(err_protocol!(
+                    "expecting the results of BEGIN but received {format:?}"
+                ))
+            }
+        }
+    }
 
     // indicates that the SQL query string is now successfully parsed and has semantic validity
     conn.inner.stream.recv_expect::<ParseComplete>().await?;
@@ -154,6 +173,39 @@ impl PgConnection {
         Ok(())
     }
 
+    /// MicroPay: writes the statements of a transaction to begin with the next statement
+    /// (`begin_with_next_statement`), when one is pending, each as Parse, Bind and Execute of
+    /// the unnamed statement and portal; answers how many, each answered by ParseComplete,
+    /// BindComplete and CommandComplete. The pending `BEGIN` is taken as it is written (here,
+    /// or in a simple query's text in `run`), so that no error on the way to the statement's
+    /// own messages leaves the next statement without it.
+    fn write_begin(&mut self) -> Result<usize, Error> {
+        let Some(timeout_ms) = self.inner.begin_with_next.take() else {
+            return Ok(0);
+        };
+        let begin = begin_statements(timeout_ms);
+        for statement in &begin {
+            self.inner.stream.write_msg(Parse {
+                statement: StatementId::UNNAMED,
+                query: statement,
+                param_types: &[],
+            })?;
+            self.inner.stream.write_msg(Bind {
+                portal: PortalId::UNNAMED,
+                statement: StatementId::UNNAMED,
+                formats: &[],
+                num_params: 0,
+                params: &[],
+                result_formats: &[],
+            })?;
+            self.inner.stream.write_msg(message::Execute {
+                portal: PortalId::UNNAMED,
+                limit: 0,
+            })?;
+        }
+        Ok(begin.len())
+    }
+
     #[inline(always)]
     pub(crate) fn write_sync(&mut self) {
         self.inner
@@ -204,20 +256,12 @@ impl PgConnection {
     ) -> Result<impl Stream<Item = Result<Either<PgQueryResult, PgRow>, Error>> + 'e, Error> {
         let mut logger = QueryLogger::new(query, self.inner.log_settings.clone());
 
-        // MicroPay: a transaction to begin with this statement (`begin_with_next_statement`).
-        // It stays pending until its statements are written, so that no error on the way
-        // leaves the next statement without it. Ahead of a statement still to be parsed, it is
-        // a round trip of its own, awaited below (an error in it stops the statement), so that
-        // the statement's parse fails inside the transaction, as a later statement's would.
+        // MicroPay: what `last_statement_committed` answers is about this statement only.
+        self.inner.last_statement_committed = false;
+
+        // MicroPay: the results of a transaction begun with this statement
+        // (`begin_with_next_statement`), when it is begun here rather than in `prepare`.
         let mut begin_results = 0;
-        if self.inner.begin_with_next.is_some()
-            && arguments.is_some()
-            && !(persistent && self.inner.cache_statement.contains_key(query))
-        {
-            if let Some(timeout_ms) = self.inner.begin_with_next.take() {
-                self.queue_simple_query(&begin_statements(timeout_ms).join("; "))?;
-            }
-        }
 
         // before we continue, wait until we are "ready" to accept more queries
         self.wait_until_ready().await?;
@@ -252,31 +296,9 @@ impl PgConnection {
             // consume messages till `ReadyForQuery` before bind and execute
             self.wait_until_ready().await?;
 
-            // MicroPay: the transaction's statements, before the same Sync as this one's (a
-            // prepared statement of its own here: `BEGIN` does not replace it).
-            if let Some(timeout_ms) = self.inner.begin_with_next.take() {
-                let begin = begin_statements(timeout_ms);
-                for statement in &begin {
-                    self.inner.stream.write_msg(Parse {
-                        statement: StatementId::UNNAMED,
-                        query: statement,
-                        param_types: &[],
-                    })?;
-                    self.inner.stream.write_msg(Bind {
-                        portal: PortalId::UNNAMED,
-                        statement: StatementId::UNNAMED,
-                        formats: &[],
-                        num_params: 0,
-                        params: &[],
-                        result_formats: &[],
-                    })?;
-                    self.inner.stream.write_msg(message::Execute {
-                        portal: PortalId::UNNAMED,
-                        limit: 0,
-                    })?;
-                }
-                begin_results = begin.len();
-            }
+            // MicroPay: for a statement already prepared, the transaction's statements go
+            // before its Bind, in the same Sync.
+            begin_results = self.write_begin()?;
 
             // bind to attach the arguments to the statement and create a portal
             self.inner.stream.write_msg(Bind {
@@ -371,6 +393,10 @@ impl PgConnection {
                     BackendMessageFormat::CommandComplete => {
                         // a SQL command completed normally
                         let cc: CommandComplete = message.decode()?;
+
+                        // MicroPay: a COMMIT (`AND CHAIN` leaves the session in a transaction,
+                        // a new one; a failed transaction's COMMIT answers ROLLBACK)
+                        self.inner.last_statement_committed |= cc.is_commit();
 
                         let rows_affected = cc.rows_affected();
                         logger.increase_rows_affected(rows_affected);

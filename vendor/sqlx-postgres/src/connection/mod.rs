@@ -76,6 +76,10 @@ pub struct PgConnectionInner {
     // MicroPay: the statement timeout (ms) of a transaction to begin with the next statement,
     // when one is to be (see `PgConnection::begin_with_next_statement`)
     pub(crate) begin_with_next: Option<u64>,
+
+    // MicroPay: whether the last statement run (any of a simple query's) was a COMMIT that
+    // committed (see `PgConnection::last_statement_committed`)
+    pub(crate) last_statement_committed: bool,
 }
 
 impl PgConnection {
@@ -90,15 +94,23 @@ impl PgConnection {
         self.inner.process_id
     }
 
-    /// MicroPay: the next statement sent on this connection begins a transaction first, with
-    /// `statement_timeout` set to `timeout_ms` for that transaction, in the same round trip,
-    /// and runs only if both did: `BEGIN` and `SET LOCAL` go ahead of a prepared statement as
-    /// messages before the same Sync (an error skips the rest), and ahead of a simple query in
-    /// its text. Their results are not the statement's. (A statement of the unnamed prepared
-    /// statement, whose Parse the `BEGIN` would replace, has them sent first, as a simple
-    /// query of their own.)
+    /// MicroPay: the next statement prepared or run on this connection begins a transaction
+    /// first, with `statement_timeout` set to `timeout_ms` for that transaction, in the round
+    /// trip of its Parse (or Bind), and runs only if both did: `BEGIN` and `SET LOCAL` go
+    /// ahead of a prepared statement's
+    /// Parse (or, when it is already prepared on this connection, its Bind) as messages before
+    /// the same Sync, so an error in them skips the rest and the statement's own error leaves
+    /// the transaction begun; ahead of a simple query they go in its text. Their results are
+    /// not the statement's.
     pub fn begin_with_next_statement(&mut self, timeout_ms: u64) {
         self.inner.begin_with_next = Some(timeout_ms);
+    }
+
+    /// MicroPay: whether the last statement run on this connection (or any statement of its
+    /// simple query) committed a transaction: a `COMMIT` or `END`, also one `AND CHAIN`, after
+    /// which the session is in a transaction block again, but a new one.
+    pub fn last_statement_committed(&self) -> bool {
+        self.inner.last_statement_committed
     }
 
     /// MicroPay: whether the server last reported the session inside a transaction block
