@@ -635,9 +635,10 @@ async fn the_first_statement_begins_the_unit_and_fails_inside_it() {
     assert_ne!(scalar(&results[0]), "0", "the first statement ran without the unit's timeout");
     assert_eq!(scalar(&results[1]), scalar(&results[2]), "the first statement ran in a transaction of its own");
 
-    // A first statement that fails to parse, or fails to run (again and again, so that it runs
-    // prepared, with the BEGIN before the same Sync), aborts the unit: the row written after it
-    // is not kept, though the component answers success.
+    // A first statement that fails to parse, or fails to run (the first time with the BEGIN
+    // ahead of its Parse, then again and again prepared, with the BEGIN ahead of its Bind),
+    // aborts the unit: the row written after it is not kept, though the component answers
+    // success.
     for (id, first) in [(1, "SELEC 1"), (2, "SELECT 1 / 0"), (3, "SELECT 1 / 0"), (4, "SELECT 1 / 0")] {
         let body = json!({ "statements": [first, format!("INSERT INTO firsts VALUES ({id})")], "savepoints": false });
         let (status, answer) = host.call("POST", "/v1/probe/sql", None, Some(body)).await;

@@ -95,13 +95,12 @@ impl PgConnection {
     }
 
     /// MicroPay: the next statement prepared or run on this connection begins a transaction
-    /// first, with `statement_timeout` set to `timeout_ms` for that transaction, in the round
-    /// trip of its Parse (or Bind), and runs only if both did: `BEGIN` and `SET LOCAL` go
-    /// ahead of a prepared statement's
-    /// Parse (or, when it is already prepared on this connection, its Bind) as messages before
-    /// the same Sync, so an error in them skips the rest and the statement's own error leaves
-    /// the transaction begun; ahead of a simple query they go in its text. Their results are
-    /// not the statement's.
+    /// first, with `statement_timeout` set to `timeout_ms` for that transaction, and runs only
+    /// if both did: `BEGIN` and `SET LOCAL` go ahead of a statement's Parse (or, when it is
+    /// already prepared on this connection, its Bind) as messages before the same Sync, so an
+    /// error in them skips the rest and the statement's own error leaves the transaction
+    /// begun; ahead of a simple query they go in its text. Their results are not the
+    /// statement's.
     pub fn begin_with_next_statement(&mut self, timeout_ms: u64) {
         self.inner.begin_with_next = Some(timeout_ms);
     }

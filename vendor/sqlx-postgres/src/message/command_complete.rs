@@ -21,14 +21,14 @@ impl BackendMessage for CommandComplete {
 }
 
 impl CommandComplete {
-    /// Returns the number of rows affected.
-    /// If the command does not return rows (e.g., "CREATE TABLE"), returns 0.
     /// MicroPay: whether the command was a COMMIT (`COMMIT`, `END`, with or without
     /// `AND CHAIN`), which committed.
     pub fn is_commit(&self) -> bool {
         &self.tag[..] == b"COMMIT\0"
     }
 
+    /// Returns the number of rows affected.
+    /// If the command does not return rows (e.g., "CREATE TABLE"), returns 0.
     pub fn rows_affected(&self) -> u64 {
         // Look backwards for the first SPACE
         memrchr(b' ', &self.tag)
@@ -86,4 +86,3 @@ fn bench_decode_command_complete_rows_affected(b: &mut test::Bencher) {
         let _rows = test::black_box(&data).rows_affected();
     });
 }
-
