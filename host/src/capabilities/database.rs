@@ -24,6 +24,10 @@
 //!   and no statement text past 256 KiB is sent;
 //! - a connection whose state is not known (a statement cut off, an answer the driver could
 //!   not read) is never returned to the pool: its backend is ended;
+//! - a pooled connection is handed to a unit without a check only when its server answered on
+//!   it within the last second; one that waited longer is checked first, and dropped if its
+//!   backend is gone (`RECENTLY_READY` in `vendor/sqlx-postgres/PATCHES.md`). A backend ended
+//!   within that second fails the unit's first statement, which began nothing that can commit;
 //! - session state never outlives the unit: after its COMMIT or ROLLBACK the unit resets every
 //!   setting, closes cursors, stops listening and releases session advisory locks, catching
 //!   what the commit's own deferred triggers did too; a connection on which the component

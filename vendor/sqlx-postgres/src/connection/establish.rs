@@ -145,6 +145,7 @@ impl PgConnection {
                 pending_ready_for_query_count: 0,
                 begin_with_next: None,
                 last_statement_committed: false,
+                ready_at: std::time::Instant::now(),
                 next_statement_id: StatementId::NAMED_START,
                 cache_statement: StatementCache::new(options.statement_cache_capacity),
                 cache_type_oid: HashMap::new(),

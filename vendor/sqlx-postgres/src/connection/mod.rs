@@ -80,7 +80,19 @@ pub struct PgConnectionInner {
     // MicroPay: whether the last statement run (any of a simple query's) was a COMMIT that
     // committed (see `PgConnection::last_statement_committed`)
     pub(crate) last_statement_committed: bool,
+
+    // MicroPay: when the server last said it was ready for a query (`ReadyForQuery`), so that
+    // `ping` can tell a session that answered a moment ago (see `RECENTLY_READY`)
+    pub(crate) ready_at: std::time::Instant,
 }
+
+/// MicroPay: how recently the server must have answered `ReadyForQuery` on a connection with
+/// nothing pending for `ping` to take it as alive without a round trip. The pool pings every
+/// connection it hands out and every one given back, and a busy host's connections change
+/// hands many times a second: two round trips for each unit of work, for a check that a
+/// session which answered a moment ago almost never fails. A backend ended in that moment
+/// fails the statement given to it next, as a statement under way then would have.
+pub const RECENTLY_READY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl PgConnection {
     /// the version number of the server in `libpq` format
@@ -140,6 +152,8 @@ impl PgConnection {
 
         self.inner.pending_ready_for_query_count -= 1;
         self.inner.transaction_status = r.transaction_status;
+        // MicroPay: see `RECENTLY_READY`.
+        self.inner.ready_at = std::time::Instant::now();
 
         Ok(())
     }
@@ -153,6 +167,8 @@ impl PgConnection {
             .ok_or_else(|| err_protocol!("received more ReadyForQuery messages than expected"))?;
 
         self.inner.transaction_status = message.decode::<ReadyForQuery>()?.transaction_status;
+        // MicroPay: see `RECENTLY_READY`.
+        self.inner.ready_at = std::time::Instant::now();
 
         Ok(())
     }
@@ -216,6 +232,14 @@ impl Connection for PgConnection {
         // self.execute("/* SQLx ping */").map_ok(|_| ()).boxed()
 
         Box::pin(async move {
+            // MicroPay: a session that answered a moment ago, with nothing pending, is taken as
+            // alive without a round trip (see `RECENTLY_READY`).
+            if self.inner.pending_ready_for_query_count == 0
+                && self.inner.stream.write_buffer_mut().is_empty()
+                && self.inner.ready_at.elapsed() < RECENTLY_READY
+            {
+                return Ok(());
+            }
             // The simplest call-and-response that's possible.
             self.write_sync();
             self.wait_until_ready().await
