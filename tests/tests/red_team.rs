@@ -716,6 +716,31 @@ async fn a_session_the_server_ended_in_the_pool_is_not_handed_to_a_unit() {
 }
 
 #[tokio::test]
+async fn a_role_default_cannot_time_out_the_sessions_waiting_in_the_pool() {
+    // A component may set its own role's defaults, and `idle_session_timeout` would end its
+    // sessions while they wait in the pool, where one that answered within the last second is
+    // handed out unchecked: the host pins it off at start-up, where no role default reaches.
+    let host = TestHost::start().await;
+    let role = Names::of(&host).role;
+    let set = format!("ALTER ROLE \"{role}\" SET idle_session_timeout = '20ms'");
+    assert_eq!(sql(&host, &[set], false).await[0]["ok"], true);
+    // Every session opened before it is closed: one the component prepared statements on is
+    // not reused, so the next units open sessions of their own, with the role's defaults.
+    for _ in 0..40 {
+        let results = sql(&host, &["PREPARE red_team_fresh AS SELECT 1".to_string()], false).await;
+        assert_eq!(results[0]["ok"], true, "{results:?}");
+    }
+    let results = sql(&host, &["SHOW idle_session_timeout".to_string()], false).await;
+    assert_eq!(*scalar(&results[0]), json!("0"), "{results:?}");
+    // Sessions left idle past the role's 20 ms (and within the second) serve the next units.
+    for round in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, answer) = host.call("POST", "/v1/probe/write", None, None).await;
+        assert_eq!(status, 201, "round {round}: {answer}");
+    }
+}
+
+#[tokio::test]
 async fn the_identity_provider_and_databases_are_the_policies_to_give() {
     // A second identity provider, or a second claim on a database, stops the host at start.
     for (name, policy, refusal) in [

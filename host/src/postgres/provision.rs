@@ -450,13 +450,18 @@ impl Provisioner {
 /// connection lives for half an hour and its prepared statements with it, and a generic plan
 /// made while a table was still empty (a sequential scan) would otherwise outlive the table's
 /// growth until the next `ANALYZE`. A service's own pool plans as PostgreSQL chooses, its
-/// statements made afresh now and then (see [`Provisioner::service_options`]). (sqlx sends the
-/// time zone, UTC, itself.)
+/// statements made afresh now and then (see [`Provisioner::service_options`]). And no idle
+/// session times out: a pooled connection that answered within the last second is handed out
+/// unchecked (`RECENTLY_READY` in `vendor/sqlx-postgres/PATCHES.md`), so a role's default
+/// `idle_session_timeout` (which a component may set on its own role) would otherwise end
+/// sessions waiting in the pool and fail the units given them. (sqlx sends the time zone, UTC,
+/// itself.)
 fn pinned(options: PgConnectOptions, search_path: &str) -> PgConnectOptions {
     options.options([
         ("search_path", search_path),
         ("plan_cache_mode", "force_custom_plan"),
         ("idle_in_transaction_session_timeout", "60s"),
+        ("idle_session_timeout", "0"),
     ])
 }
 
