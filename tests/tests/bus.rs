@@ -269,3 +269,49 @@ async fn a_subscriber_receives_only_its_topics_whatever_others_publish(bus: Bus)
         assert_eq!(effects(&host, topic).await, 0, "{topic} reached a subscriber of probe.a_b.*");
     }
 }
+
+/// The embedded bus's append lock (`bus::locks::APPEND` in the host).
+const APPEND_LOCK: i32 = 0x4d50_0002;
+
+/// An append to the embedded bus takes its sequence numbers only once it holds the append lock,
+/// which it keeps until it commits: so events commit in the order of their sequence numbers,
+/// and a reader that has seen one never later finds a smaller one committed. Here the lock is
+/// held from outside while the probe publishes: the relay's append waits for it without having
+/// taken a sequence number (a sequence moves at once, committed or not), and goes through once
+/// the lock is released.
+#[tokio::test]
+async fn an_embedded_append_takes_its_sequence_numbers_under_the_append_lock() {
+    let host = TestHost::start_with(HostOptions::with_bus(Bus::Embedded)).await;
+    publish(&host, "probe.before", "key", None).await;
+    wait_for_effects(&host, "probe.before", 1).await;
+
+    let mut holder = host.admin_db("bus").await;
+    let mut observer = host.admin_db("bus").await;
+    sqlx::query("SELECT pg_advisory_lock($1, 0)").bind(APPEND_LOCK).execute(&mut holder).await.unwrap();
+    let last_sequence = "SELECT last_value FROM public.events_sequence_seq";
+    let before: i64 = sqlx::query_scalar(last_sequence).fetch_one(&mut observer).await.unwrap();
+    publish(&host, "probe.held", "key", None).await;
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "no append waited for the held lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during: i64 = sqlx::query_scalar(last_sequence).fetch_one(&mut observer).await.unwrap();
+    assert_eq!(during, before, "an append took sequence numbers before it held the lock");
+    assert_eq!(effects(&host, "probe.held").await, 0, "an event was delivered past the held lock");
+
+    sqlx::query("SELECT pg_advisory_unlock($1, 0)").bind(APPEND_LOCK).execute(&mut holder).await.unwrap();
+    wait_for_effects(&host, "probe.held", 1).await;
+    let after: i64 = sqlx::query_scalar(last_sequence).fetch_one(&mut observer).await.unwrap();
+    assert!(after > before, "the append went through once the lock was released");
+}

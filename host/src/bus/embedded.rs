@@ -161,25 +161,26 @@ impl EmbeddedBus {
         Self { pool, appended: broadcast::channel(WAKE_BACKLOG).0 }
     }
 
+    /// Appends `events` in one statement, its own transaction: one round trip. The lock comes
+    /// first, in the statement's `locked` (a CTE with volatile calls, so evaluated once and
+    /// before the join it feeds yields any row); the rows take their sequence numbers (the
+    /// column's default, as the insert receives them) only after it, and the implicit
+    /// transaction holds it until its commit, which also sends the `NOTIFY`.
     pub async fn publish(&self, events: &[Envelope]) -> anyhow::Result<()> {
         let partitions: Vec<i16> = events.iter().map(|event| event.partition() as i16).collect();
         let appended = Arc::new(Appended::of(events));
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock($1, 0), pg_catalog.pg_notify($2, $3)")
-            .bind(locks::APPEND)
-            .bind(CHANNEL)
-            .bind(appended.payload())
-            .execute(&mut *transaction)
-            .await?;
         let columns = EnvelopeColumns::of(events);
         // WITH ORDINALITY keeps the batch's order in the sequence numbers.
         sqlx::query(
-            "INSERT INTO public.events (partition, event_id, topic, source, subject, data, trace_id, occurred_at) \
-             SELECT partition, event_id, topic, source, subject, data, trace_id, occurred_at \
-             FROM UNNEST($1::smallint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[], \
+            "WITH locked AS (SELECT pg_catalog.pg_advisory_xact_lock($9, 0), pg_catalog.pg_notify($10, $11)) \
+             INSERT INTO public.events (partition, event_id, topic, source, subject, data, trace_id, occurred_at) \
+             SELECT batch.partition, batch.event_id, batch.topic, batch.source, batch.subject, batch.data, \
+                    batch.trace_id, batch.occurred_at \
+             FROM locked, \
+                  UNNEST($1::smallint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[], \
                          $8::timestamptz[]) WITH ORDINALITY \
                   AS batch(partition, event_id, topic, source, subject, data, trace_id, occurred_at, position) \
-             ORDER BY position \
+             ORDER BY batch.position \
              ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(&partitions)
@@ -190,9 +191,11 @@ impl EmbeddedBus {
         .bind(&columns.data)
         .bind(&columns.traces)
         .bind(&columns.times)
-        .execute(&mut *transaction)
+        .bind(locks::APPEND)
+        .bind(CHANNEL)
+        .bind(appended.payload())
+        .execute(&self.pool)
         .await?;
-        transaction.commit().await?;
         // This host's feeds need not wait for the notification's round trip. (None listening
         // is no error.)
         let _ = self.appended.send(appended);
