@@ -276,9 +276,10 @@ const APPEND_LOCK: i32 = 0x4d50_0002;
 /// An append to the embedded bus takes its sequence numbers only once it holds the append lock,
 /// which it keeps until it commits: so events commit in the order of their sequence numbers,
 /// and a reader that has seen one never later finds a smaller one committed. Here the lock is
-/// held from outside while the probe publishes: the relay's append waits for it without having
-/// taken a sequence number (a sequence moves at once, committed or not), and goes through once
-/// the lock is released.
+/// held from outside while the probe publishes: one more append comes to wait for it (the
+/// probe's, unless another publisher's happens to come first), the sequence has not moved (a
+/// sequence moves at once, committed or not), and once the lock is released the probe's event
+/// goes through with a number above any taken while it waited.
 #[tokio::test]
 async fn an_embedded_append_takes_its_sequence_numbers_under_the_append_lock() {
     let host = TestHost::start_with(HostOptions::with_bus(Bus::Embedded)).await;
@@ -289,21 +290,14 @@ async fn an_embedded_append_takes_its_sequence_numbers_under_the_append_lock() {
     let mut observer = host.admin_db("bus").await;
     sqlx::query("SELECT pg_advisory_lock($1, 0)").bind(APPEND_LOCK).execute(&mut holder).await.unwrap();
     let last_sequence = "SELECT last_value FROM public.events_sequence_seq";
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'";
     let before: i64 = sqlx::query_scalar(last_sequence).fetch_one(&mut observer).await.unwrap();
+    let waiting_before: i64 = sqlx::query_scalar(waiting).fetch_one(&mut observer).await.unwrap();
     publish(&host, "probe.held", "key", None).await;
     let started = std::time::Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-        )
-        .fetch_one(&mut observer)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(started.elapsed() < WAIT, "no append waited for the held lock");
+    while sqlx::query_scalar::<_, i64>(waiting).fetch_one(&mut observer).await.unwrap() == waiting_before {
+        assert!(started.elapsed() < WAIT, "no append came to wait for the held lock");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let during: i64 = sqlx::query_scalar(last_sequence).fetch_one(&mut observer).await.unwrap();
@@ -312,6 +306,9 @@ async fn an_embedded_append_takes_its_sequence_numbers_under_the_append_lock() {
 
     sqlx::query("SELECT pg_advisory_unlock($1, 0)").bind(APPEND_LOCK).execute(&mut holder).await.unwrap();
     wait_for_effects(&host, "probe.held", 1).await;
-    let after: i64 = sqlx::query_scalar(last_sequence).fetch_one(&mut observer).await.unwrap();
-    assert!(after > before, "the append went through once the lock was released");
+    let held: i64 = sqlx::query_scalar("SELECT sequence FROM public.events WHERE topic = 'probe.held'")
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+    assert!(held > during, "the probe's event took its number ({held}) before the lock was released ({during})");
 }

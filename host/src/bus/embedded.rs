@@ -161,11 +161,14 @@ impl EmbeddedBus {
         Self { pool, appended: broadcast::channel(WAKE_BACKLOG).0 }
     }
 
-    /// Appends `events` in one statement, its own transaction: one round trip. The lock comes
-    /// first, in the statement's `locked` (a CTE with volatile calls, so evaluated once and
-    /// before the join it feeds yields any row); the rows take their sequence numbers (the
-    /// column's default, as the insert receives them) only after it, and the implicit
-    /// transaction holds it until its commit, which also sends the `NOTIFY`.
+    /// Appends `events` in one statement, its own transaction: one round trip (once the
+    /// connection has it prepared). The lock comes first: `locked` is a CTE, evaluated at most
+    /// once and, its calls being volatile, never folded into the join, which yields no row
+    /// before it has read `locked`'s; the rows take their sequence numbers (the column's
+    /// default, computed as the insert receives each row) only after that, and the implicit
+    /// transaction holds the lock until its commit, which also sends the `NOTIFY`. The
+    /// statement is sent whole with its Sync: an append still waiting for the lock when the
+    /// host goes away commits all the same (a relay that sends the batch again adds nothing).
     pub async fn publish(&self, events: &[Envelope]) -> anyhow::Result<()> {
         let partitions: Vec<i16> = events.iter().map(|event| event.partition() as i16).collect();
         let appended = Arc::new(Appended::of(events));
