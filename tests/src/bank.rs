@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::{TestHost, User};
+use crate::{HostOptions, TestHost, User};
 
 /// A host with the keys the money flows need.
 pub struct Bank {
@@ -19,7 +19,12 @@ pub struct Bank {
 
 impl Bank {
     pub async fn start() -> Self {
-        let host = TestHost::start().await;
+        Self::start_with(HostOptions::on_test_server()).await
+    }
+
+    /// A bank on a host started with `options`.
+    pub async fn start_with(options: HostOptions) -> Self {
+        let host = TestHost::start_with(options).await;
         let platform = host.admin_key("platform");
         Self { host, platform }
     }
