@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::{HostOptions, TestHost, User};
+use crate::{TestHost, User};
 
 /// A host with the keys the money flows need.
 pub struct Bank {
@@ -19,12 +19,7 @@ pub struct Bank {
 
 impl Bank {
     pub async fn start() -> Self {
-        Self::start_with(HostOptions::on_test_server()).await
-    }
-
-    /// A bank on a host started with `options`.
-    pub async fn start_with(options: HostOptions) -> Self {
-        let host = TestHost::start_with(options).await;
+        let host = TestHost::start().await;
         let platform = host.admin_key("platform");
         Self { host, platform }
     }

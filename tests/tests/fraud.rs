@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use micropay_tests::bank::{Bank, id, money};
-use micropay_tests::{HostOptions, User, error_code, signed_in_user};
+use micropay_tests::{User, error_code, signed_in_user};
 use serde_json::{Value, json};
 
 const PAYMENTS: &str = "/v1/payment/payments";
@@ -23,11 +23,7 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Self {
-        Self::start_with(HostOptions::on_test_server()).await
-    }
-
-    async fn start_with(options: HostOptions) -> Self {
-        let mut bank = Bank::start_with(options).await;
+        let mut bank = Bank::start().await;
         let risk = bank.host.admin_key("risk");
         let ops = bank.host.admin_key("ops");
         let payer = signed_in_user(&mut bank.host).await;
@@ -39,9 +35,7 @@ impl Fixture {
     }
 
     /// Pays `amount` from the payer to the payee under a fresh key, waiting up to 10 s for the
-    /// final state, then until the fraud service keeps the payment's assessment (it keeps it
-    /// from the payment service's `payment.screened`, a moment after the answer), so that the
-    /// next payment's features count this one: the answer as it came.
+    /// final state: the answer as it comes.
     async fn pay(&self, amount: &str) -> (u16, Value) {
         let key = uuid::Uuid::new_v4().to_string();
         let body = json!({
@@ -53,16 +47,6 @@ impl Fixture {
         let headers = [("idempotency-key", key.as_str()), ("prefer", "wait=10")];
         let (status, _, payment) =
             self.bank.host.call_with("POST", PAYMENTS, Some(&self.payer.token), &headers, Some(body)).await;
-        let payment_id = match payment["payment_id"].as_str() {
-            Some(payment_id) => payment_id.to_string(),
-            // A refusal names no payment: the payer's newest is the one refused.
-            None => {
-                let path = format!("{PAYMENTS}?limit=1");
-                let (_, page) = self.bank.host.call("GET", &path, Some(&self.payer.token), None).await;
-                payment_id(&page["payments"][0]).to_string()
-            }
-        };
-        self.assessment(&payment_id).await;
         (status, payment)
     }
 
@@ -71,20 +55,13 @@ impl Fixture {
         self.bank.host.call(method, &format!("{FRAUD}{path}"), Some(&self.risk), body).await
     }
 
-    /// The assessment of a payment, once the fraud service keeps it (within 10 s).
+    /// The assessment of a payment.
     async fn assessment(&self, payment_id: &str) -> Value {
-        let started = Instant::now();
-        loop {
-            let (status, page) = self.risk("GET", &format!("/assessments?payment_id={payment_id}"), None).await;
-            assert_eq!(status, 200, "{page}");
-            let assessments = page["assessments"].as_array().unwrap();
-            assert!(assessments.len() <= 1, "one assessment per payment: {page}");
-            if let Some(assessment) = assessments.first() {
-                return assessment.clone();
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "payment {payment_id} never assessed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (status, page) = self.risk("GET", &format!("/assessments?payment_id={payment_id}"), None).await;
+        assert_eq!(status, 200, "{page}");
+        let assessments = page["assessments"].as_array().unwrap();
+        assert_eq!(assessments.len(), 1, "one assessment per payment: {page}");
+        assessments[0].clone()
     }
 
     /// Pays 10 and names the rules its assessment evaluated, with their modes, sorted.
@@ -617,14 +594,11 @@ async fn a_rule_component_swapped_under_load_decides_from_the_next_payment_and_r
         }
     }
     assert!(before > 0 && during > 0 && after > 0, "{before} {during} {after}");
-    // The assessments name the version that decided: the next payment's, kept after those of
-    // the load (the bus delivers them in order), by version 1 again.
-    let (status, paid) = fixture.pay("17").await;
-    assert_eq!(status, 201, "{paid}");
-    let assessed = fixture.assessment(payment_id(&paid)).await;
-    assert_eq!(assessed["rules_evaluated"][0]["version"], 1, "rolled back to version 1: {assessed}");
+    // The assessments name the version that decided.
     let (_, page) = fixture.risk("GET", "/assessments?recommendation=DECLINE&limit=1", None).await;
     assert_eq!(factor(&page["assessments"][0], "swap").unwrap()["version"], 2, "{page}");
+    let (_, page) = fixture.risk("GET", "/assessments?limit=1", None).await;
+    assert_eq!(page["assessments"][0]["rules_evaluated"][0]["version"], 1, "rolled back to version 1: {page}");
 
     // On trial for half the payments (by payment id): each decided by the version that ran it;
     // promoted, it decides them all.
@@ -677,70 +651,4 @@ async fn a_hostile_rule_fails_only_its_own_evaluation_as_the_policy_says() {
     // And when it answers, it decides.
     let (status, declined) = fixture.pay("17").await;
     assert_eq!((status, error_code(&declined)), (422, "fraud_declined"), "{declined}");
-}
-
-/// Assessments are kept from `payment.screened`, which only the payment service publishes and
-/// whose records only the fraud service seals. A service granted that topic by its policy (a
-/// probe here) publishes records it made up: none is kept, and the fraud service says so.
-/// (A record altered by the payment service itself fails its seal: `record.rs`' tests.)
-#[tokio::test]
-async fn assessments_made_up_by_another_service_are_not_kept() {
-    let mut options = HostOptions::on_test_server();
-    options.spare_services = 1;
-    let mut fixture = Fixture::start_with(options).await;
-    let forger_policy = fixture.bank.host.options.data_dir.join("forger.toml");
-    let text = std::fs::read_to_string(policy("tests/policies/probe.toml"))
-        .unwrap()
-        .replace("name = \"probe\"", "name = \"forger\"")
-        .replace("call = [\"probe\"]", "call = [\"forger\"]")
-        .replace("publish = [\"probe.*\", \"bench.*\"]", "publish = [\"payment.screened\"]")
-        .replace("subscribe = [\"probe.*\"]", "subscribe = []");
-    assert!(text.contains("payment.screened"), "{text}");
-    std::fs::write(&forger_policy, text).unwrap();
-    let (ok, printed) = fixture.bank.host.command(
-        &fixture.bank.platform,
-        &["deploy", &component("probe.wasm"), "--policy", &forger_policy.display().to_string()],
-    );
-    assert!(ok, "{printed}");
-
-    // A made-up record of a payment that does not exist, in the record's shape, with a seal of
-    // its own.
-    let forged_payment = uuid::Uuid::new_v4().to_string();
-    let record = json!({
-        "assessment_id": uuid::Uuid::new_v4(), "payment_id": forged_payment, "user_id": fixture.payer.user_id,
-        "payer_account_id": id(&fixture.payer_account), "payee_account_id": id(&fixture.payee_account),
-        "amount": "99999.0000", "currency": "USD", "risk_score": "100.00", "risk_level": "CRITICAL",
-        "recommendation": "DECLINE", "risk_factors": [], "model_version": "rules-0", "rules_evaluated": [],
-        "features": {
-            "amount": "99999.0000", "currency": "USD", "hour_of_day": 3, "amount_is_round": false,
-            "payer_account_age_hours": null, "payee_account_age_hours": null, "payer_payments_last_hour": 0,
-            "payer_amount_last_hour": "0.0000", "payer_payments_last_day": 0, "payer_amount_last_day": "0.0000",
-            "payer_round_amounts_last_day": 0, "first_payment_to_payee": true, "payer_email_verified": false,
-        },
-        "assessed_at": 1_700_000_000_000_000_i64, "alert_type": "HIGH_RISK", "alert_description": "made up",
-    });
-    let sealed = json!({"record": record.to_string(), "seal": "00".repeat(32)});
-    let path = format!("/v1/forger/publish?topic=payment.screened&key={forged_payment}");
-    let (status, body) = fixture.bank.host.call("POST", &path, None, Some(sealed)).await;
-    assert_eq!(status, 201, "the policy grants the topic: {body}");
-
-    // The next payment's assessment is kept after the forged event was handled (in order).
-    let (status, paid) = fixture.pay("10").await;
-    assert_eq!(status, 201, "{paid}");
-    let (status, page) = fixture.risk("GET", &format!("/assessments?payment_id={forged_payment}"), None).await;
-    assert_eq!((status, page["assessments"].as_array().map(Vec::len)), (200, Some(0)), "{page}");
-    let (_, alerts) = fixture.risk("GET", "/alerts", None).await;
-    assert_eq!(alerts["alerts"], json!([]), "{alerts}");
-    fixture.bank.host.wait_for_log("on payment.screened from forger ignored", Duration::from_secs(10)).await;
-    // The payer's counters count the real payment only.
-    let (_, next) = fixture.pay("10").await;
-    let assessed = fixture.assessment(payment_id(&next)).await;
-    assert_eq!(
-        (
-            assessed["features"]["payer_payments_last_day"].as_i64(),
-            assessed["features"]["payer_amount_last_day"].as_str()
-        ),
-        (Some(1), Some("10.0000")),
-        "{assessed}"
-    );
 }

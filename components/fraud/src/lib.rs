@@ -8,13 +8,11 @@
 //! - [`features`]: a payment's features, what rules decide on.
 //! - [`conditions`]: the declarative rules' condition language.
 //! - [`rule_components`]: the rule components deployed on the host, asked through it.
-//! - [`record`]: an assessment's record, sealed for the payment service to publish back.
 //! - [`sql`]: the statements, over the tables of `migrations/fraud/`.
 
 mod conditions;
 mod domain;
 mod features;
-mod record;
 mod routes;
 mod rule_components;
 mod sql;

@@ -12,7 +12,6 @@ use serde_json::{Value as Json, json};
 use crate::bindings::exports::micropay::platform::subscriber::Event;
 use crate::domain::{self, AlertStatus, LiveRule, Mode, Test};
 use crate::features::{self, Features};
-use crate::record::Record;
 use crate::{rule_components, sql};
 
 const HOUR_MICROS: i64 = 3_600_000_000;
@@ -42,9 +41,9 @@ fn path_id(ctx: &Context, name: &str, what: &str) -> Result<String, ApiError> {
 // ---- assessing ----
 
 /// `POST /internal/assess` (the payment service, before it authorizes a payment): builds the
-/// payment's features, evaluates the active rule versions and answers the decision, with the
-/// assessment's record sealed. It writes nothing: the payment service publishes the record
-/// (`payment.screened`) in the unit of work that writes the payment, and [`learn`] keeps it.
+/// payment's features, evaluates the active rule versions, records the assessment (and an
+/// alert when it warrants one) and answers the decision. A payment assessed already gets its
+/// first assessment again.
 pub fn assess(ctx: &mut Context) -> Result<Response, ApiError> {
     let request: AssessmentRequest = ctx.json()?;
     for (field, id) in [
@@ -58,59 +57,83 @@ pub fn assess(ctx: &mut Context) -> Result<Response, ApiError> {
     let amount = Amount::parse(&request.amount).map_err(ApiError::validation)?;
     let currency = Currency::parse(&request.currency).map_err(ApiError::validation)?;
     let now = micropay_sdk::now_micros();
-    let inputs = sql::assessment_inputs(
-        ctx.db()?,
-        &request.payer_user_id,
-        &request.payer_account_id,
-        &request.payee_account_id,
-        now,
-    )?;
+    let db = ctx.db()?;
+    let inputs =
+        sql::assessment_inputs(db, &request.payer_user_id, &request.payer_account_id, &request.payee_account_id, now)?;
     let thresholds = sql::thresholds_of(&inputs);
     let rules = live_rules(&inputs.text("rules"))?;
     let features = features_of(amount.value(), currency.code(), &inputs, now);
     let components = rule_components::evaluate(&domain::components(&rules), &request.payment_id, &features);
     let decision = domain::decide(&thresholds, domain::evaluate(&rules, &features, &components));
-    let risk_score = domain::score_text(decision.score);
-    let alert_type = domain::alert_for(&decision);
     let model_version = domain::model_version(&rules, &components);
-    let model_known = inputs.text("recent_models").split_whitespace().any(|known| known == model_version);
-    let record = Record {
-        assessment_id: micropay_sdk::new_uuid(),
-        payment_id: request.payment_id.to_ascii_lowercase(),
-        user_id: request.payer_user_id.to_ascii_lowercase(),
-        payer_account_id: request.payer_account_id.to_ascii_lowercase(),
-        payee_account_id: request.payee_account_id.to_ascii_lowercase(),
-        amount: money::format(amount.value()),
-        currency: currency.code().to_string(),
-        risk_score: risk_score.clone(),
-        risk_level: decision.level,
-        recommendation: decision.recommendation,
-        risk_factors: Json::Array(decision.findings.iter().map(domain::Finding::to_json).collect()),
-        rules_evaluated: (!model_known).then(|| {
-            serde_json::to_value(domain::rules_evaluated(&rules, &components)).expect("rule versions serialise")
-        }),
-        model_version,
-        features,
-        assessed_at: now,
-        alert_type: alert_type.map(str::to_string),
-        alert_description: alert_type.map(|_| {
-            let fired: Vec<&str> = decision.findings.iter().map(|finding| finding.rule_name.as_str()).collect();
-            format!(
-                "score {risk_score} ({}), {}; rules: {}",
-                domain::level_name(decision.level),
-                domain::recommendation_name(decision.recommendation),
-                fired.join(", ")
-            )
-        }),
+    let risk_score = domain::score_text(decision.score);
+    let level = domain::level_name(decision.level);
+    let recommendation = domain::recommendation_name(decision.recommendation);
+    let alert_type = domain::alert_for(&decision);
+    let written = sql::insert_assessment(
+        db,
+        &sql::NewAssessment {
+            payment_id: &request.payment_id,
+            user_id: &request.payer_user_id,
+            payer_account_id: &request.payer_account_id,
+            payee_account_id: &request.payee_account_id,
+            amount: &money::format(amount.value()),
+            currency: currency.code(),
+            risk_score: risk_score.clone(),
+            risk_level: level,
+            recommendation,
+            risk_factors: Json::Array(decision.findings.iter().map(domain::Finding::to_json).collect()),
+            model_version: &model_version,
+            rules_evaluated: domain::rules_evaluated(&rules, &components),
+            features: &features,
+            assessed_at: now,
+            alert_type,
+            alert_description: alert_type.map(|_| {
+                let fired: Vec<&str> = decision.findings.iter().map(|finding| finding.rule_name.as_str()).collect();
+                format!("score {risk_score} ({level}), {recommendation}; rules: {}", fired.join(", "))
+            }),
+        },
+    )?;
+    let Some(written) = written else {
+        // Assessed already (the payment service asked again): the first answer stands.
+        let stored = sql::assessment_of_payment(db, &request.payment_id)?
+            .ok_or_else(|| ApiError::internal("an assessment both exists and does not"))?;
+        return Ok(Response::ok(&answer_of(&stored)));
     };
+    let assessment_id = written.text("assessment_id");
+    if let Some(alert_id) = written.opt_text("alert_id") {
+        let data = json!({
+            "alert_id": alert_id,
+            "assessment_id": assessment_id,
+            "payment_id": request.payment_id,
+            "alert_type": alert_type,
+            "severity": level,
+            "risk_score": risk_score,
+            "recommendation": recommendation,
+        });
+        events::publish("fraud.alert_opened", &alert_id, &data)?;
+    }
     Ok(Response::ok(&Assessment {
-        sealed: Some(record.seal(&inputs.text("record_key"))),
-        assessment_id: record.assessment_id,
+        assessment_id,
         risk_score,
         risk_level: decision.level,
         recommendation: decision.recommendation,
-        model_version: record.model_version,
+        model_version,
     }))
+}
+
+/// The contract's answer for a stored assessment.
+fn answer_of(row: &Row) -> Assessment {
+    fn parse<T: serde::de::DeserializeOwned>(row: &Row, column: &str) -> T {
+        serde_json::from_value(Json::String(row.text(column))).expect("a CHECK keeps it valid")
+    }
+    Assessment {
+        assessment_id: row.text("assessment_id"),
+        risk_score: domain::score_text(money::decimal(&row.text("risk_score"))),
+        risk_level: parse(row, "risk_level"),
+        recommendation: parse(row, "recommendation"),
+        model_version: row.opt_text("model_version").unwrap_or_default(),
+    }
 }
 
 /// The rule versions of [`sql::assessment_inputs`]' `rules`, their conditions read.
@@ -162,13 +185,11 @@ fn features_of(amount: Decimal, currency: &str, inputs: &Row, now: i64) -> Featu
 
 // ---- what events teach ----
 
-/// Handles a batch of events, each kind with one statement: accounts opened (their age), users
-/// verified, and payments screened (their assessments kept, with the payer's counters and the
-/// alerts they open; `fraud.alert_opened` published for each alert).
+/// Handles a batch of events: accounts opened (their age) and users verified, each kind with
+/// one statement.
 pub fn learn(events: &[Event]) -> Result<(), String> {
     let mut accounts = Vec::new();
     let mut verified = Vec::new();
-    let mut screened = Vec::new();
     for event in events {
         match event.topic.as_str() {
             "account.opened" => {
@@ -179,14 +200,8 @@ pub fn learn(events: &[Event]) -> Result<(), String> {
                 }
             }
             "user.verified" if micropay_sdk::is_uuid(&event.subject) => verified.push(event.subject.clone()),
-            // Only the payment service's; its record is opened below, under the key.
-            "payment.screened" if event.source == "payment" => match serde_json::from_str(&event.data) {
-                Ok(sealed) => screened.push((event, sealed)),
-                Err(err) => micropay_sdk::log_warn(&format!("event {} is not a sealed assessment: {err}", event.id)),
-            },
-            // The policy subscribes to nothing else; another topic, or a screening published by
-            // another service, is acknowledged, not retried.
-            other => micropay_sdk::log_warn(&format!("event {} on {other} from {} ignored", event.id, event.source)),
+            // The policy subscribes to nothing else; another topic is acknowledged, not retried.
+            other => micropay_sdk::log_warn(&format!("event {} on unexpected topic {other}", event.id)),
         }
     }
     let db = micropay_sdk::Db::open().map_err(|err| err.message)?;
@@ -196,32 +211,6 @@ pub fn learn(events: &[Event]) -> Result<(), String> {
     }
     if !verified.is_empty() {
         sql::mark_verified(&db, &verified).map_err(failed)?;
-    }
-    if !screened.is_empty() {
-        let key = sql::record_key(&db).map_err(failed)?;
-        let records: Vec<Record> = screened
-            .into_iter()
-            .filter_map(|(event, sealed)| {
-                Record::open(&sealed, &key)
-                    .inspect_err(|refused| {
-                        micropay_sdk::log_warn(&format!("the assessment of event {} is not kept: {refused}", event.id))
-                    })
-                    .ok()
-            })
-            .collect();
-        for alert in sql::insert_assessments(&db, &records).map_err(failed)? {
-            let data = json!({
-                "alert_id": alert.text("alert_id"),
-                "assessment_id": alert.text("assessment_id"),
-                "payment_id": alert.text("payment_id"),
-                "alert_type": alert.text("alert_type"),
-                "severity": alert.text("severity"),
-                "risk_score": alert.text("risk_score"),
-                "recommendation": alert.text("recommendation"),
-            });
-            events::publish("fraud.alert_opened", &alert.text("alert_id"), &data)
-                .map_err(|err| format!("event not published: {err:?}"))?;
-        }
     }
     Ok(())
 }

@@ -1,10 +1,9 @@
 //! The fraud service's statements, over the tables of `migrations/fraud/`.
 //!
-//! An assessment is one statement, which reads everything it needs (the thresholds, the key its
-//! record is sealed under, the rule versions in force, and the payer's and accounts' features,
-//! each by an index); the records the payment service publishes are kept a batch per statement
-//! ([`insert_assessments`]). Times are the host clock's, bound as parameters (UTC), never the
-//! database's.
+//! An assessment is two statements: one reads everything it needs (the thresholds, the rule
+//! versions in force, and the payer's and accounts' features, each by an index), one writes the
+//! assessment and, when it warrants one, its alert. Times are the host clock's, bound as
+//! parameters (UTC), never the database's.
 
 use micropay_sdk::db::param::{boolean, decimal, id_list, int, json, opt_text, text, timestamp, uuid};
 use micropay_sdk::db::{Conditions, DbError};
@@ -12,7 +11,6 @@ use micropay_sdk::{Db, Row};
 use serde_json::Value as Json;
 
 use crate::domain::{AlertStatus, Mode, Thresholds};
-use crate::record::Record;
 
 const HOUR_MICROS: i64 = 3_600_000_000;
 
@@ -32,13 +30,12 @@ fn shard(payment_id: &str) -> i64 {
 
 // ---- assessing ----
 
-/// What an assessment reads, as of `now`: the thresholds; `record_key`; `recent_models`, the
-/// eight models first kept last (`fraud_models`), separated by spaces; `rules`, a JSON array
-/// of the active rule versions in shadow or enforce, by priority (`rule_id, rule_name,
-/// rule_type, version, mode, rule_condition, risk_score_impact`), as `fraud_live_rules` keeps
-/// it; the accounts' opening times; the payer's verification; the payer's payments whose
-/// assessments are kept, in the last hour and day (count, sum, round amounts: from the
-/// five-minute counters, at most a day's of them); and whether the payer paid this payee before.
+/// What an assessment reads, as of `now`: the thresholds; `rules`, a JSON array of the active
+/// rule versions in shadow or enforce, by priority (`rule_id, rule_name, rule_type, version,
+/// mode, rule_condition, risk_score_impact`), as `fraud_live_rules` keeps it; the accounts'
+/// opening times; the payer's verification; the payer's payments assessed in the last hour and
+/// day (count, sum, round amounts: from the five-minute counters, at most a day's of them); and
+/// whether the payer paid this payee before.
 pub fn assessment_inputs(
     db: &Db,
     payer_user_id: &str,
@@ -48,9 +45,7 @@ pub fn assessment_inputs(
 ) -> Result<Row, DbError> {
     db.query_one(
         "SELECT s.medium_score, s.high_score, s.critical_score, s.review_score, s.decline_score, s.errored_rule, \
-             (SELECT rules FROM fraud_live_rules) AS rules, s.record_key, \
-             array_to_string(ARRAY(SELECT model_version FROM fraud_models \
-                 ORDER BY first_assessed_at DESC LIMIT 8), ' ') AS recent_models, \
+             (SELECT rules FROM fraud_live_rules) AS rules, \
              (SELECT opened_at FROM fraud_accounts WHERE account_id = $2) AS payer_opened_at, \
              (SELECT opened_at FROM fraud_accounts WHERE account_id = $3) AS payee_opened_at, \
              coalesce(u.email_verified, FALSE) AS email_verified, \
@@ -88,86 +83,76 @@ pub fn thresholds_of(row: &Row) -> Thresholds {
     }
 }
 
-/// The key assessments' records are sealed under (`crate::record`).
-pub fn record_key(db: &Db) -> Result<String, DbError> {
-    Ok(db.query_one("SELECT record_key FROM fraud_settings", &[])?.text("record_key"))
+/// An assessment to write.
+pub struct NewAssessment<'a> {
+    pub payment_id: &'a str,
+    pub user_id: &'a str,
+    pub payer_account_id: &'a str,
+    pub payee_account_id: &'a str,
+    pub amount: &'a str,
+    pub currency: &'a str,
+    pub risk_score: String,
+    pub risk_level: &'a str,
+    pub recommendation: &'a str,
+    pub risk_factors: Json,
+    pub model_version: &'a str,
+    pub rules_evaluated: Vec<crate::domain::EvaluatedRule<'a>>,
+    pub features: &'a crate::features::Features,
+    pub assessed_at: i64,
+    /// The alert it opens, if any: its type.
+    pub alert_type: Option<&'a str>,
+    pub alert_description: Option<String>,
 }
 
-/// Keeps a batch of assessments' records in one statement: each assessment once (a record kept
-/// already adds nothing, so a batch delivered again counts nothing twice); the payers'
-/// five-minute counters, summed per counter and upserted in one order (so two batches never
-/// wait on each other in a cycle); the models' rule versions the first time each assesses; and
-/// the alerts the new assessments open, answered as `alert_id, assessment_id, payment_id,
-/// alert_type, severity, risk_score, recommendation`.
-pub fn insert_assessments(db: &Db, records: &[Record]) -> Result<Vec<Row>, DbError> {
-    if records.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<Json> = records
-        .iter()
-        .map(|record| {
-            serde_json::json!({
-                "assessment_id": record.assessment_id,
-                "payment_id": record.payment_id,
-                "user_id": record.user_id,
-                "payer_account_id": record.payer_account_id,
-                "payee_account_id": record.payee_account_id,
-                "amount": record.amount,
-                "currency": record.currency,
-                "risk_score": record.risk_score,
-                "risk_level": record.risk_level,
-                "recommendation": record.recommendation,
-                "risk_factors": record.risk_factors,
-                "model_version": record.model_version,
-                "rules_evaluated": record.rules_evaluated,
-                "features": record.features,
-                "assessed_at": micropay_sdk::time::rfc3339(record.assessed_at),
-                "bucket": micropay_sdk::time::rfc3339(bucket(record.assessed_at)),
-                "shard": shard(&record.payment_id),
-                "alert_type": record.alert_type,
-                "alert_description": record.alert_description,
-            })
-        })
-        .collect();
-    db.query(
-        "WITH batch AS ( \
-             SELECT DISTINCT ON (payment_id) * FROM jsonb_to_recordset($1) AS b(assessment_id uuid, payment_id uuid, \
-                 user_id uuid, payer_account_id uuid, payee_account_id uuid, amount decimal(19, 4), currency text, \
-                 risk_score decimal(5, 2), risk_level text, recommendation text, risk_factors jsonb, \
-                 model_version text, rules_evaluated jsonb, features jsonb, assessed_at timestamp, \
-                 bucket timestamp, shard integer, alert_type text, alert_description text) \
-             ORDER BY payment_id, assessed_at), \
-         assessed AS ( \
-             INSERT INTO fraud_assessments (assessment_id, payment_id, user_id, payer_account_id, payee_account_id, \
-                 amount, currency, risk_score, risk_level, recommendation, risk_factors, model_version, features, \
-                 assessed_at) \
-             SELECT assessment_id, payment_id, user_id, payer_account_id, payee_account_id, amount, currency, \
-                 risk_score, risk_level, recommendation, risk_factors, model_version, features, assessed_at \
-             FROM batch ORDER BY payment_id \
+/// Writes an assessment, its alert, the payer's five-minute counter and, the first time its
+/// model assesses, the model's rule versions (`fraud_models`), in one statement:
+/// `assessment_id, alert_id` (null when none), or no row when the payment was assessed already
+/// (then nothing is counted twice).
+pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, DbError> {
+    db.query_opt(
+        "WITH assessed AS ( \
+             INSERT INTO fraud_assessments (payment_id, user_id, payer_account_id, payee_account_id, amount, currency, \
+                 risk_score, risk_level, recommendation, risk_factors, model_version, features, assessed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14) \
              ON CONFLICT (payment_id) DO NOTHING \
-             RETURNING payment_id), \
-         kept AS (SELECT b.* FROM batch b JOIN assessed USING (payment_id)), \
+             RETURNING assessment_id, payment_id, risk_level, assessed_at), \
          alerted AS ( \
              INSERT INTO fraud_alerts (assessment_id, payment_id, alert_type, severity, description, created_at, updated_at) \
-             SELECT assessment_id, payment_id, alert_type, risk_level, alert_description, assessed_at, assessed_at \
-             FROM kept WHERE alert_type IS NOT NULL \
-             RETURNING alert_id, assessment_id, payment_id, alert_type, severity), \
+             SELECT assessment_id, payment_id, $15::text, risk_level, $16::text, assessed_at, assessed_at FROM assessed \
+             WHERE $15::text IS NOT NULL \
+             RETURNING alert_id), \
          counted AS ( \
              INSERT INTO fraud_payer_activity AS c (user_id, bucket, shard, payments, amount, round_payments) \
-             SELECT user_id, bucket, shard, count(*), sum(amount), count(*) FILTER (WHERE amount % 100 = 0) \
-             FROM kept GROUP BY user_id, bucket, shard ORDER BY user_id, bucket, shard \
-             ON CONFLICT (user_id, bucket, shard) DO UPDATE SET payments = c.payments + EXCLUDED.payments, \
+             SELECT $2, $17, $18, 1, $5, CASE WHEN $5 % 100 = 0 THEN 1 ELSE 0 END FROM assessed \
+             ON CONFLICT (user_id, bucket, shard) DO UPDATE SET payments = c.payments + 1, \
                  amount = c.amount + EXCLUDED.amount, round_payments = c.round_payments + EXCLUDED.round_payments), \
          modelled AS ( \
              INSERT INTO fraud_models (model_version, rules_evaluated, first_assessed_at) \
-             SELECT DISTINCT ON (model_version) model_version, rules_evaluated, assessed_at FROM kept \
-             WHERE rules_evaluated IS NOT NULL \
-                 AND NOT EXISTS (SELECT FROM fraud_models m WHERE m.model_version = kept.model_version) \
-             ORDER BY model_version, assessed_at \
+             SELECT $11, $12::jsonb, $14 FROM assessed \
+             WHERE NOT EXISTS (SELECT FROM fraud_models WHERE model_version = $11) \
              ON CONFLICT (model_version) DO NOTHING) \
-         SELECT a.alert_id, a.assessment_id, a.payment_id, a.alert_type, a.severity, k.risk_score, k.recommendation \
-         FROM alerted a JOIN kept k USING (payment_id) ORDER BY a.payment_id",
-        &[json(&rows)],
+         SELECT a.assessment_id, (SELECT alert_id FROM alerted) AS alert_id FROM assessed a",
+        &[
+            uuid(new.payment_id),
+            uuid(new.user_id),
+            uuid(new.payer_account_id),
+            uuid(new.payee_account_id),
+            decimal(new.amount),
+            text(new.currency),
+            decimal(new.risk_score.clone()),
+            text(new.risk_level),
+            text(new.recommendation),
+            json(&new.risk_factors),
+            text(new.model_version),
+            // Text, read as JSON only when the model is new.
+            text(serde_json::to_string(&new.rules_evaluated).expect("rule versions serialise")),
+            json(new.features),
+            timestamp(new.assessed_at),
+            opt_text(new.alert_type),
+            opt_text(new.alert_description.clone()),
+            timestamp(bucket(new.assessed_at)),
+            int(shard(new.payment_id)),
+        ],
     )
 }
 
@@ -193,6 +178,13 @@ pub fn find_assessment(db: &Db, assessment_id: &str) -> Result<Option<Row>, DbEr
     db.query_opt(
         concat!("SELECT ", assessment_columns!(), assessments!(), " WHERE a.assessment_id = $1"),
         &[uuid(assessment_id)],
+    )
+}
+
+pub fn assessment_of_payment(db: &Db, payment_id: &str) -> Result<Option<Row>, DbError> {
+    db.query_opt(
+        concat!("SELECT ", assessment_columns!(), assessments!(), " WHERE a.payment_id = $1"),
+        &[uuid(payment_id)],
     )
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use micropay_sdk::contracts::{
     Assessment, AssessmentRequest, Authorization, AuthorizationRequest, MAX_PAYMENT_STATUSES, PaymentStatuses,
-    PaymentStatusesRequest, PostingOutlook, PostingOutlookAnswer, Released, SealedAssessment, TransactionApplied,
+    PaymentStatusesRequest, PostingOutlook, PostingOutlookAnswer, Released, TransactionApplied,
 };
 use micropay_sdk::db::DbError;
 use micropay_sdk::money;
@@ -160,9 +160,6 @@ struct Authorizing<'a> {
     capture_method: domain::CaptureMethod,
     /// What the fraud service said of it.
     screening: Screening,
-    /// The fraud service's record of its assessment, published with the payment; none when no
-    /// fraud service is loaded, or for a refund (not screened).
-    assessment: Option<SealedAssessment>,
     refund_of: Option<&'a str>,
     /// Who the accounts belong to, when known before the authorization (a refund's): they
     /// see the refund even when its authorization is refused.
@@ -224,7 +221,6 @@ fn authorize_and_write(
             let failed = sql::insert_payment(db, &sql::NewPaymentRow { failure, ..base })?;
             sql::insert_metadata(db, &new.payment_id, &new.metadata)?;
             events::publish("payment.failed", &new.payment_id, &payment_json(&failed, new.metadata.clone()))?;
-            publish_screened(&new)?;
             let response = refusal.into_response();
             claim.keep(db, &new.payment_id, &response)?;
             return Ok((failed, response));
@@ -275,7 +271,6 @@ fn write_authorized(
     // Its metadata is what was just written: no need to read it back.
     let shown = payment_json(&payment, new.metadata.clone());
     events::publish("payment.created", &new.payment_id, &shown)?;
-    publish_screened(new)?;
     if status == Status::RequiresReview {
         events::publish("payment.requires_review", &new.payment_id, &shown)?;
     }
@@ -285,17 +280,6 @@ fn write_authorized(
     let response = with_progress(Response::created(&shown), &payment);
     claim.keep(db, &new.payment_id, &response)?;
     Ok((payment, response))
-}
-
-/// `payment.screened`, the fraud service's record of the payment's assessment as it answered
-/// it, when there is one: published in the unit of work that writes the payment, so that the
-/// record is kept exactly when the payment is.
-fn publish_screened(new: &Authorizing) -> Result<(), ApiError> {
-    if let Some(assessment) = &new.assessment {
-        let data = serde_json::to_value(assessment).expect("a contract serialises");
-        events::publish("payment.screened", &new.payment_id, &data)?;
-    }
-    Ok(())
 }
 
 /// `POST /payments` with an `Idempotency-Key`: pays from one of the caller's accounts into
@@ -321,7 +305,7 @@ pub fn create_payment(ctx: &mut Context) -> Result<Response, ApiError> {
     }
     let amount = money::format(new.amount.value());
     let payment_id = micropay_sdk::new_uuid();
-    let assessment = screen(&AssessmentRequest {
+    let screening = screen(&AssessmentRequest {
         payment_id: payment_id.clone(),
         payer_user_id: actor.user_id(),
         payer_account_id: new.payer_account_id.clone(),
@@ -340,8 +324,7 @@ pub fn create_payment(ctx: &mut Context) -> Result<Response, ApiError> {
         reference: new.reference.as_deref(),
         metadata: new.metadata.clone(),
         capture_method: new.capture_method,
-        screening: Screening::of(assessment.as_ref().map(|assessment| assessment.recommendation)),
-        assessment: assessment.and_then(|assessment| assessment.sealed),
+        screening,
         refund_of: None,
         payer_user_id: None,
         payee_user_id: None,
@@ -350,13 +333,13 @@ pub fn create_payment(ctx: &mut Context) -> Result<Response, ApiError> {
     Ok(response)
 }
 
-/// What the fraud service says of a payment about to be authorized, when one is loaded (it
-/// writes nothing: its record of the assessment comes back sealed, for [`publish_screened`]).
-/// A fraud service that cannot answer is 503 `fraud_unavailable`: nothing is written, and the
-/// client's retry with the same key runs afresh. Money never moves unscreened while one is
-/// loaded.
-fn screen(request: &AssessmentRequest) -> Result<Option<Assessment>, ApiError> {
-    services::call_typed_if_loaded::<Assessment>("fraud", "POST", "/internal/assess", request)
+/// What the fraud service says of a payment about to be authorized, when one is loaded: its
+/// assessment is recorded under the payment's id (asking again answers the same). A fraud
+/// service that cannot answer is 503 `fraud_unavailable`: nothing is written, and the client's
+/// retry with the same key runs afresh. Money never moves unscreened while one is loaded.
+fn screen(request: &AssessmentRequest) -> Result<Screening, ApiError> {
+    let assessment = services::call_typed_if_loaded::<Assessment>("fraud", "POST", "/internal/assess", request)?;
+    Ok(Screening::of(assessment.map(|assessment| assessment.recommendation)))
 }
 
 fn fraud_declined(message: &str) -> ApiError {
@@ -427,7 +410,6 @@ pub fn create_refund(ctx: &mut Context) -> Result<Response, ApiError> {
         metadata: BTreeMap::new(),
         capture_method: domain::CaptureMethod::Automatic,
         screening: Screening::Clear,
-        assessment: None,
         refund_of: Some(&original_id),
         payer_user_id: original.opt_text("payee_user_id"),
         payee_user_id: Some(original.text("payer_user_id")),

@@ -107,9 +107,8 @@ pub struct TransactionApplied {
 
 /// `fraud POST /internal/assess` (from the payment service): score a payment about to be
 /// authorized. The fraud service adds what it knows itself (the accounts' age, the payer's
-/// recent payments, ...) and writes nothing: its answer carries the assessment's record,
-/// sealed, which the payment service publishes as `payment.screened` in the unit of work that
-/// writes the payment, and which the fraud service keeps from there.
+/// recent payments, ...) and records the assessment under `payment_id`: asking twice for one
+/// payment answers the first assessment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssessmentRequest {
@@ -154,25 +153,6 @@ pub struct Assessment {
     pub recommendation: Recommendation,
     /// The set of rule versions that decided (a digest; the assessment lists them).
     pub model_version: String,
-    /// The assessment as the fraud service will keep it, for the payment service to publish;
-    /// none from a fraud service of before this contract, which kept its assessments itself
-    /// (so that a payment service deployed first goes on working beside it).
-    #[serde(default)]
-    pub sealed: Option<SealedAssessment>,
-}
-
-/// Event `payment.screened` (payment → fraud): the fraud service's record of a payment's
-/// assessment, published unchanged by the payment service in the unit of work that writes the
-/// payment (whatever became of it: authorized, held for review, declined, refused). The record
-/// is the fraud service's own (JSON text, opaque to the payment service); the seal is its
-/// HMAC-SHA256 under a key only the fraud service's database holds, so a record that was
-/// altered, or made up by its publisher, is refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SealedAssessment {
-    pub record: String,
-    /// Lower-case hex.
-    pub seal: String,
 }
 
 /// `payment POST /internal/payments/statuses` (from the fraud service, for a backtest): the
