@@ -36,6 +36,12 @@ fn shard(payment_id: &str) -> i64 {
 /// opening times; the payer's verification; the payer's payments assessed in the last hour and
 /// day (count, sum, round amounts: from the five-minute counters, at most a day's of them); and
 /// whether the payer paid this payee before.
+///
+/// It also has the unit's commit not wait for the WAL's flush (`synchronous_commit` off for
+/// this transaction): the assessment's write is then as durable as the payment it screens,
+/// whose unit commits after it on the same server, waiting for the flush of the WAL up to its
+/// own commit and so of the assessment's before it (`components/FRAUD.md`, invariants). The
+/// flush is taken off the assessment's answer, not off its durability.
 pub fn assessment_inputs(
     db: &Db,
     payer_user_id: &str,
@@ -50,7 +56,8 @@ pub fn assessment_inputs(
              (SELECT opened_at FROM fraud_accounts WHERE account_id = $3) AS payee_opened_at, \
              coalesce(u.email_verified, FALSE) AS email_verified, \
              d.payments_last_hour, d.amount_last_hour, d.payments_last_day, d.amount_last_day, d.round_last_day, \
-             NOT EXISTS (SELECT FROM fraud_assessments WHERE user_id = $1 AND payee_account_id = $3) AS first_to_payee \
+             NOT EXISTS (SELECT FROM fraud_assessments WHERE user_id = $1 AND payee_account_id = $3) AS first_to_payee, \
+             pg_catalog.set_config('synchronous_commit', 'off', true) AS synchronous_commit \
          FROM fraud_settings s \
          LEFT JOIN fraud_users u ON u.user_id = $1 \
          CROSS JOIN LATERAL ( \
