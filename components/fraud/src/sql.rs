@@ -36,12 +36,6 @@ fn shard(payment_id: &str) -> i64 {
 /// opening times; the payer's verification; the payer's payments assessed in the last hour and
 /// day (count, sum, round amounts: from the five-minute counters, at most a day's of them); and
 /// whether the payer paid this payee before.
-///
-/// It also has the unit's commit not wait for the WAL's flush (`synchronous_commit` off for
-/// this transaction): the assessment's write is then as durable as the payment it screens,
-/// whose unit commits after it on the same server, waiting for the flush of the WAL up to its
-/// own commit and so of the assessment's before it (`components/FRAUD.md`, invariants). The
-/// flush is taken off the assessment's answer, not off its durability.
 pub fn assessment_inputs(
     db: &Db,
     payer_user_id: &str,
@@ -56,8 +50,7 @@ pub fn assessment_inputs(
              (SELECT opened_at FROM fraud_accounts WHERE account_id = $3) AS payee_opened_at, \
              coalesce(u.email_verified, FALSE) AS email_verified, \
              d.payments_last_hour, d.amount_last_hour, d.payments_last_day, d.amount_last_day, d.round_last_day, \
-             NOT EXISTS (SELECT FROM fraud_assessments WHERE user_id = $1 AND payee_account_id = $3) AS first_to_payee, \
-             pg_catalog.set_config('synchronous_commit', 'off', true) AS synchronous_commit \
+             NOT EXISTS (SELECT FROM fraud_assessments WHERE user_id = $1 AND payee_account_id = $3) AS first_to_payee \
          FROM fraud_settings s \
          LEFT JOIN fraud_users u ON u.user_id = $1 \
          CROSS JOIN LATERAL ( \
@@ -115,6 +108,11 @@ pub struct NewAssessment<'a> {
 /// model assesses, the model's rule versions (`fraud_models`), in one statement:
 /// `assessment_id, alert_id` (null when none), or no row when the payment was assessed already
 /// (then nothing is counted twice).
+///
+/// A new assessment's commit does not wait for the WAL's flush (`synchronous_commit` off for
+/// this transaction, set with the row it answers): it is as durable as the payment it screens,
+/// whose unit commits after this one on the same server and waits for the flush of the WAL up
+/// to its own commit, and so of this one before it (`components/FRAUD.md`, invariants).
 pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, DbError> {
     db.query_opt(
         "WITH assessed AS ( \
@@ -138,7 +136,9 @@ pub fn insert_assessment(db: &Db, new: &NewAssessment) -> Result<Option<Row>, Db
              SELECT $11, $12::jsonb, $14 FROM assessed \
              WHERE NOT EXISTS (SELECT FROM fraud_models WHERE model_version = $11) \
              ON CONFLICT (model_version) DO NOTHING) \
-         SELECT a.assessment_id, (SELECT alert_id FROM alerted) AS alert_id FROM assessed a",
+         SELECT a.assessment_id, (SELECT alert_id FROM alerted) AS alert_id, \
+             pg_catalog.set_config('synchronous_commit', 'off', true) AS synchronous_commit \
+         FROM assessed a",
         &[
             uuid(new.payment_id),
             uuid(new.user_id),
