@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
+use super::cpu::BusyTime;
 use super::ledger::call_in;
 use super::{Summary, payments};
 use crate::config::Config;
@@ -57,7 +58,7 @@ fn declarative_rules() -> Vec<Value> {
 
 /// The assessment's latency and the payments' cost of it.
 pub struct FraudRun {
-    pub assessments: Summary,
+    pub assessments: Assessments,
     /// Each round's payments with the fraud service, then without, made one after the other.
     pub rounds: Vec<(payments::PaymentRun, payments::PaymentRun)>,
 }
@@ -125,10 +126,26 @@ async fn write_rules(platform: &Platform, fraud: &Arc<Service>) -> anyhow::Resul
     Ok(())
 }
 
+/// Assessments made one after another: their durations, and the CPU time each cost.
+pub struct Assessments {
+    pub latency: Summary,
+    /// Milliseconds of the machine's busy CPU time per assessment (the host, PostgreSQL).
+    pub cpu_ms: f64,
+    /// Of which the host's.
+    pub host_cpu_ms: f64,
+}
+
+impl std::fmt::Display for Assessments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {:.2} ms CPU each ({:.2} in the host)", self.latency, self.cpu_ms, self.host_cpu_ms)
+    }
+}
+
 /// `count` assessments one after another, as the payment service asks for them: each one's
-/// duration.
-async fn assess(platform: &Platform, fraud: &Arc<Service>, count: usize) -> anyhow::Result<Summary> {
+/// duration, and what they cost in CPU time.
+async fn assess(platform: &Platform, fraud: &Arc<Service>, count: usize) -> anyhow::Result<Assessments> {
     let mut samples = Vec::with_capacity(count);
+    let before = BusyTime::now();
     let (payer, payer_account, payee_account) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     for _ in 0..count {
         let body = json!({
@@ -146,7 +163,12 @@ async fn assess(platform: &Platform, fraud: &Arc<Service>, count: usize) -> anyh
         let evaluated = answer["model_version"].as_str().unwrap_or_default();
         anyhow::ensure!(!evaluated.is_empty(), "an assessment without its model: {answer}");
     }
-    Ok(Summary::of(&mut samples))
+    let after = BusyTime::now();
+    Ok(Assessments {
+        latency: Summary::of(&mut samples),
+        cpu_ms: after.ms_per(before, count),
+        host_cpu_ms: after.process_ms_per(before, count),
+    })
 }
 
 /// One installation, started and with its accounts open: with the fraud service, its 20
@@ -156,7 +178,7 @@ async fn install(
     policies: &Path,
     prefix: &str,
     with_rules: bool,
-) -> anyhow::Result<(payments::Payments, payments::Counters, Option<Summary>)> {
+) -> anyhow::Result<(payments::Payments, payments::Counters, Option<Assessments>)> {
     let mut config = config.clone();
     config.database_prefix = format!("{}{prefix}", config.database_prefix);
     config.policies = vec![policies.to_path_buf()];
