@@ -1,6 +1,7 @@
 //! The fraud benchmark: how long the fraud service takes to assess a payment with 20 active
 //! rules (10 declarative, 10 rule components, the example rules of `components/fraud-rules/`
-//! deployed twice each under other names), and what the assessment costs a payment: payments
+//! deployed twice each under other names) and the CPU time that takes, and what the assessment
+//! costs a payment: payments
 //! completed per second with the fraud service and its rules, against the same payments on an
 //! installation without a fraud service, in the same bench. Both installations run side by
 //! side and take turns, in [`ROUNDS`] rounds each: the machine's neighbours change over the
