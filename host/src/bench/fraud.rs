@@ -1,11 +1,11 @@
 //! The fraud benchmark: how long the fraud service takes to assess a payment with 20 active
 //! rules (10 declarative, 10 rule components, the example rules of `components/fraud-rules/`
 //! deployed twice each under other names) and the CPU time that takes, and what the assessment
-//! costs a payment: payments
-//! completed per second with the fraud service and its rules, against the same payments on an
-//! installation without a fraud service, in the same bench. Both installations run side by
-//! side and take turns, in [`ROUNDS`] rounds each: the machine's neighbours change over the
-//! minutes of a run, and taking turns spreads that over both sides alike.
+//! costs a payment: payments completed per second with the fraud service and its rules, against
+//! the same payments on an installation without a fraud service, in the same bench. Both
+//! installations run side by side and take turns, in [`ROUNDS`] rounds each: the machine's
+//! neighbours change over the minutes of a run, and taking turns spreads that over both sides
+//! alike.
 //!
 //! The rules are in shadow, so that they are all evaluated and none refuses a payment of the
 //! payments run (a shadow rule costs what an enforced one does).
