@@ -2,14 +2,15 @@
 //! rules (10 declarative, 10 rule components, the example rules of `components/fraud-rules/`
 //! deployed twice each under other names) and the CPU time that takes, and what the assessment
 //! costs a payment: payments completed per second with the fraud service and its rules, against
-//! the same payments on an installation without a fraud service, in the same bench. Both
-//! installations run side by side and take turns, in [`ROUNDS`] rounds each: the machine's
-//! neighbours change over the minutes of a run, and taking turns spreads that over both sides
-//! alike.
+//! the same payments on an installation without a fraud service, in the same bench, and which
+//! databases the difference in PostgreSQL's CPU time is spent on. Both installations run side
+//! by side and take turns, in [`ROUNDS`] rounds each: the machine's neighbours change over the
+//! minutes of a run, and taking turns spreads that over both sides alike.
 //!
 //! The rules are in shadow, so that they are all evaluated and none refuses a payment of the
 //! payments run (a shadow rule costs what an enforced one does).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +18,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use super::cpu::BusyTime;
+use super::cpu::{self, BusyTime};
 use super::ledger::call_in;
 use super::{Summary, payments};
 use crate::config::Config;
@@ -81,6 +82,25 @@ impl FraudRun {
         let cpu =
             |side: fn(&(payments::PaymentRun, payments::PaymentRun)) -> f64| self.rounds.iter().map(side).sum::<f64>();
         cpu(|(_, without)| without.cpu_ms) / cpu(|(with, _)| with.cpu_ms)
+    }
+
+    /// What the fraud check adds to PostgreSQL's CPU time per payment, by database: with the
+    /// fraud service less without, averaged over the rounds, the most first.
+    fn added_by_database(&self) -> Vec<(String, f64)> {
+        let mut added: BTreeMap<&str, f64> = BTreeMap::new();
+        let rounds = self.rounds.len().max(1) as f64;
+        for (with, without) in &self.rounds {
+            for (database, ms) in &with.by_database {
+                *added.entry(database).or_default() += ms / rounds;
+            }
+            for (database, ms) in &without.by_database {
+                *added.entry(database).or_default() -= ms / rounds;
+            }
+        }
+        let mut added: Vec<(String, f64)> =
+            added.into_iter().map(|(database, ms)| (database.to_string(), ms)).collect();
+        added.sort_by(|a, b| b.1.total_cmp(&a.1));
+        added
     }
 }
 
@@ -236,6 +256,16 @@ impl std::fmt::Display for FraudRun {
             self.ratio(),
             by_round.join(", "),
             self.cpu_ratio()
-        )
+        )?;
+        let added = self.added_by_database();
+        if !added.is_empty() {
+            write!(
+                f,
+                "\n  what the check adds to PostgreSQL's CPU a payment, by database, ms (with less without, over the \
+                 rounds): {}",
+                cpu::by_database(&added)
+            )?;
+        }
+        Ok(())
     }
 }

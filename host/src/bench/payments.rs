@@ -2,7 +2,7 @@
 //! the authorization and hold, the ledger posting, the balance events, the completion, and the
 //! audit trail of every event), at a number of concurrent clients, with what the database did
 //! for each: commits (`pg_stat_database`) and statements (`pg_stat_statements`, when the
-//! server preloads it). `pgbench`'s TPC-B on the same server in the same run is the baseline
+//! server preloads it), and the CPU time each takes, PostgreSQL's by database. `pgbench`'s TPC-B on the same server in the same run is the baseline
 //! (see `ledger_part`). Requests are made in process, as the gateway makes them after
 //! authentication.
 
@@ -15,7 +15,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
 use super::Summary;
-use super::cpu::BusyTime;
+use super::cpu::{self, BusyTime, DatabaseCpu};
 use crate::bus::Backend;
 use crate::platform::Platform;
 use crate::runtime::bindings::{Caller, Request};
@@ -44,6 +44,9 @@ pub struct PaymentRun {
     pub cpu_ms: f64,
     /// The host's share of it (this process, with the bench's clients), ms.
     pub host_cpu_ms: f64,
+    /// PostgreSQL's share of it by database, ms, the most first (empty when the server runs
+    /// on another machine).
+    pub by_database: Vec<(String, f64)>,
 }
 
 impl PaymentRun {
@@ -68,7 +71,11 @@ impl std::fmt::Display for PaymentRun {
             self.cost,
             self.cpu_ms,
             self.host_cpu_ms,
-        )
+        )?;
+        if !self.by_database.is_empty() {
+            write!(f, "; PostgreSQL's by database: {}", cpu::by_database(&self.by_database))?;
+        }
+        Ok(())
     }
 }
 
@@ -92,6 +99,7 @@ impl std::fmt::Display for DatabaseCost {
 /// The database counters of an installation (its databases share a name prefix).
 pub struct Counters {
     admin: PgConnection,
+    server_url: String,
     prefix: String,
     statements: bool,
 }
@@ -107,7 +115,12 @@ impl Counters {
         if preloaded {
             sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(&mut admin).await?;
         }
-        Ok(Self { admin, prefix: prefix.to_string(), statements: preloaded })
+        Ok(Self { admin, server_url: server_url.to_string(), prefix: prefix.to_string(), statements: preloaded })
+    }
+
+    /// Starts reading PostgreSQL's CPU time on the installation's databases.
+    pub async fn database_cpu(&self) -> anyhow::Result<DatabaseCpu> {
+        DatabaseCpu::start(&self.server_url, &self.prefix).await
     }
 
     /// Commits and statements so far on the installation's databases. The server publishes
@@ -193,6 +206,7 @@ impl Payments {
         let run_start: chrono::NaiveDateTime = sqlx::query_scalar("SELECT LOCALTIMESTAMP").fetch_one(&pool).await?;
         let started = Instant::now();
         let busy = BusyTime::now();
+        let databases = counters.database_cpu().await?;
         let next = Arc::new(AtomicU64::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for client in 0..clients {
@@ -243,6 +257,7 @@ impl Payments {
         self.wait_until_quiet(started).await?;
         let elapsed = started.elapsed();
         let busy_after = BusyTime::now();
+        let by_database = databases.finish(payments).await?;
         let (cpu_ms, host_cpu_ms) = (busy_after.ms_per(busy, payments), busy_after.process_ms_per(busy, payments));
         let (p50, p99): (f64, f64) = sqlx::query_as(
             "SELECT (percentile_cont(0.5) WITHIN GROUP (ORDER BY d))::float8, \
@@ -267,6 +282,7 @@ impl Payments {
             },
             cpu_ms,
             host_cpu_ms,
+            by_database,
         })
     }
 
