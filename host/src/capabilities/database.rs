@@ -112,11 +112,11 @@ pub struct ServiceDatabase {
     pub plans: PlanAges,
 }
 
-/// How long a service connection keeps its prepared statements, and with them their plans:
-/// a generic plan is made with the tables as they are then (a sequential scan of a table still
-/// small), and PostgreSQL replaces it only when the table's statistics change, which can be a
-/// minute or more behind a table's growth. Making them afresh costs a parse and a few plans
-/// per statement and connection.
+/// How long a service connection (and the embedded bus's) keeps its prepared statements, and
+/// with them their plans: a generic plan is made with the tables as they are then (a
+/// sequential scan of a table still small), and PostgreSQL replaces it only when the table's
+/// statistics change, which can be a minute or more behind a table's growth. Making them
+/// afresh costs a parse and a few plans per statement and connection.
 pub const PLAN_LIFETIME: Duration = Duration::from_secs(10);
 
 /// When each connection of a pool (by its backend's pid) last made its statements afresh.
@@ -127,7 +127,7 @@ impl PlanAges {
     /// Whether the statements of the connection of backend `pid` are older than
     /// [`PLAN_LIFETIME`] and are to be made afresh now; counts them fresh from now if so, and
     /// from now for a connection not seen before (its statements are all new).
-    fn due(&self, pid: i32, now: Instant) -> bool {
+    pub fn due(&self, pid: i32, now: Instant) -> bool {
         let mut ages = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match ages.get(&pid) {
             Some(since) if now.duration_since(*since) < PLAN_LIFETIME => false,

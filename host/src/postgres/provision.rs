@@ -28,6 +28,7 @@
 //! platform database, so every host sharing the server computes the same ones.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -36,6 +37,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use super::budget::ServerCapacity;
+use crate::capabilities::database::PlanAges;
 
 /// Pool settings, by default the data design's: 10–20 connections, 30 min lifetime, 10 min idle.
 /// The budget ([`super::budget`]) may give a pool fewer.
@@ -148,7 +150,7 @@ impl Provisioner {
     /// statement cache is small: a component's statements are cached by their text, on the host
     /// and on the server. Their plans are PostgreSQL's choice (`plan_cache_mode = auto`: a
     /// generic plan once it costs no more than planning for the parameters), where the host's
-    /// own connections plan every execution (see [`pinned`]): a component's statements run
+    /// other connections plan every execution (see [`pinned`]): a component's statements run
     /// thousands of times a second on the money path, and planning each execution was a
     /// quarter of the server's work there. A generic plan made while a table was small is not
     /// kept past [`crate::capabilities::database::PLAN_LIFETIME`]: the units of work make the
@@ -430,11 +432,26 @@ impl Provisioner {
         }
         in_database.close().await.ok();
         admin.close().await.ok();
+        // The bus's statements (its appends, feed reads and positions) run many times a
+        // payment, and planning the feed's read took as long as running it: they are planned as
+        // a service's are, by PostgreSQL's choice, and made afresh every `PLAN_LIFETIME`.
+        let plans = Arc::new(PlanAges::default());
         PgPoolOptions::new()
             .min_connections(1)
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(self.platform_options(&database, "pg_catalog"))
+            .before_acquire(move |connection, _| {
+                let plans = plans.clone();
+                Box::pin(async move {
+                    if let Ok(pid) = i32::try_from(connection.backend_pid())
+                        && plans.due(pid, tokio::time::Instant::now())
+                    {
+                        connection.clear_cached_statements().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_with(self.platform_options(&database, "pg_catalog").options([("plan_cache_mode", "auto")]))
             .await
             .with_context(|| format!("connecting to {database} as the platform role"))
     }
@@ -449,8 +466,9 @@ impl Provisioner {
 /// and statements planned for their parameters each time (`plan_cache_mode`): a pooled
 /// connection lives for half an hour and its prepared statements with it, and a generic plan
 /// made while a table was still empty (a sequential scan) would otherwise outlive the table's
-/// growth until the next `ANALYZE`. A service's own pool plans as PostgreSQL chooses, its
-/// statements made afresh now and then (see [`Provisioner::service_options`]). And no idle
+/// growth until the next `ANALYZE`. A service's own pool and the bus's plan as PostgreSQL
+/// chooses, their statements made afresh now and then (see [`Provisioner::service_options`] and
+/// [`Provisioner::provision_bus`]). And no idle
 /// session times out: a pooled connection that answered within the last second is handed out
 /// unchecked (`RECENTLY_READY` in `vendor/sqlx-postgres/PATCHES.md`), so a role's default
 /// `idle_session_timeout` (which a component may set on its own role) would otherwise end
