@@ -58,10 +58,17 @@ fn ms(ticks: u64, operations: usize) -> f64 {
 /// A process's CPU time so far, user and system, in ticks of [`TICKS_PER_SECOND`]; `None` when
 /// `/proc` does not have it (the process ended, or runs on another machine).
 fn process_ticks(pid: &str) -> Option<u64> {
+    process_stat(pid).map(|(_, ticks)| ticks)
+}
+
+/// A process's command name and CPU time so far, from `/proc/<pid>/stat`.
+fn process_stat(pid: &str) -> Option<(String, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, fields) = stat.rsplit_once(')')?;
+    let (_, command) = head.split_once('(')?;
     // utime and stime, the 14th and 15th fields, counted after the command's parenthesis.
-    let (_, fields) = stat.rsplit_once(')')?;
-    Some(fields.split_whitespace().skip(11).take(2).filter_map(|field| field.parse::<u64>().ok()).sum())
+    let ticks = fields.split_whitespace().skip(11).take(2).filter_map(|field| field.parse::<u64>().ok()).sum();
+    Some((command.to_string(), ticks))
 }
 
 /// How often [`DatabaseCpu`] reads the backends' CPU time.
@@ -72,7 +79,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 /// their databases from `pg_stat_activity`, read every [`SAMPLE_EVERY`] from the start to the
 /// [`finish`](Self::finish), since backends come and go with the pools. A backend that ends
 /// loses what it spent after its last reading; one that starts during the run counts from
-/// zero. Empty when the server runs on another machine (no backend's `/proc` entry is here).
+/// zero. Empty when the server runs on another machine (no backend's `/proc` entry here is a
+/// PostgreSQL process).
 pub struct DatabaseCpu {
     stop: oneshot::Sender<()>,
     sampling: JoinHandle<anyhow::Result<BTreeMap<String, u64>>>,
@@ -139,7 +147,11 @@ async fn read_backends(
     .fetch_all(server)
     .await?;
     for (pid, started, database) in connected {
-        let Some(ticks) = process_ticks(&pid.to_string()) else { continue };
+        // A process of that pid here that is not PostgreSQL's is another machine's backend.
+        let Some((command, ticks)) = process_stat(&pid.to_string()) else { continue };
+        if command != "postgres" {
+            continue;
+        }
         backends.entry((pid, started)).and_modify(|backend| backend.last = ticks).or_insert_with(|| Backend {
             database: database.strip_prefix(prefix).unwrap_or(&database).to_string(),
             start: if at_start { ticks } else { 0 },
