@@ -2,9 +2,9 @@
 //! the authorization and hold, the ledger posting, the balance events, the completion, and the
 //! audit trail of every event), at a number of concurrent clients, with what the database did
 //! for each: commits (`pg_stat_database`) and statements (`pg_stat_statements`, when the
-//! server preloads it), and the CPU time each takes, PostgreSQL's by database. `pgbench`'s TPC-B on the same server in the same run is the baseline
-//! (see `ledger_part`). Requests are made in process, as the gateway makes them after
-//! authentication.
+//! server preloads it), and the CPU time each takes, PostgreSQL's by database. `pgbench`'s
+//! TPC-B on the same server in the same run is the baseline (see `ledger_part`). Requests are
+//! made in process, as the gateway makes them after authentication.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,9 +204,10 @@ impl Payments {
         let (commits_before, statements_before) = counters.settled().await?;
         let pool = self.pool("payment")?;
         let run_start: chrono::NaiveDateTime = sqlx::query_scalar("SELECT LOCALTIMESTAMP").fetch_one(&pool).await?;
+        // Connected before the clock starts; its first reading is the run's start.
+        let databases = counters.database_cpu().await?;
         let started = Instant::now();
         let busy = BusyTime::now();
-        let databases = counters.database_cpu().await?;
         let next = Arc::new(AtomicU64::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for client in 0..clients {
