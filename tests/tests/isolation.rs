@@ -23,14 +23,20 @@ async fn a_component_cannot_reach_another_services_database() {
         assert_eq!(outcome[attempt]["code"], code, "{attempt}: {outcome}");
     }
 
-    // PostgreSQL level: the probe's own role is refused by the user database.
+    // PostgreSQL level: the probe's own role is refused by another service's database, and by
+    // the host's own: the embedded bus's (whose sessions keep their statements' plans, so no
+    // component session may run beside them there) and the platform's.
     let url = micropay_tests::admin_url();
     let server = url.split('@').nth(1).unwrap().rsplit_once('/').unwrap().0;
     let probe_role = format!("{}micropay_probe", host.prefix);
-    let foreign = format!("postgres://{probe_role}@{server}/{}micropay_user_db", host.prefix);
-    let err = sqlx::PgConnection::connect(&foreign).await.expect_err("the probe role connected to the user database");
-    let code = err.as_database_error().and_then(|db| db.code()).map(|c| c.into_owned());
-    assert_eq!(code.as_deref(), Some("42501"), "{err}");
+    for database in ["user", "bus", "platform"] {
+        let foreign = format!("postgres://{probe_role}@{server}/{}micropay_{database}_db", host.prefix);
+        let err = sqlx::PgConnection::connect(&foreign)
+            .await
+            .expect_err(&format!("the probe role connected to the {database} database"));
+        let code = err.as_database_error().and_then(|db| db.code()).map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "{database}: {err}");
+    }
 
     // ... while its own database accepts it (so the refusal above is about permission).
     let own = format!("postgres://{probe_role}@{server}/{}micropay_probe_db", host.prefix);
