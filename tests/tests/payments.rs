@@ -417,6 +417,11 @@ async fn the_sweeper_asks_again_for_a_lost_posting_and_completes_a_missed_comple
     // A completion (`balance.transaction_applied`) that never reached the payment service.
     let completed = fixture.pay("5").await;
     let missed = payment_id(&completed).to_string();
+    // The transaction service hears the same event on its own: the sweeper completes a
+    // payment only once its posting is settled there.
+    let posting = format!("/v1/transaction/transactions/{missed}");
+    let settled = json!("SETTLED");
+    fixture.bank.host.wait_for_json_as(&posting, Some(&payer), "status", settled, Duration::from_secs(10)).await;
     let age = "UPDATE payments SET status = 'PROCESSING', completed_at = NULL, \
                posting_requested_at = now() - interval '2 minutes' WHERE payment_id = $1::uuid";
     for id in [&lost, &missed] {
